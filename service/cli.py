@@ -1,0 +1,72 @@
+"""The ``sona`` command line: thin wrappers that parse options and call one function each."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from sona_jax.config import ConfigError, load_config
+from sona_jax.datasets import DatasetError, load_dataset
+
+DATA_KINDS = click.Choice(["synthetic", "ml-100k", "ml-latest"])
+
+
+def _progress(iterable, description, total):
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=description, total=total, unit="chunk")
+
+
+def _load_or_exit(kind: str, path: str | None, users: int, items: int, seed: int):
+    try:
+        return load_dataset(kind, path, n_users=users, n_items=items, seed=seed) \
+            if kind == "synthetic" else load_dataset(kind, path)
+    except DatasetError as error:
+        raise click.ClickException(str(error)) from None
+
+
+def _config_or_exit(path: str | None):
+    try:
+        return load_config(path)
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+
+
+@click.group()
+def main() -> None:
+    """SONA personalization engine."""
+
+
+@main.command()
+@click.option("--data", "kind", type=DATA_KINDS, default="synthetic", show_default=True)
+@click.option("--path", type=click.Path(), default=None, help="MovieLens folder.")
+@click.option("--config", "config_path", type=click.Path(), default=None, help="TOML config.")
+@click.option("--out", type=click.Path(), default="models", show_default=True,
+              help="Model folder; each run adds a new version.")
+@click.option("--users", default=5_000, show_default=True, help="Synthetic viewers.")
+@click.option("--items", default=5_000, show_default=True, help="Synthetic catalogue size.")
+@click.option("--seed", default=0, show_default=True, help="Synthetic data seed.")
+def train(kind, path, config_path, out, users, items, seed) -> None:
+    """Fit the base tier, build every preference vector, train every adapter, save a version."""
+    from service.model_store import next_version, save_model
+    from sona_jax.pipeline import train_model
+
+    cfg = _config_or_exit(config_path)
+    clock = time.perf_counter()
+    dataset = _load_or_exit(kind, path, users, items, seed)
+    click.echo(f"loaded {dataset.name}: {dataset.n_users} users, {dataset.n_items} items, "
+               f"{len(dataset.events)} events in {time.perf_counter() - clock:.1f}s")
+    model = train_model(dataset, cfg, version=next_version(out), progress=_progress)
+    folder = save_model(model, out)
+    report = model.report
+    click.echo(json.dumps(report, indent=2))
+    click.echo(f"saved model version {model.version} to {folder} "
+               f"({model.users.stored_bytes_per_user():.0f} bytes per user at rest)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

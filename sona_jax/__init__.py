@@ -1,0 +1,1 @@
+"""SONA engine: pure, jitted JAX functions over arrays."""

@@ -1,0 +1,189 @@
+"""SPEC 3.2: the two-tier LoRA — a shared frozen base tier and a per-user low-rank layer.
+
+Logit for user u and item i::
+
+    z = p_uᵀ (W + s·B_u A) e_i + b,     s = alpha / rank
+
+Scoring folds the adapter into the user's query once, ``q_u = Wᵀp_u + s·Aᵀ(B_uᵀp_u)``, so a
+candidate set costs one product (O(d·r + C·d)).
+
+Training only moves ``B_u``. Its BCE gradient is rank one, ``∂L/∂B_u = p_u ⊗ s·Σ_l g_l h_l`` with
+``h_i = A e_i`` (precomputed once per model version as ``H = E Aᵀ``), so every gradient step —
+and therefore every step plain gradient descent can take from the current ``B_u`` — lies in
+``{B_u + p_u δᵀ}``. We train the r coordinates ``δ`` of that set with optax (clip, Adam): the
+iterations touch only (events, r) arrays, and the new adapter is materialised once at the end as
+``B_u + p_u δᵀ / ‖p_u‖²`` (so that ``B_uᵀp_u`` moves by exactly ``δ``).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from sona_jax.config import LoraConfig
+
+
+class BaseTier(NamedTuple):
+    """The shared, frozen tier of one model version.
+
+    item_embeddings: (items, d) E, rows L2-normalised.
+    projection: (d, d) W.
+    bias: () b.
+    factor: (r, d) A, orthonormal rows spanning E's leading directions.
+    item_factors: (items, r) H = E Aᵀ.
+    """
+
+    item_embeddings: jnp.ndarray
+    projection: jnp.ndarray
+    bias: jnp.ndarray
+    factor: jnp.ndarray
+    item_factors: jnp.ndarray
+
+
+def make_base_tier(item_embeddings, projection, bias, factor) -> BaseTier:
+    """Assemble a base tier, precomputing ``H = E Aᵀ``."""
+    item_embeddings = jnp.asarray(item_embeddings, jnp.float32)
+    factor = jnp.asarray(factor, jnp.float32)
+    return BaseTier(item_embeddings, jnp.asarray(projection, jnp.float32),
+                    jnp.asarray(bias, jnp.float32), factor, item_embeddings @ factor.T)
+
+
+def zero_adapters(n_users: int, dim: int, rank: int, dtype=jnp.float32) -> jnp.ndarray:
+    """(users, d, r) user tiers at their initial value: zero, so they change nothing."""
+    return jnp.zeros((n_users, dim, rank), dtype)
+
+
+def fold_query(base: BaseTier, preference: jnp.ndarray, adapter: jnp.ndarray,
+               scale: float) -> jnp.ndarray:
+    """(d,) query ``Wᵀp + s·Aᵀ(Bᵀp)`` for one user; preference (d,), adapter (d, r)."""
+    user_factor = adapter.astype(jnp.float32).T @ preference
+    return base.projection.T @ preference + scale * (base.factor.T @ user_factor)
+
+
+@partial(jax.jit, static_argnames=("scale",))
+def fold_queries(base: BaseTier, preferences: jnp.ndarray, adapters: jnp.ndarray,
+                 scale: float) -> jnp.ndarray:
+    """(users, d) folded queries; preferences (users, d), adapters (users, d, r)."""
+    user_factors = jnp.einsum("udr,ud->ur", adapters.astype(jnp.float32), preferences)
+    return preferences @ base.projection + scale * (user_factors @ base.factor)
+
+
+@jax.jit
+def candidate_logits(base: BaseTier, queries: jnp.ndarray, candidates: jnp.ndarray) -> jnp.ndarray:
+    """(users, C) logits of each user's candidates; queries (users, d), candidates (users, C)."""
+    return jnp.einsum("ucd,ud->uc", base.item_embeddings[candidates], queries) + base.bias
+
+
+@jax.jit
+def catalogue_logits(base: BaseTier, queries: jnp.ndarray) -> jnp.ndarray:
+    """(users, items) logits against the whole catalogue: one matrix product."""
+    return queries @ base.item_embeddings.T + base.bias
+
+
+def unfolded_logit(base: BaseTier, preference, adapter, item: int, scale: float) -> jnp.ndarray:
+    """The textbook ``pᵀ(W + s·B A)e + b`` for one item: the reference folded scoring must equal."""
+    matrix = base.projection + scale * adapter.astype(jnp.float32) @ base.factor
+    return preference @ matrix @ base.item_embeddings[item] + base.bias
+
+
+class TrainingBatch(NamedTuple):
+    """Padded per-user training data (users, L = events + negatives).
+
+    preference: (users, d); adapter: (users, d, r);
+    item_factors: (users, L, r) rows of H; base_logits: (users, L) ``pᵀW e + b``;
+    targets: (users, L) in [0, 1]; mask: (users, L) 1 for real rows, 0 for padding.
+    """
+
+    preference: jnp.ndarray
+    adapter: jnp.ndarray
+    item_factors: jnp.ndarray
+    base_logits: jnp.ndarray
+    targets: jnp.ndarray
+    mask: jnp.ndarray
+
+
+class TrainingResult(NamedTuple):
+    """adapter: (users, d, r) new B_u; loss_before / loss_after: (users,) masked mean BCE."""
+
+    adapter: jnp.ndarray
+    loss_before: jnp.ndarray
+    loss_after: jnp.ndarray
+
+
+@jax.jit
+def prepare_training_batch(base: BaseTier, preferences, adapters, items, targets,
+                           mask) -> TrainingBatch:
+    """Gather what training needs once, so the iterations never touch full embeddings.
+
+    items: (users, L) int32 item indices (events then negatives); targets, mask: (users, L).
+    """
+    base_queries = preferences @ base.projection
+    base_logits = jnp.einsum("uld,ud->ul", base.item_embeddings[items], base_queries) + base.bias
+    return TrainingBatch(preferences, adapters, base.item_factors[items], base_logits,
+                         targets.astype(jnp.float32), mask.astype(jnp.float32))
+
+
+def masked_bce(logits: jnp.ndarray, targets: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+    """Mean binary cross-entropy over rows where mask is 1 (0 when none are)."""
+    losses = optax.sigmoid_binary_cross_entropy(logits, targets)
+    return jnp.sum(losses * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def adapter_logits(user_factor, item_factors, base_logits, scale: float) -> jnp.ndarray:
+    """(L,) logits given ``u = Bᵀp`` (r,), H rows (L, r) and base logits (L,)."""
+    return base_logits + scale * (item_factors @ user_factor)
+
+
+def adapter_gradient(preference, adapter, item_factors, base_logits, targets, mask,
+                     scale: float) -> jnp.ndarray:
+    """(d, r) ``∂BCE/∂B_u`` via the rank-one identity ``p ⊗ ∂BCE/∂(Bᵀp)``."""
+
+    def loss_of_user_factor(user_factor):
+        return masked_bce(adapter_logits(user_factor, item_factors, base_logits, scale), targets,
+                          mask)
+
+    user_factor = adapter.astype(jnp.float32).T @ preference
+    return jnp.outer(preference, jax.grad(loss_of_user_factor)(user_factor))
+
+
+def make_adapter_trainer(cfg: LoraConfig):
+    """Build ``train_user(p, B, H, z0, y, mask) -> (B_new, loss_before, loss_after)``.
+
+    The returned function is pure and unbatched; `train_adapters` is its jitted vmap.
+    """
+    scale = cfg.scale
+    optimizer = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), optax.adam(cfg.learning_rate))
+
+    def train_user(preference, adapter, item_factors, base_logits, targets, mask):
+        user_factor = adapter.astype(jnp.float32).T @ preference
+
+        def loss(delta):
+            logits = adapter_logits(user_factor + delta, item_factors, base_logits, scale)
+            return masked_bce(logits, targets, mask)
+
+        def step(_, carry):
+            delta, state = carry
+            updates, state = optimizer.update(jax.grad(loss)(delta), state, delta)
+            return optax.apply_updates(delta, updates), state
+
+        delta0 = jnp.zeros_like(user_factor)
+        delta, _ = jax.lax.fori_loop(0, cfg.iterations, step, (delta0, optimizer.init(delta0)))
+        norm_sq = preference @ preference
+        # A zero preference vector makes the adapter inert (Bᵀp = 0): leave B unchanged.
+        delta = jnp.where(norm_sq > 0, delta, 0.0)
+        direction = preference / jnp.where(norm_sq > 0, norm_sq, 1.0)
+        new_adapter = adapter.astype(jnp.float32) + jnp.outer(direction, delta)
+        return new_adapter.astype(adapter.dtype), loss(delta0), loss(delta)
+
+    return train_user
+
+
+@partial(jax.jit, static_argnames=("cfg",))
+def train_adapters(batch: TrainingBatch, cfg: LoraConfig) -> TrainingResult:
+    """Train every user's adapter of a padded batch in one vmapped call."""
+    train_user = make_adapter_trainer(cfg)
+    return TrainingResult(*jax.vmap(train_user)(*batch))
