@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 
 import click
 
@@ -23,8 +22,11 @@ def _progress(iterable, description, total):
 
 def _load_or_exit(kind: str, path: str | None, users: int, items: int, seed: int):
     try:
-        return load_dataset(kind, path, n_users=users, n_items=items, seed=seed) \
-            if kind == "synthetic" else load_dataset(kind, path)
+        return (
+            load_dataset(kind, path, n_users=users, n_items=items, seed=seed)
+            if kind == "synthetic"
+            else load_dataset(kind, path)
+        )
     except DatasetError as error:
         raise click.ClickException(str(error)) from None
 
@@ -45,8 +47,13 @@ def main() -> None:
 @click.option("--data", "kind", type=DATA_KINDS, default="synthetic", show_default=True)
 @click.option("--path", type=click.Path(), default=None, help="MovieLens folder.")
 @click.option("--config", "config_path", type=click.Path(), default=None, help="TOML config.")
-@click.option("--out", type=click.Path(), default="models", show_default=True,
-              help="Model folder; each run adds a new version.")
+@click.option(
+    "--out",
+    type=click.Path(),
+    default="models",
+    show_default=True,
+    help="Model folder; each run adds a new version.",
+)
 @click.option("--users", default=5_000, show_default=True, help="Synthetic viewers.")
 @click.option("--items", default=5_000, show_default=True, help="Synthetic catalogue size.")
 @click.option("--seed", default=0, show_default=True, help="Synthetic data seed.")
@@ -58,15 +65,54 @@ def train(kind, path, config_path, out, users, items, seed) -> None:
     cfg = _config_or_exit(config_path)
     clock = time.perf_counter()
     dataset = _load_or_exit(kind, path, users, items, seed)
-    click.echo(f"loaded {dataset.name}: {dataset.n_users} users, {dataset.n_items} items, "
-               f"{len(dataset.events)} events in {time.perf_counter() - clock:.1f}s")
+    click.echo(
+        f"loaded {dataset.name}: {dataset.n_users} users, {dataset.n_items} items, "
+        f"{len(dataset.events)} events in {time.perf_counter() - clock:.1f}s"
+    )
     model = train_model(dataset, cfg, version=next_version(out), progress=_progress)
     folder = save_model(model, out)
     report = model.report
     click.echo(json.dumps(report, indent=2))
-    click.echo(f"saved model version {model.version} to {folder} "
-               f"({model.users.stored_bytes_per_user():.0f} bytes per user at rest)")
+    click.echo(
+        f"saved model version {model.version} to {folder} "
+        f"({model.users.stored_bytes_per_user():.0f} bytes per user at rest)"
+    )
 
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+@main.command(name="eval")
+@click.option("--data", "kind", type=DATA_KINDS, default="synthetic", show_default=True)
+@click.option("--path", type=click.Path(), default=None, help="MovieLens folder.")
+@click.option("--protocol", type=click.Choice(["p1", "p2", "all"]), default="all",
+              show_default=True, help="P1 next-watch, P2 random 25 % split, or both.")
+@click.option("--config", "config_path", type=click.Path(), default=None, help="TOML config.")
+@click.option("--out", type=click.Path(), default=None,
+              help="Write the JSON here (with --protocol all: one file per protocol, "
+                   "suffixed _p1/_p2).")
+@click.option("--tune/--no-tune", default=True, show_default=True,
+              help="Tune fusion weights on a validation split carved from train.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--users", default=2_000, show_default=True, help="Synthetic viewers.")
+@click.option("--items", default=3_000, show_default=True, help="Synthetic catalogue size.")
+def evaluate_command(kind, path, protocol, config_path, out, tune, seed, users, items) -> None:
+    """Evaluate the hybrid, each source and the baselines side by side (SPEC 7)."""
+    from sona_jax.evaluation import EvalOptions, evaluate, format_table
+
+    cfg = _config_or_exit(config_path)
+    dataset = _load_or_exit(kind, path, users, items, seed)
+    protocols = ["p1", "p2"] if protocol == "all" else [protocol]
+    for name in protocols:
+        options = EvalOptions(protocol=name, seed=seed, tune_fusion=tune)
+        result = evaluate(dataset, cfg, options, log_fn=lambda message: click.echo(message,
+                                                                                   err=True))
+        click.echo(format_table(result))
+        click.echo(f"({result['seconds']:.0f}s)\n")
+        if out:
+            target = Path(out)
+            if len(protocols) > 1:
+                target = target.with_name(f"{target.stem}_{name}{target.suffix or '.json'}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(json.dumps(result, indent=2))

@@ -50,13 +50,22 @@ def save_model(model: TrainedModel, root: str | Path) -> Path:
             value = value.astype(STORAGE_DTYPE)
         arrays[f"users.{name}"] = value
     arrays |= {f"tables.{name}": np.asarray(value) for name, value in model.tables.items()}
-    arrays |= {"user_ids": model.user_ids.astype(str), "item_ids": model.item_ids.astype(str),
-               "titles": np.asarray(model.titles).astype(str),
-               "item_genres": np.asarray(model.item_genres, np.float32)}
+    arrays |= {
+        "user_ids": model.user_ids.astype(str),
+        "item_ids": model.item_ids.astype(str),
+        "titles": np.asarray(model.titles).astype(str),
+        "item_genres": np.asarray(model.item_genres, np.float32),
+    }
     np.savez(folder / "arrays.npz", **arrays)
-    manifest = {"format": FORMAT, "version": model.version, "saved_at": time.time(),
-                "reference_time": model.reference_time, "genre_names": list(model.genre_names),
-                "config": model.config.model_dump(), "report": model.report}
+    manifest = {
+        "format": FORMAT,
+        "version": model.version,
+        "saved_at": time.time(),
+        "reference_time": model.reference_time,
+        "genre_names": list(model.genre_names),
+        "config": model.config.model_dump(),
+        "report": model.report,
+    }
     temporary = folder / "manifest.json.tmp"
     temporary.write_text(json.dumps(manifest, indent=2))
     temporary.rename(folder / "manifest.json")
@@ -75,17 +84,25 @@ def load_model(root: str | Path, version: int | None = None) -> TrainedModel:
         raise ValueError(f"{folder}: unknown model format {manifest.get('format')!r}")
     with np.load(folder / "arrays.npz") as data:
         arrays = {name: data[name] for name in data.files}
-    users = {name.split(".", 1)[1]: value for name, value in arrays.items()
-             if name.startswith("users.")}
+    users = {
+        name.split(".", 1)[1]: value for name, value in arrays.items() if name.startswith("users.")
+    }
     users["preference"] = users["preference"].astype(np.float32)
     return TrainedModel(
         version=manifest["version"],
         config=config_from_dict(manifest["config"], source=str(folder / "manifest.json")),
         base=BaseTier(**{name: arrays[f"base.{name}"] for name in BaseTier._fields}),
         users=UserState(**users),
-        user_ids=arrays["user_ids"], item_ids=arrays["item_ids"], titles=arrays["titles"],
-        genre_names=tuple(manifest["genre_names"]), item_genres=arrays["item_genres"],
+        user_ids=arrays["user_ids"],
+        item_ids=arrays["item_ids"],
+        titles=arrays["titles"],
+        genre_names=tuple(manifest["genre_names"]),
+        item_genres=arrays["item_genres"],
         reference_time=manifest["reference_time"],
-        tables={name.split(".", 1)[1]: value for name, value in arrays.items()
-                if name.startswith("tables.")},
-        report=manifest["report"])
+        tables={
+            name.split(".", 1)[1]: value
+            for name, value in arrays.items()
+            if name.startswith("tables.")
+        },
+        report=manifest["report"],
+    )

@@ -23,8 +23,9 @@ from scipy.sparse.linalg import svds
 from sona_jax.config import BaseTierConfig
 
 
-def engagement_matrix(user: np.ndarray, item: np.ndarray, weight: np.ndarray, n_users: int,
-                      n_items: int) -> sp.csr_matrix:
+def engagement_matrix(
+    user: np.ndarray, item: np.ndarray, weight: np.ndarray, n_users: int, n_items: int
+) -> sp.csr_matrix:
     """(users, items) sparse sum of event weights (duplicates add up)."""
     return sp.csr_matrix((weight.astype(np.float32), (user, item)), shape=(n_users, n_items))
 
@@ -49,20 +50,30 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
     return np.where(norm > 0, x / np.where(norm > 0, norm, 1.0), 0.0).astype(np.float32)
 
 
-def item_features(matrix: sp.csr_matrix, genres: np.ndarray, moods: np.ndarray | None,
-                  cfg: BaseTierConfig, seed: int) -> np.ndarray:
+def item_features(
+    matrix: sp.csr_matrix,
+    genres: np.ndarray,
+    moods: np.ndarray | None,
+    cfg: BaseTierConfig,
+    seed: int,
+) -> np.ndarray:
     """(items, f) collaborative factors and content features, each block unit-normalised."""
     collaborative = _unit_rows(_normalised_svd_item_factors(matrix, cfg.item_factors, seed))
     content = genres if moods is None or moods.size == 0 else np.concatenate([genres, moods], 1)
     content = _unit_rows(np.asarray(content, np.float32))
     collaborative_share = np.sqrt(max(1.0 - cfg.genre_weight, 0.0))
-    return np.concatenate([collaborative_share * collaborative,
-                           np.sqrt(cfg.genre_weight) * content], axis=1)
+    return np.concatenate(
+        [collaborative_share * collaborative, np.sqrt(cfg.genre_weight) * content], axis=1
+    )
 
 
-def fit_item_embeddings(features: np.ndarray, dim: int, seed: int,
-                        given: np.ndarray | None = None,
-                        has_given: np.ndarray | None = None) -> np.ndarray:
+def fit_item_embeddings(
+    features: np.ndarray,
+    dim: int,
+    seed: int,
+    given: np.ndarray | None = None,
+    has_given: np.ndarray | None = None,
+) -> np.ndarray:
     """(items, d) unit embeddings: supplied rows kept, the rest mapped from ``features``."""
     rng = np.random.default_rng(seed)
     if given is not None and has_given is not None and has_given.sum() >= features.shape[1]:
@@ -89,15 +100,21 @@ def principal_factor(item_embeddings: np.ndarray, rank: int) -> np.ndarray:
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
     factor = vt[:rank]
     if factor.shape[0] < rank:  # tiny catalogues: complete with orthonormal filler
-        filler = np.linalg.qr(np.random.default_rng(0).standard_normal(
-            (item_embeddings.shape[1], rank)))[0].T
-        factor = np.concatenate([factor, filler[factor.shape[0]:]], axis=0)
+        filler = np.linalg.qr(
+            np.random.default_rng(0).standard_normal((item_embeddings.shape[1], rank))
+        )[0].T
+        factor = np.concatenate([factor, filler[factor.shape[0] :]], axis=0)
     return factor.astype(np.float32)
 
 
-def calibrate_projection(preferences: jnp.ndarray, item_embeddings: jnp.ndarray,
-                         pos_user: np.ndarray, pos_item: np.ndarray, cfg: BaseTierConfig,
-                         seed: int) -> tuple[float, float]:
+def calibrate_projection(
+    preferences: jnp.ndarray,
+    item_embeddings: jnp.ndarray,
+    pos_user: np.ndarray,
+    pos_item: np.ndarray,
+    cfg: BaseTierConfig,
+    seed: int,
+) -> tuple[float, float]:
     """Fit ``(s, b)`` of ``σ(s·pᵀe + b)`` on watched pairs vs as many uniform random items."""
     rng = np.random.default_rng(seed)
     neg_item = rng.integers(0, item_embeddings.shape[0], len(pos_item))
@@ -117,8 +134,9 @@ def calibrate_projection(preferences: jnp.ndarray, item_embeddings: jnp.ndarray,
             updates, state = optimizer.update(jax.grad(loss)(params), state)
             return (optax.apply_updates(params, updates), state), None
 
-        (params, _), _ = jax.lax.scan(step, (params, optimizer.init(params)), None,
-                                      length=cfg.calibration_steps)
+        (params, _), _ = jax.lax.scan(
+            step, (params, optimizer.init(params)), None, length=cfg.calibration_steps
+        )
         return params
 
     scale, bias = np.asarray(fit(jnp.array([1.0, 0.0])))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -95,13 +95,29 @@ class FusionConfig(_Section):
 
 
 class CollaborativeConfig(_Section):
-    neighbours: int = Field(50, ge=1, le=10_000)
+    neighbours: int = Field(50, ge=1, le=10_000, description="K nearest viewers")
+    history_items: int = Field(256, ge=1, le=4096, description="engaged items kept per viewer")
 
 
 class GraphConfig(_Section):
     hops: int = Field(2, ge=1, le=4)
     decay: float = Field(0.8, gt=0.0, le=1.0)
-    recent_items: int = Field(20, ge=1, le=1000, description="history items the walk starts from")
+    recent_items: int = Field(
+        100, ge=1, le=4096, description="most recent engaged items the walk starts from"
+    )
+    seed_position_decay: float = Field(
+        0.9, gt=0.0, le=1.0, description="seed weight x this per position back in the history"
+    )
+    neighbours: int = Field(50, ge=1, le=1000, description="adjacency list width per item")
+    frontier: int = Field(64, ge=1, le=4096, description="items a hop expands from")
+    max_user_items: int = Field(100, ge=2, le=4096, description="items per viewer in the graph")
+    weighting: Literal["cosine", "regression"] = Field(
+        "regression", description="edge weights: cosine co-engagement or item-item regression"
+    )
+    regression_l2: float = Field(200.0, gt=0.0, description="ridge of the regression weighting")
+    max_regression_items: int = Field(
+        20_000, ge=1, description="larger catalogues use cosine (the inverse is dense)"
+    )
 
 
 class ContextConfig(_Section):
@@ -127,6 +143,9 @@ class ColdStartConfig(_Section):
     exploration_floor: float = Field(0.05, ge=0.0, le=1.0)
     exploration_start: float = Field(0.2, ge=0.0, le=1.0)
     exploration_decay: float = Field(0.995, gt=0.0, le=1.0)
+    genre_strength: float = Field(
+        0.5, ge=0.0, le=5.0, description="exponent of the genre fit on popularity"
+    )
 
 
 class ServingConfig(_Section):

@@ -28,8 +28,9 @@ class Events(NamedTuple):
     time_of_day: jnp.ndarray  # int32 0..3
 
 
-def engine_events(log: EventLog, now: float, pad_to: int | None = None,
-                  pad_user: int = -1) -> Events:
+def engine_events(
+    log: EventLog, now: float, pad_to: int | None = None, pad_user: int = -1
+) -> Events:
     """Convert a host `EventLog` to `Events` relative to ``now`` (seconds since the epoch).
 
     Args:

@@ -36,8 +36,11 @@ class UserState:
         per_user = 0
         for name, array in vars(self).items():
             row_items = int(np.prod(array.shape[1:])) if array.ndim > 1 else 1
-            itemsize = (np.dtype(STORAGE_DTYPE).itemsize if name in ("preference", "adapter")
-                        else array.dtype.itemsize)
+            itemsize = (
+                np.dtype(STORAGE_DTYPE).itemsize
+                if name in ("preference", "adapter")
+                else array.dtype.itemsize
+            )
             per_user += row_items * itemsize
         return float(per_user)
 

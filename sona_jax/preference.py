@@ -36,22 +36,27 @@ class TemporalPattern(NamedTuple):
     recency: jnp.ndarray
 
 
-def engagement_weight(completion: jnp.ndarray, rating: jnp.ndarray,
-                      cfg: PreferenceConfig) -> jnp.ndarray:
+def engagement_weight(
+    completion: jnp.ndarray, rating: jnp.ndarray, cfg: PreferenceConfig
+) -> jnp.ndarray:
     """Per-event engagement weight in [0, max_weight]; rating 0 means unrated."""
     weight = completion
     rated = rating > 0
-    weight = jnp.where(rated & (rating >= cfg.high_rating_min), weight * cfg.high_rating_boost,
-                       weight)
-    weight = jnp.where(rated & (rating <= cfg.low_rating_max), weight * cfg.low_rating_factor,
-                       weight)
-    weight = jnp.where(completion >= cfg.full_completion_min, weight * cfg.full_completion_boost,
-                       weight)
+    weight = jnp.where(
+        rated & (rating >= cfg.high_rating_min), weight * cfg.high_rating_boost, weight
+    )
+    weight = jnp.where(
+        rated & (rating <= cfg.low_rating_max), weight * cfg.low_rating_factor, weight
+    )
+    weight = jnp.where(
+        completion >= cfg.full_completion_min, weight * cfg.full_completion_boost, weight
+    )
     return jnp.clip(weight, 0.0, cfg.max_weight)
 
 
-def qualifies(completion: jnp.ndarray, rating: jnp.ndarray, dismissed: jnp.ndarray,
-              cfg: PreferenceConfig) -> jnp.ndarray:
+def qualifies(
+    completion: jnp.ndarray, rating: jnp.ndarray, dismissed: jnp.ndarray, cfg: PreferenceConfig
+) -> jnp.ndarray:
     """Whether an event pulls the preference vector: watched enough (or rated well), not dismissed."""
     kept = (completion >= cfg.completion_threshold) | (rating >= cfg.rated_override_min)
     return kept & ~dismissed
@@ -70,12 +75,14 @@ def event_weights(events: Events, cfg: PreferenceConfig) -> jnp.ndarray:
 
 
 @partial(jax.jit, static_argnames=("n_users", "cfg"))
-def preference_sums(events: Events, item_embeddings: jnp.ndarray, n_users: int,
-                    cfg: PreferenceConfig) -> PreferenceSums:
+def preference_sums(
+    events: Events, item_embeddings: jnp.ndarray, n_users: int, cfg: PreferenceConfig
+) -> PreferenceSums:
     """Sums for one chunk of events; add chunks with `add_sums`. item_embeddings: (items, d)."""
     weights = event_weights(events, cfg)
-    weighted = jax.ops.segment_sum(weights[:, None] * item_embeddings[events.item], events.user,
-                                   num_segments=n_users)
+    weighted = jax.ops.segment_sum(
+        weights[:, None] * item_embeddings[events.item], events.user, num_segments=n_users
+    )
     total = jax.ops.segment_sum(weights, events.user, num_segments=n_users)
     return PreferenceSums(weighted, total)
 
@@ -90,27 +97,31 @@ def finish_preferences(sums: PreferenceSums) -> jnp.ndarray:
     safe_total = jnp.where(sums.total > 0, sums.total, 1.0)
     mean = sums.weighted / safe_total[:, None]
     norm = jnp.linalg.norm(mean, axis=1, keepdims=True)
-    return jnp.where((sums.total[:, None] > 0) & (norm > 0), mean / jnp.where(norm > 0, norm, 1.0),
-                     0.0)
+    return jnp.where(
+        (sums.total[:, None] > 0) & (norm > 0), mean / jnp.where(norm > 0, norm, 1.0), 0.0
+    )
 
 
-def build_preference_vectors(events: Events, item_embeddings: jnp.ndarray, n_users: int,
-                             cfg: PreferenceConfig) -> jnp.ndarray:
+def build_preference_vectors(
+    events: Events, item_embeddings: jnp.ndarray, n_users: int, cfg: PreferenceConfig
+) -> jnp.ndarray:
     """(users, d) preference vectors from one event array (see SPEC 3.1)."""
     return finish_preferences(preference_sums(events, item_embeddings, n_users, cfg))
 
 
 @partial(jax.jit, static_argnames=("n_users", "cfg"))
-def genre_affinities(events: Events, item_genres: jnp.ndarray, n_users: int,
-                     cfg: PreferenceConfig) -> jnp.ndarray:
+def genre_affinities(
+    events: Events, item_genres: jnp.ndarray, n_users: int, cfg: PreferenceConfig
+) -> jnp.ndarray:
     """(users, G) Laplace-smoothed genre shares of the qualifying, decayed engagement.
 
     item_genres: (items, G) multi-hot; an item's weight is split evenly over its genres.
     """
     per_item = item_genres / jnp.maximum(item_genres.sum(axis=1, keepdims=True), 1.0)
     weights = event_weights(events, cfg)
-    mass = jax.ops.segment_sum(weights[:, None] * per_item[events.item], events.user,
-                               num_segments=n_users)
+    mass = jax.ops.segment_sum(
+        weights[:, None] * per_item[events.item], events.user, num_segments=n_users
+    )
     smoothed = mass + cfg.genre_smoothing
     return smoothed / smoothed.sum(axis=1, keepdims=True)
 
@@ -125,12 +136,15 @@ def _distribution(counts: jnp.ndarray) -> jnp.ndarray:
 def temporal_patterns(events: Events, n_users: int, cfg: PreferenceConfig) -> TemporalPattern:
     """Hourly and weekday distributions of a user's (non-dismissed) viewing, and recency bias."""
     watched = (~events.dismissed).astype(jnp.float32)
-    hourly = jax.ops.segment_sum(watched[:, None] * jax.nn.one_hot(events.hour, 24),
-                                 events.user, num_segments=n_users)
-    weekday = jax.ops.segment_sum(watched[:, None] * jax.nn.one_hot(events.weekday, 7),
-                                  events.user, num_segments=n_users)
-    recent = jax.ops.segment_sum(watched * (events.age_days < cfg.recency_window_days),
-                                 events.user, num_segments=n_users)
+    hourly = jax.ops.segment_sum(
+        watched[:, None] * jax.nn.one_hot(events.hour, 24), events.user, num_segments=n_users
+    )
+    weekday = jax.ops.segment_sum(
+        watched[:, None] * jax.nn.one_hot(events.weekday, 7), events.user, num_segments=n_users
+    )
+    recent = jax.ops.segment_sum(
+        watched * (events.age_days < cfg.recency_window_days), events.user, num_segments=n_users
+    )
     count = hourly.sum(axis=1)
     recency = jnp.where(count > 0, recent / jnp.where(count > 0, count, 1.0), 0.0)
     return TemporalPattern(_distribution(hourly), _distribution(weekday), recency)

@@ -32,8 +32,14 @@ def event_targets(completion, rating, dismissed, cfg: PreferenceConfig) -> np.nd
     return np.where(np.asarray(dismissed), 0.0, weight / cfg.max_weight).astype(np.float32)
 
 
-def recent_events(user: np.ndarray, item: np.ndarray, timestamp: np.ndarray, targets: np.ndarray,
-                  users: np.ndarray, max_events: int) -> RecentEvents:
+def recent_events(
+    user: np.ndarray,
+    item: np.ndarray,
+    timestamp: np.ndarray,
+    targets: np.ndarray,
+    users: np.ndarray,
+    max_events: int,
+) -> RecentEvents:
     """Newest ``max_events`` events of each user in ``users`` (row order follows ``users``).
 
     user, item, timestamp, targets: (events,) flat arrays (any order).
@@ -60,26 +66,31 @@ def recent_events(user: np.ndarray, item: np.ndarray, timestamp: np.ndarray, tar
 
 
 @partial(jax.jit, static_argnames=("n_items", "n_negatives"))
-def sample_negatives(key: jax.Array, history: jnp.ndarray, history_mask: jnp.ndarray,
-                     n_items: int, n_negatives: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+def sample_negatives(
+    key: jax.Array, history: jnp.ndarray, history_mask: jnp.ndarray, n_items: int, n_negatives: int
+) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Uniform unseen items per user: (users, n) indices and a mask that drops seen ones.
 
     history: (users, L) item indices; history_mask: (users, L).
     """
     negatives = jax.random.randint(key, (history.shape[0], n_negatives), 0, n_items)
-    seen = jnp.any((negatives[:, :, None] == history[:, None, :]) & (history_mask[:, None, :] > 0),
-                   axis=2)
+    seen = jnp.any(
+        (negatives[:, :, None] == history[:, None, :]) & (history_mask[:, None, :] > 0), axis=2
+    )
     return negatives.astype(jnp.int32), (~seen).astype(jnp.float32)
 
 
-def with_negatives(key: jax.Array, recent: RecentEvents, n_items: int,
-                   cfg: LoraConfig) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+def with_negatives(
+    key: jax.Array, recent: RecentEvents, n_items: int, cfg: LoraConfig
+) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """(users, L + negatives) items, targets and mask: events first, then sampled negatives."""
     items = jnp.asarray(recent.items)
     mask = jnp.asarray(recent.mask)
     if cfg.negatives_per_user == 0:
         return items, jnp.asarray(recent.targets), mask
     negatives, negative_mask = sample_negatives(key, items, mask, n_items, cfg.negatives_per_user)
-    return (jnp.concatenate([items, negatives], axis=1),
-            jnp.concatenate([jnp.asarray(recent.targets), jnp.zeros(negatives.shape)], axis=1),
-            jnp.concatenate([mask, negative_mask], axis=1))
+    return (
+        jnp.concatenate([items, negatives], axis=1),
+        jnp.concatenate([jnp.asarray(recent.targets), jnp.zeros(negatives.shape)], axis=1),
+        jnp.concatenate([mask, negative_mask], axis=1),
+    )

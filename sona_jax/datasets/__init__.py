@@ -25,5 +25,15 @@ def load_dataset(kind: str, path: str | None = None, **synthetic_options) -> Dat
     raise DatasetError(f"unknown data kind {kind!r}; use synthetic, ml-100k or ml-latest")
 
 
-__all__ = ["DEVICE_TYPES", "TIMES_OF_DAY", "Catalogue", "Dataset", "DatasetError", "EventLog",
-           "generate_synthetic", "load_dataset", "load_ml100k", "load_ml_latest"]
+__all__ = [
+    "DEVICE_TYPES",
+    "TIMES_OF_DAY",
+    "Catalogue",
+    "Dataset",
+    "DatasetError",
+    "EventLog",
+    "generate_synthetic",
+    "load_dataset",
+    "load_ml100k",
+    "load_ml_latest",
+]

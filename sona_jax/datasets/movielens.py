@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sona_jax.datasets.schema import Catalogue, DatasetError, Dataset, EventLog
+from sona_jax.datasets.schema import Catalogue, Dataset, DatasetError, EventLog
 
 _YEAR = re.compile(r"\((\d{4})\)\s*$")
 
@@ -40,8 +40,10 @@ def _build_dataset(name, raw_items, titles, years, genre_names, genre_rows, rati
     items_raw = [r[1] for r in ratings]
     missing = {raw for raw in items_raw if raw not in item_index}
     if missing:
-        raise DatasetError(f"{name}: ratings name {len(missing)} items absent from the catalogue, "
-                           f"e.g. {sorted(missing)[:3]}")
+        raise DatasetError(
+            f"{name}: ratings name {len(missing)} items absent from the catalogue, "
+            f"e.g. {sorted(missing)[:3]}"
+        )
     user_ids, user_idx = np.unique(users_raw, return_inverse=True)
     n_items = len(raw_items)
     catalogue = Catalogue(
@@ -59,8 +61,12 @@ def _build_dataset(name, raw_items, titles, years, genre_names, genre_rows, rati
         completion=np.ones(len(ratings), np.float32),
         rating=np.array([r[2] for r in ratings], np.float32),
     )
-    return Dataset(name=name, catalogue=catalogue,
-                   user_ids=np.array([f"{name}:user:{u}" for u in user_ids]), events=events)
+    return Dataset(
+        name=name,
+        catalogue=catalogue,
+        user_ids=np.array([f"{name}:user:{u}" for u in user_ids]),
+        events=events,
+    )
 
 
 def load_ml100k(path: str | Path) -> Dataset:
@@ -84,8 +90,10 @@ def load_ml100k(path: str | Path) -> Dataset:
         parts = line.split("|")
         flags = parts[5:]
         if len(parts) < 6 or len(flags) != len(genre_names) or not parts[0].isdigit():
-            raise DatasetError(f"{item_file}:{line_no}: expected id|title|date|video|url and "
-                               f"{len(genre_names)} genre flags, got {len(parts)} fields")
+            raise DatasetError(
+                f"{item_file}:{line_no}: expected id|title|date|video|url and "
+                f"{len(genre_names)} genre flags, got {len(parts)} fields"
+            )
         try:
             genre_rows.append([int(flag) for flag in flags])
         except ValueError:
@@ -93,8 +101,11 @@ def load_ml100k(path: str | Path) -> Dataset:
         raw_items.append(int(parts[0]))
         titles.append(parts[1])
         date = parts[2].strip()
-        years.append(float(date[-4:]) if len(date) >= 4 and date[-4:].isdigit()
-                     else _year_from_title(parts[1]))
+        years.append(
+            float(date[-4:])
+            if len(date) >= 4 and date[-4:].isdigit()
+            else _year_from_title(parts[1])
+        )
 
     data_file = _require(path / "u.data")
     ratings = []
@@ -106,8 +117,10 @@ def load_ml100k(path: str | Path) -> Dataset:
             try:
                 user, item, rating, ts = (int(p) for p in parts)
             except ValueError:
-                raise DatasetError(f"{data_file}:{line_no}: expected 4 integers "
-                                   f"'user item rating timestamp', got {line.strip()!r}") from None
+                raise DatasetError(
+                    f"{data_file}:{line_no}: expected 4 integers "
+                    f"'user item rating timestamp', got {line.strip()!r}"
+                ) from None
             if not 1 <= rating <= 5:
                 raise DatasetError(f"{data_file}:{line_no}: rating {rating} outside 1..5")
             ratings.append((user, item, rating, ts))
@@ -125,7 +138,9 @@ def load_ml_latest(path: str | Path) -> Dataset:
         reader = csv.reader(handle)
         header = next(reader, None)
         if header != ["movieId", "title", "genres"]:
-            raise DatasetError(f"{movie_file}:1: expected header movieId,title,genres, got {header}")
+            raise DatasetError(
+                f"{movie_file}:1: expected header movieId,title,genres, got {header}"
+            )
         for row in reader:
             line_no = reader.line_num
             if len(row) != 3 or not row[0].isdigit():
@@ -146,19 +161,23 @@ def load_ml_latest(path: str | Path) -> Dataset:
         reader = csv.reader(handle)
         header = next(reader, None)
         if header != ["userId", "movieId", "rating", "timestamp"]:
-            raise DatasetError(f"{rating_file}:1: expected header userId,movieId,rating,timestamp,"
-                               f" got {header}")
+            raise DatasetError(
+                f"{rating_file}:1: expected header userId,movieId,rating,timestamp, got {header}"
+            )
         for row in reader:
             try:
                 user, item, stars, ts = int(row[0]), int(row[1]), float(row[2]), int(row[3])
                 if len(row) != 4:
                     raise ValueError
             except (ValueError, IndexError):
-                raise DatasetError(f"{rating_file}:{reader.line_num}: expected "
-                                   f"userId,movieId,rating,timestamp, got {row}") from None
+                raise DatasetError(
+                    f"{rating_file}:{reader.line_num}: expected "
+                    f"userId,movieId,rating,timestamp, got {row}"
+                ) from None
             if not 0.5 <= stars <= 5.0:
-                raise DatasetError(f"{rating_file}:{reader.line_num}: rating {stars} outside "
-                                   "0.5..5")
+                raise DatasetError(
+                    f"{rating_file}:{reader.line_num}: rating {stars} outside 0.5..5"
+                )
             ratings.append((user, item, int(np.clip(np.ceil(stars), 1, 5)), ts))
     if not ratings:
         raise DatasetError(f"{rating_file}: no ratings")

@@ -22,8 +22,11 @@ class DatasetError(ValueError):
 def time_of_day_of_hour(hour: np.ndarray) -> np.ndarray:
     """Hour 0..23 -> index into TIMES_OF_DAY (morning 5-11, afternoon 12-16, evening 17-21)."""
     hour = np.asarray(hour)
-    return np.select([(hour >= 5) & (hour < 12), (hour >= 12) & (hour < 17),
-                      (hour >= 17) & (hour < 22)], [0, 1, 2], 3).astype(np.int8)
+    return np.select(
+        [(hour >= 5) & (hour < 12), (hour >= 12) & (hour < 17), (hour >= 17) & (hour < 22)],
+        [0, 1, 2],
+        3,
+    ).astype(np.int8)
 
 
 @dataclass(frozen=True)
@@ -90,8 +93,17 @@ class EventLog:
         return EventLog(**{name: getattr(self, name)[index] for name in self.__dataclass_fields__})
 
     @staticmethod
-    def build(user, item, timestamp, completion, rating=None, dismissed=None, rewatch=None,
-              device=None, time_of_day=None) -> EventLog:
+    def build(
+        user,
+        item,
+        timestamp,
+        completion,
+        rating=None,
+        dismissed=None,
+        rewatch=None,
+        device=None,
+        time_of_day=None,
+    ) -> EventLog:
         """Make a log from array-likes, filling optional columns with their neutral values."""
         n = len(user)
         timestamp = np.asarray(timestamp, np.float64)

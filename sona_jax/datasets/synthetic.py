@@ -32,8 +32,23 @@ from sona_jax.datasets.schema import (
 )
 
 GENRES: tuple[str, ...] = (
-    "Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary", "Drama",
-    "Fantasy", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
     "Reality",
 )
 MOODS: tuple[str, ...] = ("uplifting", "dark", "relaxing", "tense", "funny", "romantic")
@@ -98,35 +113,58 @@ def _catalogue(rng: np.random.Generator, n_items: int):
     latent += 0.5 * rng.standard_normal((n_items, _LATENT)).astype(np.float32)
     mood_affinity = genres @ _genre_matrix(MOOD_GENRES, MOODS).T
     moods = (mood_affinity + 0.3 * rng.standard_normal(mood_affinity.shape) > 0.7).astype(
-        np.float32)
+        np.float32
+    )
     popularity = rng.standard_normal(n_items).astype(np.float32) * 1.0
     years = rng.integers(1960, 2026, n_items).astype(np.float32)
     kind_name = np.array(["Movie", "Episode", "Short"])[kind]
-    titles = np.array([f"{kind_name[i]} {i}: {GENRES[int(np.argmax(genres[i]))]}"
-                       for i in range(n_items)], dtype=object)
+    titles = np.array(
+        [f"{kind_name[i]} {i}: {GENRES[int(np.argmax(genres[i]))]}" for i in range(n_items)],
+        dtype=object,
+    )
     catalogue = Catalogue(
-        item_ids=_uuids(rng, n_items), titles=titles, genre_names=GENRES, genres=genres,
-        duration_minutes=duration, release_year=years, mood_names=MOODS, moods=moods,
-        series=series)
+        item_ids=_uuids(rng, n_items),
+        titles=titles,
+        genre_names=GENRES,
+        genres=genres,
+        duration_minutes=duration,
+        release_year=years,
+        mood_names=MOODS,
+        moods=moods,
+        series=series,
+    )
     return catalogue, centroids, latent, popularity
 
 
-def _event_context_fit(genres: np.ndarray, duration: np.ndarray, device: np.ndarray,
-                       daypart: np.ndarray, strength: float) -> np.ndarray:
+def _event_context_fit(
+    genres: np.ndarray,
+    duration: np.ndarray,
+    device: np.ndarray,
+    daypart: np.ndarray,
+    strength: float,
+) -> np.ndarray:
     """The planted context effect for (events, pool) items; device/daypart are (events, 1)."""
     long_item = duration >= 60
     short_item = duration <= 30
-    device_fit = np.where(device == DEVICE_TYPES.index("tv"), np.where(long_item, 1.0, -0.5),
-                          np.where(device == DEVICE_TYPES.index("mobile"),
-                                   np.where(short_item, 1.0, -0.5), 0.0))
+    device_fit = np.where(
+        device == DEVICE_TYPES.index("tv"),
+        np.where(long_item, 1.0, -0.5),
+        np.where(device == DEVICE_TYPES.index("mobile"), np.where(short_item, 1.0, -0.5), 0.0),
+    )
     daypart_genres = _genre_matrix(DAYPART_GENRES, TIMES_OF_DAY)  # (4, G)
     daypart_fit = np.einsum("epg,eg->ep", genres, daypart_genres[daypart[:, 0]])
     return strength * (device_fit + np.minimum(daypart_fit, 1.0))
 
 
-def generate_synthetic(n_users: int = 2_000, n_items: int = 3_000, events_per_user: float = 40.0,
-                       seed: int = 0, context_strength: float = 1.5, pool: int = 32,
-                       chunk_events: int = 400_000) -> Dataset:
+def generate_synthetic(
+    n_users: int = 2_000,
+    n_items: int = 3_000,
+    events_per_user: float = 40.0,
+    seed: int = 0,
+    context_strength: float = 1.5,
+    pool: int = 32,
+    chunk_events: int = 400_000,
+) -> Dataset:
     """Generate a seeded synthetic dataset (same seed -> identical data).
 
     Args:
@@ -166,8 +204,12 @@ def generate_synthetic(n_users: int = 2_000, n_items: int = 3_000, events_per_us
         taste_fit = np.einsum("ek,epk->ep", taste[user[start:stop]], item_latent[candidates])
         taste_fit /= np.sqrt(_LATENT)
         context_fit = _event_context_fit(
-            catalogue.genres[candidates], catalogue.duration_minutes[candidates],
-            device[start:stop, None], daypart[start:stop, None], context_strength)
+            catalogue.genres[candidates],
+            catalogue.duration_minutes[candidates],
+            device[start:stop, None],
+            daypart[start:stop, None],
+            context_strength,
+        )
         utility = 2.0 * taste_fit + context_fit + rng.gumbel(size=(size, pool))
         chosen = np.argmax(utility, axis=1)
         item[start:stop] = candidates[np.arange(size), chosen]
@@ -184,8 +226,12 @@ def generate_synthetic(n_users: int = 2_000, n_items: int = 3_000, events_per_us
     hour_lo = np.array([5, 12, 17, 22])[daypart]
     hour_span = np.array([7, 5, 5, 7])[daypart]
     hour = (hour_lo + np.floor(rng.random(n_events) * hour_span)) % 24
-    timestamp = (REFERENCE_NOW - (age_days + 1) * SECONDS_PER_DAY + hour * 3600.0
-                 + rng.integers(0, 3600, n_events))
+    timestamp = (
+        REFERENCE_NOW
+        - (age_days + 1) * SECONDS_PER_DAY
+        + hour * 3600.0
+        + rng.integers(0, 3600, n_events)
+    )
     order = np.lexsort((timestamp, user))
     # A repeated (user, item) is a rewatch.
     pair = user[order].astype(np.int64) * n_items + item[order]
@@ -195,9 +241,21 @@ def generate_synthetic(n_users: int = 2_000, n_items: int = 3_000, events_per_us
     rewatch_sorted[first_seen] = False
     rewatch[order] = rewatch_sorted
 
-    events = EventLog.build(user=user, item=item, timestamp=timestamp, completion=completion,
-                            rating=rating, dismissed=dismissed, rewatch=rewatch, device=device,
-                            time_of_day=daypart).take(order)
+    events = EventLog.build(
+        user=user,
+        item=item,
+        timestamp=timestamp,
+        completion=completion,
+        rating=rating,
+        dismissed=dismissed,
+        rewatch=rewatch,
+        device=device,
+        time_of_day=daypart,
+    ).take(order)
     return Dataset(
-        name="synthetic", catalogue=catalogue, user_ids=_uuids(rng, n_users), events=events,
-        extras={"taste": taste, "item_latent": item_latent, "reference_now": REFERENCE_NOW})
+        name="synthetic",
+        catalogue=catalogue,
+        user_ids=_uuids(rng, n_users),
+        events=events,
+        extras={"taste": taste, "item_latent": item_latent, "reference_now": REFERENCE_NOW},
+    )

@@ -1,0 +1,422 @@
+"""SPEC 7: offline protocols, metrics, and the side-by-side table of `sona eval`.
+
+* P1 next-watch: each user's chronologically last interaction is the test item; HR@10, NDCG@10.
+* P2 random split: a seeded random 25 % of each user's interactions; Precision@10, NDCG@10.
+* Items seen in train are never ranked; every rating counts as a positive.
+* Validation splits are carved from train with the same protocol; EASE's λ, ALS's settings and
+  (optionally) the fusion weights are chosen there, never on test.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import jax
+import numpy as np
+import scipy.sparse as sp
+
+from sona_jax import baselines
+from sona_jax.config import SonaConfig
+from sona_jax.datasets.schema import Dataset, EventLog
+from sona_jax.model import TrainedModel
+from sona_jax.pipeline import train_model
+from sona_jax.recommend import SOURCE_NAMES, fusion_weights, recommend
+from sona_jax.serving_state import model_user_rows, plain_requests, serving_state
+
+K = 10
+EVAL_BATCH = 128
+
+
+@dataclass(frozen=True)
+class Split:
+    """train: mask over the log's events; test: (users, items) binary matrix;
+    test_time_of_day / test_device: (users,) context of each user's (last) test event, -1 none."""
+
+    train: np.ndarray
+    test: sp.csr_matrix
+    test_time_of_day: np.ndarray
+    test_device: np.ndarray
+
+    @property
+    def users(self) -> np.ndarray:
+        """Users with at least one test item."""
+        return np.flatnonzero(np.diff(self.test.indptr) > 0)
+
+
+def _test_matrix(log: EventLog, test: np.ndarray, n_users: int, n_items: int):
+    matrix = baselines.interaction_matrix(log.user[test], log.item[test], n_users, n_items)
+    tod = np.full(n_users, -1, np.int32)
+    device = np.full(n_users, -1, np.int32)
+    order = np.argsort(log.timestamp[test], kind="stable")  # the latest test event wins
+    tod[log.user[test][order]] = log.time_of_day[test][order]
+    device[log.user[test][order]] = log.device[test][order]
+    return matrix, tod, device
+
+
+def split_next_watch(log: EventLog, mask: np.ndarray, n_users: int, n_items: int) -> Split:
+    """P1 over the events in ``mask``: each user's last event (users with >= 2 events)."""
+    index = np.flatnonzero(mask)
+    order = index[np.lexsort((log.timestamp[index], log.user[index]))]
+    last = np.ones(len(order), bool)
+    last[:-1] = log.user[order][1:] != log.user[order][:-1]
+    counts = np.bincount(log.user[order], minlength=n_users)
+    last &= counts[log.user[order]] >= 2
+    test = np.zeros(len(log), bool)
+    test[order[last]] = True
+    # Drop other events of the same (user, item) as the test event from train: it must be unseen.
+    test_pairs = set(zip(log.user[test].tolist(), log.item[test].tolist(), strict=True))
+    same = np.array([(u, i) in test_pairs for u, i in zip(log.user[index].tolist(),
+                                                          log.item[index].tolist(), strict=True)])
+    train = mask.copy()
+    train[index[same]] = False
+    return Split(train, *_test_matrix(log, test, n_users, n_items))
+
+
+def split_random(log: EventLog, mask: np.ndarray, n_users: int, n_items: int, seed: int,
+                 fraction: float = 0.25) -> Split:
+    """P2 over the events in ``mask``: a seeded random ``fraction`` of each user's (user, item)s."""
+    index = np.flatnonzero(mask)
+    pairs, first = np.unique(log.user[index].astype(np.int64) * n_items + log.item[index],
+                             return_inverse=True)
+    pair_user = pairs // n_items
+    rng = np.random.default_rng(seed)
+    noise = rng.random(len(pairs))
+    order = np.lexsort((noise, pair_user))
+    counts = np.bincount(pair_user, minlength=n_users)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.empty(len(pairs), np.int64)
+    rank[order] = np.arange(len(pairs)) - starts[pair_user[order]]
+    n_test = np.floor(counts * fraction).astype(np.int64)
+    test_pair = rank < n_test[pair_user]
+    test = np.zeros(len(log), bool)
+    test[index[test_pair[first]]] = True
+    train = mask & ~test
+    return Split(train, *_test_matrix(log, test, n_users, n_items))
+
+
+def make_split(protocol: str, log: EventLog, mask: np.ndarray, n_users: int, n_items: int,
+               seed: int) -> Split:
+    if protocol == "p1":
+        return split_next_watch(log, mask, n_users, n_items)
+    if protocol == "p2":
+        return split_random(log, mask, n_users, n_items, seed)
+    raise ValueError(f"unknown protocol {protocol!r}; use p1 or p2")
+
+
+def subset(dataset: Dataset, mask: np.ndarray) -> Dataset:
+    """The dataset with only the events in ``mask`` (same users and catalogue)."""
+    return Dataset(dataset.name, dataset.catalogue, dataset.user_ids, dataset.events.take(mask),
+                   dataset.extras)
+
+
+# ---- metrics -------------------------------------------------------------------------------
+
+
+def ranking_metrics(top: np.ndarray, test: sp.csr_matrix, users: np.ndarray) -> dict[str, float]:
+    """HR@k, NDCG@k (binary), Precision@k of ``top`` (len(users), k) against ``test`` rows."""
+    k = top.shape[1]
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    relevant = np.zeros(top.shape, bool)
+    for row, user in enumerate(users):
+        positives = test.indices[test.indptr[user]:test.indptr[user + 1]]
+        relevant[row] = np.isin(top[row], positives)
+    n_positive = np.minimum(np.diff(test.indptr)[users], k)
+    ideal = np.cumsum(discounts)[np.maximum(n_positive - 1, 0)]
+    ndcg = (relevant * discounts).sum(1) / ideal
+    return {"hr@10": float(relevant.any(1).mean()), "ndcg@10": float(ndcg.mean()),
+            "precision@10": float(relevant.sum(1).mean() / k)}
+
+
+def coverage(top: np.ndarray, n_items: int) -> float:
+    """Share of the catalogue that appears in anyone's top list."""
+    return float(len(np.unique(top[top >= 0])) / n_items)
+
+
+def intra_list_diversity(top: np.ndarray, item_vectors: np.ndarray) -> float:
+    """Mean pairwise cosine distance within each top list (item_vectors: (items, d))."""
+    unit = item_vectors / np.maximum(np.linalg.norm(item_vectors, axis=1, keepdims=True), 1e-12)
+    vectors = unit[np.maximum(top, 0)]  # (users, k, d)
+    similarity = np.einsum("ukd,uld->ukl", vectors, vectors)
+    k = top.shape[1]
+    off_diagonal = (similarity.sum((1, 2)) - np.trace(similarity, axis1=1, axis2=2)) / (k * (k - 1))
+    return float(np.mean(1.0 - off_diagonal))
+
+
+def list_metrics(top, test, users, item_vectors, suffix: str = "") -> dict[str, float]:
+    metrics = ranking_metrics(top, test, users)
+    metrics |= {"coverage": coverage(top, item_vectors.shape[0]),
+                "ild@10": intra_list_diversity(top, item_vectors)}
+    return {f"{name}{suffix}": value for name, value in metrics.items()}
+
+
+def top_from_scores(scores: np.ndarray, seen: sp.csr_matrix, users: np.ndarray,
+                    k: int = K) -> np.ndarray:
+    """(len(users), k) best items of dense ``scores`` (len(users), items), seen items removed."""
+    scores = np.array(scores, np.float32, copy=True)
+    seen_rows = seen[users]
+    rows = np.repeat(np.arange(len(users)), np.diff(seen_rows.indptr))
+    scores[rows, seen_rows.indices] = -np.inf
+    top = np.argpartition(-scores, k, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, top, 1), axis=1)
+    return np.take_along_axis(top, order, 1)
+
+
+# ---- SONA's hybrid as a ranker ---------------------------------------------------------------
+
+
+class HybridRanker:
+    """Batched top-k lists from a trained model, in chunks of EVAL_BATCH users."""
+
+    def __init__(self, model: TrainedModel, cfg: SonaConfig | None = None):
+        self.model = model
+        self.state = serving_state(model)
+        self.cfg = cfg or model.config
+
+    def with_config(self, cfg: SonaConfig) -> HybridRanker:
+        """The same model and state scored under serving-time settings of ``cfg``."""
+        other = object.__new__(HybridRanker)
+        other.model, other.state, other.cfg = self.model, self.state, cfg
+        return other
+
+    def top(self, users: np.ndarray, weights, mmr_lambda: float = 1.0,
+            time_of_day: np.ndarray | None = None, device: np.ndarray | None = None,
+            k: int = K) -> np.ndarray:
+        out = np.empty((len(users), k), np.int32)
+        weights = np.asarray(weights, np.float32)
+        for start in range(0, len(users), EVAL_BATCH):
+            rows = users[start:start + EVAL_BATCH]
+            n = len(rows)
+            padded = np.concatenate([rows, np.full(EVAL_BATCH - n, rows[0])])
+            batch = model_user_rows(self.model, padded)
+            request = plain_requests(
+                EVAL_BATCH, mmr_lambda,
+                time_of_day=None if time_of_day is None else
+                np.concatenate([time_of_day[start:start + n], np.full(EVAL_BATCH - n, -1)]),
+                device=None if device is None else
+                np.concatenate([device[start:start + n], np.full(EVAL_BATCH - n, -1)]))
+            result = recommend(self.state, batch, request, np.full(EVAL_BATCH, k, np.int32),
+                               weights, self.cfg, k)
+            out[start:start + n] = np.asarray(result.items)[:n]
+        return out
+
+
+def one_hot_weights(source: int) -> np.ndarray:
+    weights = np.zeros(len(SOURCE_NAMES), np.float32)
+    weights[source] = 1.0
+    return weights
+
+
+def candidate_weights(cfg: SonaConfig, n_random: int, seed: int) -> list[np.ndarray]:
+    """Configured weights, each source alone, and seeded random points of the simplex."""
+    rng = np.random.default_rng(seed)
+    found = [np.asarray(fusion_weights(cfg))]
+    found += [one_hot_weights(s) for s in range(len(SOURCE_NAMES))]
+    found += [rng.dirichlet(np.ones(len(SOURCE_NAMES))).astype(np.float32)
+              for _ in range(n_random)]
+    return found
+
+
+# ---- the table ---------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalOptions:
+    protocol: str = "p1"
+    seed: int = 0
+    tune_fusion: bool = True
+    fusion_trials: int = 16
+    seed_position_decays: tuple[float, ...] = (1.0, 0.9, 0.8)
+    cold_start_users: int = 500
+    cold_start_points: tuple[int, ...] = (0, 1, 3, 5, 10)
+    ease_l2_grid: tuple[float, ...] = (50.0, 100.0, 200.0, 500.0, 1000.0)
+    als_grid: tuple[tuple[int, float], ...] = ((32, 0.05), (64, 0.05), (128, 0.1))
+
+
+def _context_arrays(split: Split, users: np.ndarray):
+    return split.test_time_of_day[users], split.test_device[users]
+
+
+def _baseline_rows(train_matrix, val_train, val_split, split, users, vectors, options, log_fn):
+    rows = []
+    val_users = val_split.users
+
+    def val_ndcg(model):
+        model.fit(val_train)
+        top = top_from_scores(model.scores(val_users), val_train, val_users)
+        return ranking_metrics(top, val_split.test, val_users)["ndcg@10"]
+
+    candidates = [
+        ("popularity", [baselines.Popularity()]),
+        ("ease", [baselines.EASE(l2) for l2 in options.ease_l2_grid]),
+        ("implicit-als", [baselines.ImplicitALS(f, r, seed=options.seed)
+                          for f, r in options.als_grid]),
+    ]
+    for name, models in candidates:
+        clock = time.perf_counter()
+        scores = [val_ndcg(model) for model in models] if len(models) > 1 else [0.0]
+        best = models[int(np.argmax(scores))]
+        best.fit(train_matrix)
+        top = top_from_scores(best.scores(users), train_matrix, users)
+        chosen = {k: v for k, v in getattr(best, "options", {"l2": getattr(best, "l2", None)})
+                  .items() if v is not None}
+        rows.append({"name": name, "kind": "baseline",
+                     "metrics": list_metrics(top, split.test, users, vectors),
+                     "chosen_on_validation": chosen,
+                     "seconds": time.perf_counter() - clock})
+        log_fn(f"{name}: {rows[-1]['metrics']['ndcg@10']:.4f} NDCG@10")
+    return rows
+
+
+def evaluate(dataset: Dataset, cfg: SonaConfig, options: EvalOptions,
+             log_fn: Callable[[str], None] = lambda message: None) -> dict:
+    """Run one protocol end to end and return the `sona eval` JSON document."""
+    clock = time.perf_counter()
+    log, n_users, n_items = dataset.events, dataset.n_users, dataset.n_items
+    everything = np.ones(len(log), bool)
+    split = make_split(options.protocol, log, everything, n_users, n_items, options.seed)
+    val_split = make_split(options.protocol, log, split.train, n_users, n_items, options.seed + 1)
+    users = split.users
+    train_matrix = baselines.interaction_matrix(log.user[split.train], log.item[split.train],
+                                                n_users, n_items)
+    val_train = baselines.interaction_matrix(log.user[val_split.train],
+                                             log.item[val_split.train], n_users, n_items)
+    use_context = options.protocol == "p1"
+
+    # Fusion weights: configured, or the best on the validation split.
+    configured_cfg = cfg
+    weights = np.asarray(fusion_weights(cfg))
+    fusion = {"configured": weights.tolist()}
+    if options.tune_fusion:
+        log_fn("training on the validation split to tune fusion weights ...")
+        val_model = train_model(subset(dataset, val_split.train), cfg)
+        ranker = HybridRanker(val_model)
+        val_users = val_split.users
+        tod, device = _context_arrays(val_split, val_users) if use_context else (None, None)
+        trials = []
+        for decay in (cfg.graph.seed_position_decay, *options.seed_position_decays):
+            trial_cfg = cfg.with_overrides({"graph": {"seed_position_decay": decay}})
+            trial_ranker = ranker.with_config(trial_cfg)
+            for candidate in candidate_weights(cfg, options.fusion_trials, options.seed):
+                top = trial_ranker.top(val_users, candidate, 1.0, tod, device)
+                trials.append((ranking_metrics(top, val_split.test, val_users)["ndcg@10"],
+                               candidate, trial_cfg))
+        best_ndcg, weights, cfg = max(trials, key=lambda trial: trial[0])
+        fusion |= {"tuned": weights.tolist(), "validation_ndcg@10": best_ndcg,
+                   "validation_configured_ndcg@10": trials[0][0], "trials": len(trials),
+                   "tuned_seed_position_decay": cfg.graph.seed_position_decay}
+        log_fn(f"fusion weights {np.round(weights, 3).tolist()}, graph seed decay "
+               f"{cfg.graph.seed_position_decay} (validation NDCG@10 {best_ndcg:.4f} vs "
+               f"configured {trials[0][0]:.4f})")
+
+    log_fn("training on the train split ...")
+    model = train_model(subset(dataset, split.train), cfg)
+    vectors = np.asarray(model.base.item_embeddings)
+    ranker = HybridRanker(model, cfg)
+    tod, device = _context_arrays(split, users) if use_context else (None, None)
+    plain = ranker.top(users, weights, 1.0, tod, device)
+    diverse = ranker.top(users, weights, cfg.diversity.mmr_lambda, tod, device)
+    hybrid_metrics = list_metrics(plain, split.test, users, vectors)
+    hybrid_metrics |= list_metrics(diverse, split.test, users, vectors, suffix="_mmr")
+    rows = [{"name": "sona-hybrid", "kind": "hybrid", "metrics": hybrid_metrics,
+             "weights": dict(zip(SOURCE_NAMES, map(float, weights), strict=True))}]
+    if options.tune_fusion:
+        configured = ranker.with_config(configured_cfg).top(
+            users, np.asarray(fusion_weights(configured_cfg)), 1.0, tod, device)
+        fusion["test_configured_metrics"] = list_metrics(configured, split.test, users, vectors)
+    for s, name in enumerate(SOURCE_NAMES):
+        if name == "context" and not use_context:
+            continue
+        top = ranker.top(users, one_hot_weights(s), 1.0, tod, device)
+        rows.append({"name": name, "kind": "source",
+                     "metrics": list_metrics(top, split.test, users, vectors)})
+    log_fn(f"hybrid: {hybrid_metrics['ndcg@10']:.4f} NDCG@10")
+    rows += _baseline_rows(train_matrix, val_train, val_split, split, users, vectors, options,
+                           log_fn)
+
+    result = {"data": dataset.name, "protocol": options.protocol, "rows": rows,
+              "users": int(len(users)), "items": int(n_items), "fusion": fusion,
+              "mmr_lambda": cfg.diversity.mmr_lambda}
+    if use_context:
+        no_context = ranker.top(users, weights, 1.0)
+        result["context"] = {
+            "ndcg@10_with_context": hybrid_metrics["ndcg@10"],
+            "ndcg@10_without_context": ranking_metrics(no_context, split.test, users)["ndcg@10"],
+            "context_fields": "time_of_day and device of the test event (device where known)"}
+        result["cold_start"] = cold_start_curve(dataset, split, cfg, weights, options, log_fn)
+    result["seconds"] = time.perf_counter() - clock
+    return result
+
+
+def cold_start_curve(dataset: Dataset, split: Split, cfg: SonaConfig, weights: np.ndarray,
+                     options: EvalOptions, log_fn) -> list[dict]:
+    """NDCG@10 of the hybrid and of popularity for test users cut to their first n events.
+
+    The test users are dealt into groups of at most ``options.cold_start_users``; each group in
+    turn is cut while everyone else keeps their full history, and the scores are pooled over
+    all groups (one group alone is too few users to tell the curves apart).
+    """
+    log = dataset.events
+    users = np.random.default_rng(options.seed).permutation(split.users)
+    n_groups = max(1, int(np.ceil(len(users) / options.cold_start_users)))
+    groups = [np.sort(group) for group in np.array_split(users, n_groups)]
+    index = np.flatnonzero(split.train)
+    order = index[np.lexsort((log.timestamp[index], log.user[index]))]
+    counts = np.bincount(log.user[order], minlength=dataset.n_users)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.empty(len(log), np.int64)
+    rank[order] = np.arange(len(order)) - starts[log.user[order]]
+    curve = []
+    for n_events in options.cold_start_points:
+        hybrid, popular = [], []
+        for group in groups:
+            is_cut = np.zeros(dataset.n_users, bool)
+            is_cut[group] = True
+            keep = split.train & (~is_cut[log.user] | (rank < n_events))
+            model = train_model(subset(dataset, keep), cfg)
+            tod, device = _context_arrays(split, group)
+            hybrid.append(HybridRanker(model, cfg).top(group, weights, 1.0, tod, device))
+            train_matrix = baselines.interaction_matrix(log.user[keep], log.item[keep],
+                                                        dataset.n_users, dataset.n_items)
+            popular.append(top_from_scores(
+                baselines.Popularity().fit(train_matrix).scores(group), train_matrix, group))
+        cut_users = np.concatenate(groups)
+        point = {"events": n_events, "users": int(len(cut_users)),
+                 "hybrid_ndcg@10": ranking_metrics(np.concatenate(hybrid), split.test,
+                                                   cut_users)["ndcg@10"],
+                 "popularity_ndcg@10": ranking_metrics(np.concatenate(popular), split.test,
+                                                       cut_users)["ndcg@10"]}
+        curve.append(point)
+        log_fn(f"cold start, first {n_events} events: hybrid {point['hybrid_ndcg@10']:.4f} "
+               f"vs popularity {point['popularity_ndcg@10']:.4f}")
+    return curve
+
+
+def format_table(result: dict) -> str:
+    """Markdown table of a `sona eval` result."""
+    columns = (["hr@10", "ndcg@10"] if result["protocol"] == "p1"
+               else ["precision@10", "ndcg@10"]) + ["coverage", "ild@10"]
+    lines = [f"{result['data']} {result['protocol'].upper()} ({result['users']} users)", "",
+             "| model | kind | " + " | ".join(columns) + " |",
+             "| --- | --- |" + " --- |" * len(columns)]
+    for row in result["rows"]:
+        values = " | ".join(f"{row['metrics'][c]:.4f}" for c in columns)
+        lines.append(f"| {row['name']} | {row['kind']} | {values} |")
+        if row["kind"] == "hybrid":
+            mmr = " | ".join(f"{row['metrics'][c + '_mmr']:.4f}" for c in columns)
+            lines.append(f"| {row['name']} + MMR λ={result['mmr_lambda']} | hybrid | {mmr} |")
+    if "context" in result:
+        c = result["context"]
+        lines += ["", f"context: NDCG@10 {c['ndcg@10_with_context']:.4f} with the test event's "
+                      f"context vs {c['ndcg@10_without_context']:.4f} without"]
+    if "cold_start" in result:
+        lines += ["", "| first n events | hybrid NDCG@10 | popularity NDCG@10 |",
+                  "| --- | --- | --- |"]
+        lines += [f"| {p['events']} | {p['hybrid_ndcg@10']:.4f} | {p['popularity_ndcg@10']:.4f} |"
+                  for p in result["cold_start"]]
+    return "\n".join(lines)
+
+
+def block(x):
+    return jax.block_until_ready(x)

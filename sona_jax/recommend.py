@@ -1,0 +1,219 @@
+"""SPEC 3.3-3.6 composed: candidates, per-request normalisation, fusion, cold-start blending,
+MMR, exploration and the facts explanations are made of — one jitted call per user batch.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from sona_jax import mmr, sources
+from sona_jax.config import SonaConfig
+from sona_jax.sources import RequestBatch, ServingState, UserBatch
+
+SOURCE_NAMES: tuple[str, ...] = ("collaborative", "content_based", "graph_based", "context")
+KIND_NAMES: tuple[str, ...] = SOURCE_NAMES[:3] + ("context_aware", "cold_start", "exploration")
+COLD_START, EXPLORATION = 4, 5
+
+
+class SourceScores(NamedTuple):
+    """raw: (users, 4, items) in SOURCE_NAMES order; cold: (users, items);
+    active: (users, 4) whether each source has anything to say for that user and request."""
+
+    raw: jnp.ndarray
+    cold: jnp.ndarray
+    active: jnp.ndarray
+
+
+class Recommendations(NamedTuple):
+    """items, scores: (users, n); kind: (users, n) index into KIND_NAMES;
+    based_on: (users, n) the history item most like each item (-1 none);
+    contributions: (users, n, 5) weighted share of each source and of cold start."""
+
+    items: jnp.ndarray
+    scores: jnp.ndarray
+    kind: jnp.ndarray
+    based_on: jnp.ndarray
+    contributions: jnp.ndarray
+
+
+def fusion_weights(cfg: SonaConfig) -> jnp.ndarray:
+    """(4,) configured weights in SOURCE_NAMES order."""
+    f = cfg.fusion
+    return jnp.array([f.collaborative, f.content_based, f.graph_based, f.context], jnp.float32)
+
+
+def source_scores(state: ServingState, users: UserBatch, request: RequestBatch,
+                  cfg: SonaConfig) -> SourceScores:
+    """Every source over the whole catalogue for a batch of users."""
+    raw = jnp.stack([
+        sources.collaborative_scores(state, users, cfg),
+        sources.content_scores(state, users, cfg),
+        sources.graph_scores(state, users, cfg),
+        sources.context_scores(state, users, request, cfg),
+    ], axis=1)
+    has_profile = jnp.sum(users.preference**2, axis=1) > 0
+    has_seeds = users.recent_items[:, 0] >= 0
+    has_context = (request.device >= 0) | (request.time_of_day >= 0) | (request.mood >= 0)
+    active = jnp.stack([has_profile, has_profile, has_seeds, has_context], axis=1)
+    return SourceScores(raw, sources.cold_start_scores(state, users, request, cfg), active)
+
+
+def excluded_items(n_items: int, users: UserBatch, request: RequestBatch) -> jnp.ndarray:
+    """(users, items) True for dismissed items always and watched ones when asked."""
+    seen = jnp.where(request.exclude_watched[:, None], users.seen, -1)
+    lists = jnp.concatenate([seen, users.dismissed], axis=1)
+    return sources.scatter_rows(n_items, lists, jnp.ones(lists.shape)) > 0
+
+
+def _top_mask(scores: jnp.ndarray, k: int) -> jnp.ndarray:
+    """(users, items) True at each row's top-k (finite) entries."""
+    values, index = jax.lax.top_k(scores, min(k, scores.shape[1]))
+    return sources.scatter_rows(scores.shape[1], jnp.where(jnp.isfinite(values), index, -1),
+                                jnp.ones(index.shape)) > 0
+
+
+def candidate_mask(scores: SourceScores, trending: jnp.ndarray, excluded: jnp.ndarray,
+                   cfg: SonaConfig) -> jnp.ndarray:
+    """Union of each active source's top items, cold start's top items and trending."""
+    k = cfg.candidates.per_source
+    mask = jnp.zeros(excluded.shape, bool)
+    for s in range(len(SOURCE_NAMES)):
+        ranked = jnp.where(excluded | ~scores.active[:, s, None], -jnp.inf, scores.raw[:, s])
+        mask = mask | (_top_mask(ranked, k) & scores.active[:, s, None])
+    mask = mask | _top_mask(jnp.where(excluded, -jnp.inf, scores.cold), k)
+    if cfg.candidates.trending:
+        popular = jnp.where(excluded, -jnp.inf, jnp.broadcast_to(trending, excluded.shape))
+        mask = mask | _top_mask(popular, cfg.candidates.trending)
+    return mask & ~excluded
+
+
+def normalise(scores: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+    """Min-max to [0, 1] over each row's masked entries (0 elsewhere or when constant)."""
+    low = jnp.min(jnp.where(mask, scores, jnp.inf), axis=-1, keepdims=True)
+    high = jnp.max(jnp.where(mask, scores, -jnp.inf), axis=-1, keepdims=True)
+    spread = high - low
+    ok = mask & jnp.isfinite(spread) & (spread > 0)
+    return jnp.where(ok, (scores - low) / jnp.where(ok, spread, 1.0), 0.0)
+
+
+def blend_weight(qualifying: jnp.ndarray, cfg: SonaConfig) -> jnp.ndarray:
+    """SPEC 3.5 β: 0 below ``cold_start.min_events`` qualifying events, then min(1, n/20)."""
+    c = cfg.cold_start
+    return jnp.where(qualifying < c.min_events, 0.0, jnp.minimum(1.0, qualifying / c.blend_events))
+
+
+def exploration_share(qualifying: jnp.ndarray, cfg: SonaConfig) -> jnp.ndarray:
+    """ε = max(0.05, 0.2·0.995^n) while the user is still being blended in (β < 1), else 0."""
+    c = cfg.cold_start
+    epsilon = jnp.maximum(c.exploration_floor, c.exploration_start * c.exploration_decay**qualifying)
+    return jnp.where(blend_weight(qualifying, cfg) < 1.0, epsilon, 0.0)
+
+
+def relevance(scores: SourceScores, mask: jnp.ndarray, weights: jnp.ndarray,
+              qualifying: jnp.ndarray, cfg: SonaConfig) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Blended relevance (users, items) in [0, 1] and contributions (users, 5, items).
+
+    Sources are normalised over the request's candidates, weighted by ``weights`` renormalised
+    over the active ones; cold start (shaped by context when given) fills in ``1 − β``.
+    """
+    normalised = normalise(scores.raw, mask[:, None, :])
+    active_weights = weights[None, :] * scores.active
+    total = jnp.sum(active_weights, axis=1, keepdims=True)
+    shares = active_weights / jnp.where(total > 0, total, 1.0)
+    beta = jnp.where(total[:, 0] > 0, blend_weight(qualifying, cfg), 0.0)
+    context_weight = weights[3] * scores.active[:, 3]
+    cold = (normalise(scores.cold, mask) + context_weight[:, None] * normalised[:, 3]) / (
+        1.0 + context_weight[:, None])
+    contributions = jnp.concatenate([
+        beta[:, None, None] * shares[:, :, None] * normalised,
+        ((1.0 - beta)[:, None] * cold)[:, None, :],
+    ], axis=1)
+    return jnp.where(mask, contributions.sum(axis=1), -jnp.inf), contributions
+
+
+def _explore(chosen: jnp.ndarray, pool_valid: jnp.ndarray, n_explore: jnp.ndarray,
+             limit: jnp.ndarray, key: jax.Array) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Replace the last ``n_explore`` of the first ``limit`` slots by random unchosen pool items."""
+    n_out, pool = chosen.shape[0], pool_valid.shape[0]
+    taken = jnp.zeros(pool, bool).at[jnp.where(chosen >= 0, chosen, pool)].set(True, mode="drop")
+    noise = jnp.where(taken | ~pool_valid, -jnp.inf, jax.random.uniform(key, (pool,)))
+    values, order = jax.lax.top_k(noise, n_out)
+    slot = jnp.arange(n_out)
+    first = limit - n_explore
+    pick = jnp.clip(slot - first, 0, n_out - 1)
+    explore = (slot >= first) & (slot < limit) & jnp.isfinite(values[pick])
+    return jnp.where(explore, order[pick], chosen), explore
+
+
+@partial(jax.jit, static_argnames=("cfg", "n_out"))
+def recommend(state: ServingState, users: UserBatch, request: RequestBatch, limit: jnp.ndarray,
+              weights: jnp.ndarray, cfg: SonaConfig, n_out: int) -> Recommendations:
+    """Top ``n_out`` recommendations per user (the caller keeps the first ``limit`` (users,))."""
+    n_items = state.base.item_embeddings.shape[0]
+    scores = source_scores(state, users, request, cfg)
+    excluded = excluded_items(n_items, users, request)
+    mask = candidate_mask(scores, state.trending, excluded, cfg)
+    blended, contributions = relevance(scores, mask, weights, users.qualifying, cfg)
+
+    pool_size = min(max(cfg.diversity.pool_size, n_out), n_items)
+    pool_relevance, pool_items = jax.lax.top_k(blended, pool_size)
+    pool_valid = jnp.isfinite(pool_relevance)
+    pool_relevance = jnp.where(pool_valid, pool_relevance, 0.0)
+    vectors = state.base.item_embeddings[pool_items]
+    chosen = mmr.mmr_select(pool_relevance, vectors, pool_valid, request.mmr_lambda, n_out)
+
+    n_explore = jnp.round(exploration_share(users.qualifying, cfg) * limit).astype(jnp.int32)
+    keys = jax.vmap(jax.random.PRNGKey)(request.seed)
+    chosen, explored = jax.vmap(_explore)(chosen, pool_valid, n_explore, limit, keys)
+
+    ok = chosen >= 0
+    position = jnp.maximum(chosen, 0)
+    items = jnp.where(ok, jnp.take_along_axis(pool_items, position, 1), -1)
+    item_scores = jnp.where(ok, jnp.take_along_axis(pool_relevance, position, 1), 0.0)
+    safe_items = jnp.maximum(items, 0)
+    contrib = jnp.take_along_axis(contributions, safe_items[:, None, :], axis=2)
+    contrib = jnp.swapaxes(contrib, 1, 2)  # (users, n, 5)
+    kind = jnp.where(explored, EXPLORATION, jnp.argmax(contrib, axis=2))
+
+    seeds = users.recent_items[:, : cfg.graph.recent_items]
+    seed_vectors = state.base.item_embeddings[jnp.maximum(seeds, 0)]
+    affinity = jnp.einsum("und,usd->uns", state.base.item_embeddings[safe_items], seed_vectors)
+    affinity = jnp.where(seeds[:, None, :] >= 0, affinity, -jnp.inf)
+    best_seed = jnp.take_along_axis(seeds, jnp.argmax(affinity, axis=2), axis=1)
+    based_on = jnp.where(ok & (seeds[:, :1] >= 0), best_seed, -1)
+    return Recommendations(items, item_scores, jnp.where(ok, kind, -1), based_on, contrib)
+
+
+class ItemScores(NamedTuple):
+    """score: (users, C) blended relevance in [0, 1]; components: (users, C, 5) normalised
+    collaborative, content-based, graph-based, context and the LoRA boost (σ with the adapter
+    minus σ without it)."""
+
+    score: jnp.ndarray
+    components: jnp.ndarray
+
+
+@partial(jax.jit, static_argnames=("cfg",))
+def score_items(state: ServingState, users: UserBatch, request: RequestBatch,
+                items: jnp.ndarray, weights: jnp.ndarray, cfg: SonaConfig) -> ItemScores:
+    """Personalisation scores of given items (users, C), normalised over the whole catalogue."""
+    n_items = state.base.item_embeddings.shape[0]
+    scores = source_scores(state, users, request, cfg)
+    everything = ~excluded_items(n_items, users, request._replace(
+        exclude_watched=jnp.zeros_like(request.exclude_watched)))
+    blended, _ = relevance(scores, everything, weights, users.qualifying, cfg)
+    normalised = normalise(scores.raw, everything[:, None, :]) * scores.active[:, :, None]
+    safe = jnp.maximum(items, 0)
+    picked = jnp.take_along_axis(normalised, safe[:, None, :], axis=2)  # (users, 4, C)
+    base_queries = users.preference @ state.base.projection
+    vectors = state.base.item_embeddings[safe]
+    with_adapter = jnp.take_along_axis(scores.raw[:, 1], safe, axis=1)
+    without = jax.nn.sigmoid(jnp.einsum("ucd,ud->uc", vectors, base_queries) + state.base.bias)
+    boost = jnp.where(scores.active[:, 1:2], with_adapter - without, 0.0)
+    components = jnp.concatenate([jnp.swapaxes(picked, 1, 2), boost[:, :, None]], axis=2)
+    score = jnp.take_along_axis(jnp.where(jnp.isfinite(blended), blended, 0.0), safe, axis=1)
+    return ItemScores(jnp.where(items >= 0, score, 0.0), components)

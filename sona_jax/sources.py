@@ -1,0 +1,180 @@
+"""SPEC 3.3: the four scoring sources, each (state, users, request) -> (users, items) scores.
+
+Every function is pure and batched over users; `recommend.py` composes them. Item index -1 marks
+padding in every per-user table and is dropped by the scatters (``mode="drop"``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from sona_jax.config import SonaConfig
+from sona_jax.lora import BaseTier, fold_queries
+
+
+class ServingState(NamedTuple):
+    """Everything shared by all users of one model version (device arrays).
+
+    base: the LoRA base tier (items, d) ...
+    graph_neighbours / graph_weights: (items, M) adjacency lists.
+    global_share, trending: (items,); by_time_of_day, by_device: (4, items); hour_share: (items, 24).
+    item_genres: (items, G) multi-hot; item_moods: (items, 6) flags in `tables.MOODS` order;
+    duration: (items,) minutes, -1 unknown; mood_prior: (6, G).
+    pool_preferences: (P, d) preference vectors of the viewers kNN searches;
+    pool_items / pool_weights: (P, Lh) their engaged items (-1 padded) and weights.
+    """
+
+    base: BaseTier
+    graph_neighbours: jnp.ndarray
+    graph_weights: jnp.ndarray
+    global_share: jnp.ndarray
+    trending: jnp.ndarray
+    by_time_of_day: jnp.ndarray
+    by_device: jnp.ndarray
+    hour_share: jnp.ndarray
+    item_genres: jnp.ndarray
+    item_moods: jnp.ndarray
+    duration: jnp.ndarray
+    mood_prior: jnp.ndarray
+    pool_preferences: jnp.ndarray
+    pool_items: jnp.ndarray
+    pool_weights: jnp.ndarray
+
+
+class UserBatch(NamedTuple):
+    """Per-request user rows (users, ...), gathered by the caller.
+
+    preference (users, d); adapter (users, d, r); recent_items / recent_weights (users, Lh)
+    newest first; seen (users, S) and dismissed (users, D) item lists (-1 padded);
+    genre_affinity (users, G); hourly (users, 24); qualifying (users,) count of qualifying
+    events; pool_index (users,) the user's own row in the kNN pool, -1 if absent.
+    """
+
+    preference: jnp.ndarray
+    adapter: jnp.ndarray
+    recent_items: jnp.ndarray
+    recent_weights: jnp.ndarray
+    seen: jnp.ndarray
+    dismissed: jnp.ndarray
+    genre_affinity: jnp.ndarray
+    hourly: jnp.ndarray
+    qualifying: jnp.ndarray
+    pool_index: jnp.ndarray
+
+
+class RequestBatch(NamedTuple):
+    """Per-request options (users,): device, time_of_day, mood are indices or -1 when absent;
+    exclude_watched bool; mmr_lambda in [0, 1]; seed int32 for exploration draws."""
+
+    device: jnp.ndarray
+    time_of_day: jnp.ndarray
+    mood: jnp.ndarray
+    exclude_watched: jnp.ndarray
+    mmr_lambda: jnp.ndarray
+    seed: jnp.ndarray
+
+
+def scatter_rows(n_items: int, items: jnp.ndarray, values: jnp.ndarray) -> jnp.ndarray:
+    """(users, items) sums of ``values`` at ``items`` per row; items (users, ...) with -1 dropped."""
+    flat_items = items.reshape(items.shape[0], -1)
+    flat_values = values.reshape(values.shape[0], -1)
+    safe = jnp.where(flat_items >= 0, flat_items, n_items)  # out of range -> dropped
+
+    def one(row_items, row_values):
+        return jnp.zeros(n_items, flat_values.dtype).at[row_items].add(row_values, mode="drop")
+
+    return jax.vmap(one)(safe, flat_values)
+
+
+def collaborative_scores(state: ServingState, users: UserBatch, cfg: SonaConfig) -> jnp.ndarray:
+    """User kNN: the top-K most similar pool viewers' engagement, weighted by similarity."""
+    similarity = users.preference @ state.pool_preferences.T  # (users, P)
+    pool = jnp.arange(state.pool_preferences.shape[0])
+    similarity = jnp.where(pool[None, :] == users.pool_index[:, None], -jnp.inf, similarity)
+    k = min(cfg.collaborative.neighbours, state.pool_preferences.shape[0])
+    top_similarity, top_rows = jax.lax.top_k(similarity, k)
+    top_similarity = jnp.maximum(top_similarity, 0.0)  # dissimilar viewers vote nothing
+    items = state.pool_items[top_rows]  # (users, K, Lh)
+    votes = top_similarity[:, :, None] * state.pool_weights[top_rows]
+    return scatter_rows(state.base.item_embeddings.shape[0], items, votes)
+
+
+def content_scores(state: ServingState, users: UserBatch, cfg: SonaConfig) -> jnp.ndarray:
+    """The LoRA-personalised score σ(q_uᵀ e_i + b) over the catalogue (SPEC 3.2)."""
+    queries = fold_queries(state.base, users.preference, users.adapter, cfg.lora.scale)
+    return jax.nn.sigmoid(queries @ state.base.item_embeddings.T + state.base.bias)
+
+
+def graph_scores(state: ServingState, users: UserBatch, cfg: SonaConfig) -> jnp.ndarray:
+    """Co-engagement propagation from recent engaged items: hop h contributes decay^(h-1)."""
+    n_items = state.graph_neighbours.shape[0]
+    seeds = users.recent_items[:, : cfg.graph.recent_items]
+    position_weight = cfg.graph.seed_position_decay ** jnp.arange(seeds.shape[1])
+    mass = jnp.where(seeds >= 0, users.recent_weights[:, : cfg.graph.recent_items], 0.0)
+    mass = mass * position_weight[None, :]
+    total = jnp.zeros((seeds.shape[0], n_items))
+    for hop in range(cfg.graph.hops):
+        safe = jnp.maximum(seeds, 0)
+        spread = mass[:, :, None] * state.graph_weights[safe] * (cfg.graph.decay**hop)
+        step = scatter_rows(n_items, jnp.where(seeds[:, :, None] >= 0,
+                                               state.graph_neighbours[safe], -1), spread)
+        total = total + step
+        if hop + 1 < cfg.graph.hops:
+            mass, seeds = jax.lax.top_k(step, min(cfg.graph.frontier, n_items))
+            mass = mass / (cfg.graph.decay**hop)  # the next hop applies decay^(hop+1) itself
+            seeds = jnp.where(mass > 0, seeds, -1)
+    return total
+
+
+def _log_lift(share: jnp.ndarray, global_share: jnp.ndarray) -> jnp.ndarray:
+    return jnp.log(share) - jnp.log(global_share)[None, :]
+
+
+def context_scores(state: ServingState, users: UserBatch, request: RequestBatch,
+                   cfg: SonaConfig) -> jnp.ndarray:
+    """Fit of each item to the request context; zero rows where no context is given.
+
+    Sum of: time-of-day and device popularity lift (log share in context / global share), the
+    mood -> genre prior and the item's own moods, device fit by duration (TV long, mobile
+    short), and how well the item's audience hours match the user's own hourly pattern.
+    """
+    has_tod = request.time_of_day >= 0
+    has_device = request.device >= 0
+    has_mood = request.mood >= 0
+    any_context = has_tod | has_device | has_mood
+    tod_lift = _log_lift(state.by_time_of_day[jnp.maximum(request.time_of_day, 0)],
+                         state.global_share)
+    device_lift = _log_lift(state.by_device[jnp.maximum(request.device, 0)], state.global_share)
+    genre_share = state.item_genres / jnp.maximum(state.item_genres.sum(1, keepdims=True), 1.0)
+    mood_genres = state.mood_prior[jnp.maximum(request.mood, 0)]  # (users, G)
+    mood_fit = mood_genres @ genre_share.T + state.item_moods.T[jnp.maximum(request.mood, 0)]
+    known = state.duration >= 0
+    tv, mobile = 0, 1  # DEVICE_TYPES order
+    long_fit = jnp.where(known, (state.duration >= cfg.context.tv_min_minutes) * 1.0, 0.5)
+    short_fit = jnp.where(known, (state.duration <= cfg.context.mobile_max_minutes) * 1.0, 0.5)
+    device_fit = jnp.where((request.device == tv)[:, None], long_fit[None, :],
+                           jnp.where((request.device == mobile)[:, None], short_fit[None, :],
+                                     0.5))
+    pattern_fit = jnp.log(users.hourly @ state.hour_share.T * 24.0)
+    score = (jnp.where(has_tod[:, None], tod_lift, 0.0)
+             + jnp.where(has_device[:, None], device_lift + device_fit, 0.0)
+             + jnp.where(has_mood[:, None], mood_fit, 0.0)
+             + pattern_fit)
+    return jnp.where(any_context[:, None], score, 0.0)
+
+
+def cold_start_scores(state: ServingState, users: UserBatch, request: RequestBatch,
+                      cfg: SonaConfig) -> jnp.ndarray:
+    """SPEC 3.5: popularity within the user's declared or inferred genres (log scale + fit)."""
+    genre_share = state.item_genres / jnp.maximum(state.item_genres.sum(1, keepdims=True), 1.0)
+    n_genres = state.item_genres.shape[1]
+    inferred = jnp.where((users.qualifying > 0)[:, None], users.genre_affinity, 1.0 / n_genres)
+    declared = state.mood_prior[jnp.maximum(request.mood, 0)]
+    declared = declared / jnp.maximum(declared.sum(1, keepdims=True), 1.0)
+    prior = jnp.where((request.mood >= 0)[:, None], 0.5 * inferred + 0.5 * declared, inferred)
+    genre_fit = (genre_share @ prior.T).T * n_genres  # 1 = as likely as uniform
+    strength = cfg.cold_start.genre_strength
+    return jnp.log(state.global_share)[None, :] + strength * jnp.log(genre_fit + 1e-3)

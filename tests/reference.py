@@ -1,0 +1,85 @@
+"""Plain per-user numpy references the batched, jitted engine functions are checked against."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sona_jax.config import PreferenceConfig
+
+
+def engagement_weight(completion: float, rating: float, cfg: PreferenceConfig) -> float:
+    weight = completion
+    if rating > 0 and rating >= cfg.high_rating_min:
+        weight *= cfg.high_rating_boost
+    if rating > 0 and rating <= cfg.low_rating_max:
+        weight *= cfg.low_rating_factor
+    if completion >= cfg.full_completion_min:
+        weight *= cfg.full_completion_boost
+    return min(max(weight, 0.0), cfg.max_weight)
+
+
+def preference_vector(
+    events: list[dict], embeddings: np.ndarray, cfg: PreferenceConfig
+) -> np.ndarray:
+    """One user's SPEC 3.1 vector, event by event."""
+    total, weighted = 0.0, np.zeros(embeddings.shape[1])
+    for e in events:
+        if e["dismissed"]:
+            continue
+        if e["completion"] < cfg.completion_threshold and e["rating"] < cfg.rated_override_min:
+            continue
+        decay = cfg.decay_base ** (e["age_days"] / cfg.decay_period_days)
+        w = decay * engagement_weight(e["completion"], e["rating"], cfg)
+        total += w
+        weighted += w * embeddings[e["item"]]
+    if total <= 0:
+        return np.zeros(embeddings.shape[1])
+    mean = weighted / total
+    norm = np.linalg.norm(mean)
+    return mean / norm if norm > 0 else np.zeros_like(mean)
+
+
+def genre_affinity(events: list[dict], genres: np.ndarray, cfg: PreferenceConfig) -> np.ndarray:
+    mass = np.zeros(genres.shape[1])
+    for e in events:
+        if e["dismissed"]:
+            continue
+        if e["completion"] < cfg.completion_threshold and e["rating"] < cfg.rated_override_min:
+            continue
+        decay = cfg.decay_base ** (e["age_days"] / cfg.decay_period_days)
+        row = genres[e["item"]]
+        if row.sum() > 0:
+            mass += decay * engagement_weight(e["completion"], e["rating"], cfg) * row / row.sum()
+    smoothed = mass + cfg.genre_smoothing
+    return smoothed / smoothed.sum()
+
+
+def temporal_pattern(events: list[dict], cfg: PreferenceConfig):
+    hourly, weekday, recent = np.zeros(24), np.zeros(7), 0
+    for e in events:
+        if e["dismissed"]:
+            continue
+        hourly[e["hour"]] += 1
+        weekday[e["weekday"]] += 1
+        recent += e["age_days"] < cfg.recency_window_days
+    n = hourly.sum()
+    if n == 0:
+        return np.full(24, 1 / 24), np.full(7, 1 / 7), 0.0
+    return hourly / n, weekday / n, recent / n
+
+
+def logit(p, W, B, A, e, b, scale) -> float:
+    """Unfolded SPEC 3.2 logit for one (user, item)."""
+    return float(p @ (W + scale * B @ A) @ e + b)
+
+
+def bce_loss(B, p, W, A, E, b, items, targets, mask, scale) -> float:
+    """Masked mean BCE over one user's rows, with full embeddings (no folding, no H)."""
+    total, count = 0.0, 0.0
+    for item, y, m in zip(items, targets, mask, strict=True):
+        if m == 0:
+            continue
+        z = logit(p, W, B, A, E[item], b, scale)
+        total += max(z, 0) - z * y + np.log1p(np.exp(-abs(z)))
+        count += 1
+    return total / max(count, 1.0)
