@@ -344,7 +344,10 @@ def evaluate(dataset: Dataset, cfg: SonaConfig, options: EvalOptions,
             "ndcg@10_with_context": hybrid_metrics["ndcg@10"],
             "ndcg@10_without_context": ranking_metrics(no_context, split.test, users)["ndcg@10"],
             "context_fields": "time_of_day and device of the test event (device where known)"}
-        result["cold_start"] = cold_start_curve(dataset, split, cfg, weights, options, log_fn)
+        # Cold users are served with the configured weights (tuned ones fit warm users).
+        result["cold_start"] = cold_start_curve(dataset, split, configured_cfg,
+                                                np.asarray(fusion_weights(configured_cfg)),
+                                                options, log_fn)
     result["seconds"] = time.perf_counter() - clock
     return result
 

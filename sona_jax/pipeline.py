@@ -98,7 +98,7 @@ def calibrate(
     log: EventLog,
     now: float,
     cfg: SonaConfig,
-    max_pairs: int = 200_000,
+    max_pairs: int = 50_000,
 ) -> lora.BaseTier:
     """Set ``W = s·I`` and ``b`` by logistic regression on watched vs random items."""
     keep = np.asarray(

@@ -177,7 +177,9 @@ def recommend(state: ServingState, users: UserBatch, request: RequestBatch, limi
     safe_items = jnp.maximum(items, 0)
     contrib = jnp.take_along_axis(contributions, safe_items[:, None, :], axis=2)
     contrib = jnp.swapaxes(contrib, 1, 2)  # (users, n, 5)
-    kind = jnp.where(explored, EXPLORATION, jnp.argmax(contrib, axis=2))
+    source_kind = jnp.argmax(contrib, axis=2)
+    source_kind = jnp.where(contrib[:, :, :4].sum(axis=2) > 0, source_kind, COLD_START)
+    kind = jnp.where(explored, EXPLORATION, source_kind)
 
     seeds = users.recent_items[:, : cfg.graph.recent_items]
     seed_vectors = state.base.item_embeddings[jnp.maximum(seeds, 0)]
