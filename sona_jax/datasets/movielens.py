@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import re
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,7 @@ def _build_dataset(name, raw_items, titles, years, genre_names, genre_rows, rati
     user_ids, user_idx = np.unique(users_raw, return_inverse=True)
     n_items = len(raw_items)
     catalogue = Catalogue(
-        item_ids=np.array([f"{name}:{raw}" for raw in raw_items]),
+        item_ids=np.array([_stable_uuid(f"{name}:item:{raw}") for raw in raw_items]),
         titles=np.array(titles, dtype=object),
         genre_names=tuple(genre_names),
         genres=np.asarray(genre_rows, np.float32).reshape(n_items, len(genre_names)),
@@ -64,7 +65,7 @@ def _build_dataset(name, raw_items, titles, years, genre_names, genre_rows, rati
     return Dataset(
         name=name,
         catalogue=catalogue,
-        user_ids=np.array([f"{name}:user:{u}" for u in user_ids]),
+        user_ids=np.array([_stable_uuid(f"{name}:user:{u}") for u in user_ids]),
         events=events,
     )
 
@@ -182,3 +183,8 @@ def load_ml_latest(path: str | Path) -> Dataset:
     if not ratings:
         raise DatasetError(f"{rating_file}: no ratings")
     return _build_dataset("ml-latest", raw_items, titles, years, genre_names, genre_rows, ratings)
+
+
+def _stable_uuid(key: str) -> str:
+    """A deterministic UUID for a MovieLens id, so the API's UUID fields can name it."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"https://grouplens.org/datasets/movielens/{key}"))
