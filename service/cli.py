@@ -80,8 +80,6 @@ def train(kind, path, config_path, out, users, items, seed) -> None:
     )
 
 
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 @main.command(name="eval")
@@ -185,3 +183,7 @@ def migrate(data_dir, database_url) -> None:
 
     kind, version = asyncio.run(run())
     click.echo(f"{kind} schema at version {version}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

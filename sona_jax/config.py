@@ -108,7 +108,7 @@ class GraphConfig(_Section):
     seed_position_decay: float = Field(
         0.9, gt=0.0, le=1.0, description="seed weight x this per position back in the history"
     )
-    neighbours: int = Field(50, ge=1, le=1000, description="adjacency list width per item")
+    neighbours: int = Field(100, ge=1, le=1000, description="adjacency list width per item")
     frontier: int = Field(64, ge=1, le=4096, description="items a hop expands from")
     max_user_items: int = Field(100, ge=2, le=4096, description="items per viewer in the graph")
     weighting: Literal["cosine", "regression"] = Field(

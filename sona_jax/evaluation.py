@@ -226,8 +226,10 @@ class EvalOptions:
     protocol: str = "p1"
     seed: int = 0
     tune_fusion: bool = True
-    fusion_trials: int = 16
-    seed_position_decays: tuple[float, ...] = (1.0, 0.9, 0.8)
+    fusion_trials: int = 12
+    # (graph.seed_position_decay, graph.recent_items) pairs tried on validation
+    graph_seed_settings: tuple[tuple[float, int], ...] = ((1.0, 256), (0.9, 100), (0.8, 100),
+                                                         (0.8, 256))
     cold_start_users: int = 500
     cold_start_points: tuple[int, ...] = (0, 1, 3, 5, 10)
     ease_l2_grid: tuple[float, ...] = (50.0, 100.0, 200.0, 500.0, 1000.0)
@@ -295,8 +297,11 @@ def evaluate(dataset: Dataset, cfg: SonaConfig, options: EvalOptions,
         val_users = val_split.users
         tod, device = _context_arrays(val_split, val_users) if use_context else (None, None)
         trials = []
-        for decay in (cfg.graph.seed_position_decay, *options.seed_position_decays):
-            trial_cfg = cfg.with_overrides({"graph": {"seed_position_decay": decay}})
+        settings = ((cfg.graph.seed_position_decay, cfg.graph.recent_items),
+                    *options.graph_seed_settings)
+        for decay, recent in settings:
+            trial_cfg = cfg.with_overrides({"graph": {"seed_position_decay": decay,
+                                                      "recent_items": recent}})
             trial_ranker = ranker.with_config(trial_cfg)
             for candidate in candidate_weights(cfg, options.fusion_trials, options.seed):
                 top = trial_ranker.top(val_users, candidate, 1.0, tod, device)
@@ -305,9 +310,11 @@ def evaluate(dataset: Dataset, cfg: SonaConfig, options: EvalOptions,
         best_ndcg, weights, cfg = max(trials, key=lambda trial: trial[0])
         fusion |= {"tuned": weights.tolist(), "validation_ndcg@10": best_ndcg,
                    "validation_configured_ndcg@10": trials[0][0], "trials": len(trials),
-                   "tuned_seed_position_decay": cfg.graph.seed_position_decay}
-        log_fn(f"fusion weights {np.round(weights, 3).tolist()}, graph seed decay "
-               f"{cfg.graph.seed_position_decay} (validation NDCG@10 {best_ndcg:.4f} vs "
+                   "tuned_seed_position_decay": cfg.graph.seed_position_decay,
+                   "tuned_recent_items": cfg.graph.recent_items}
+        log_fn(f"fusion weights {np.round(weights, 3).tolist()}, graph seeds "
+               f"{cfg.graph.recent_items} x{cfg.graph.seed_position_decay}/position "
+               f"(validation NDCG@10 {best_ndcg:.4f} vs "
                f"configured {trials[0][0]:.4f})")
 
     log_fn("training on the train split ...")

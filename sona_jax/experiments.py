@@ -664,7 +664,10 @@ def final_evaluation(exp: Experiment, splits: Splits, validation: Scorer, best: 
 def format_final_table(final: dict) -> str:
     """Markdown table: the best setting and the base config on validation and test."""
     columns = ["objective", *METRICS]
-    lines = [f"| setting | split | {' | '.join(columns)} |", "| --- | --- |" + " ---: |" * 7]
+    lines = [
+        f"| setting | split | {' | '.join(columns)} |",
+        "| --- | --- |" + " ---: |" * len(columns),
+    ]
     for name, label in (
         ("best", f"best (trial {final['best']['trial']})"),
         ("default", "default (base config)"),
@@ -842,17 +845,20 @@ def weights_effect_figure(
     records: list[dict], base: SonaConfig, objective_name: str, protocol: str = "p1"
 ):
     """One panel per fusion weight: the objective against that weight's share of the total
-    (weights are renormalised when serving), with a least-squares line and the best trial."""
+    (weights are renormalised when serving), coloured by MMR λ (which moves the objective too),
+    with a least-squares line (slope per unit share, Pearson r) and the best trial."""
     shares = fusion_shares(records, base)
     y = np.array([r["objective"] for r in records])
+    lam = [r["params"].get("diversity.mmr_lambda", base.diversity.mmr_lambda) for r in records]
     effects = weight_effects(records, base)
+    varies = len(set(lam)) > 1
     best = int(np.argmax(y))
-    fig = _figure(figsize=(9, 6.5))
-    for s, (ax, name) in enumerate(
-        zip(fig.subplots(2, 2, sharey=True).ravel(), SOURCE_NAMES, strict=True)
-    ):
+    fig = _figure(figsize=(9.5, 6.5))
+    axes = fig.subplots(2, 2, sharey=True)
+    for s, (ax, name) in enumerate(zip(axes.ravel(), SOURCE_NAMES, strict=True)):
         x = shares[:, s]
-        ax.scatter(x, y, s=22, alpha=0.8)
+        colour = {"c": lam, "cmap": "viridis", "vmin": 0.0, "vmax": 1.0} if varies else {}
+        points = ax.scatter(x, y, s=24, **colour)
         ax.scatter(x[best], y[best], marker="*", s=160, c="red", edgecolors="black", zorder=3)
         effect = effects[name]
         if np.isfinite(effect["slope"]):
@@ -864,9 +870,14 @@ def weights_effect_figure(
         )
         ax.set_xlabel(f"{name} share of fusion weights (w / Σw)")
         ax.grid(alpha=0.3)
-    for ax in fig.axes[::2]:
+    for ax in axes[:, 0]:
         ax.set_ylabel(f"{objective_name} (validation)")
-    fig.suptitle("Effect of each fusion weight on the objective (★ best trial)")
+    if varies:
+        fig.colorbar(points, ax=axes, label="MMR λ", shrink=0.6)
+    fixed = "" if varies else f", MMR λ = {lam[0]:g}"
+    fig.suptitle(
+        f"Effect of each fusion weight on the objective (★ best trial; red: OLS fit{fixed})"
+    )
     return fig
 
 
