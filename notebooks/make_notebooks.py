@@ -277,7 +277,7 @@ the service's `recommend` to see accuracy and where each served item comes from.
     code(setup()),
     md("## The blending schedule"),
     code("""\
-from sona_jax.recommend import KIND_NAMES, blend_weight, exploration_share
+from sona_jax.recommend import KIND_NAMES, SOURCE_NAMES, blend_weight, exploration_share
 
 n = np.arange(0, 41)
 fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -303,7 +303,7 @@ from sona_jax.evaluation import ranking_metrics, subset, top_from_scores, train_
 log, val = dataset.events, splits.validation
 rng = np.random.default_rng(0)
 group = np.sort(rng.choice(val.users, min(len(val.users), 100 if SMALL else 300), replace=False))
-points = [0, 1, 3, 5, 10, 20] if SMALL else [0, 1, 2, 3, 5, 10, 20, 40]
+points = [0, 2, 5, 10] if SMALL else [0, 1, 2, 3, 5, 10, 20, 40]
 rows = []
 for n_events in points + ["all"]:
     keep = (
@@ -312,7 +312,7 @@ for n_events in points + ["all"]:
         else ex.first_events_mask(log, val.train, group, n_events, dataset.n_users)
     )
     model = train_model(subset(dataset, keep), cfg)
-    items, kinds = ex.served(
+    items, kinds, contributions = ex.served(
         model,
         cfg,
         group,
@@ -328,6 +328,7 @@ for n_events in points + ["all"]:
             "hybrid": ranking_metrics(items, val.test, group)["ndcg@10"],
             "popularity": ranking_metrics(popular, val.test, group)["ndcg@10"],
             "kinds": np.bincount(kinds[kinds >= 0], minlength=len(KIND_NAMES)) / kinds.size,
+            "contributions": contributions.sum((0, 1)) / contributions.sum(),
         }
     )
     print(
@@ -337,30 +338,39 @@ for n_events in points + ["all"]:
     code("""\
 labels = [str(r["events"]) for r in rows]
 x = np.arange(len(rows))
-fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+fig, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4.2), layout="constrained")
 left.plot(x, [r["hybrid"] for r in rows], "-o", label="SONA hybrid")
 left.plot(x, [r["popularity"] for r in rows], "-s", label="popularity")
-left.set_xticks(x, labels)
-left.set_xlabel("training events kept per viewer (first n)")
 left.set_ylabel("NDCG@10 (validation)")
 left.set_title("Accuracy over the first events")
 left.legend()
 left.grid(alpha=0.3)
-bottom = np.zeros(len(rows))
-for k, kind in enumerate(KIND_NAMES):
-    share = np.array([r["kinds"][k] for r in rows])
-    right.bar(x, share, bottom=bottom, label=kind)
-    bottom += share
-right.set_xticks(x, labels)
-right.set_xlabel("training events kept per viewer (first n)")
-right.set_ylabel("share of served slots")
-right.set_title("Why each item was served")
-right.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+colours = dict(zip(KIND_NAMES, plt.cm.tab10.colors, strict=False))
+colours["context"] = colours["context_aware"]
+
+
+def stacked(ax, key, names, title):
+    bottom = np.zeros(len(rows))
+    for k, name in enumerate(names):
+        share = np.array([r[key][k] for r in rows])
+        ax.bar(x, share, bottom=bottom, label=name, color=colours[name])
+        bottom += share
+    ax.set_ylabel("share")
+    ax.set_title(title)
+
+
+stacked(middle, "kinds", KIND_NAMES, "Reason reported for each served item")
+stacked(right, "contributions", [*SOURCE_NAMES, "cold_start"], "Share of the served relevance")
+middle.legend(fontsize=8, loc="lower left")
+for ax in (left, middle, right):
+    ax.set_xticks(x, labels)
+    ax.set_xlabel("training events kept per viewer (first n)")
 plt.show()"""),
     md("""\
-What to look for: at 0 events the lists are cold start plus exploration and track popularity;
-once β starts to grow the personal sources take over the slots, and the hybrid pulls away from
-popularity as history accumulates."""),
+What to look for: at 0 events the lists are cold start plus exploration; as β grows the personal
+sources take over the relevance (right) and the hybrid pulls away from popularity (left). The
+reason the API reports (middle) is the largest single contribution, so while β < 1 the undivided
+cold-start share usually wins it even when the four personal sources together weigh more."""),
 ]
 
 NOTEBOOKS = {

@@ -207,6 +207,7 @@ def create_app(settings: Settings | None = None) -> Quart:
             await parts["cache"].close()
         if "store" in parts:
             await parts["store"].close()
+        log.info("shutdown complete: batchers drained, learner stopped, store closed")
 
     # ---- cross-cutting -------------------------------------------------------------------------
 

@@ -1053,6 +1053,14 @@ def first_events_mask(
     return mask & (~cut[log.user] | (rank < n_events))
 
 
+def _pad(values: np.ndarray | None, start: int, fill) -> np.ndarray | None:
+    """Rows ``start .. start + EVAL_BATCH`` of ``values``, padded with ``fill`` (None stays)."""
+    if values is None:
+        return None
+    rows = values[start : start + EVAL_BATCH]
+    return np.concatenate([rows, np.full(EVAL_BATCH - len(rows), fill, rows.dtype)])
+
+
 def served(
     model: TrainedModel,
     cfg: SonaConfig,
@@ -1061,40 +1069,30 @@ def served(
     time_of_day: np.ndarray | None = None,
     device: np.ndarray | None = None,
     k: int = 10,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(users, k) items and the index into `KIND_NAMES` of why each was served, from the same
-    `recommend` call the service makes (batches of `EVAL_BATCH`, the last one padded)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What the service would serve ``users`` (model rows), from the same `recommend` call.
+
+    Returns (users, k) items, (users, k) index into `KIND_NAMES` of why each was served, and
+    (users, k, 5) each item's weighted relevance from the four sources and from cold start.
+    Users go in batches of `EVAL_BATCH`, the last one padded.
+    """
     state, weights = serving_state(model), np.asarray(fusion_weights(cfg))
-    items, kinds = np.empty((len(users), k), np.int32), np.empty((len(users), k), np.int32)
-
-    def padded(values, start, n, fill):
-        return (
-            None
-            if values is None
-            else np.concatenate([values[start : start + n], np.full(EVAL_BATCH - n, fill)])
-        )
-
+    parts: list[tuple[np.ndarray, ...]] = []
     for start in range(0, len(users), EVAL_BATCH):
-        rows = users[start : start + EVAL_BATCH]
-        n = len(rows)
+        n = min(EVAL_BATCH, len(users) - start)
         request = plain_requests(
             EVAL_BATCH,
             mmr_lambda,
-            time_of_day=padded(time_of_day, start, n, -1),
-            device=padded(device, start, n, -1),
+            time_of_day=_pad(time_of_day, start, -1),
+            device=_pad(device, start, -1),
         )
-        result = recommend(
-            state,
-            model_user_rows(model, padded(users, start, n, rows[0])),
-            request,
-            np.full(EVAL_BATCH, k, np.int32),
-            weights,
-            cfg,
-            k,
+        rows = model_user_rows(model, _pad(users, start, users[start]))
+        limit = np.full(EVAL_BATCH, k, np.int32)
+        result = recommend(state, rows, request, limit, weights, cfg, k)
+        parts.append(
+            tuple(np.asarray(x)[:n] for x in (result.items, result.kind, result.contributions))
         )
-        items[start : start + n] = np.asarray(result.items)[:n]
-        kinds[start : start + n] = np.asarray(result.kind)[:n]
-    return items, kinds
+    return tuple(np.concatenate(column) for column in zip(*parts, strict=True))
 
 
 __all__ = [

@@ -147,19 +147,26 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_tiny_grid_end_to_end_and_rerun_skips(tmp_path):
-    spec = tmp_path / "tiny.toml"
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The tiny grid run once through the CLI: (spec file, results root, CLI result)."""
+    root = tmp_path_factory.mktemp("experiment")
+    spec = root / "tiny.toml"
     spec.write_text(TINY)
-    out = tmp_path / "results"
-    runner = CliRunner()
-    first = runner.invoke(experiment, [str(spec), "--out", str(out), "--quiet"])
-    assert first.exit_code == 0, first.output
+    result = CliRunner().invoke(experiment, [str(spec), "--out", str(root / "results"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    return spec, root / "results", result
+
+
+def test_tiny_grid_writes_every_result_file(tiny_run):
+    _, out, result = tiny_run
     folder = out / "tiny"
     for name in ("trials.jsonl", "summary.md", "best.toml", "final.json"):
         assert (folder / name).stat().st_size > 0, name
     for name in ("ndcg_vs_diversity.png", "weights_effect.png"):
         assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         assert (folder / name).stat().st_size > 20_000, name
+    assert "best (trial" in result.output and "8 run, 0 skipped" in result.output
 
     trials = _lines(folder / "trials.jsonl")
     assert len(trials) == 8
@@ -177,6 +184,10 @@ def test_tiny_grid_end_to_end_and_rerun_skips(tmp_path):
     ]
     assert sum(more_diverse) >= 3
 
+
+def test_best_toml_is_the_best_trial_and_a_valid_config(tiny_run):
+    folder = tiny_run[1] / "tiny"
+    trials = _lines(folder / "trials.jsonl")
     best = max(trials, key=lambda t: t["objective"])
     cfg = load_config(folder / "best.toml")
     for key, value in best["params"].items():
@@ -197,14 +208,48 @@ def test_tiny_grid_end_to_end_and_rerun_skips(tmp_path):
     assert [p["mmr_lambda"] for p in sweep] == pytest.approx([i / 10 for i in range(11)])
     assert sweep[0]["ild@10"] > sweep[-1]["ild@10"]
     summary = (folder / "summary.md").read_text()
-    assert summary.index(f"| 1 | {best['trial']} |") > 0
-    assert "best (trial" in first.output and "8 run, 0 skipped" in first.output
+    assert f"| 1 | {best['trial']} | {best['objective']:.4g} |" in summary
 
-    again = runner.invoke(experiment, [str(spec), "--out", str(out)])
+
+def test_rerun_skips_finished_trials(tiny_run):
+    spec, out, _ = tiny_run
+    before = _lines(out / "tiny" / "trials.jsonl")
+    again = CliRunner().invoke(experiment, [str(spec), "--out", str(out)])
     assert again.exit_code == 0, again.output
     assert "0 run, 8 skipped" in again.output
     assert "already in final.json" in again.output
-    assert _lines(folder / "trials.jsonl") == trials
+    assert _lines(out / "tiny" / "trials.jsonl") == before
+
+
+def test_same_file_and_seed_reproduce_the_trials(tiny_run, tmp_path):
+    spec, out, _ = tiny_run
+    result = CliRunner().invoke(experiment, [str(spec), "--out", str(tmp_path), "--quiet"])
+    assert result.exit_code == 0, result.output
+
+    def metrics(folder):
+        return {t["key"]: t["metrics"] for t in _lines(folder / "tiny" / "trials.jsonl")}
+
+    assert metrics(tmp_path) == metrics(out)
+    first = json.loads((out / "tiny" / "final.json").read_text())
+    second = json.loads((tmp_path / "tiny" / "final.json").read_text())
+    assert first["best"] == second["best"] and first["default"] == second["default"]
+
+
+def test_movielens_path_option(ml100k_path, tmp_path):
+    spec = tmp_path / "ml.toml"
+    spec.write_text(
+        '[experiment]\nname = "ml"\ndata = "ml-100k"\npath = "/nonexistent"\nsearch = "grid"\n'
+        "max_users = 200\n[base]\nmodel = { embedding_dim = 32 }\n"
+        '[space]\n"fusion.graph_based" = [0.1, 0.6]\n'
+    )
+    args = [str(spec), "--out", str(tmp_path), "--quiet"]
+    missing = CliRunner().invoke(experiment, args)
+    assert missing.exit_code != 0 and "/nonexistent" in missing.output
+    result = CliRunner().invoke(experiment, [*args, "--path", str(ml100k_path)])
+    assert result.exit_code == 0, result.output
+    final = json.loads((tmp_path / "ml" / "final.json").read_text())
+    assert final["users"]["validation"] == 200 and final["users"]["test"] > 900
+    assert final["setup_detail"]["path"] == str(ml100k_path)
 
 
 def test_bad_file_is_a_clean_cli_error(tmp_path):
