@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import orjson
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -333,22 +334,22 @@ def create_app(settings: Settings | None = None) -> Quart:
         result = await parts["recommend"].submit(RecommendRequest(
             profile, data.limit, data.exclude_watched, lam, device, tod, mood,
             new_request_seed()))
-        model = result["model"]
+        ids, titles = result["item_ids"], result["titles"]
         items = []
-        for item, score, kind, based in zip(result["items"], result["scores"], result["kinds"],
-                                            result["based_on"], strict=True):
-            kind_name = KIND_NAMES[int(kind)]
-            based_title = str(model.titles[based]) if based >= 0 else None
-            based_on = ([str(model.item_ids[based])] if based >= 0 and kind_name in (
-                "graph_based", "content_based") else
-                ["similar viewers"] if kind_name == "collaborative" else [])
-            items.append({"content_id": str(model.item_ids[item]),
-                          "confidence_score": round(float(score), 6),
+        for item, score, kind, based in zip(result["items"].tolist(), result["scores"].tolist(),
+                                            result["kinds"].tolist(),
+                                            result["based_on"].tolist(), strict=True):
+            kind_name = KIND_NAMES[kind]
+            cites = based >= 0 and kind_name in ("graph_based", "content_based")
+            based_on = ([ids[based]] if cites else
+                        ["similar viewers"] if kind_name == "collaborative" else [])
+            items.append({"content_id": ids[item], "confidence_score": round(score, 6),
                           "recommendation_type": kind_name, "based_on": based_on,
-                          "explanation": _explanation(kind_name, based_title, data.context)})
-        body = json.dumps({"recommendations": items,
-                           "generated_at": datetime.now(UTC).isoformat(),
-                           "ttl_seconds": cfg.serving.recommendation_ttl_seconds}).encode()
+                          "explanation": _explanation(kind_name, titles[based] if cites else None,
+                                                      data.context)})
+        body = orjson.dumps({"recommendations": items,
+                             "generated_at": datetime.now(UTC).isoformat(),
+                             "ttl_seconds": cfg.serving.recommendation_ttl_seconds})
         if cfg.serving.recommendation_ttl_seconds:
             await parts["cache"].set(f"recs:{key}", body, cfg.serving.recommendation_ttl_seconds)
         return Response(body, content_type="application/json")

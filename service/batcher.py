@@ -52,20 +52,18 @@ class MicroBatcher:
         return await future
 
     async def _gather(self) -> list:
+        """The first waiting request, then whatever arrives within the window (or a full batch).
+
+        One sleep per batch instead of a timed wait per request: at thousands of requests per
+        second the per-request timers cost more than the window saves.
+        """
         batch = [await self.queue.get()]
-        deadline = time.monotonic() + self.window
+        if self.max_batch > 1 and self.window > 0 and self.queue.qsize() < self.max_batch - 1:
+            await asyncio.sleep(self.window)
         while len(batch) < self.max_batch:
             try:
                 batch.append(self.queue.get_nowait())
-                continue
             except asyncio.QueueEmpty:
-                pass
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                batch.append(await asyncio.wait_for(self.queue.get(), remaining))
-            except TimeoutError:
                 break
         return batch
 

@@ -185,5 +185,13 @@ def migrate(data_dir, database_url) -> None:
     click.echo(f"{kind} schema at version {version}")
 
 
+def _register_subcommands() -> None:
+    from service.cli_experiment import experiment
+
+    main.add_command(experiment)
+
+
+_register_subcommands()
+
 if __name__ == "__main__":
     sys.exit(main())

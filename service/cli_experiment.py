@@ -51,8 +51,9 @@ def experiment(config: str, data_path: str | None, out: str, quiet: bool) -> Non
     except (ExperimentError, DatasetError) as error:
         raise click.ClickException(str(error)) from None
     click.echo(format_final_table(result.final))
+    stale = f"; {result.ignored} lines of another setup ignored" if result.ignored else ""
     click.echo(
         f"{len(result.records)} trials: {result.ran} run, {result.skipped} skipped "
-        f"(already in trials.jsonl); {result.seconds:.1f}s"
+        f"(already in trials.jsonl){stale}; {result.seconds:.1f}s"
     )
     click.echo(f"results in {result.out_dir}/ (summary.md, best.toml, final.json, plots)")

@@ -7,7 +7,7 @@ Everything here that touches JAX takes whole batches: `recommend_batch`, `score_
 
 from __future__ import annotations
 
-import io
+import json
 import threading
 import time
 from dataclasses import dataclass, fields
@@ -18,7 +18,7 @@ import numpy as np
 
 from service.storage import EventRow
 from sona_jax import lora, recommend
-from sona_jax.bucketing import bucket_size, pad_rows
+from sona_jax.bucketing import USER_BUCKETS, bucket_size, pad_rows
 from sona_jax.config import SonaConfig
 from sona_jax.datasets.schema import DEVICE_TYPES, TIMES_OF_DAY, EventLog, time_of_day_of_hour
 from sona_jax.events import engine_events
@@ -52,18 +52,28 @@ class Profile:
     model_version: int = 0
 
     def to_bytes(self) -> bytes:
-        buffer = io.BytesIO()
-        np.savez(buffer, **{f.name: np.asarray(getattr(self, f.name)) for f in fields(self)})
-        return buffer.getvalue()
+        """Compact cache encoding: a JSON header (scalars, dtypes, shapes) then raw arrays."""
+        arrays, scalars = [], {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, np.ndarray):
+                arrays.append((f.name, value.dtype.str, list(value.shape)))
+            else:
+                scalars[f.name] = value
+        header = json.dumps({"arrays": arrays, "scalars": scalars}).encode()
+        body = b"".join(np.ascontiguousarray(getattr(self, name)).tobytes()
+                        for name, _, _ in arrays)
+        return len(header).to_bytes(4, "little") + header + body
 
     @staticmethod
     def from_bytes(data: bytes) -> Profile:
-        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
-            values = {name: arrays[name] for name in arrays.files}
-        for name in ("qualifying", "last_trained"):
-            values[name] = float(values[name])
-        for name in ("events", "pool_index", "model_version"):
-            values[name] = int(values[name])
+        size = int.from_bytes(data[:4], "little")
+        header = json.loads(data[4:4 + size])
+        values, offset = dict(header["scalars"]), 4 + size
+        for name, dtype, shape in header["arrays"]:
+            count = int(np.prod(shape))
+            values[name] = np.frombuffer(data, dtype, count, offset).reshape(shape)
+            offset += count * np.dtype(dtype).itemsize
         return Profile(**values)
 
 
@@ -124,11 +134,26 @@ class Runtime:
         index = {content_id: i for i, content_id in enumerate(model.item_ids.tolist())}
         users = {user_id: i for i, user_id in enumerate(model.user_ids.tolist())}
         unit = np.asarray(model.base.item_embeddings)
+        item_ids, titles = model.item_ids.tolist(), [str(t) for t in model.titles.tolist()]
+        t = model.tables
+        widths = {name: max(minimum, _bucket(int((t[f"history_{name}"] >= 0).sum(1).max(
+            initial=1)), LIST_BUCKETS)) for name, minimum in (("seen", 64), ("dismissed", 64))}
         with self.lock:
             self.model, self.state = model, state
             self.item_index, self.user_index = index, users
             self.unit_embeddings = unit
             self.item_genres = jnp.asarray(model.item_genres, jnp.float32)
+            self.list_widths = widths
+            self.item_ids, self.titles = item_ids, titles
+        if self.cfg.serving.warm_up:
+            self.warm_up()
+
+    def warm_up(self) -> None:
+        """Compile every user bucket for the default list length before serving traffic."""
+        empty = self.empty_profile()
+        for size in USER_BUCKETS:
+            self.recommend_batch([RecommendRequest(empty, 20, True, 0.7, -1, -1, -1, 0)] * size)
+            self.score_batch([ScoreRequest(empty, np.zeros(1, np.int32))] * size)
 
     @property
     def version(self) -> int:
@@ -224,7 +249,8 @@ class Runtime:
             return pad_rows(np.stack([getattr(p, name) for p in profiles]), bucket)
 
         def lists(name, fill=-1):
-            width = _bucket(max([len(getattr(p, name)) for p in profiles] + [1]), LIST_BUCKETS)
+            longest = max([len(getattr(p, name)) for p in profiles] + [1])
+            width = max(self.list_widths[name], _bucket(longest, LIST_BUCKETS))
             out = np.full((bucket, width), fill, np.int32)
             for row, p in enumerate(profiles):
                 values = getattr(p, name)[:width]
@@ -256,7 +282,7 @@ class Runtime:
             exclude_watched=column("exclude_watched", bool, True),
             mmr_lambda=column("mmr_lambda", np.float32, 1.0), seed=column("seed", np.int32, 0))
         with self.lock:
-            state, model = self.state, self.model
+            state, item_ids, titles = self.state, self.item_ids, self.titles
         out = recommend.recommend(state, self._user_batch([r.profile for r in requests], bucket),
                                   request, column("limit", np.int32, 1), self.weights, self.cfg,
                                   n_out)
@@ -268,7 +294,7 @@ class Runtime:
             results.append({
                 "items": items[row, : r.limit][keep], "scores": scores[row, : r.limit][keep],
                 "kinds": kinds[row, : r.limit][keep], "based_on": based_on[row, : r.limit][keep],
-                "model": model})
+                "item_ids": item_ids, "titles": titles})
         return results
 
     def score_batch(self, requests: list[ScoreRequest]) -> list[dict]:

@@ -130,11 +130,19 @@ class CandidateConfig(_Section):
     per_source: int = Field(100, ge=1, le=10_000)
     trending: int = Field(50, ge=0, le=10_000)
     trending_window_days: float = Field(14.0, gt=0.0)
+    explain_from: int = Field(20, ge=1, le=1000, description="recent items explanations cite")
+
+    @model_validator(mode="after")
+    def _trending_fits(self) -> CandidateConfig:
+        if self.trending > self.per_source:
+            raise ValueError("trending must not exceed per_source")
+        return self
 
 
 class DiversityConfig(_Section):
     mmr_lambda: float = Field(0.7, ge=0.0, le=1.0)
     pool_size: int = Field(100, ge=1, le=1000, description="fused top items MMR chooses from")
+    dimensions: int = Field(32, ge=2, le=4096, description="principal directions MMR compares in")
 
 
 class ColdStartConfig(_Section):
@@ -160,6 +168,7 @@ class ServingConfig(_Section):
     max_batch_score_ids: int = Field(1000, ge=1)
     recommendation_ttl_seconds: int = Field(300, ge=0)
     cache_max_entries: int = Field(100_000, ge=1)
+    warm_up: bool = Field(True, description="compile every batch bucket before serving")
 
 
 class SonaConfig(_Section):

@@ -55,14 +55,21 @@ from sona_jax.serving_state import model_user_rows, plain_requests, serving_stat
 METRICS: tuple[str, ...] = ("ndcg@10", "hr@10", "precision@10", "coverage", "ild@10")
 DATA_KINDS: tuple[str, ...] = ("synthetic", "ml-100k", "ml-latest")
 LAMBDA_SWEEP: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
-# Keys read only when serving (by `recommend` and the sources), never when training: trials that
-# differ only in these share one trained model. A whole section, or "section.key".
+# Keys read only when serving (by `recommend` and the sources from their static config), never
+# when training or building the serving state: trials that differ only in these share one trained
+# model. "section" or "section.key"; any key not listed (a new one too) retrains, which is safe.
 SERVING_ONLY: frozenset[str] = frozenset(
     {
         "fusion",
-        "diversity",
-        "cold_start",
         "serving",
+        "diversity.mmr_lambda",
+        "diversity.pool_size",
+        "cold_start.min_events",
+        "cold_start.blend_events",
+        "cold_start.exploration_floor",
+        "cold_start.exploration_start",
+        "cold_start.exploration_decay",
+        "cold_start.genre_strength",
         "graph.hops",
         "graph.decay",
         "graph.seed_position_decay",
@@ -263,7 +270,9 @@ class Experiment:
 
     @property
     def setup_id(self) -> str:
-        return hashlib.sha256(canonical(self.setup()).encode()).hexdigest()[:12]
+        """Hash of `setup` and of the resolved base config (a changed default changes it too)."""
+        resolved = self.setup() | {"resolved": self.base_config().model_dump()}
+        return hashlib.sha256(canonical(resolved).encode()).hexdigest()[:12]
 
 
 _EXPERIMENT_KEYS = {
@@ -316,7 +325,7 @@ def parse_experiment(
     if set(head) - _EXPERIMENT_KEYS:
         raise ExperimentError(f"experiment: unknown keys {sorted(set(head) - _EXPERIMENT_KEYS)}")
     name = str(head.get("name", default_name))
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise ExperimentError(f"experiment.name: {name!r} must be a plain folder name")
     data, protocol = head.get("data", "synthetic"), head.get("protocol", "p1")
     search, seed = head.get("search", "random"), int(head.get("seed", 0))
@@ -366,7 +375,7 @@ def load_experiment(path: str | Path, data_path: str | None = None) -> Experimen
         raise ExperimentError(f"{path}: not valid TOML: {error}") from None
     try:
         return parse_experiment(doc, path.stem, data_path)
-    except ExperimentError as error:
+    except (ExperimentError, TypeError, ValueError) as error:
         raise ExperimentError(f"{path}: {error}") from None
 
 
@@ -598,10 +607,11 @@ def run_search(
     from tqdm import tqdm
 
     pending = [(i, p) for i, p in enumerate(plan) if canonical(p) not in done]
-    records = {
-        canonical(p): done[canonical(p)] | {"trial": i}
-        for i, p in enumerate(plan)
-        if canonical(p) in done
+    records = {  # objective recomputed: the file's objective may have changed since
+        key: done[key]
+        | {"trial": i, "objective": objective_value(done[key]["metrics"], exp.objective)}
+        for i, key in enumerate(map(canonical, plan))
+        if key in done
     }
     if pending and not isinstance(scorer, Scorer):
         scorer = scorer()
@@ -713,8 +723,7 @@ def write_best_toml(path: Path, exp: Experiment, final: dict, out_dir: Path) -> 
         f"test {best['test']['objective']:.4f} (base config: validation "
         f"{final['default']['validation']['objective']:.4f}, test "
         f"{final['default']['test']['objective']:.4f}).",
-        f"# sona train --config {out_dir / 'best.toml'}   then   "
-        f"sona serve --config {out_dir / 'best.toml'}",
+        f"# serve it: sona serve --config {out_dir / 'best.toml'}",
         "",
     ]
     path.write_text("\n".join(header) + to_toml(merge(exp.base, nested(best["params"]))))
@@ -765,11 +774,13 @@ def _figure(**options):
 
 
 def draw_lambda_curve(ax, sweep: list[dict], label: str = "λ swept 0..1") -> None:
-    """NDCG@10 against ILD@10 of a λ sweep on ``ax``, each point labelled with its λ."""
+    """NDCG@10 against ILD@10 of a λ sweep on ``ax``, points labelled with their λ."""
     ild = [p["ild@10"] for p in sweep]
     ndcg = [p["ndcg@10"] for p in sweep]
     ax.plot(ild, ndcg, "-o", color="black", markersize=3, linewidth=1, label=label)
     for point in sweep:
+        if abs(point["mmr_lambda"] * 10 - round(point["mmr_lambda"] * 10)) > 1e-6:
+            continue  # label multiples of 0.1 only
         ax.annotate(
             f"{point['mmr_lambda']:g}",
             (point["ild@10"], point["ndcg@10"]),
@@ -936,6 +947,7 @@ def _cached_final(path: Path, exp: Experiment, best: dict) -> dict | None:
         return None
     final = json.loads(path.read_text())
     same = final.get("setup") == exp.setup_id and final.get("best_key") == best["key"]
+    same = same and final.get("objective") == exp.objective_name
     same = same and final.get("default", {}).get("params") == exp.default_params()
     return final if same else None
 
@@ -948,6 +960,8 @@ def run_experiment(
     out_dir = Path(out_root) / exp.name
     out_dir.mkdir(parents=True, exist_ok=True)
     plan = plan_trials(exp, log_fn)
+    if not plan:
+        raise ExperimentError(f"{exp.name}: no valid point in the space")
     done, ignored = read_trials(out_dir / "trials.jsonl", exp.setup_id)
     skipped = sum(canonical(p) in done for p in plan)
     if ignored:

@@ -78,26 +78,45 @@ def _top_mask(scores: jnp.ndarray, k: int) -> jnp.ndarray:
 
 def candidate_mask(scores: SourceScores, trending: jnp.ndarray, excluded: jnp.ndarray,
                    cfg: SonaConfig) -> jnp.ndarray:
-    """Union of each active source's top items, cold start's top items and trending."""
+    """Union of each active source's top items, cold start's top items and trending.
+
+    The six rankings go through one stacked top-k (one kernel instead of six).
+    """
     k = cfg.candidates.per_source
-    mask = jnp.zeros(excluded.shape, bool)
-    for s in range(len(SOURCE_NAMES)):
-        ranked = jnp.where(excluded | ~scores.active[:, s, None], -jnp.inf, scores.raw[:, s])
-        mask = mask | (_top_mask(ranked, k) & scores.active[:, s, None])
-    mask = mask | _top_mask(jnp.where(excluded, -jnp.inf, scores.cold), k)
-    if cfg.candidates.trending:
-        popular = jnp.where(excluded, -jnp.inf, jnp.broadcast_to(trending, excluded.shape))
-        mask = mask | _top_mask(popular, cfg.candidates.trending)
+    users, n_items = excluded.shape
+    ranked = jnp.concatenate([
+        jnp.where(~scores.active[:, :, None], -jnp.inf, scores.raw),
+        scores.cold[:, None, :],
+        jnp.broadcast_to(trending, (users, 1, n_items)),
+    ], axis=1)
+    ranked = jnp.where(excluded[:, None, :], -jnp.inf, ranked)
+    values, index = jax.lax.top_k(ranked, min(k, n_items))  # (users, 6, k)
+    keep = jnp.isfinite(values)
+    keep = keep.at[:, 5, cfg.candidates.trending:].set(False)  # trending keeps fewer
+    mask = sources.scatter_rows(n_items, jnp.where(keep, index, -1), jnp.ones(index.shape)) > 0
     return mask & ~excluded
+
+
+class MinMax(NamedTuple):
+    """Per-row min-max normalisation fitted on the candidates: low, spread (..., 1)."""
+
+    low: jnp.ndarray
+    spread: jnp.ndarray
+
+    def __call__(self, scores: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+        ok = mask & jnp.isfinite(self.spread) & (self.spread > 0)
+        return jnp.where(ok, (scores - self.low) / jnp.where(ok, self.spread, 1.0), 0.0)
+
+
+def fit_min_max(scores: jnp.ndarray, mask: jnp.ndarray) -> MinMax:
+    low = jnp.min(jnp.where(mask, scores, jnp.inf), axis=-1, keepdims=True)
+    high = jnp.max(jnp.where(mask, scores, -jnp.inf), axis=-1, keepdims=True)
+    return MinMax(low, high - low)
 
 
 def normalise(scores: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
     """Min-max to [0, 1] over each row's masked entries (0 elsewhere or when constant)."""
-    low = jnp.min(jnp.where(mask, scores, jnp.inf), axis=-1, keepdims=True)
-    high = jnp.max(jnp.where(mask, scores, -jnp.inf), axis=-1, keepdims=True)
-    spread = high - low
-    ok = mask & jnp.isfinite(spread) & (spread > 0)
-    return jnp.where(ok, (scores - low) / jnp.where(ok, spread, 1.0), 0.0)
+    return fit_min_max(scores, mask)(scores, mask)
 
 
 def blend_weight(qualifying: jnp.ndarray, cfg: SonaConfig) -> jnp.ndarray:
@@ -113,26 +132,53 @@ def exploration_share(qualifying: jnp.ndarray, cfg: SonaConfig) -> jnp.ndarray:
     return jnp.where(blend_weight(qualifying, cfg) < 1.0, epsilon, 0.0)
 
 
+class Blend(NamedTuple):
+    """How one request's scores become relevance: sources (users, 4, 1) and cold (users, 1)
+    normalisers fitted on its candidates, source shares (users, 4), β (users,) and the
+    context weight that shapes cold start (users,)."""
+
+    sources: MinMax
+    cold: MinMax
+    shares: jnp.ndarray
+    beta: jnp.ndarray
+    context_weight: jnp.ndarray
+
+
+def fit_blend(scores: SourceScores, mask: jnp.ndarray, weights: jnp.ndarray,
+              qualifying: jnp.ndarray, cfg: SonaConfig) -> Blend:
+    """Normalise over the request's candidates; weights renormalised over active sources."""
+    active_weights = weights[None, :] * scores.active
+    total = jnp.sum(active_weights, axis=1, keepdims=True)
+    return Blend(fit_min_max(scores.raw, mask[:, None, :]), fit_min_max(scores.cold, mask),
+                 active_weights / jnp.where(total > 0, total, 1.0),
+                 jnp.where(total[:, 0] > 0, blend_weight(qualifying, cfg), 0.0),
+                 weights[3] * scores.active[:, 3])
+
+
+def blended(blend: Blend, raw: jnp.ndarray, cold: jnp.ndarray,
+            mask: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Relevance (users, n) in [0, 1] and contributions (users, n, 5) of items whose raw
+    scores are raw (users, 4, n) and cold (users, n); mask (users, n) marks candidates."""
+    normalised = blend.sources(raw, mask[:, None, :])
+    cold_mix = (blend.cold(cold, mask) + blend.context_weight[:, None] * normalised[:, 3]) / (
+        1.0 + blend.context_weight[:, None])
+    contributions = jnp.concatenate([
+        blend.beta[:, None, None] * blend.shares[:, :, None] * normalised,
+        ((1.0 - blend.beta)[:, None] * cold_mix)[:, None, :],
+    ], axis=1)
+    relevance_ = jnp.where(mask, contributions.sum(axis=1), -jnp.inf)
+    return relevance_, jnp.swapaxes(contributions, 1, 2)
+
+
 def relevance(scores: SourceScores, mask: jnp.ndarray, weights: jnp.ndarray,
               qualifying: jnp.ndarray, cfg: SonaConfig) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Blended relevance (users, items) in [0, 1] and contributions (users, 5, items).
+    """Blended relevance (users, items) and contributions (users, items, 5) over the catalogue.
 
     Sources are normalised over the request's candidates, weighted by ``weights`` renormalised
     over the active ones; cold start (shaped by context when given) fills in ``1 − β``.
     """
-    normalised = normalise(scores.raw, mask[:, None, :])
-    active_weights = weights[None, :] * scores.active
-    total = jnp.sum(active_weights, axis=1, keepdims=True)
-    shares = active_weights / jnp.where(total > 0, total, 1.0)
-    beta = jnp.where(total[:, 0] > 0, blend_weight(qualifying, cfg), 0.0)
-    context_weight = weights[3] * scores.active[:, 3]
-    cold = (normalise(scores.cold, mask) + context_weight[:, None] * normalised[:, 3]) / (
-        1.0 + context_weight[:, None])
-    contributions = jnp.concatenate([
-        beta[:, None, None] * shares[:, :, None] * normalised,
-        ((1.0 - beta)[:, None] * cold)[:, None, :],
-    ], axis=1)
-    return jnp.where(mask, contributions.sum(axis=1), -jnp.inf), contributions
+    blend = fit_blend(scores, mask, weights, qualifying, cfg)
+    return blended(blend, scores.raw, scores.cold, mask)
 
 
 def _explore(chosen: jnp.ndarray, pool_valid: jnp.ndarray, n_explore: jnp.ndarray,
@@ -157,14 +203,18 @@ def recommend(state: ServingState, users: UserBatch, request: RequestBatch, limi
     scores = source_scores(state, users, request, cfg)
     excluded = excluded_items(n_items, users, request)
     mask = candidate_mask(scores, state.trending, excluded, cfg)
-    blended, contributions = relevance(scores, mask, weights, users.qualifying, cfg)
+    blend = fit_blend(scores, mask, weights, users.qualifying, cfg)
+    everywhere, _ = blended(blend, scores.raw, scores.cold, mask)
 
     pool_size = min(max(cfg.diversity.pool_size, n_out), n_items)
-    pool_relevance, pool_items = jax.lax.top_k(blended, pool_size)
+    pool_relevance, pool_items = jax.lax.top_k(everywhere, pool_size)
     pool_valid = jnp.isfinite(pool_relevance)
     pool_relevance = jnp.where(pool_valid, pool_relevance, 0.0)
-    vectors = state.base.item_embeddings[pool_items]
-    chosen = mmr.mmr_select(pool_relevance, vectors, pool_valid, request.mmr_lambda, n_out)
+    # MMR weighs relevance against cosine similarity, so give relevance the full [0, 1] range
+    # within the pool: λ then means the same thing whatever the spread of the fused scores.
+    chosen = mmr.mmr_select(normalise(pool_relevance, pool_valid),
+                            state.item_diversity[pool_items], pool_valid, request.mmr_lambda,
+                            n_out)
 
     n_explore = jnp.round(exploration_share(users.qualifying, cfg) * limit).astype(jnp.int32)
     keys = jax.vmap(jax.random.PRNGKey)(request.seed)
@@ -175,15 +225,16 @@ def recommend(state: ServingState, users: UserBatch, request: RequestBatch, limi
     items = jnp.where(ok, jnp.take_along_axis(pool_items, position, 1), -1)
     item_scores = jnp.where(ok, jnp.take_along_axis(pool_relevance, position, 1), 0.0)
     safe_items = jnp.maximum(items, 0)
-    contrib = jnp.take_along_axis(contributions, safe_items[:, None, :], axis=2)
-    contrib = jnp.swapaxes(contrib, 1, 2)  # (users, n, 5)
+    _, contrib = blended(blend, jnp.take_along_axis(scores.raw, safe_items[:, None, :], axis=2),
+                         jnp.take_along_axis(scores.cold, safe_items, axis=1), ok)
     source_kind = jnp.argmax(contrib, axis=2)
     source_kind = jnp.where(contrib[:, :, :4].sum(axis=2) > 0, source_kind, COLD_START)
     kind = jnp.where(explored, EXPLORATION, source_kind)
 
-    seeds = users.recent_items[:, : cfg.graph.recent_items]
-    seed_vectors = state.base.item_embeddings[jnp.maximum(seeds, 0)]
-    affinity = jnp.einsum("und,usd->uns", state.base.item_embeddings[safe_items], seed_vectors)
+    # based_on: the most similar of the user's most recent engaged items (diversity space).
+    seeds = users.recent_items[:, : cfg.candidates.explain_from]
+    affinity = jnp.einsum("unk,usk->uns", state.item_diversity[safe_items],
+                          state.item_diversity[jnp.maximum(seeds, 0)])
     affinity = jnp.where(seeds[:, None, :] >= 0, affinity, -jnp.inf)
     best_seed = jnp.take_along_axis(seeds, jnp.argmax(affinity, axis=2), axis=1)
     based_on = jnp.where(ok & (seeds[:, :1] >= 0), best_seed, -1)
@@ -207,7 +258,7 @@ def score_items(state: ServingState, users: UserBatch, request: RequestBatch,
     scores = source_scores(state, users, request, cfg)
     everything = ~excluded_items(n_items, users, request._replace(
         exclude_watched=jnp.zeros_like(request.exclude_watched)))
-    blended, _ = relevance(scores, everything, weights, users.qualifying, cfg)
+    relevance_, _ = relevance(scores, everything, weights, users.qualifying, cfg)
     normalised = normalise(scores.raw, everything[:, None, :]) * scores.active[:, :, None]
     safe = jnp.maximum(items, 0)
     picked = jnp.take_along_axis(normalised, safe[:, None, :], axis=2)  # (users, 4, C)
@@ -217,5 +268,6 @@ def score_items(state: ServingState, users: UserBatch, request: RequestBatch,
     without = jax.nn.sigmoid(jnp.einsum("ucd,ud->uc", vectors, base_queries) + state.base.bias)
     boost = jnp.where(scores.active[:, 1:2], with_adapter - without, 0.0)
     components = jnp.concatenate([jnp.swapaxes(picked, 1, 2), boost[:, :, None]], axis=2)
-    score = jnp.take_along_axis(jnp.where(jnp.isfinite(blended), blended, 0.0), safe, axis=1)
+    score = jnp.take_along_axis(jnp.where(jnp.isfinite(relevance_), relevance_, 0.0), safe,
+                                axis=1)
     return ItemScores(jnp.where(items >= 0, score, 0.0), components)

@@ -29,7 +29,17 @@ def serving_state(model: TrainedModel) -> ServingState:
         pool_preferences=jnp.asarray(model.users.preference, jnp.float32),
         pool_items=jnp.asarray(t["history_recent_items"]),
         pool_weights=jnp.asarray(t["history_recent_weights"]),
+        item_diversity=jnp.asarray(diversity_vectors(np.asarray(model.base.item_embeddings),
+                                                     model.config.diversity.dimensions)),
     )
+
+
+def diversity_vectors(item_embeddings: np.ndarray, dimensions: int) -> np.ndarray:
+    """(items, k) unit rows: E on its top-k right singular directions (uncentred)."""
+    _, _, vt = np.linalg.svd(item_embeddings, full_matrices=False)
+    projected = item_embeddings @ vt[:dimensions].T
+    norm = np.linalg.norm(projected, axis=1, keepdims=True)
+    return (projected / np.where(norm > 0, norm, 1.0)).astype(np.float32)
 
 
 def model_user_rows(model: TrainedModel, rows: np.ndarray) -> UserBatch:

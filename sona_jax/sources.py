@@ -25,6 +25,8 @@ class ServingState(NamedTuple):
     duration: (items,) minutes, -1 unknown; mood_prior: (6, G).
     pool_preferences: (P, d) preference vectors of the viewers kNN searches;
     pool_items / pool_weights: (P, Lh) their engaged items (-1 padded) and weights.
+    item_diversity: (items, k) unit vectors for MMR and explanations: E projected on its top-k
+    principal directions (cosines there approximate those of E at a fraction of the cost).
     """
 
     base: BaseTier
@@ -42,6 +44,7 @@ class ServingState(NamedTuple):
     pool_preferences: jnp.ndarray
     pool_items: jnp.ndarray
     pool_weights: jnp.ndarray
+    item_diversity: jnp.ndarray
 
 
 class UserBatch(NamedTuple):

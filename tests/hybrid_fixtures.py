@@ -38,7 +38,8 @@ def random_state(seed: int, n_items: int = 30, pool: int = 12, history: int = 6,
             np.float32),
         mood_prior=(rng.random((6, G)) < 0.4).astype(np.float32),
         pool_preferences=prefs, pool_items=pool_items,
-        pool_weights=rng.random((pool, history)).astype(np.float32))
+        pool_weights=rng.random((pool, history)).astype(np.float32),
+        item_diversity=e)
 
 
 def random_users(seed: int, state: ServingState, n: int, history: int = 6,

@@ -24,6 +24,7 @@ SMALL_CONFIG = """
 embedding_dim = 32
 [serving]
 batch_window_ms = 1.0
+warm_up = false
 """
 
 

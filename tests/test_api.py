@@ -18,7 +18,8 @@ from tests.servers import drop_postgres_database, fresh_postgres_database, redis
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 SMALL = SonaConfig().with_overrides({"model": {"embedding_dim": 32},
-                                     "serving": {"max_body_bytes": 200_000}})
+                                     "serving": {"max_body_bytes": 200_000,
+                                                 "warm_up": False}})
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module", params=["sqlite", "postgres+redis"])

@@ -116,6 +116,7 @@ def test_training_key_ignores_serving_only_settings():
             "diversity": {"mmr_lambda": 0.3},
             "graph": {"decay": 0.5, "seed_position_decay": 1.0},
             "collaborative": {"neighbours": 7},
+            "cold_start": {"blend_events": 5},
         }
     )
     assert training_key(serving) == training_key(cfg)

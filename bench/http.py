@@ -1,0 +1,283 @@
+# ruff: noqa: E402
+"""HTTP benchmark: the SPEC 8 serving bars, driven by wrk from a separate process.
+
+    python bench/http.py            # ML-100K demo when present, else synthetic
+    python bench/http.py --quick    # under a minute
+
+Starts `sona serve` on the demo data, creates a few hundred users with histories through the
+API, then runs wrk (Lua scripts: every request names a different user) saturated (64
+connections, no pause) and paced (connections pause so that about 1,500 requests/s are offered),
+for recommendations and scores, with micro-batching on and off. The recommendation-list cache is
+off (TTL 0) so every request reaches the engine. Writes bench/results/http.json and http.md.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# This file is named http.py: keep its folder off sys.path so `import http` finds the stdlib.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.servers import ServerProcess  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+ML100K = ROOT.parent / "shared" / "datasets" / "ml-100k"
+BENCH_CONFIG = """
+[serving]
+recommendation_ttl_seconds = 0   # every request reaches the engine
+batch_window_ms = 2.0
+max_queue = 4096
+"""
+
+LUA = """
+local users = {%(users)s}
+local contents = {%(contents)s}
+local counter = 0
+local mode = "%(mode)s"
+local pause = %(pause)s
+request = function()
+  counter = counter + 1
+  local user = users[(counter %% #users) + 1]
+  local body
+  if mode == "recs" then
+    body = '{"user_id":"' .. user .. '","limit":20,"context":{"device_type":"tv"}}'
+    return wrk.format("POST", "/api/v1/recommendations", {["Content-Type"]="application/json"}, body)
+  end
+  local content = contents[(counter %% #contents) + 1]
+  body = '{"user_id":"' .. user .. '","content_id":"' .. content .. '"}'
+  return wrk.format("POST", "/api/v1/personalization/score", {["Content-Type"]="application/json"}, body)
+end
+delay = function()
+  return pause
+end
+"""
+
+
+def _seconds(text: str) -> float:
+    match = re.match(r"([\d.]+)(us|ms|s|m)", text)
+    value, unit = float(match.group(1)), match.group(2)
+    return value * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[unit]
+
+
+def run_wrk(url: str, script: Path, connections: int, seconds: int) -> dict:
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = 0
+    if match := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
+        errors += int(match.group(1))
+    if match := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
+                          out):
+        errors += sum(int(x) for x in match.groups())
+    latency = {p: _seconds(v) * 1e3 for p, v in re.findall(r"\s+(\d+)%\s+([\d.]+\w+)", out)}
+    return {"rps": rps, "requests": total, "errors": errors, "p50_ms": latency.get("50"),
+            "p90_ms": latency.get("90"), "p99_ms": latency.get("99"), "raw": out}
+
+
+def write_script(folder: Path, name: str, users, contents, mode: str, pause_ms: float) -> Path:
+    path = folder / f"{name}.lua"
+    path.write_text(LUA % {"users": ",".join(f'"{u}"' for u in users),
+                           "contents": ",".join(f'"{c}"' for c in contents), "mode": mode,
+                           "pause": f"{pause_ms:.1f}"})
+    return path
+
+
+def create_users(url: str, contents: list[str], n_users: int, events: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    users = []
+    with httpx.Client(timeout=60) as client:
+        for _ in range(n_users):
+            user = str(uuid.uuid4())
+            picked = rng.choice(len(contents), events, replace=False)
+            body = {"user_id": user, "viewing_events": [
+                {"content_id": contents[i], "timestamp": f"2026-11-{1 + k % 25:02d}T20:00:00Z",
+                 "completion_rate": float(rng.uniform(0.3, 1.0)),
+                 "rating": int(rng.integers(1, 6))} for k, i in enumerate(picked)]}
+            response = client.post(url + "/api/v1/profile/update", json=body)
+            response.raise_for_status()
+            users.append(user)
+    return users
+
+
+def paced(url: str, folder: Path, users, contents, mode: str, rate: float, seconds: int):
+    """Connections with pauses so that about ``rate`` requests/s are offered."""
+    connections = 32
+    pause_ms = max(connections / rate * 1000.0 - 1.0, 0.0)  # ~1 ms service time per request
+    script = write_script(folder, f"{mode}_paced", users, contents, mode, pause_ms)
+    return run_wrk(url, script, connections, seconds)
+
+
+def adapter_load_times(server: ServerProcess, users: list[str]) -> dict:
+    """Time to get one user's adapter: from the cache (decode included) and from PostgreSQL."""
+    from service.cache import LocalCache
+    from service.profiles import decode_adapter
+    from service.runtime import Profile
+    from tests.servers import drop_postgres_database, fresh_postgres_database
+
+    result = {}
+    async def measure():
+        import asyncpg
+
+        from service.storage import UserStateRow
+        from service.storage.postgres import PostgresStore
+
+        dim, rank = 512, 8
+        rng = np.random.default_rng(0)
+        profile_bytes = Profile(
+            preference=rng.standard_normal(dim).astype(np.float32),
+            adapter=rng.standard_normal((dim, rank)).astype(np.float16),
+            recent_items=np.arange(256, dtype=np.int32), recent_weights=np.ones(256, np.float32),
+            seen=np.arange(100, dtype=np.int32), dismissed=np.zeros(0, np.int32),
+            genre_affinity=np.ones(19, np.float32), hourly=np.ones(24, np.float32),
+            qualifying=10.0, events=10, pool_index=-1).to_bytes()
+        cache = LocalCache(10_000, 300)
+        for user in users:
+            await cache.set(f"profile:{user}", profile_bytes, 300)
+        clock = time.perf_counter()
+        for user in users:
+            Profile.from_bytes(await cache.get(f"profile:{user}")).adapter  # noqa: B018
+        result["adapter_load_cache_ms"] = (time.perf_counter() - clock) / len(users) * 1e3
+        try:
+            url = await fresh_postgres_database()
+        except BaseException as error:  # noqa: BLE001 - skipped when PostgreSQL is absent
+            result["adapter_load_postgres_ms"] = None
+            result["postgres_note"] = f"PostgreSQL not reachable: {error}"
+            return
+        store = PostgresStore(url)
+        await store.open()
+        state = np.concatenate([rng.standard_normal(dim), rng.standard_normal(dim * rank)]
+                               ).astype(np.float16).tobytes()
+        for user in users:
+            await store.save_user_state(UserStateRow(user, state, 0, None))
+        clock = time.perf_counter()
+        for user in users:
+            row = await store.load_user_state(user)
+            decode_adapter(row.state, dim, rank)
+        result["adapter_load_postgres_ms"] = (time.perf_counter() - clock) / len(users) * 1e3
+        await store.close()
+        await drop_postgres_database(url)
+        del asyncpg
+
+    asyncio.run(measure())
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--data", default="ml-100k" if (ML100K / "u.data").is_file()
+                        else "synthetic")
+    parser.add_argument("--out", type=Path, default=RESULTS / "http.json")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: apt-get install wrk")
+    seconds = 5 if args.quick else 15
+    n_users = 100 if args.quick else 300
+    folder = Path(tempfile.mkdtemp(prefix="sona-http-"))
+    demo = ["--demo", "--demo-data", args.data]
+    if args.data == "ml-100k":
+        demo += ["--demo-path", str(ML100K)]
+    result = {"command": "python bench/http.py" + (" --quick" if args.quick else ""),
+              "data": args.data, "cores": os.cpu_count(), "seconds_per_run": seconds}
+    runs = {}
+    for batching in (True, False):
+        data_dir = folder / ("on" if batching else "off")
+        server = ServerProcess(data_dir, *demo, *([] if batching else ["--no-batching"]))
+        (data_dir / "small.toml").write_text(BENCH_CONFIG)  # full-size model, no list cache
+        server.start(timeout=600)
+        try:
+            contents = [c["content_id"] for c in httpx.get(
+                server.url + "/api/v1/content?limit=500", timeout=30).json()["items"]]
+            if batching:
+                clock = time.perf_counter()
+                users = create_users(server.url, contents, n_users, 15)
+                result["create_users_seconds"] = time.perf_counter() - clock
+            else:
+                users = create_users(server.url, contents, n_users, 15, seed=1)
+            model_users = _model_users(data_dir)
+            everyone = users + model_users[: 2000]
+            for mode in ("recs", "score"):
+                script = write_script(folder, f"{mode}_sat", everyone, contents, mode, 0.0)
+                run_wrk(server.url, script, 64, 2)  # warm-up: compile every bucket
+                runs[(batching, mode, "saturated")] = run_wrk(server.url, script, 64, seconds)
+                if batching:
+                    runs[(batching, mode, "paced")] = paced(server.url, folder, everyone,
+                                                            contents, mode, 1500.0, seconds)
+            if batching:
+                result |= adapter_load_times(server, users)
+        finally:
+            server.stop()
+    for mode, key in (("recs", "recs"), ("score", "score")):
+        saturated, pace = runs[(True, mode, "saturated")], runs[(True, mode, "paced")]
+        result |= {f"{key}_rps": saturated["rps"], f"{key}_errors": saturated["errors"],
+                   f"{key}_paced_rps": pace["rps"], f"{key}_p50_ms": pace["p50_ms"],
+                   f"{key}_p90_ms": pace["p90_ms"], f"{key}_p99_ms": pace["p99_ms"],
+                   f"{key}_paced_errors": pace["errors"],
+                   f"{key}_saturated_p50_ms": saturated["p50_ms"],
+                   f"{key}_rps_no_batching": runs[(False, mode, "saturated")]["rps"]}
+    result["batching_speedup"] = result["recs_rps"] / result["recs_rps_no_batching"]
+    result["score_batching_speedup"] = result["score_rps"] / result["score_rps_no_batching"]
+    result["wrk_output"] = {f"{'on' if b else 'off'}_{m}_{k}": r["raw"]
+                            for (b, m, k), r in runs.items()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    table = markdown(result)
+    args.out.with_suffix(".md").write_text(table)
+    print(table)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _model_users(data_dir: Path) -> list[str]:
+    from service.model_store import load_model
+
+    return load_model(data_dir / "models").user_ids.tolist()
+
+
+def markdown(r: dict) -> str:
+    rows = [
+        ("recommendations saturated (64 conn), req/s", r["recs_rps"], ">= 3000, no errors"),
+        ("  errors", r["recs_errors"], "0"),
+        ("recommendations paced at 1,500/s: served req/s", r["recs_paced_rps"], "~1500"),
+        ("  p50 / p90 / p99 ms", f"{r['recs_p50_ms']:.2f} / {r['recs_p90_ms']:.2f} / "
+                                 f"{r['recs_p99_ms']:.2f}", "<= 5 / 15 / 50"),
+        ("score saturated, req/s", r["score_rps"], "better than recommendations"),
+        ("score paced p50 / p90 / p99 ms", f"{r['score_p50_ms']:.2f} / {r['score_p90_ms']:.2f} / "
+                                           f"{r['score_p99_ms']:.2f}", "better"),
+        ("batching speedup (recs saturated, on / off)", r["batching_speedup"], "> 1"),
+        ("adapter load from cache, ms", r["adapter_load_cache_ms"], "< 1"),
+        ("adapter load from PostgreSQL, ms", r.get("adapter_load_postgres_ms"), "< 10"),
+    ]
+
+    def fmt(value):
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    lines = ["| measure | value | bar |", "| --- | --- | --- |"]
+    lines += [f"| {name} | {fmt(value)} | {bar} |" for name, value, bar in rows]
+    lines.append(f"\nData: {r['data']}; {r['cores']} cores shared with wrk; "
+                 f"{r['seconds_per_run']} s per run. Command: `{r['command']}`.")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
