@@ -37,7 +37,7 @@ class Profiles:
 
     @staticmethod
     def key(user_id: str) -> str:
-        return f"profile:{user_id}"
+        return f"profile:v2:{user_id}"  # bump when the encoding changes
 
     async def _in_engine(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -45,8 +45,11 @@ class Profiles:
     async def get(self, user_id: str) -> Profile:
         cached = await self.cache.get(self.key(user_id))
         if cached is not None:
-            profile = Profile.from_bytes(cached)
-            if profile.model_version == self.runtime.version:
+            try:
+                profile = Profile.from_bytes(cached)
+            except (ValueError, KeyError, TypeError):  # unreadable entry: a miss, not an error
+                profile = None
+            if profile is not None and profile.model_version == self.runtime.version:
                 return profile
         profile = await self.rebuild(user_id)
         await self.cache.set(self.key(user_id), profile.to_bytes(), PROFILE_TTL_SECONDS)

@@ -260,10 +260,7 @@ async def test_bad_input_is_a_4xx_naming_the_field(api, method, path, body, fiel
     def fill(text):
         return text.replace("{u}", user).replace("{c}", content[0])
 
-    if isinstance(body, dict):
-        data = fill(json.dumps(body))
-    else:
-        data = fill(body) if body else None
+    data = fill(json.dumps(body)) if isinstance(body, dict) else fill(body) if body else None
     response = await client.open(path, method=method, data=data,
                                  headers={"Content-Type": "application/json"})
     assert 400 <= response.status_code < 500, await response.get_data()

@@ -106,7 +106,7 @@ def test_two_servers_share_postgres_and_redis(tmp_path):
     first = ServerProcess(tmp_path, *DEMO, env=env).start()
     second = ServerProcess(tmp_path, env=env).start()  # same store and model, no seeding
     try:
-        content = _content(first, 40)
+        _content(first, 40)
         user = str(uuid.uuid4())
         before = httpx.post(f"{second.url}/api/v1/recommendations",
                             json={"user_id": user, "limit": 20}, timeout=30).json()
