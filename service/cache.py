@@ -12,7 +12,7 @@ import logging
 import time
 from typing import Protocol
 
-from cachetools import TTLCache
+from cachetools import TLRUCache
 
 log = logging.getLogger("sona.cache")
 
@@ -28,18 +28,23 @@ class Cache(Protocol):
 
 
 class LocalCache:
-    """Bounded in-process cache; one TTL for all entries (the shortest one asked for is kept)."""
+    """Bounded in-process cache (LRU) with a TTL per entry. Values are kept as given (objects
+    as well as bytes), since nothing leaves the process."""
 
     kind = "memory"
 
     def __init__(self, max_entries: int, ttl: float):
-        self.entries: TTLCache = TTLCache(maxsize=max_entries, ttl=ttl)
+        self.default_ttl = ttl
+        self.entries: TLRUCache = TLRUCache(maxsize=max_entries,
+                                            ttu=lambda _key, value, now: now + value[0])
 
-    async def get(self, key: str) -> bytes | None:
-        return self.entries.get(key)
+    async def get(self, key: str):
+        found = self.entries.get(key)
+        return None if found is None else found[1]
 
-    async def set(self, key: str, value: bytes, ttl: float) -> None:
-        self.entries[key] = value
+    async def set(self, key: str, value, ttl: float) -> None:
+        if ttl > 0:
+            self.entries[key] = (ttl, value)
 
     async def delete(self, *keys: str) -> None:
         for key in keys:

@@ -45,15 +45,24 @@ class Profiles:
     async def get(self, user_id: str) -> Profile:
         cached = await self.cache.get(self.key(user_id))
         if cached is not None:
-            try:
-                profile = Profile.from_bytes(cached)
-            except (ValueError, KeyError, TypeError):  # unreadable entry: a miss, not an error
-                profile = None
+            profile = self._decode(cached)
             if profile is not None and profile.model_version == self.runtime.version:
                 return profile
         profile = await self.rebuild(user_id)
-        await self.cache.set(self.key(user_id), profile.to_bytes(), PROFILE_TTL_SECONDS)
+        await self._put(user_id, profile)
         return profile
+
+    def _decode(self, cached) -> Profile | None:
+        if isinstance(cached, Profile):  # the in-process cache keeps objects as they are
+            return cached
+        try:
+            return Profile.from_bytes(cached)
+        except (ValueError, KeyError, TypeError):  # unreadable entry: a miss, not an error
+            return None
+
+    async def _put(self, user_id: str, profile: Profile) -> None:
+        value = profile if self.cache.kind == "memory" else profile.to_bytes()
+        await self.cache.set(self.key(user_id), value, PROFILE_TTL_SECONDS)
 
     async def rebuild(self, user_id: str, adapter: np.ndarray | None = None,
                       last_trained: float | None = None) -> Profile:
@@ -87,7 +96,7 @@ class Profiles:
         await self.store.save_user_state(UserStateRow(
             user_id, encode_state(profile), 0 if reset_counter else None,
             profile.last_trained or None))
-        await self.cache.set(self.key(user_id), profile.to_bytes(), PROFILE_TTL_SECONDS)
+        await self._put(user_id, profile)
 
 
 class InsufficientData(Exception):

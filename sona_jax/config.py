@@ -108,13 +108,15 @@ class GraphConfig(_Section):
     seed_position_decay: float = Field(
         0.9, gt=0.0, le=1.0, description="seed weight x this per position back in the history"
     )
-    neighbours: int = Field(100, ge=1, le=1000, description="adjacency list width per item")
+    neighbours: int = Field(400, ge=1, le=4096, description="adjacency list width per item")
     frontier: int = Field(64, ge=1, le=4096, description="items a hop expands from")
-    max_user_items: int = Field(100, ge=2, le=4096, description="items per viewer in the graph")
+    max_user_items: int = Field(
+        1000, ge=2, le=100_000, description="most recent items per viewer in the graph"
+    )
     weighting: Literal["cosine", "regression"] = Field(
         "regression", description="edge weights: cosine co-engagement or item-item regression"
     )
-    regression_l2: float = Field(200.0, gt=0.0, description="ridge of the regression weighting")
+    regression_l2: float = Field(500.0, gt=0.0, description="ridge of the regression weighting")
     max_regression_items: int = Field(
         20_000, ge=1, description="larger catalogues use cosine (the inverse is dense)"
     )
