@@ -108,6 +108,9 @@ class GraphConfig(_Section):
     seed_position_decay: float = Field(
         0.9, gt=0.0, le=1.0, description="seed weight x this per position back in the history"
     )
+    seed_weighting: Literal["engagement", "uniform"] = Field(
+        "engagement", description="seed mass: decayed engagement, or 1 per engaged item"
+    )
     neighbours: int = Field(400, ge=1, le=4096, description="adjacency list width per item")
     frontier: int = Field(64, ge=1, le=4096, description="items a hop expands from")
     max_user_items: int = Field(

@@ -116,7 +116,9 @@ def graph_scores(state: ServingState, users: UserBatch, cfg: SonaConfig) -> jnp.
     n_items = state.graph_neighbours.shape[0]
     seeds = users.recent_items[:, : cfg.graph.recent_items]
     position_weight = cfg.graph.seed_position_decay ** jnp.arange(seeds.shape[1])
-    mass = jnp.where(seeds >= 0, users.recent_weights[:, : cfg.graph.recent_items], 0.0)
+    seed_weights = (users.recent_weights[:, : cfg.graph.recent_items]
+                    if cfg.graph.seed_weighting == "engagement" else 1.0)
+    mass = jnp.where(seeds >= 0, seed_weights, 0.0)
     mass = mass * position_weight[None, :]
     total = jnp.zeros((seeds.shape[0], n_items))
     for hop in range(cfg.graph.hops):
