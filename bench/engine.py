@@ -1,3 +1,4 @@
+# ruff: noqa: E402
 """Engine benchmark: the SPEC 8 engine bars, measured as ratios within one run.
 
     python bench/engine.py            # full run (trains synthetic 100 k users x 50 k items)
@@ -7,6 +8,12 @@ Writes bench/results/engine.json (or --out) and a markdown table next to it.
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# bench/http.py would shadow the stdlib `http` (which jax imports): keep this folder off sys.path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse
 import json

@@ -121,7 +121,7 @@ class GraphConfig(_Section):
     )
     regression_l2: float = Field(500.0, gt=0.0, description="ridge of the regression weighting")
     max_regression_items: int = Field(
-        20_000, ge=1, description="larger catalogues use cosine (the inverse is dense)"
+        10_000, ge=1, description="larger catalogues use cosine (the inverse is dense, O(n³))"
     )
 
 
