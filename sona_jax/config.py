@@ -103,7 +103,7 @@ class GraphConfig(_Section):
     hops: int = Field(2, ge=1, le=4)
     decay: float = Field(0.8, gt=0.0, le=1.0)
     recent_items: int = Field(
-        100, ge=1, le=4096, description="most recent engaged items the walk starts from"
+        32, ge=1, le=4096, description="most recent engaged items the walk starts from"
     )
     seed_position_decay: float = Field(
         0.9, gt=0.0, le=1.0, description="seed weight x this per position back in the history"
@@ -112,7 +112,7 @@ class GraphConfig(_Section):
         "engagement", description="seed mass: decayed engagement, or 1 per engaged item"
     )
     neighbours: int = Field(400, ge=1, le=4096, description="adjacency list width per item")
-    frontier: int = Field(64, ge=1, le=4096, description="items a hop expands from")
+    frontier: int = Field(32, ge=1, le=4096, description="items a hop expands from")
     max_user_items: int = Field(
         1000, ge=2, le=100_000, description="most recent items per viewer in the graph"
     )
