@@ -225,15 +225,19 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> SonaConfig
         raise ConfigError(_format_errors(error, source)) from None
 
 
+def read_toml(path: str | Path, error: type[Exception] = ConfigError) -> dict[str, Any]:
+    """The parsed TOML file; a missing or malformed file raises ``error`` naming it."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise error(f"{path}: file not found") from None
+    except tomllib.TOMLDecodeError as problem:
+        raise error(f"{path}: not valid TOML: {problem}") from None
+
+
 def load_config(path: str | Path | None = None) -> SonaConfig:
     """Load a TOML file (default: the packaged defaults) into a validated `SonaConfig`."""
     if path is None:
         return SonaConfig()
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: not valid TOML: {error}") from None
-    return config_from_dict(data, source=str(path))
+    return config_from_dict(read_toml(path), source=str(path))

@@ -27,7 +27,6 @@ import math
 import os
 import re
 import time
-import tomllib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from sona_jax.config import ConfigError, SonaConfig, config_from_dict
+from sona_jax.config import ConfigError, SonaConfig, config_from_dict, read_toml
 from sona_jax.datasets import Dataset, load_dataset
 from sona_jax.datasets.schema import EventLog
 from sona_jax.evaluation import (
@@ -367,12 +366,7 @@ def parse_experiment(
 def load_experiment(path: str | Path, data_path: str | None = None) -> Experiment:
     """Read and validate an experiment TOML file (the folder name defaults to the file stem)."""
     path = Path(path)
-    try:
-        doc = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ExperimentError(f"{path}: file not found") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ExperimentError(f"{path}: not valid TOML: {error}") from None
+    doc = read_toml(path, ExperimentError)
     try:
         return parse_experiment(doc, path.stem, data_path)
     except (ExperimentError, TypeError, ValueError) as error:

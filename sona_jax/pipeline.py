@@ -144,7 +144,8 @@ def train_all_adapters(
     lcfg = cfg.lora
     eligible = np.flatnonzero(users.interaction_count >= lcfg.min_events)
     targets = event_targets(log.completion, log.rating, log.dismissed, cfg.preference)
-    chunk = min(lcfg.train_chunk_users, max(len(eligible), 1))
+    # Powers of two: datasets of different sizes share compiled programs.
+    chunk = min(lcfg.train_chunk_users, 1 << int(np.ceil(np.log2(max(len(eligible), 1)))))
     before, after = [], []
     n_items = base.item_embeddings.shape[0]
     everyone = recent_events(log.user, log.item, log.timestamp, targets, eligible, lcfg.max_events)

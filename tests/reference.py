@@ -18,18 +18,25 @@ def engagement_weight(completion: float, rating: float, cfg: PreferenceConfig) -
     return min(max(weight, 0.0), cfg.max_weight)
 
 
+def decayed_weight(e: dict, cfg: PreferenceConfig) -> float | None:
+    """decay x engagement of one event, None when it does not qualify."""
+    if e["dismissed"]:
+        return None
+    if e["completion"] < cfg.completion_threshold and e["rating"] < cfg.rated_override_min:
+        return None
+    decay = cfg.decay_base ** (e["age_days"] / cfg.decay_period_days)
+    return decay * engagement_weight(e["completion"], e["rating"], cfg)
+
+
 def preference_vector(
     events: list[dict], embeddings: np.ndarray, cfg: PreferenceConfig
 ) -> np.ndarray:
     """One user's SPEC 3.1 vector, event by event."""
     total, weighted = 0.0, np.zeros(embeddings.shape[1])
     for e in events:
-        if e["dismissed"]:
+        w = decayed_weight(e, cfg)
+        if w is None:
             continue
-        if e["completion"] < cfg.completion_threshold and e["rating"] < cfg.rated_override_min:
-            continue
-        decay = cfg.decay_base ** (e["age_days"] / cfg.decay_period_days)
-        w = decay * engagement_weight(e["completion"], e["rating"], cfg)
         total += w
         weighted += w * embeddings[e["item"]]
     if total <= 0:
@@ -42,14 +49,10 @@ def preference_vector(
 def genre_affinity(events: list[dict], genres: np.ndarray, cfg: PreferenceConfig) -> np.ndarray:
     mass = np.zeros(genres.shape[1])
     for e in events:
-        if e["dismissed"]:
-            continue
-        if e["completion"] < cfg.completion_threshold and e["rating"] < cfg.rated_override_min:
-            continue
-        decay = cfg.decay_base ** (e["age_days"] / cfg.decay_period_days)
+        w = decayed_weight(e, cfg)
         row = genres[e["item"]]
-        if row.sum() > 0:
-            mass += decay * engagement_weight(e["completion"], e["rating"], cfg) * row / row.sum()
+        if w is not None and row.sum() > 0:
+            mass += w * row / row.sum()
     smoothed = mass + cfg.genre_smoothing
     return smoothed / smoothed.sum()
 
