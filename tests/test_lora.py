@@ -89,14 +89,7 @@ def test_rank_one_gradient_matches_jax_grad_of_reference_loss():
     base = _base()
     p, b = _users(4)
     items, targets, mask = _training_rows(4, 9)
-    batch = lora.prepare_training_batch(
-        base,
-        jnp.asarray(p),
-        jnp.asarray(b),
-        jnp.asarray(items),
-        jnp.asarray(targets),
-        jnp.asarray(mask),
-    )
+    batch = lora.prepare_training_batch(base, *map(jnp.asarray, (p, b, items, targets, mask)))
     E, W, A = base.item_embeddings, base.projection, base.factor
 
     def reference_loss(adapter, u):
@@ -139,14 +132,7 @@ def test_vmapped_training_equals_per_user_training_and_lowers_loss():
     p, b = _users(6)
     items, targets, mask = _training_rows(6, 12)
     cfg = LoraConfig(rank=RANK)
-    batch = lora.prepare_training_batch(
-        base,
-        jnp.asarray(p),
-        jnp.asarray(b),
-        jnp.asarray(items),
-        jnp.asarray(targets),
-        jnp.asarray(mask),
-    )
+    batch = lora.prepare_training_batch(base, *map(jnp.asarray, (p, b, items, targets, mask)))
     np.testing.assert_allclose(
         np.asarray(batch.user_factor), np.einsum("udr,ud->ur", b, p), atol=1e-5
     )
