@@ -325,12 +325,14 @@ def create_app(settings: Settings | None = None) -> Quart:
         lam = (cfg.diversity.mmr_lambda if data.diversity_threshold is None
                else 1.0 - data.diversity_threshold)
         device, tod, mood = context_indices(data.context.model_dump() if data.context else None)
-        key = hashlib.blake2b(json.dumps([user_id, profile.events, rt.version, data.limit,
-                                          data.exclude_watched, lam, device, tod, mood]).encode(),
-                              digest_size=16).hexdigest()
-        cached = await parts["cache"].get(f"recs:{key}")
-        if cached is not None:
-            return Response(cached, content_type="application/json")
+        ttl = cfg.serving.recommendation_ttl_seconds
+        if ttl:  # lists are cached per profile version, so writes invalidate them
+            key = "recs:" + hashlib.blake2b(json.dumps(
+                [user_id, profile.events, rt.version, data.limit, data.exclude_watched, lam,
+                 device, tod, mood]).encode(), digest_size=16).hexdigest()
+            cached = await parts["cache"].get(key)
+            if cached is not None:
+                return Response(cached, content_type="application/json")
         result = await parts["recommend"].submit(RecommendRequest(
             profile, data.limit, data.exclude_watched, lam, device, tod, mood,
             new_request_seed()))
@@ -350,8 +352,8 @@ def create_app(settings: Settings | None = None) -> Quart:
         body = orjson.dumps({"recommendations": items,
                              "generated_at": datetime.now(UTC).isoformat(),
                              "ttl_seconds": cfg.serving.recommendation_ttl_seconds})
-        if cfg.serving.recommendation_ttl_seconds:
-            await parts["cache"].set(f"recs:{key}", body, cfg.serving.recommendation_ttl_seconds)
+        if ttl:
+            await parts["cache"].set(key, body, ttl)
         return Response(body, content_type="application/json")
 
     @app.post("/api/v1/recommendations/similar")

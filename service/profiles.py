@@ -73,6 +73,9 @@ class Profiles:
         cfg = self.runtime.cfg
         if adapter is None:
             adapter = decode_adapter(row.state, cfg.model.embedding_dim, cfg.lora.rank)
+        if adapter is None:  # no adapter stored yet: keep the one the model trained, if any
+            known = self.runtime.model_profile(user_id)
+            adapter = known.adapter if known is not None else None
         events = await self.store.user_events(user_id)
         trained = row.last_trained if last_trained is None else last_trained
         return await self._in_engine(self.runtime.build_profile, user_id, events, adapter,
@@ -85,10 +88,7 @@ class Profiles:
         """
         new = await self.store.add_events(events)
         since = await self.store.add_events_since_training(user_id, new)
-        previous = await self.get(user_id) if new else None
-        adapter = previous.adapter if previous is not None else None
-        profile = await self.rebuild(user_id, adapter=adapter,
-                                     last_trained=previous.last_trained if previous else None)
+        profile = await self.rebuild(user_id)  # adapter and last training come from the store
         await self.save(user_id, profile, reset_counter=False)
         return new, since, profile
 
