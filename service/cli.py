@@ -159,7 +159,8 @@ def serve(host, port, data_dir, config_path, database_url, redis_url, demo, demo
     server = uvicorn.Server(uvicorn.Config(
         create_app(settings), host=host or cfg.serving.host, port=port or cfg.serving.port,
         loop="uvloop", http="httptools", lifespan="on", log_level="warning",
-        access_log=False, timeout_graceful_shutdown=15))
+        access_log=False, timeout_graceful_shutdown=15,
+        proxy_headers=False))  # nothing reads client addresses; skip the per-request wrapper
     click.echo(f"SONA serving on http://{host or cfg.serving.host}:{port or cfg.serving.port}"
                f" (docs at /docs)", err=True)
     server.run()

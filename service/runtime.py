@@ -98,16 +98,17 @@ class ScoreRequest:
     mood: int = -1
 
 
-def context_indices(context: dict | None) -> tuple[int, int, int]:
-    """(device, time_of_day, mood) indices, -1 where absent or unknown."""
-    context = context or {}
+def context_indices(context) -> tuple[int, int, int]:
+    """(device, time_of_day, mood) indices of a request context (an object with
+    ``device_type``, ``time_of_day`` and ``mood`` attributes, or None); -1 where absent."""
+    if context is None:
+        return -1, -1, -1
+    return (_index_of(DEVICE_TYPES, context.device_type),
+            _index_of(TIMES_OF_DAY, context.time_of_day), _index_of(MOODS, context.mood))
 
-    def find(values, key):
-        value = context.get(key)
-        return values.index(value) if value in values else -1
 
-    return find(DEVICE_TYPES, "device_type"), find(TIMES_OF_DAY, "time_of_day"), find(MOODS,
-                                                                                      "mood")
+def _index_of(values: tuple[str, ...], value: str | None) -> int:
+    return values.index(value) if value in values else -1
 
 
 def _bucket(n: int, buckets: tuple[int, ...]) -> int:
@@ -268,7 +269,9 @@ class Runtime:
             pool_index=pool_index)
 
     def recommend_batch(self, requests: list[RecommendRequest]) -> list[dict]:
-        """Top-``limit`` lists for a batch of requests (one jitted call)."""
+        """Top-``limit`` lists for a batch of requests (one jitted call): per request, ``rows``
+        of (item index, score, kind index, based-on item index or -1), best first, and the
+        model's ``item_ids`` and ``titles`` the indices refer to."""
         n = len(requests)
         bucket = bucket_size(n)
         n_out = _bucket(max(r.limit for r in requests), OUTPUT_BUCKETS)
@@ -286,16 +289,14 @@ class Runtime:
         out = recommend.recommend(state, self._user_batch([r.profile for r in requests], bucket),
                                   request, column("limit", np.int32, 1), self.weights, self.cfg,
                                   n_out)
-        items, scores, kinds, based_on = (np.asarray(x) for x in (out.items, out.scores,
-                                                                  out.kind, out.based_on))
-        results = []
-        for row, r in enumerate(requests):
-            keep = items[row, : r.limit] >= 0
-            results.append({
-                "items": items[row, : r.limit][keep], "scores": scores[row, : r.limit][keep],
-                "kinds": kinds[row, : r.limit][keep], "based_on": based_on[row, : r.limit][keep],
-                "item_ids": item_ids, "titles": titles})
-        return results
+        # One conversion per output for the whole batch: per-row numpy slicing cost more.
+        items, scores, kinds, based_on = (np.asarray(x)[:n].tolist() for x in (
+            out.items, out.scores, out.kind, out.based_on))
+        return [{"rows": [row for row in zip(items[i][: r.limit], scores[i][: r.limit],
+                                             kinds[i][: r.limit], based_on[i][: r.limit],
+                                             strict=True) if row[0] >= 0],
+                 "item_ids": item_ids, "titles": titles}
+                for i, r in enumerate(requests)]
 
     def score_batch(self, requests: list[ScoreRequest]) -> list[dict]:
         """Scores and components of each request's items (one jitted call)."""

@@ -111,7 +111,7 @@ class GraphConfig(_Section):
     seed_weighting: Literal["engagement", "uniform"] = Field(
         "engagement", description="seed mass: decayed engagement, or 1 per engaged item"
     )
-    neighbours: int = Field(400, ge=1, le=4096, description="adjacency list width per item")
+    neighbours: int = Field(200, ge=1, le=4096, description="adjacency list width per item")
     frontier: int = Field(32, ge=1, le=4096, description="items a hop expands from")
     max_user_items: int = Field(
         1000, ge=2, le=100_000, description="most recent items per viewer in the graph"
@@ -164,8 +164,10 @@ class ColdStartConfig(_Section):
 class ServingConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8082, ge=1, le=65535)
-    batch_window_ms: float = Field(2.0, ge=0.0, le=1000.0)
+    batch_window_ms: float = Field(1.0, ge=0.0, le=1000.0)
     max_batch: int = Field(128, ge=1, le=128)
+    engine_threads: int = Field(1, ge=1, le=64,
+                                description="engine calls in flight at once (per batcher)")
     max_queue: int = Field(1024, ge=1)
     batching: bool = True
     max_body_bytes: int = Field(1_048_576, ge=1024)

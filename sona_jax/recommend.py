@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from sona_jax import mmr, sources
 from sona_jax.config import SonaConfig
+from sona_jax.selection import top_k_mask, top_k_unordered
 from sona_jax.sources import RequestBatch, ServingState, UserBatch
 
 SOURCE_NAMES: tuple[str, ...] = ("collaborative", "content_based", "graph_based", "context")
@@ -69,32 +70,23 @@ def excluded_items(n_items: int, users: UserBatch, request: RequestBatch) -> jnp
     return sources.scatter_rows(n_items, lists, jnp.ones(lists.shape)) > 0
 
 
-def _top_mask(scores: jnp.ndarray, k: int) -> jnp.ndarray:
-    """(users, items) True at each row's top-k (finite) entries."""
-    values, index = jax.lax.top_k(scores, min(k, scores.shape[1]))
-    return sources.scatter_rows(scores.shape[1], jnp.where(jnp.isfinite(values), index, -1),
-                                jnp.ones(index.shape)) > 0
-
-
 def candidate_mask(scores: SourceScores, trending: jnp.ndarray, excluded: jnp.ndarray,
                    cfg: SonaConfig) -> jnp.ndarray:
     """Union of each active source's top items, cold start's top items and trending.
 
-    The six rankings go through one stacked top-k (one kernel instead of six).
+    The five per-user rankings go through one stacked threshold selection
+    (`selection.top_k_mask`); trending is one ranking for everyone, so it is sorted once and
+    each user takes its first items that user may see.
     """
-    k = cfg.candidates.per_source
-    users, n_items = excluded.shape
-    ranked = jnp.concatenate([
-        jnp.where(~scores.active[:, :, None], -jnp.inf, scores.raw),
-        scores.cold[:, None, :],
-        jnp.broadcast_to(trending, (users, 1, n_items)),
-    ], axis=1)
+    ranked = jnp.concatenate([jnp.where(~scores.active[:, :, None], -jnp.inf, scores.raw),
+                              scores.cold[:, None, :]], axis=1)
     ranked = jnp.where(excluded[:, None, :], -jnp.inf, ranked)
-    values, index = jax.lax.top_k(ranked, min(k, n_items))  # (users, 6, k)
-    keep = jnp.isfinite(values)
-    keep = keep.at[:, 5, cfg.candidates.trending:].set(False)  # trending keeps fewer
-    mask = sources.scatter_rows(n_items, jnp.where(keep, index, -1), jnp.ones(index.shape)) > 0
-    return mask & ~excluded
+    per_source = jnp.any(top_k_mask(ranked, cfg.candidates.per_source), axis=1)
+    order = jnp.argsort(-trending, stable=True)  # ties: lowest index first, as top_k
+    allowed = ~excluded[:, order]
+    first = allowed & (jnp.cumsum(allowed, axis=1) <= cfg.candidates.trending)
+    by_trend = first[:, jnp.argsort(order)]
+    return (per_source | by_trend) & ~excluded
 
 
 class MinMax(NamedTuple):
@@ -207,7 +199,7 @@ def recommend(state: ServingState, users: UserBatch, request: RequestBatch, limi
     everywhere, _ = blended(blend, scores.raw, scores.cold, mask)
 
     pool_size = min(max(cfg.diversity.pool_size, n_out), n_items)
-    pool_relevance, pool_items = jax.lax.top_k(everywhere, pool_size)
+    pool_relevance, pool_items = top_k_unordered(everywhere, pool_size)
     pool_valid = jnp.isfinite(pool_relevance)
     pool_relevance = jnp.where(pool_valid, pool_relevance, 0.0)
     # MMR weighs relevance against cosine similarity, so give relevance the full [0, 1] range

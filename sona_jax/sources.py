@@ -81,15 +81,19 @@ class RequestBatch(NamedTuple):
 
 
 def scatter_rows(n_items: int, items: jnp.ndarray, values: jnp.ndarray) -> jnp.ndarray:
-    """(users, items) sums of ``values`` at ``items`` per row; items (users, ...) with -1 dropped."""
-    flat_items = items.reshape(items.shape[0], -1)
-    flat_values = values.reshape(values.shape[0], -1)
-    safe = jnp.where(flat_items >= 0, flat_items, n_items)  # out of range -> dropped
+    """(users, items) sums of ``values`` at ``items`` per row; items (users, ...) with -1 dropped.
 
-    def one(row_items, row_values):
-        return jnp.zeros(n_items, flat_values.dtype).at[row_items].add(row_values, mode="drop")
-
-    return jax.vmap(one)(safe, flat_values)
+    One flat scatter into users·items slots rather than a vmapped scatter per row: XLA's CPU
+    scatter is a serial loop either way, and the flat one runs it once (about 2x faster).
+    """
+    users = items.shape[0]
+    flat_items = items.reshape(users, -1)
+    flat_values = values.reshape(users, -1).astype(jnp.result_type(values.dtype, jnp.float32))
+    inside = (flat_items >= 0) & (flat_items < n_items)
+    slots = jnp.where(inside, flat_items + (jnp.arange(users) * n_items)[:, None],
+                      users * n_items)  # out of range -> dropped
+    total = jnp.zeros(users * n_items, flat_values.dtype)
+    return total.at[slots.ravel()].add(flat_values.ravel(), mode="drop").reshape(users, n_items)
 
 
 def collaborative_scores(state: ServingState, users: UserBatch, cfg: SonaConfig) -> jnp.ndarray:

@@ -87,6 +87,39 @@ async def test_recommendations_shape(api):
             assert item == "similar viewers" or item in history
 
 
+async def test_fast_path_answers_as_the_quart_route_does(api):
+    """The hot routes skip Quart's request cycle (service/fast_path.py); switching the fast
+    path off must not change a single answer, and it must be the one answering."""
+    client, app = api
+    user, content = await _known(app)
+    requests = [("/api/v1/personalization/score", {"user_id": user, "content_id": content[2],
+                                                   "context": {"mood": "funny"}}),
+                ("/api/v1/recommendations", {"user_id": user, "limit": 5}),
+                ("/api/v1/recommendations", {"user_id": user, "limit": 0}),
+                ("/api/v1/personalization/score", {"user_id": user, "content_id": "nope"}),
+                ("/api/v1/personalization/score", {"user_id": user,
+                                                   "content_id": str(uuid.uuid4())})]
+    served = app.metrics.requests.labels("/api/v1/personalization/score", "200")
+    before = served._value.get()
+    fast = [await client.post(path, json=body) for path, body in requests]
+    assert served._value.get() == before + 1  # counted like any request
+    wrapped = app.asgi_app
+    app.asgi_app = wrapped.app  # Quart alone
+    try:
+        plain = [await client.post(path, json=body) for path, body in requests]
+    finally:
+        app.asgi_app = wrapped
+    for (path, _), a, b in zip(requests, fast, plain, strict=True):
+        assert a.status_code == b.status_code, path
+        body_a, body_b = await a.get_json(), await b.get_json()
+        if "recommendations" in body_a:  # β = 1 for this user: no exploration, same list
+            assert [r["content_id"] for r in body_a["recommendations"]] == [
+                r["content_id"] for r in body_b["recommendations"]]
+            body_a.pop("generated_at"), body_b.pop("generated_at")
+        assert body_a == body_b, path
+    assert [r.status_code for r in fast] == [200, 200, 400, 400, 404]
+
+
 async def test_unknown_user_gets_cold_start(api):
     client, _ = api
     response = await client.post("/api/v1/recommendations",

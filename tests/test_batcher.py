@@ -90,3 +90,51 @@ async def test_drain_answers_everything_queued():
     assert [t.result() for t in pending] == [2 * i for i in range(10)]
     with pytest.raises(Overloaded):
         await batcher.submit(1)
+
+
+async def test_batch_size_avoids_mostly_padding_calls():
+    batcher = MicroBatcher("t", _doubling([]), ThreadPoolExecutor(1), max_batch=128,
+                           window_ms=1, max_queue=1000, sizes=(1, 2, 4, 8, 16, 32, 64, 128))
+    # 33 would be padded to 64 (48 % padding): take 32 now, the last one rides the next call.
+    assert batcher.batch_size(33) == 32
+    assert batcher.batch_size(40) == 32
+    assert batcher.batch_size(50) == 50  # 22 % padding: worth taking whole
+    assert batcher.batch_size(5) == 5  # small batches are taken whole (latency first)
+    assert batcher.batch_size(500) == 128
+    plain = MicroBatcher("t", _doubling([]), ThreadPoolExecutor(1), max_batch=64,
+                         window_ms=1, max_queue=1000)
+    assert plain.batch_size(33) == 33
+
+
+async def test_two_batches_in_flight_overlap():
+    gate, calls, started = threading.Event(), [], []
+    doubling = _doubling(calls, gate)
+
+    def process(items):
+        started.append(list(items))
+        return doubling(items)
+
+    batcher = MicroBatcher("t", process, ThreadPoolExecutor(2), max_batch=2,
+                           window_ms=0, max_queue=100, in_flight=2)
+    batcher.start()
+    tasks = [asyncio.create_task(batcher.submit(i)) for i in range(4)]
+    await asyncio.sleep(0.1)
+    assert len(started) == 2 and calls == []  # both calls running at once, held by the gate
+    gate.set()
+    assert [await t for t in tasks] == [0, 2, 4, 6]
+    assert sorted(map(sorted, calls)) == [[0, 1], [2, 3]]
+    await batcher.drain()
+
+
+async def test_window_counts_from_the_oldest_request():
+    calls = []
+    batcher = MicroBatcher("t", _doubling(calls), ThreadPoolExecutor(1), max_batch=64,
+                           window_ms=300, max_queue=100)
+    loop = asyncio.get_running_loop()
+    waiting = [asyncio.create_task(batcher.submit(i)) for i in range(3)]
+    await asyncio.sleep(0.35)  # they queued before the worker started: they waited enough
+    started = loop.time()
+    batcher.start()
+    assert [await t for t in waiting] == [0, 2, 4]
+    assert loop.time() - started < 0.2  # served at once, not after another 300 ms window
+    await batcher.drain()
