@@ -120,6 +120,11 @@ class GraphConfig(_Section):
         "regression", description="edge weights: cosine co-engagement or item-item regression"
     )
     regression_l2: float = Field(500.0, gt=0.0, description="ridge of the regression weighting")
+    first_hop: Literal["sparse", "dense"] = Field(
+        "sparse", description="hop 1 over the adjacency lists, or over the full regression "
+        "matrix (catalogues up to max_dense_items; needs weighting = regression)")
+    max_dense_items: int = Field(
+        4096, ge=0, description="largest catalogue whose full items x items matrix is kept")
     max_regression_items: int = Field(
         10_000, ge=1, description="larger catalogues use cosine (the inverse is dense, O(n³))"
     )

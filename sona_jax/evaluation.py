@@ -116,6 +116,15 @@ def subset(dataset: Dataset, mask: np.ndarray) -> Dataset:
 
 def ranking_metrics(top: np.ndarray, test: sp.csr_matrix, users: np.ndarray) -> dict[str, float]:
     """HR@k, NDCG@k (binary), Precision@k of ``top`` (len(users), k) against ``test`` rows."""
+    ndcg, relevant = per_user_ndcg(top, test, users)
+    k = top.shape[1]
+    return {"hr@10": float(relevant.any(1).mean()), "ndcg@10": float(ndcg.mean()),
+            "precision@10": float(relevant.sum(1).mean() / k)}
+
+
+def per_user_ndcg(top: np.ndarray, test: sp.csr_matrix,
+                  users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(len(users),) NDCG@k of each user's list and the (len(users), k) hit matrix."""
     k = top.shape[1]
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
     relevant = np.zeros(top.shape, bool)
@@ -124,9 +133,17 @@ def ranking_metrics(top: np.ndarray, test: sp.csr_matrix, users: np.ndarray) -> 
         relevant[row] = np.isin(top[row], positives)
     n_positive = np.minimum(np.diff(test.indptr)[users], k)
     ideal = np.cumsum(discounts)[np.maximum(n_positive - 1, 0)]
-    ndcg = (relevant * discounts).sum(1) / ideal
-    return {"hr@10": float(relevant.any(1).mean()), "ndcg@10": float(ndcg.mean()),
-            "precision@10": float(relevant.sum(1).mean() / k)}
+    return (relevant * discounts).sum(1) / ideal, relevant
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, seed: int, draws: int = 2000,
+                     ) -> tuple[float, float]:
+    """95 % interval of mean(a - b) over users resampled with replacement (paired)."""
+    rng = np.random.default_rng(seed)
+    diff = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    means = diff[rng.integers(0, len(diff), (draws, len(diff)))].mean(1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
 
 
 def coverage(top: np.ndarray, n_items: int) -> float:
@@ -227,9 +244,22 @@ class EvalOptions:
     seed: int = 0
     tune_fusion: bool = True
     fusion_trials: int = 12
-    # (graph.seed_position_decay, graph.recent_items) pairs tried on validation
-    graph_seed_settings: tuple[tuple[float, int], ...] = ((1.0, 256), (0.9, 100), (0.8, 100),
-                                                         (0.8, 256))
+    # graph settings tried on validation (each overrides the configured [graph] section):
+    # how the walk seeds (recency, how many, how weighted) and whether hop 1 is dense
+    graph_settings: tuple[tuple[tuple[str, object], ...], ...] = (
+        (("seed_position_decay", 1.0), ("recent_items", 256)),
+        (("seed_position_decay", 0.9), ("recent_items", 100)),
+        (("seed_position_decay", 0.8), ("recent_items", 100)),
+        (("seed_position_decay", 0.8), ("recent_items", 256)),
+        (("seed_position_decay", 1.0), ("recent_items", 256), ("first_hop", "dense")),
+        (("seed_position_decay", 1.0), ("recent_items", 256), ("first_hop", "dense"),
+         ("seed_weighting", "uniform"), ("hops", 1)),
+    )
+    # MMR λ tried on validation for the headline row (with the best weights and seeds)
+    mmr_lambdas: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
+    # then this many points drawn close to the best weights (Dirichlet around them)
+    refine_trials: int = 12
+    refine_concentration: float = 40.0
     cold_start_users: int = 500
     cold_start_points: tuple[int, ...] = (0, 1, 3, 5, 10)
     ease_l2_grid: tuple[float, ...] = (50.0, 100.0, 200.0, 500.0, 1000.0)
@@ -289,31 +319,53 @@ def evaluate(dataset: Dataset, cfg: SonaConfig, options: EvalOptions,
     # Fusion weights: configured, or the best on the validation split.
     configured_cfg = cfg
     weights = np.asarray(fusion_weights(cfg))
+    headline_lambda = 1.0
     fusion = {"configured": weights.tolist()}
     if options.tune_fusion:
         log_fn("training on the validation split to tune fusion weights ...")
-        val_model = train_model(subset(dataset, val_split.train), cfg)
+        # Keep the dense graph matrix (where the catalogue allows) so the dense-walk settings
+        # can be tried; each trial's own config says which walk it uses.
+        val_model = train_model(subset(dataset, val_split.train),
+                                cfg.with_overrides({"graph": {"first_hop": "dense"}}))
         ranker = HybridRanker(val_model)
         val_users = val_split.users
         tod, device = _context_arrays(val_split, val_users) if use_context else (None, None)
         trials = []
-        settings = ((cfg.graph.seed_position_decay, cfg.graph.recent_items),
-                    *options.graph_seed_settings)
-        for decay, recent in settings:
-            trial_cfg = cfg.with_overrides({"graph": {"seed_position_decay": decay,
-                                                      "recent_items": recent}})
+        for setting in ((), *options.graph_settings):
+            trial_cfg = cfg.with_overrides({"graph": dict(setting)})
             trial_ranker = ranker.with_config(trial_cfg)
             for candidate in candidate_weights(cfg, options.fusion_trials, options.seed):
                 top = trial_ranker.top(val_users, candidate, 1.0, tod, device)
                 trials.append((ranking_metrics(top, val_split.test, val_users)["ndcg@10"],
                                candidate, trial_cfg))
         best_ndcg, weights, cfg = max(trials, key=lambda trial: trial[0])
+        rng = np.random.default_rng(options.seed + 2)
+        best_ranker = ranker.with_config(cfg)
+        for _ in range(options.refine_trials):
+            candidate = rng.dirichlet(1.0 + options.refine_concentration * weights).astype(
+                np.float32)
+            top = best_ranker.top(val_users, candidate, 1.0, tod, device)
+            trials.append((ranking_metrics(top, val_split.test, val_users)["ndcg@10"],
+                           candidate, cfg))
+        best_ndcg, weights, cfg = max(trials, key=lambda trial: trial[0])
+        lambdas = []
+        for lam in options.mmr_lambdas:
+            top = ranker.with_config(cfg).top(val_users, weights, lam, tod, device)
+            lambdas.append((ranking_metrics(top, val_split.test, val_users)["ndcg@10"], lam))
+        best_ndcg, headline_lambda = max(lambdas, key=lambda trial: trial[0])
         fusion |= {"tuned": weights.tolist(), "validation_ndcg@10": best_ndcg,
+                   "tuned_mmr_lambda": headline_lambda,
                    "validation_configured_ndcg@10": trials[0][0], "trials": len(trials),
                    "tuned_seed_position_decay": cfg.graph.seed_position_decay,
-                   "tuned_recent_items": cfg.graph.recent_items}
+                   "tuned_recent_items": cfg.graph.recent_items,
+                   "tuned_graph": {key: getattr(cfg.graph, key) for key in (
+                       "seed_position_decay", "recent_items", "seed_weighting", "hops",
+                       "first_hop")}}
         log_fn(f"fusion weights {np.round(weights, 3).tolist()}, graph seeds "
                f"{cfg.graph.recent_items} x{cfg.graph.seed_position_decay}/position "
+               f"({cfg.graph.seed_weighting}, {cfg.graph.hops} hops, {cfg.graph.first_hop} "
+               f"first hop), "
+               f"MMR λ {headline_lambda} "
                f"(validation NDCG@10 {best_ndcg:.4f} vs "
                f"configured {trials[0][0]:.4f})")
 
@@ -324,10 +376,16 @@ def evaluate(dataset: Dataset, cfg: SonaConfig, options: EvalOptions,
     tod, device = _context_arrays(split, users) if use_context else (None, None)
     plain = ranker.top(users, weights, 1.0, tod, device)
     diverse = ranker.top(users, weights, cfg.diversity.mmr_lambda, tod, device)
-    hybrid_metrics = list_metrics(plain, split.test, users, vectors)
+    headline = (plain if headline_lambda == 1.0 else
+                ranker.top(users, weights, headline_lambda, tod, device))
+    # The headline row ranks with the λ chosen on validation; _plain (λ = 1, no MMR) against
+    # _mmr (the configured λ) is the MMR trade-off.
+    hybrid_metrics = list_metrics(headline, split.test, users, vectors)
+    hybrid_metrics |= list_metrics(plain, split.test, users, vectors, suffix="_plain")
     hybrid_metrics |= list_metrics(diverse, split.test, users, vectors, suffix="_mmr")
     rows = [{"name": "sona-hybrid", "kind": "hybrid", "metrics": hybrid_metrics,
-             "weights": dict(zip(SOURCE_NAMES, map(float, weights), strict=True))}]
+             "weights": dict(zip(SOURCE_NAMES, map(float, weights), strict=True)),
+             "mmr_lambda": headline_lambda}]
     if options.tune_fusion:
         configured = ranker.with_config(configured_cfg).top(
             users, np.asarray(fusion_weights(configured_cfg)), 1.0, tod, device)
@@ -346,9 +404,9 @@ def evaluate(dataset: Dataset, cfg: SonaConfig, options: EvalOptions,
               "users": int(len(users)), "items": int(n_items), "fusion": fusion,
               "mmr_lambda": cfg.diversity.mmr_lambda}
     if use_context:
-        no_context = ranker.top(users, weights, 1.0)
+        no_context = ranker.top(users, weights, 1.0)  # as `plain`, without the context
         result["context"] = {
-            "ndcg@10_with_context": hybrid_metrics["ndcg@10"],
+            "ndcg@10_with_context": hybrid_metrics["ndcg@10_plain"],
             "ndcg@10_without_context": ranking_metrics(no_context, split.test, users)["ndcg@10"],
             "context_fields": "time_of_day and device of the test event (device where known)"}
         # Cold users are served with the configured weights (tuned ones fit warm users).
@@ -399,7 +457,11 @@ def cold_start_curve(dataset: Dataset, split: Split, cfg: SonaConfig, weights: n
             popular.append(top_from_scores(
                 baselines.Popularity().fit(train_matrix).scores(group), train_matrix, group))
         cut_users = np.concatenate(groups)
+        ranked_ndcg, _ = per_user_ndcg(np.concatenate(ranked_only), split.test, cut_users)
+        popular_ndcg, _ = per_user_ndcg(np.concatenate(popular), split.test, cut_users)
+        low, high = paired_bootstrap(ranked_ndcg, popular_ndcg, options.seed)
         point = {"events": n_events, "users": int(len(cut_users)),
+                 "no_exploration_minus_popularity_95ci": [low, high],
                  "hybrid_ndcg@10": ranking_metrics(np.concatenate(hybrid), split.test,
                                                    cut_users)["ndcg@10"],
                  "hybrid_no_exploration_ndcg@10": ranking_metrics(
@@ -409,7 +471,8 @@ def cold_start_curve(dataset: Dataset, split: Split, cfg: SonaConfig, weights: n
         curve.append(point)
         log_fn(f"cold start, first {n_events} events: hybrid {point['hybrid_ndcg@10']:.4f} "
                f"({point['hybrid_no_exploration_ndcg@10']:.4f} without exploration) "
-               f"vs popularity {point['popularity_ndcg@10']:.4f}")
+               f"vs popularity {point['popularity_ndcg@10']:.4f} (difference without "
+               f"exploration, 95 % paired bootstrap: [{low:+.4f}, {high:+.4f}])")
     return curve
 
 
@@ -422,21 +485,31 @@ def format_table(result: dict) -> str:
              "| --- | --- |" + " --- |" * len(columns)]
     for row in result["rows"]:
         values = " | ".join(f"{row['metrics'][c]:.4f}" for c in columns)
-        lines.append(f"| {row['name']} | {row['kind']} | {values} |")
+        name = row["name"] + (f" (λ={row['mmr_lambda']}, tuned on validation)"
+                              if row.get("mmr_lambda", 1.0) != 1.0 else "")
+        lines.append(f"| {name} | {row['kind']} | {values} |")
         if row["kind"] == "hybrid":
-            mmr = " | ".join(f"{row['metrics'][c + '_mmr']:.4f}" for c in columns)
-            lines.append(f"| {row['name']} + MMR λ={result['mmr_lambda']} | hybrid | {mmr} |")
+            for suffix, label in (("_plain", "without MMR (λ=1)"),
+                                  ("_mmr", f"with MMR λ={result['mmr_lambda']}")):
+                if row["metrics"].get("ndcg@10" + suffix) is None:
+                    continue
+                values = " | ".join(f"{row['metrics'][c + suffix]:.4f}" for c in columns)
+                lines.append(f"| {row['name']} {label} | hybrid variant | {values} |")
     if "context" in result:
         c = result["context"]
-        lines += ["", f"context: NDCG@10 {c['ndcg@10_with_context']:.4f} with the test event's "
-                      f"context vs {c['ndcg@10_without_context']:.4f} without"]
+        lines += ["", f"context (λ=1): NDCG@10 {c['ndcg@10_with_context']:.4f} with the test "
+                      f"event's context vs {c['ndcg@10_without_context']:.4f} without"]
     if "cold_start" in result:
         lines += ["", "| first n events | hybrid NDCG@10 (as served, with exploration) | "
-                      "hybrid without exploration | popularity NDCG@10 |",
-                  "| --- | --- | --- | --- |"]
+                      "hybrid without exploration | popularity NDCG@10 | "
+                      "without exploration - popularity, 95 % bootstrap |",
+                  "| --- | --- | --- | --- | --- |"]
         lines += [f"| {p['events']} | {p['hybrid_ndcg@10']:.4f} | "
                   f"{p.get('hybrid_no_exploration_ndcg@10', float('nan')):.4f} | "
-                  f"{p['popularity_ndcg@10']:.4f} |" for p in result["cold_start"]]
+                  f"{p['popularity_ndcg@10']:.4f} | "
+                  + ("[{:+.4f}, {:+.4f}]".format(*p["no_exploration_minus_popularity_95ci"])
+                     if "no_exploration_minus_popularity_95ci" in p else "") + " |"
+                  for p in result["cold_start"]]
     return "\n".join(lines)
 
 

@@ -17,6 +17,7 @@ def serving_state(model: TrainedModel) -> ServingState:
         base=model.device_base(),
         graph_neighbours=jnp.asarray(t["graph_neighbours"]),
         graph_weights=jnp.asarray(t["graph_weights"]),
+        graph_dense=jnp.asarray(t.get("graph_dense", np.zeros((0, 0), np.float32))),
         global_share=jnp.asarray(t["global_share"]),
         trending=jnp.asarray(t["trending"]),
         by_time_of_day=jnp.asarray(t["by_time_of_day"]),

@@ -19,7 +19,8 @@ class ServingState(NamedTuple):
     """Everything shared by all users of one model version (device arrays).
 
     base: the LoRA base tier (items, d) ...
-    graph_neighbours / graph_weights: (items, M) adjacency lists.
+    graph_neighbours / graph_weights: (items, M) adjacency lists; graph_dense: (items, items)
+    the full edge matrix where the catalogue is small enough, else (0, 0).
     global_share, trending: (items,); by_time_of_day, by_device: (4, items); hour_share: (items, 24).
     item_genres: (items, G) multi-hot; item_moods: (items, 6) flags in `tables.MOODS` order;
     duration: (items,) minutes, -1 unknown; mood_prior: (6, G).
@@ -32,6 +33,7 @@ class ServingState(NamedTuple):
     base: BaseTier
     graph_neighbours: jnp.ndarray
     graph_weights: jnp.ndarray
+    graph_dense: jnp.ndarray
     global_share: jnp.ndarray
     trending: jnp.ndarray
     by_time_of_day: jnp.ndarray
@@ -125,11 +127,15 @@ def graph_scores(state: ServingState, users: UserBatch, cfg: SonaConfig) -> jnp.
     mass = jnp.where(seeds >= 0, seed_weights, 0.0)
     mass = mass * position_weight[None, :]
     total = jnp.zeros((seeds.shape[0], n_items))
+    dense = cfg.graph.first_hop == "dense" and state.graph_dense.shape[0] == n_items
     for hop in range(cfg.graph.hops):
         safe = jnp.maximum(seeds, 0)
-        spread = mass[:, :, None] * state.graph_weights[safe] * (cfg.graph.decay**hop)
-        step = scatter_rows(n_items, jnp.where(seeds[:, :, None] >= 0,
-                                               state.graph_neighbours[safe], -1), spread)
+        if hop == 0 and dense:  # every edge of the seeds, negative ones included
+            step = scatter_rows(n_items, seeds, mass) @ state.graph_dense
+        else:
+            spread = mass[:, :, None] * state.graph_weights[safe] * (cfg.graph.decay**hop)
+            step = scatter_rows(n_items, jnp.where(seeds[:, :, None] >= 0,
+                                                   state.graph_neighbours[safe], -1), spread)
         total = total + step
         if hop + 1 < cfg.graph.hops:
             mass, seeds = jax.lax.top_k(step, min(cfg.graph.frontier, n_items))

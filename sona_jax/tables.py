@@ -33,11 +33,14 @@ class Graph(NamedTuple):
     """Item co-engagement graph as adjacency lists.
 
     neighbours: (items, M) int32 item indices (padding points at the item itself);
-    weights: (items, M) float32 cosine co-engagement, 0 on padding.
+    weights: (items, M) float32 cosine co-engagement, 0 on padding;
+    dense: (items, items) float32 the full regression matrix (zero diagonal, negative edges
+    kept) when the first hop is dense and the catalogue small enough, else (0, 0).
     """
 
     neighbours: np.ndarray
     weights: np.ndarray
+    dense: np.ndarray
 
 
 class Popularity(NamedTuple):
@@ -156,7 +159,9 @@ def build_graph(log: EventLog, weights: np.ndarray, n_users: int, n_items: int, 
     Edge weights are cosine co-engagement (``graph.weighting = "cosine"``, rows computed
     ``block`` items at a time: memory O(block x items), never items x items) or the item-item
     regression (``"regression"``, catalogues up to ``graph.max_regression_items``; larger ones
-    fall back to cosine). Only positive edges are kept.
+    fall back to cosine). Only positive edges are kept in the lists; with
+    ``graph.first_hop = "dense"`` small catalogues (up to ``graph.max_dense_items``) also keep
+    the whole regression matrix.
     """
     gcfg = cfg.graph
     m = gcfg.neighbours
@@ -164,6 +169,9 @@ def build_graph(log: EventLog, weights: np.ndarray, n_users: int, n_items: int, 
     use_regression = gcfg.weighting == "regression" and n_items <= gcfg.max_regression_items
     rows = _regression_rows(x, gcfg.regression_l2, block) if use_regression else _cosine_rows(
         x, block)
+    keep_dense = (gcfg.first_hop == "dense" and use_regression
+                  and n_items <= gcfg.max_dense_items)
+    dense = np.zeros((n_items, n_items) if keep_dense else (0, 0), np.float32)
     neighbours = np.tile(np.arange(n_items, dtype=np.int32)[:, None], (1, m))
     out_weights = np.zeros((n_items, m), np.float32)
     k = min(m, n_items - 1)
@@ -171,6 +179,8 @@ def build_graph(log: EventLog, weights: np.ndarray, n_users: int, n_items: int, 
         stop = start + co.shape[0]
         co = np.array(co, np.float32)
         co[np.arange(stop - start), np.arange(start, stop)] = 0.0
+        if keep_dense:
+            dense[start:stop] = co
         if k == 0:
             continue
         top = np.argpartition(-co, k - 1, axis=1)[:, :k]
@@ -180,7 +190,7 @@ def build_graph(log: EventLog, weights: np.ndarray, n_users: int, n_items: int, 
         positive = top_w > 0
         neighbours[start:stop, :k] = np.where(positive, top, neighbours[start:stop, :k])
         out_weights[start:stop, :k] = np.where(positive, top_w, 0.0)
-    return Graph(neighbours, out_weights)
+    return Graph(neighbours, out_weights, dense)
 
 
 def _smoothed_share(counts: np.ndarray, prior: np.ndarray, strength: float) -> np.ndarray:

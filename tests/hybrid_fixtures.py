@@ -30,6 +30,7 @@ def random_state(seed: int, n_items: int = 30, pool: int = 12, history: int = 6,
     return ServingState(
         base=base, graph_neighbours=neighbours,
         graph_weights=rng.random((n_items, m)).astype(np.float32),
+        graph_dense=np.zeros((0, 0), np.float32),
         global_share=share, trending=rng.random(n_items).astype(np.float32),
         by_time_of_day=by_group, by_device=by_group[::-1].copy(), hour_share=hour,
         item_genres=(rng.random((n_items, G)) < 0.4).astype(np.float32),

@@ -13,7 +13,7 @@ def engagement_weight(completion: float, rating: float, cfg: PreferenceConfig) -
         weight *= cfg.high_rating_boost
     if rating > 0 and rating <= cfg.low_rating_max:
         weight *= cfg.low_rating_factor
-    if completion >= cfg.full_completion_min:
+    if np.float32(completion) >= np.float32(cfg.full_completion_min):  # as the engine compares
         weight *= cfg.full_completion_boost
     return min(max(weight, 0.0), cfg.max_weight)
 
@@ -22,7 +22,8 @@ def decayed_weight(e: dict, cfg: PreferenceConfig) -> float | None:
     """decay x engagement of one event, None when it does not qualify."""
     if e["dismissed"]:
         return None
-    if e["completion"] < cfg.completion_threshold and e["rating"] < cfg.rated_override_min:
+    if (np.float32(e["completion"]) < np.float32(cfg.completion_threshold)
+            and e["rating"] < cfg.rated_override_min):
         return None
     decay = cfg.decay_base ** (e["age_days"] / cfg.decay_period_days)
     return decay * engagement_weight(e["completion"], e["rating"], cfg)

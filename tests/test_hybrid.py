@@ -50,6 +50,51 @@ def test_graph_matches_reference(seed, n, hops):
         np.testing.assert_allclose(got[u], want, rtol=1e-4, atol=1e-5)
 
 
+@settings(max_examples=15, deadline=None)
+@given(seeds, sizes)
+def test_dense_first_hop_walks_every_edge(seed, n):
+    """graph.first_hop = "dense": hop 1 over the full matrix (negative edges included) equals
+    the walk over adjacency lists that hold every item."""
+    state = random_state(seed)
+    n_items = state.graph_neighbours.shape[0]
+    dense = np.random.default_rng(seed).normal(size=(n_items, n_items)).astype(np.float32)
+    np.fill_diagonal(dense, 0.0)
+    state = state._replace(graph_dense=dense)
+    users = random_users(seed, state, n)
+    cfg = CFG.with_overrides({"graph": {"hops": 1, "first_hop": "dense"}})
+    got = np.asarray(sources.graph_scores(state, users, cfg))
+    every = np.tile(np.arange(n_items, dtype=np.int32), (n_items, 1))
+    g = cfg.graph
+    for u in range(n):
+        want = reference.graph(users.recent_items[u, : g.recent_items],
+                               users.recent_weights[u, : g.recent_items], every, dense, 1,
+                               g.decay, g.frontier, g.seed_position_decay)
+        np.testing.assert_allclose(got[u], want, rtol=1e-4, atol=1e-4)
+    sparse = np.asarray(sources.graph_scores(state, users, CFG.with_overrides(
+        {"graph": {"hops": 1}})))
+    assert not np.allclose(got, sparse)  # the setting is honoured
+
+
+def test_build_graph_keeps_the_dense_matrix_only_when_asked_and_small():
+    from sona_jax.datasets import load_dataset
+    from sona_jax.tables import build_graph
+
+    data = load_dataset("synthetic", n_users=120, n_items=60, seed=3)
+    weights = np.ones(len(data.events), np.float32)
+    cfg = SonaConfig().with_overrides({"graph": {"neighbours": 5, "first_hop": "dense"}})
+    graph = build_graph(data.events, weights, data.n_users, data.n_items, cfg)
+    assert graph.dense.shape == (60, 60) and np.all(np.diag(graph.dense) == 0)
+    for item in range(60):  # the lists are each row's strongest positive edges
+        kept = graph.weights[item] > 0
+        strongest = np.sort(graph.dense[item][graph.dense[item] > 0])[::-1][: kept.sum()]
+        np.testing.assert_allclose(np.sort(graph.weights[item][kept])[::-1], strongest,
+                                   rtol=1e-6)
+    for other in ({"max_dense_items": 59}, {"first_hop": "sparse"}):
+        graph = build_graph(data.events, weights, data.n_users, data.n_items,
+                            cfg.with_overrides({"graph": other}))
+        assert graph.dense.shape == (0, 0)
+
+
 @settings(max_examples=20, deadline=None)
 @given(seeds, sizes)
 def test_content_is_the_lora_score(seed, n):
