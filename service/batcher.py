@@ -76,7 +76,8 @@ class MicroBatcher:
         """
         batch = [await self.queue.get()]
         if self.max_batch > 1 and self.window > 0 and self.queue.qsize() < self.max_batch - 1:
-            window = self.window * min(1.0, self.last_size / FULL_WINDOW_FROM)
+            full_from = min(FULL_WINDOW_FROM, self.max_batch)
+            window = self.window * min(1.0, self.last_size / full_from)
             remaining = window - (asyncio.get_running_loop().time() - batch[0][2])
             if remaining > 0:
                 await asyncio.sleep(remaining)

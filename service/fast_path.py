@@ -13,6 +13,7 @@ body, a missing key. The fast path only ever answers the requests it fully under
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -54,10 +55,13 @@ class FastPath:
         if route is None:
             return await self.app(scope, receive, send)
         started = time.perf_counter()
-        headers = dict(scope["headers"])
+        headers: dict[bytes, bytes] = {}
+        for name, value in scope["headers"]:
+            headers.setdefault(name, value)  # the first of repeated headers, as Quart reads them
         length = headers.get(b"content-length")
-        if (not headers.get(b"content-type", b"").startswith(b"application/json")
-                or length is None or not length.isdigit() or int(length) > self.max_body):
+        media_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if (media_type != b"application/json" or length is None or not length.isdigit()
+                or int(length) > self.max_body):
             return await self.app(scope, receive, send)
         body = await _read_body(receive)
         try:
@@ -70,7 +74,9 @@ class FastPath:
         except ValidationError:  # Quart words the 400 (field names and messages)
             return await self.app(scope, _replay(body, receive), send)
         try:
-            payload = await route.handler(data)
+            payload = await _unless_disconnected(route.handler(data), receive)
+        except ClientGone:
+            return  # nobody to answer; the batcher skipped the cancelled request
         except Exception as error:  # noqa: BLE001 - answered like Quart's error handlers
             refused = self.on_error(error)
             return await self._answer(send, route, started, refused.status, refused.body(),
@@ -84,6 +90,35 @@ class FastPath:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         self.record(route.endpoint, status, time.perf_counter() - started)
+
+
+class ClientGone(Exception):
+    """The caller hung up before its answer was ready."""
+
+
+async def _unless_disconnected(work, receive):
+    """Await ``work``, cancelled if the client disconnects first (as Quart does): a cancelled
+    request waiting in a micro-batcher is then skipped, not computed. One watcher task per
+    request, which cancels this one (cheaper than racing two tasks with `asyncio.wait`)."""
+    current = asyncio.current_task()
+    hung_up = asyncio.get_running_loop().create_future()
+    watcher = asyncio.ensure_future(_cancel_on_disconnect(receive, current, hung_up))
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if not hung_up.done():
+            raise  # cancelled from outside (shutdown): not ours to swallow
+        current.uncancel()
+        raise ClientGone from None
+    finally:
+        watcher.cancel()
+
+
+async def _cancel_on_disconnect(receive, task: asyncio.Task, hung_up: asyncio.Future) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    hung_up.set_result(True)
+    task.cancel()
 
 
 async def _read_body(receive) -> bytes:

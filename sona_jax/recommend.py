@@ -201,6 +201,10 @@ def recommend(state: ServingState, users: UserBatch, request: RequestBatch, limi
 
     pool_size = min(max(cfg.diversity.pool_size, n_out), n_items)
     pool_relevance, pool_items = top_k_unordered(everywhere, pool_size)
+    # MMR breaks ties (all of them at λ = 0) by pool position: most relevant first.
+    by_relevance = jnp.argsort(-pool_relevance, axis=1, stable=True)
+    pool_relevance = jnp.take_along_axis(pool_relevance, by_relevance, axis=1)
+    pool_items = jnp.take_along_axis(pool_items, by_relevance, axis=1)
     pool_valid = jnp.isfinite(pool_relevance)
     pool_relevance = jnp.where(pool_valid, pool_relevance, 0.0)
     # MMR weighs relevance against cosine similarity, so give relevance the full [0, 1] range

@@ -23,10 +23,10 @@ BISECTION_STEPS = 14
 
 def top_k_mask(scores: jnp.ndarray, k: int) -> jnp.ndarray:
     """(..., n) bool: True at the k largest finite entries of each row (all finite ones when a
-    row has fewer than k). -inf entries are never selected."""
-    finite = scores > -jnp.inf
+    row has fewer than k). Non-finite entries (-inf, +inf, NaN) are never selected."""
+    finite = jnp.isfinite(scores)  # NaN and ±inf are never selected
     low = jnp.min(jnp.where(finite, scores, jnp.inf), axis=-1, keepdims=True)
-    high = jnp.max(scores, axis=-1, keepdims=True)
+    high = jnp.max(jnp.where(finite, scores, -jnp.inf), axis=-1, keepdims=True)
     low = jnp.where(jnp.isfinite(low), low, 0.0)
     high = jnp.where(jnp.isfinite(high), high, 0.0)
 
@@ -34,11 +34,11 @@ def top_k_mask(scores: jnp.ndarray, k: int) -> jnp.ndarray:
     def step(_, bounds):
         low, high = bounds
         middle = 0.5 * (low + high)
-        enough = jnp.sum(scores >= middle, axis=-1, keepdims=True) >= k
+        enough = jnp.sum((scores >= middle) & finite, axis=-1, keepdims=True) >= k
         return jnp.where(enough, middle, low), jnp.where(enough, high, middle)
 
     low, high = jax.lax.fori_loop(0, BISECTION_STEPS, step, (low, high))
-    sure = scores > high
+    sure = (scores > high) & finite
     band = (scores >= low) & ~sure & finite
     room = k - jnp.sum(sure, axis=-1, keepdims=True)
     return sure | (band & (jnp.cumsum(band, axis=-1) <= room))

@@ -232,6 +232,19 @@ def test_excluded_items_never_recommended_and_explanations_are_real(seed, n):
             assert b == -1 or b in history
 
 
+@settings(max_examples=10, deadline=None)
+@given(seeds, sizes)
+def test_full_diversity_still_starts_with_the_most_relevant_item(seed, n):
+    """λ = 0 makes every first choice a tie; the pool is ordered by relevance, so the list
+    starts where the plain ranking (λ = 1) does."""
+    state = random_state(seed)
+    users = random_users(seed, state, n)
+    request = random_requests(seed, n)
+    plain = _recommend(state, users, request._replace(mmr_lambda=np.ones(n, np.float32)))
+    spread = _recommend(state, users, request._replace(mmr_lambda=np.zeros(n, np.float32)))
+    np.testing.assert_array_equal(np.asarray(plain.items)[:, 0], np.asarray(spread.items)[:, 0])
+
+
 def test_cold_start_blending_and_exploration():
     q = jnp.array([0.0, 2.0, 3.0, 10.0, 20.0, 40.0])
     np.testing.assert_allclose(np.asarray(recommend.blend_weight(q, CFG)),
