@@ -398,11 +398,9 @@ def create_app(settings: Settings | None = None) -> Quart:
 
     # ---- scores --------------------------------------------------------------------------------
 
-    def _components(values: np.ndarray) -> schemas.ScoreComponents:
-        return schemas.ScoreComponents(collaborative=float(values[0]),
-                                       content_based=float(values[1]),
-                                       graph_based=float(values[2]), context=float(values[3]),
-                                       lora_boost=float(values[4]))
+    def _components(values: np.ndarray) -> dict[str, float]:
+        """The five named score components of one item (``values``: (5,))."""
+        return dict(zip(COMPONENT_NAMES, values.tolist(), strict=True))
 
     async def score_body(data: schemas.ScoreRequest) -> bytes:
         """The personalization score answer (JSON bytes); shared by the route and the fast path."""
@@ -411,10 +409,9 @@ def create_app(settings: Settings | None = None) -> Quart:
         device, tod, mood = context_indices(data.context)
         result = await parts["score"].submit(ScoreRequest(profile, np.array([index]), device,
                                                           tod, mood))
-        values = result["components"][0].tolist()
         return orjson.dumps({"user_id": str(data.user_id), "content_id": str(data.content_id),
                              "score": float(result["score"][0]),
-                             "components": dict(zip(COMPONENT_NAMES, values, strict=True))})
+                             "components": _components(result["components"][0])})
 
     @app.post("/api/v1/personalization/score")
     @validate_request(schemas.ScoreRequest)

@@ -71,8 +71,9 @@ class MicroBatcher:
         to it: under load requests queue while the previous batch computes, and they have
         waited long enough by then. It also scales with the last batch's size (full from
         ``FULL_WINDOW_FROM`` requests): at light load waiting buys little company and only adds
-        latency; under heavy load it lets the batch fill. One sleep per batch instead of a timed wait per request:
-        at thousands of requests per second per-request timers cost more than they save.
+        latency; under heavy load it lets the batch fill. One sleep per batch instead of a
+        timed wait per request: at thousands of requests per second per-request timers cost
+        more than they save.
         """
         batch = [await self.queue.get()]
         if self.max_batch > 1 and self.window > 0 and self.queue.qsize() < self.max_batch - 1:

@@ -14,7 +14,6 @@ body, a missing key. The fast path only ever answers the requests it fully under
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -22,8 +21,6 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ValidationError
 
 from service.errors import ApiError
-
-log = logging.getLogger("sona.fast_path")
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
@@ -69,8 +66,7 @@ class FastPath:
                 "latin-1"))
             data = route.model.model_validate_json(body)
         except ApiError as refused:
-            return await self._answer(send, route, started, refused.status, refused.body(),
-                                      refused.headers)
+            return await self._refuse(send, route, started, refused)
         except ValidationError:  # Quart words the 400 (field names and messages)
             return await self.app(scope, _replay(body, receive), send)
         try:
@@ -78,10 +74,11 @@ class FastPath:
         except ClientGone:
             return  # nobody to answer; the batcher skipped the cancelled request
         except Exception as error:  # noqa: BLE001 - answered like Quart's error handlers
-            refused = self.on_error(error)
-            return await self._answer(send, route, started, refused.status, refused.body(),
-                                      refused.headers)
+            return await self._refuse(send, route, started, self.on_error(error))
         await self._answer(send, route, started, 200, payload, {})
+
+    async def _refuse(self, send, route: HotRoute, started: float, error: ApiError) -> None:
+        await self._answer(send, route, started, error.status, error.body(), error.headers)
 
     async def _answer(self, send, route: HotRoute, started: float, status: int, body: bytes,
                       extra: dict[str, str]) -> None:
