@@ -92,7 +92,8 @@ def train(kind, path, config_path, out, users, items, seed) -> None:
               help="Write the JSON here (with --protocol all: one file per protocol, "
                    "suffixed _p1/_p2).")
 @click.option("--tune/--no-tune", default=True, show_default=True,
-              help="Tune fusion weights on a validation split carved from train.")
+              help="Tune fusion weights, graph walk, MMR λ and the cold-start genre strength on a "
+                   "validation split carved from train.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--users", default=2_000, show_default=True, help="Synthetic viewers.")
 @click.option("--items", default=3_000, show_default=True, help="Synthetic catalogue size.")

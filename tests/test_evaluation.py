@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from service.cli import main
 from sona_jax import evaluation
 from sona_jax.config import SonaConfig
+from sona_jax.recommend import fusion_weights
 
 SMALL = SonaConfig().with_overrides({"model": {"embedding_dim": 32}})
 
@@ -68,7 +69,27 @@ def test_small_end_to_end_eval_beats_popularity(synthetic_small):
         assert 0.0 <= hybrid[key] <= 2.0
     assert set(result["context"]) >= {"ndcg@10_with_context", "ndcg@10_without_context"}
     assert [p["events"] for p in result["cold_start"]] == [0, 3]
+    for point in result["cold_start"]:
+        for key in ("served_minus_popularity_95ci", "no_exploration_minus_popularity_95ci"):
+            low, high = point[key]
+            assert low <= high
     assert "first n events" in evaluation.format_table(result)
+
+
+def test_cold_start_genre_strength_is_chosen_on_validation(synthetic_small):
+    ds = synthetic_small
+    everything = np.ones(len(ds.events), bool)
+    split = evaluation.make_split("p2", ds.events, everything, ds.n_users, ds.n_items, 0)
+    val_split = evaluation.make_split("p2", ds.events, split.train, ds.n_users, ds.n_items, 1)
+    options = evaluation.EvalOptions(protocol="p2", cold_start_users=150,
+                                     cold_genre_strengths=(0.0, 1.0), cold_tune_points=(1, 3))
+    weights = np.asarray(fusion_weights(SMALL))
+    strength, trials = evaluation.tune_cold_start(ds, val_split, SMALL, weights, options, False)
+    assert set(trials) == {"0", "1"}
+    assert trials[f"{strength:g}"] == max(trials.values())
+    # The synthetic viewers' tastes are planted by genre, so leaning on the genres of a cold
+    # viewer's first events must pay off there.
+    assert strength == 1.0 and trials["1"] > trials["0"]
 
 
 def test_eval_command_writes_the_json_other_tools_read(tmp_path):
