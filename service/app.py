@@ -16,6 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -100,10 +101,18 @@ class Metrics:
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1))
         self.batch = Histogram("sona_batch_size", "requests per engine call", ["batcher"],
                                registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+        self.batch_seconds = Histogram(
+            "sona_batch_seconds", "engine call time per batch (submitted to answered)",
+            ["batcher"], registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.5))
         self.events = Counter("sona_events_stored", "viewing events stored",
                               registry=self.registry)
         self.overloaded = Counter("sona_overloaded", "requests refused with 503",
                                   registry=self.registry)
+
+    def observe_batch(self, batcher: str, size: int, seconds: float) -> None:
+        self.batch.labels(batcher).observe(size)
+        self.batch_seconds.labels(batcher).observe(seconds)
 
 
 def _explanation(kind: str, based_on_title: str | None, context: schemas.Context | None) -> str:
@@ -172,10 +181,9 @@ def create_app(settings: Settings | None = None) -> Quart:
         batch = serving.max_batch if serving.batching else 1
         window = serving.batch_window_ms if serving.batching else 0.0
         for name, fn in (("recommend", runtime.recommend_batch), ("score", runtime.score_batch)):
-            batcher = MicroBatcher(name, fn, executor, batch, window, serving.max_queue,
-                                   on_batch=lambda n, _s, name=name: metrics.batch.labels(
-                                       name).observe(n), in_flight=serving.engine_threads,
-                                   sizes=USER_BUCKETS)
+            batcher = MicroBatcher(name, fn, batch, window, serving.max_queue,
+                                   on_batch=partial(metrics.observe_batch, name),
+                                   engines=serving.engine_threads, sizes=USER_BUCKETS)
             batcher.start()
             parts[name] = batcher
         parts["profiles"] = Profiles(parts["store"], parts["cache"], runtime, executor)

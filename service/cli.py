@@ -143,9 +143,12 @@ def serve(host, port, data_dir, config_path, database_url, redis_url, demo, demo
     import uvicorn
 
     from service.app import Settings, create_app
+    from service.threads import limit_xla_threads, set_gil_switch
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = _config_or_exit(config_path)
+    limit_xla_threads(cfg.serving.xla_threads)  # before anything starts the JAX backend
+    set_gil_switch(cfg.serving.gil_switch_ms)
     if no_batching:
         cfg = cfg.with_overrides({"serving": {"batching": False}})
 

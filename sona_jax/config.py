@@ -173,6 +173,10 @@ class ServingConfig(_Section):
     max_batch: int = Field(128, ge=1, le=128)
     engine_threads: int = Field(1, ge=1, le=64,
                                 description="engine calls in flight at once (per batcher)")
+    xla_threads: int = Field(1, ge=0, le=1024, description="threads XLA's CPU runtime runs "
+                             "engine calls on (0: one per core, XLA's default)")
+    gil_switch_ms: float = Field(0.5, gt=0.0, le=100.0, description="longest a thread holds "
+                                 "the GIL while another waits (Python's default: 5)")
     max_queue: int = Field(1024, ge=1)
     batching: bool = True
     max_body_bytes: int = Field(1_048_576, ge=1024)

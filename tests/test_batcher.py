@@ -2,7 +2,6 @@
 
 import asyncio
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -23,7 +22,7 @@ def _doubling(log, gate=None):
 
 async def test_concurrent_requests_share_one_call_and_get_their_own_result():
     calls = []
-    batcher = MicroBatcher("t", _doubling(calls), ThreadPoolExecutor(1), max_batch=64,
+    batcher = MicroBatcher("t", _doubling(calls), max_batch=64,
                            window_ms=20, max_queue=100)
     batcher.start()
     results = await asyncio.gather(*(batcher.submit(i) for i in range(40)))
@@ -34,7 +33,7 @@ async def test_concurrent_requests_share_one_call_and_get_their_own_result():
 
 async def test_cancelled_waiter_is_skipped_and_the_batcher_lives_on():
     calls, gate = [], threading.Event()
-    batcher = MicroBatcher("t", _doubling(calls, gate), ThreadPoolExecutor(1), max_batch=8,
+    batcher = MicroBatcher("t", _doubling(calls, gate), max_batch=8,
                            window_ms=5, max_queue=100)
     batcher.start()
     first = asyncio.create_task(batcher.submit(1))  # this batch blocks on the gate
@@ -52,7 +51,7 @@ async def test_cancelled_waiter_is_skipped_and_the_batcher_lives_on():
 
 async def test_cancel_during_compute_does_not_break_others():
     calls, gate = [], threading.Event()
-    batcher = MicroBatcher("t", _doubling(calls, gate), ThreadPoolExecutor(1), max_batch=8,
+    batcher = MicroBatcher("t", _doubling(calls, gate), max_batch=8,
                            window_ms=20, max_queue=100)
     batcher.start()
     tasks = [asyncio.create_task(batcher.submit(i)) for i in range(4)]
@@ -66,7 +65,7 @@ async def test_cancel_during_compute_does_not_break_others():
 
 async def test_full_queue_is_refused():
     gate = threading.Event()
-    batcher = MicroBatcher("t", _doubling([], gate), ThreadPoolExecutor(1), max_batch=1,
+    batcher = MicroBatcher("t", _doubling([], gate), max_batch=1,
                            window_ms=0, max_queue=2)
     batcher.start()
     running = [asyncio.create_task(batcher.submit(0))]
@@ -81,7 +80,7 @@ async def test_full_queue_is_refused():
 
 
 async def test_drain_answers_everything_queued():
-    batcher = MicroBatcher("t", _doubling([]), ThreadPoolExecutor(1), max_batch=4,
+    batcher = MicroBatcher("t", _doubling([]), max_batch=4,
                            window_ms=50, max_queue=100)
     batcher.start()
     pending = [asyncio.create_task(batcher.submit(i)) for i in range(10)]
@@ -93,7 +92,7 @@ async def test_drain_answers_everything_queued():
 
 
 async def test_batch_size_avoids_mostly_padding_calls():
-    batcher = MicroBatcher("t", _doubling([]), ThreadPoolExecutor(1), max_batch=128,
+    batcher = MicroBatcher("t", _doubling([]), max_batch=128,
                            window_ms=1, max_queue=1000, sizes=(1, 2, 4, 8, 16, 32, 64, 128))
     # 33 would be padded to 64 (48 % padding): take 32 now, the last one rides the next call.
     assert batcher.batch_size(33) == 32
@@ -101,7 +100,7 @@ async def test_batch_size_avoids_mostly_padding_calls():
     assert batcher.batch_size(50) == 50  # 22 % padding: worth taking whole
     assert batcher.batch_size(5) == 5  # small batches are taken whole (latency first)
     assert batcher.batch_size(500) == 128
-    plain = MicroBatcher("t", _doubling([]), ThreadPoolExecutor(1), max_batch=64,
+    plain = MicroBatcher("t", _doubling([]), max_batch=64,
                          window_ms=1, max_queue=1000)
     assert plain.batch_size(33) == 33
 
@@ -114,8 +113,8 @@ async def test_two_batches_in_flight_overlap():
         started.append(list(items))
         return doubling(items)
 
-    batcher = MicroBatcher("t", process, ThreadPoolExecutor(2), max_batch=2,
-                           window_ms=0, max_queue=100, in_flight=2)
+    batcher = MicroBatcher("t", process, max_batch=2,
+                           window_ms=0, max_queue=100, engines=2)
     batcher.start()
     tasks = [asyncio.create_task(batcher.submit(i)) for i in range(4)]
     await asyncio.sleep(0.1)
@@ -128,7 +127,7 @@ async def test_two_batches_in_flight_overlap():
 
 async def test_window_counts_from_the_oldest_request():
     calls = []
-    batcher = MicroBatcher("t", _doubling(calls), ThreadPoolExecutor(1), max_batch=64,
+    batcher = MicroBatcher("t", _doubling(calls), max_batch=64,
                            window_ms=300, max_queue=100)
     loop = asyncio.get_running_loop()
     waiting = [asyncio.create_task(batcher.submit(i)) for i in range(3)]

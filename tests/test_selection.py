@@ -5,7 +5,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sona_jax.selection import BISECTION_STEPS, top_k_mask, top_k_unordered
+from sona_jax.selection import BISECTION_STEPS, running_count, top_k_mask, top_k_unordered
 
 
 def reference_top_k(row: np.ndarray, k: int) -> set[int]:
@@ -74,3 +74,12 @@ def test_constant_rows_and_rows_of_nothing():
     assert np.flatnonzero(got[2]).tolist() == [0, 1, 2]
     odd = jnp.array([[0.5, jnp.nan, 0.9, 0.8, jnp.inf, 0.1]])  # never picked, never in the way
     assert np.flatnonzero(np.asarray(top_k_mask(odd, 2))[0]).tolist() == [2, 3]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 10_000), st.sampled_from([(1,), (3,), (2, 3)]),
+       st.sampled_from([1, 31, 32, 33, 300]), st.floats(0.0, 1.0))
+def test_running_count_is_the_cumulative_sum(seed, lead, width, density):
+    flags = np.random.default_rng(seed).random((*lead, width)) < density
+    got = np.asarray(running_count(jnp.asarray(flags)))
+    np.testing.assert_array_equal(got, np.cumsum(flags, axis=-1))
