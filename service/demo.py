@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
+import random
 from pathlib import Path
 
 import numpy as np
@@ -138,4 +138,6 @@ async def latest_model(store: Store, model_dir: Path) -> TrainedModel | None:
 
 
 def new_request_seed() -> int:
-    return uuid.uuid4().int % (2**31)
+    """A seed for one request's exploration draws (not a secret: no system entropy per call,
+    which cost 7 % of the event loop's time at saturation)."""
+    return random.getrandbits(31)

@@ -97,9 +97,10 @@ async def _unless_disconnected(work, receive):
     """Await ``work``, cancelled if the client disconnects first (as Quart does): a cancelled
     request waiting in a micro-batcher is then skipped, not computed. One watcher task per
     request, which cancels this one (cheaper than racing two tasks with `asyncio.wait`)."""
-    current = asyncio.current_task()
-    hung_up = asyncio.get_running_loop().create_future()
-    watcher = asyncio.ensure_future(_cancel_on_disconnect(receive, current, hung_up))
+    loop = asyncio.get_running_loop()  # once: each lookup by asyncio costs a getpid() call
+    current = asyncio.current_task(loop)
+    hung_up = loop.create_future()
+    watcher = loop.create_task(_cancel_on_disconnect(receive, current, hung_up))
     try:
         return await work
     except asyncio.CancelledError:

@@ -97,6 +97,8 @@ class FusionConfig(_Section):
 class CollaborativeConfig(_Section):
     neighbours: int = Field(50, ge=1, le=10_000, description="K nearest viewers")
     history_items: int = Field(256, ge=1, le=4096, description="engaged items kept per viewer")
+    vote_items: int = Field(128, ge=1, le=4096, description="a neighbour's most recent engaged "
+                            "items that vote (at most history_items)")
 
 
 class GraphConfig(_Section):

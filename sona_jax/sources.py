@@ -106,8 +106,9 @@ def collaborative_scores(state: ServingState, users: UserBatch, cfg: SonaConfig)
     k = min(cfg.collaborative.neighbours, state.pool_preferences.shape[0])
     top_similarity, top_rows = jax.lax.top_k(similarity, k)
     top_similarity = jnp.maximum(top_similarity, 0.0)  # dissimilar viewers vote nothing
-    items = state.pool_items[top_rows]  # (users, K, Lh)
-    votes = top_similarity[:, :, None] * state.pool_weights[top_rows]
+    width = cfg.collaborative.vote_items  # the pool's rows are most recent first
+    items = state.pool_items[:, :width][top_rows]  # (users, K, width)
+    votes = top_similarity[:, :, None] * state.pool_weights[:, :width][top_rows]
     return scatter_rows(state.base.item_embeddings.shape[0], items, votes)
 
 

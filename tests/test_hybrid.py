@@ -12,7 +12,7 @@ from tests import reference
 from tests.hybrid_fixtures import random_requests, random_state, random_users
 
 CFG = SonaConfig().with_overrides({
-    "collaborative": {"neighbours": 4},
+    "collaborative": {"neighbours": 4, "vote_items": 5},
     "graph": {"recent_items": 5, "frontier": 6, "seed_position_decay": 0.8},
     "candidates": {"per_source": 6, "trending": 3},
     "diversity": {"pool_size": 12},
@@ -28,9 +28,11 @@ def test_collaborative_matches_reference(seed, n):
     users = random_users(seed, state, n)
     got = np.asarray(sources.collaborative_scores(state, users, CFG))
     for u in range(n):
+        votes = CFG.collaborative.vote_items  # each neighbour's most recent items vote
         want = reference.collaborative(
-            users.preference[u], state.pool_preferences, state.pool_items, state.pool_weights,
-            users.pool_index[u], CFG.collaborative.neighbours, got.shape[1])
+            users.preference[u], state.pool_preferences, state.pool_items[:, :votes],
+            state.pool_weights[:, :votes], users.pool_index[u], CFG.collaborative.neighbours,
+            got.shape[1])
         np.testing.assert_allclose(got[u], want, rtol=1e-4, atol=1e-5)
 
 
