@@ -41,7 +41,7 @@ from quart_schema import (
 from werkzeug.exceptions import HTTPException
 
 from service import schemas
-from service.batcher import MicroBatcher, Overloaded
+from service.batcher import OVERLAP_MAX_BATCH, MicroBatcher, Overloaded
 from service.cache import open_cache
 from service.demo import latest_model, new_request_seed, seed_store, train_from_store
 from service.errors import ApiError
@@ -183,7 +183,9 @@ def create_app(settings: Settings | None = None) -> Quart:
         for name, fn in (("recommend", runtime.recommend_batch), ("score", runtime.score_batch)):
             batcher = MicroBatcher(name, fn, batch, window, serving.max_queue,
                                    on_batch=partial(metrics.observe_batch, name),
-                                   engines=serving.engine_threads, sizes=USER_BUCKETS)
+                                   engines=serving.engine_threads, sizes=USER_BUCKETS,
+                                   solo_from=None if serving.xla_threads == 1
+                                   else OVERLAP_MAX_BATCH)
             batcher.start()
             parts[name] = batcher
         parts["profiles"] = Profiles(parts["store"], parts["cache"], runtime, executor)

@@ -27,7 +27,7 @@ log = logging.getLogger("sona.batcher")
 
 ROUND_DOWN_FROM = 8  # smallest batch worth splitting to avoid padding
 MAX_PADDING_SHARE = 0.25
-OVERLAP_MAX_BATCH = 8  # larger batches never run beside another one
+OVERLAP_MAX_BATCH = 8  # larger batches run alone when the engine computes on several threads
 FULL_WINDOW_FROM = 32  # batches this large (the last one) wait the whole window
 _STOP = object()  # queued behind everything by `drain`
 
@@ -39,12 +39,18 @@ class Overloaded(RuntimeError):
 class MicroBatcher:
     """``process(items) -> results`` (same length, same order) runs on ``engines`` threads of
     its own, at most that many batches at a time; ``sizes`` are the batch sizes ``process``
-    pads to."""
+    pads to; batches larger than ``solo_from`` wait until no other batch runs (None: never).
+
+    With one XLA thread (`serving.xla_threads = 1`) two calls in flight overlap one call's
+    Python (building the batch, reading results) with the other's computation, which queues
+    on that thread; with a pool of XLA threads, two large calls at once fight over the cores
+    (measured: saturated throughput fell by a quarter), hence ``solo_from``.
+    """
 
     def __init__(self, name: str, process: Callable[[Sequence[Any]], Sequence[Any]],
                  max_batch: int, window_ms: float, max_queue: int,
                  on_batch: Callable[[int, float], None] | None = None, engines: int = 1,
-                 sizes: Sequence[int] = ()):
+                 sizes: Sequence[int] = (), solo_from: int | None = OVERLAP_MAX_BATCH):
         self.name = name
         self.process = process
         self.max_batch = max_batch
@@ -54,6 +60,7 @@ class MicroBatcher:
         self.on_batch = on_batch
         self.engines = engines
         self.sizes = tuple(sizes)
+        self.solo_from = solo_from
         self.last_size = FULL_WINDOW_FROM
         self.loop: asyncio.AbstractEventLoop | None = None
         self.threads: list[threading.Thread] = []
@@ -137,9 +144,7 @@ class MicroBatcher:
             if not live:
                 continue
             with self.turns:
-                # A large batch means heavy load: two large calls at once only fight over
-                # the cores (measured: saturated throughput fell by a quarter), so wait.
-                if len(live) > OVERLAP_MAX_BATCH:
+                if self.solo_from is not None and len(live) > self.solo_from:
                     self.turns.wait_for(lambda: self.running == 0)
                 self.running += 1
             started = time.perf_counter()

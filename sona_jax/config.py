@@ -113,7 +113,7 @@ class GraphConfig(_Section):
     seed_weighting: Literal["engagement", "uniform"] = Field(
         "engagement", description="seed mass: decayed engagement, or 1 per engaged item"
     )
-    neighbours: int = Field(200, ge=1, le=4096, description="adjacency list width per item")
+    neighbours: int = Field(128, ge=1, le=4096, description="adjacency list width per item")
     frontier: int = Field(32, ge=1, le=4096, description="items a hop expands from")
     max_user_items: int = Field(
         1000, ge=2, le=100_000, description="most recent items per viewer in the graph"
@@ -173,7 +173,7 @@ class ServingConfig(_Section):
     port: int = Field(8082, ge=1, le=65535)
     batch_window_ms: float = Field(1.0, ge=0.0, le=1000.0)
     max_batch: int = Field(128, ge=1, le=128)
-    engine_threads: int = Field(1, ge=1, le=64,
+    engine_threads: int = Field(2, ge=1, le=64,
                                 description="engine calls in flight at once (per batcher)")
     xla_threads: int = Field(1, ge=0, le=1024, description="threads XLA's CPU runtime runs "
                              "engine calls on (0: one per core, XLA's default)")

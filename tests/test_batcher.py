@@ -137,3 +137,23 @@ async def test_window_counts_from_the_oldest_request():
     assert [await t for t in waiting] == [0, 2, 4]
     assert loop.time() - started < 0.2  # served at once, not after another 300 ms window
     await batcher.drain()
+
+
+@pytest.mark.parametrize(("solo_from", "together"), [(0, 1), (None, 2)])
+async def test_batches_above_solo_from_run_alone(solo_from, together):
+    gate, started = threading.Event(), []
+
+    def process(items):
+        started.append(list(items))
+        gate.wait(5)
+        return [2 * item for item in items]
+
+    batcher = MicroBatcher("t", process, max_batch=2, window_ms=0, max_queue=100, engines=2,
+                           solo_from=solo_from)
+    batcher.start()
+    tasks = [asyncio.create_task(batcher.submit(i)) for i in range(4)]
+    await asyncio.sleep(0.1)
+    assert len(started) == together  # solo: the second call waits for the first to end
+    gate.set()
+    assert [await t for t in tasks] == [0, 2, 4, 6]
+    await batcher.drain()
