@@ -102,7 +102,7 @@ class Metrics:
         self.batch = Histogram("sona_batch_size", "requests per engine call", ["batcher"],
                                registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64, 128))
         self.batch_seconds = Histogram(
-            "sona_batch_seconds", "engine call time per batch (submitted to answered)",
+            "sona_batch_seconds", "engine call time per batch (the batch function alone)",
             ["batcher"], registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.5))
         self.events = Counter("sona_events_stored", "viewing events stored",

@@ -66,6 +66,7 @@ class MicroBatcher:
         self.threads: list[threading.Thread] = []
         self.running = 0  # batches being computed
         self.turns = threading.Condition()
+        self.gathering = threading.Lock()
         self.closing = False
 
     def start(self) -> None:
@@ -137,28 +138,43 @@ class MicroBatcher:
         """One engine thread: gather, compute, hand the results to the loop; until `drain`."""
         stop = False
         while not stop:
-            batch, stop = self._gather()
+            with self.gathering:  # one thread fills a batch while the others compute
+                batch, stop = self._gather()
             # A future is only ever completed on the loop; reading done() here can race with a
             # cancellation, which costs at most one computed-and-dropped item.
             live = [(item, future) for item, future, _ in batch if not future.done()]
-            if not live:
-                continue
-            with self.turns:
-                if self.solo_from is not None and len(live) > self.solo_from:
-                    self.turns.wait_for(lambda: self.running == 0)
-                self.running += 1
-            started = time.perf_counter()
-            try:
-                results, error = self.process([item for item, _ in live]), None
-            except Exception as failure:  # noqa: BLE001 - one bad batch must not kill the worker
-                log.exception("%s batch failed", self.name)
-                results, error = None, failure
+            if live:
+                self._compute(live)
+        self.pending.put(_STOP)  # for the next thread
+
+    def _compute(self, live: list) -> None:
+        """Run one batch and hand its results (or its error) to the loop, whatever happens."""
+        with self.turns:
+            if self.solo_from is not None and len(live) > self.solo_from:
+                self.turns.wait_for(lambda: self.running == 0)
+            self.running += 1
+        started = time.perf_counter()
+        results, error = None, None
+        try:
+            results = self.process([item for item, _ in live])
+            if len(results) != len(live):
+                raise RuntimeError(f"{self.name}: {len(results)} results for {len(live)} items")
+        except BaseException as failure:  # noqa: BLE001 - one bad batch must not kill the worker
+            log.exception("%s batch failed", self.name)
+            error = failure if isinstance(failure, Exception) else RuntimeError(
+                f"{self.name}: engine stopped ({type(failure).__name__})")
+            if not isinstance(failure, Exception):
+                raise
+        finally:
             elapsed = time.perf_counter() - started
             with self.turns:
                 self.running -= 1
                 self.turns.notify_all()
-            self.loop.call_soon_threadsafe(self._answer, live, results, error, elapsed)
-        self.pending.put(_STOP)  # for the next thread
+            try:
+                self.loop.call_soon_threadsafe(self._answer, live, results, error, elapsed)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                log.warning("%s: loop closed before a batch of %d was answered", self.name,
+                            len(live))
 
     def _answer(self, live: list, results: Sequence[Any] | None, error: Exception | None,
                 elapsed: float) -> None:
@@ -181,8 +197,9 @@ class MicroBatcher:
         self.pending.put(_STOP)  # behind every queued request
 
         def join() -> None:
+            deadline = time.monotonic() + timeout
             for thread in self.threads:
-                thread.join(timeout)
+                thread.join(max(0.0, deadline - time.monotonic()))
 
         await asyncio.get_running_loop().run_in_executor(None, join)
         if any(thread.is_alive() for thread in self.threads):

@@ -40,9 +40,16 @@ def limit_xla_threads(threads: int) -> int | None:
         jax.devices()
         jnp.zeros(1).block_until_ready()  # the pool exists once something has run
     finally:
-        for task in os.listdir("/proc/self/task"):
-            with contextlib.suppress(OSError):  # a thread may have ended meanwhile
-                os.sched_setaffinity(int(task), every)
+        os.sched_setaffinity(0, every)  # this thread first, and loudly if it fails
+        freed: set[str] = set()
+        while True:  # until no thread started meanwhile is left confined
+            tasks = set(os.listdir("/proc/self/task")) - freed
+            if not tasks:
+                break
+            for task in tasks:
+                with contextlib.suppress(OSError):  # a thread may have ended meanwhile
+                    os.sched_setaffinity(int(task), every)
+            freed |= tasks
     log.info("XLA computes on %d thread(s); %d CPUs available", threads, len(every))
     return threads
 

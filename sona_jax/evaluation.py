@@ -456,8 +456,8 @@ def _cold_groups(users: np.ndarray, options: EvalOptions) -> list[np.ndarray]:
 
 
 def cold_lists(dataset: Dataset, split: Split, groups: list[np.ndarray], n_events: int,
-               configs: dict[str, SonaConfig], weights: np.ndarray, use_context: bool,
-               ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+               configs: dict, weights: np.ndarray, use_context: bool,
+               ) -> tuple[np.ndarray, dict]:
     """Top-10 lists of users cut to their first ``n_events`` train events.
 
     Each group in turn is cut while everyone else keeps their full history; one model is
@@ -467,7 +467,7 @@ def cold_lists(dataset: Dataset, split: Split, groups: list[np.ndarray], n_event
     """
     log = dataset.events
     rank = _train_positions(log, split, dataset.n_users)
-    lists: dict[str, list[np.ndarray]] = {name: [] for name in (*configs, "popularity")}
+    lists: dict = {name: [] for name in (*configs, "popularity")}
     train_cfg = next(iter(configs.values()))
     for group in groups:
         is_cut = np.zeros(dataset.n_users, bool)
@@ -500,7 +500,7 @@ def tune_cold_start(dataset: Dataset, val_split: Split, cfg: SonaConfig, weights
     exploration slots) pooled over the points. Returns the best strength and every trial.
     """
     groups = _cold_groups(val_split.users, options)[:1]
-    configs = {f"{strength:g}": _without_exploration(cfg.with_overrides(
+    configs = {float(strength): _without_exploration(cfg.with_overrides(
         {"cold_start": {"genre_strength": strength}})) for strength in options.cold_genre_strengths}
     totals = dict.fromkeys(configs, 0.0)
     for n_events in options.cold_tune_points:
@@ -510,7 +510,7 @@ def tune_cold_start(dataset: Dataset, val_split: Split, cfg: SonaConfig, weights
             totals[name] += ranking_metrics(lists[name], val_split.test, users)["ndcg@10"]
     trials = {name: total / len(options.cold_tune_points) for name, total in totals.items()}
     best = max(trials, key=lambda name: trials[name])
-    return float(best), trials
+    return best, {f"{strength:g}": ndcg for strength, ndcg in trials.items()}
 
 
 def cold_start_curve(dataset: Dataset, split: Split, cfg: SonaConfig, weights: np.ndarray,

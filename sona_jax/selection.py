@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 BISECTION_STEPS = 14
 PREFIX_BLOCK = 32  # running counts: within-block matmul width (32 measured fastest of 32/64/128)
+MATMUL_BLOCKS = 128  # up to this many blocks a row (4,096 entries) the block offsets are a matmul
 
 
 def running_count(flags: jnp.ndarray) -> jnp.ndarray:
@@ -35,7 +36,11 @@ def running_count(flags: jnp.ndarray) -> jnp.ndarray:
                      ((0, 0), (0, n_blocks * PREFIX_BLOCK - n)))
     blocks = padded.reshape(-1, n_blocks, PREFIX_BLOCK)
     within = blocks @ jnp.triu(jnp.ones((PREFIX_BLOCK, PREFIX_BLOCK), jnp.float32))
-    before = within[:, :, -1] @ jnp.triu(jnp.ones((n_blocks, n_blocks), jnp.float32), 1)
+    totals = within[:, :, -1]
+    if n_blocks <= MATMUL_BLOCKS:
+        before = totals @ jnp.triu(jnp.ones((n_blocks, n_blocks), jnp.float32), 1)
+    else:  # a (blocks, blocks) matrix grows with the square of the catalogue: scan the totals
+        before = jnp.cumsum(totals, axis=-1) - totals
     counts = within + before[:, :, None]
     return counts.reshape(-1, n_blocks * PREFIX_BLOCK)[:, :n].reshape(shape)
 

@@ -157,3 +157,31 @@ async def test_batches_above_solo_from_run_alone(solo_from, together):
     gate.set()
     assert [await t for t in tasks] == [0, 2, 4, 6]
     await batcher.drain()
+
+
+async def test_a_burst_is_one_batch_even_with_two_engines():
+    calls = []
+    batcher = MicroBatcher("t", _doubling(calls), max_batch=64, window_ms=80, max_queue=100,
+                           engines=2)
+    batcher.start()
+    tasks = []
+    for i in range(20):  # spread over about 10 ms, well inside the window
+        tasks.append(asyncio.create_task(batcher.submit(i)))
+        await asyncio.sleep(0.0005)
+    assert [await t for t in tasks] == [2 * i for i in range(20)]
+    assert len(calls) == 1  # the idle second engine did not start a batch of its own
+    await batcher.drain()
+
+
+async def test_a_batch_with_the_wrong_number_of_results_fails_its_callers_only():
+    def short(items):
+        return [0] if len(items) > 1 else [2 * items[0]]
+
+    batcher = MicroBatcher("t", short, max_batch=8, window_ms=20, max_queue=100)
+    batcher.start()
+    first = [asyncio.create_task(batcher.submit(i)) for i in range(3)]
+    outcomes = await asyncio.gather(*first, return_exceptions=True)
+    assert all(isinstance(o, RuntimeError) and "1 results for 3 items" in str(o)
+               for o in outcomes)
+    assert await batcher.submit(4) == 8  # the engine thread lives on
+    await batcher.drain()
