@@ -80,20 +80,31 @@ def _seconds(text: str) -> float:
 def run_wrk(url: str, script: Path, connections: int, seconds: int) -> dict:
     out = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
-        capture_output=True, text=True, check=True).stdout
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
     errors = 0
     if match := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
         errors += int(match.group(1))
-    if match := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
-                          out):
+    if match := re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    ):
         errors += sum(int(x) for x in match.groups())
     latency = {p: _seconds(v) * 1e3 for p, v in re.findall(r"\s+(\d+)%\s+([\d.]+\w+)", out)}
     mean = re.search(r"Latency\s+([\d.]+\w+)", out)
-    return {"rps": rps, "requests": total, "errors": errors, "p50_ms": latency.get("50"),
-            "p90_ms": latency.get("90"), "p99_ms": latency.get("99"),
-            "mean_ms": _seconds(mean.group(1)) * 1e3, "raw": out}
+    return {
+        "rps": rps,
+        "requests": total,
+        "errors": errors,
+        "p50_ms": latency.get("50"),
+        "p90_ms": latency.get("90"),
+        "p99_ms": latency.get("99"),
+        "mean_ms": _seconds(mean.group(1)) * 1e3,
+        "raw": out,
+    }
 
 
 def saturated_runs(url: str, script: Path, seconds: int, repeats: int = 3) -> dict:
@@ -103,15 +114,23 @@ def saturated_runs(url: str, script: Path, seconds: int, repeats: int = 3) -> di
     runs = [run_wrk(url, script, 64, max(1, seconds // repeats)) for _ in range(repeats)]
     runs.sort(key=lambda run: run["rps"])
     middle = runs[len(runs) // 2]
-    return middle | {"errors": sum(run["errors"] for run in runs),
-                     "rps_runs": [run["rps"] for run in runs]}
+    return middle | {
+        "errors": sum(run["errors"] for run in runs),
+        "rps_runs": [run["rps"] for run in runs],
+    }
 
 
 def write_script(folder: Path, name: str, users, contents, mode: str, pause_ms: float) -> Path:
     path = folder / f"{name}.lua"
-    path.write_text(LUA % {"users": ",".join(f'"{u}"' for u in users),
-                           "contents": ",".join(f'"{c}"' for c in contents), "mode": mode,
-                           "pause": f"{pause_ms:.1f}"})
+    path.write_text(
+        LUA
+        % {
+            "users": ",".join(f'"{u}"' for u in users),
+            "contents": ",".join(f'"{c}"' for c in contents),
+            "mode": mode,
+            "pause": f"{pause_ms:.1f}",
+        }
+    )
     return path
 
 
@@ -122,18 +141,35 @@ def create_users(url: str, contents: list[str], n_users: int, events: int, seed:
         for _ in range(n_users):
             user = str(uuid.uuid4())
             picked = rng.choice(len(contents), events, replace=False)
-            body = {"user_id": user, "viewing_events": [
-                {"content_id": contents[i], "timestamp": f"2026-11-{1 + k % 25:02d}T20:00:00Z",
-                 "completion_rate": float(rng.uniform(0.3, 1.0)),
-                 "rating": int(rng.integers(1, 6))} for k, i in enumerate(picked)]}
+            body = {
+                "user_id": user,
+                "viewing_events": [
+                    {
+                        "content_id": contents[i],
+                        "timestamp": f"2026-11-{1 + k % 25:02d}T20:00:00Z",
+                        "completion_rate": float(rng.uniform(0.3, 1.0)),
+                        "rating": int(rng.integers(1, 6)),
+                    }
+                    for k, i in enumerate(picked)
+                ],
+            }
             response = client.post(url + "/api/v1/profile/update", json=body)
             response.raise_for_status()
             users.append(user)
     return users
 
 
-def paced(url: str, folder: Path, users, contents, mode: str, rate: float, seconds: int,
-          pilots: int = 2, pilot_seconds: int = 2):
+def paced(
+    url: str,
+    folder: Path,
+    users,
+    contents,
+    mode: str,
+    rate: float,
+    seconds: int,
+    pilots: int = 2,
+    pilot_seconds: int = 2,
+):
     """Connections with pauses so that about ``rate`` requests/s are offered.
 
     Each connection sends, waits for the answer, pauses, sends again: it offers
@@ -159,6 +195,7 @@ def adapter_load_times(server: ServerProcess, users: list[str]) -> dict:
     from tests.servers import drop_postgres_database, fresh_postgres_database
 
     result = {}
+
     async def measure():
         import asyncpg
 
@@ -170,10 +207,16 @@ def adapter_load_times(server: ServerProcess, users: list[str]) -> dict:
         profile_bytes = Profile(
             preference=rng.standard_normal(dim).astype(np.float32),
             adapter=rng.standard_normal((dim, rank)).astype(np.float16),
-            recent_items=np.arange(256, dtype=np.int32), recent_weights=np.ones(256, np.float32),
-            seen=np.arange(100, dtype=np.int32), dismissed=np.zeros(0, np.int32),
-            genre_affinity=np.ones(19, np.float32), hourly=np.ones(24, np.float32),
-            qualifying=10.0, events=10, pool_index=-1).to_bytes()
+            recent_items=np.arange(256, dtype=np.int32),
+            recent_weights=np.ones(256, np.float32),
+            seen=np.arange(100, dtype=np.int32),
+            dismissed=np.zeros(0, np.int32),
+            genre_affinity=np.ones(19, np.float32),
+            hourly=np.ones(24, np.float32),
+            qualifying=10.0,
+            events=10,
+            pool_index=-1,
+        ).to_bytes()
         cache = LocalCache(10_000, 300)
         for user in users:
             await cache.set(f"profile:{user}", profile_bytes, 300)
@@ -189,8 +232,11 @@ def adapter_load_times(server: ServerProcess, users: list[str]) -> dict:
             return
         store = PostgresStore(url)
         await store.open()
-        state = np.concatenate([rng.standard_normal(dim), rng.standard_normal(dim * rank)]
-                               ).astype(np.float16).tobytes()
+        state = (
+            np.concatenate([rng.standard_normal(dim), rng.standard_normal(dim * rank)])
+            .astype(np.float16)
+            .tobytes()
+        )
         for user in users:
             await store.save_user_state(UserStateRow(user, state, 0, None))
         clock = time.perf_counter()
@@ -209,11 +255,16 @@ def adapter_load_times(server: ServerProcess, users: list[str]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--data", default="ml-100k" if (ML100K / "u.data").is_file()
-                        else "synthetic")
+    parser.add_argument(
+        "--data", default="ml-100k" if (ML100K / "u.data").is_file() else "synthetic"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "http.json")
-    parser.add_argument("--xla-cache", type=Path, default=ROOT / "bench" / ".xla-cache",
-                        help="JAX persistent compilation cache (kept between runs)")
+    parser.add_argument(
+        "--xla-cache",
+        type=Path,
+        default=ROOT / "bench" / ".xla-cache",
+        help="JAX persistent compilation cache (kept between runs)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
@@ -225,23 +276,32 @@ def main() -> None:
     demo = ["--demo", "--demo-data", args.data]
     if args.data == "ml-100k":
         demo += ["--demo-path", str(ML100K)]
-    result = {"command": "python bench/http.py" + (" --quick" if args.quick else ""),
-              "data": args.data, "cores": os.cpu_count(), "seconds_per_run": seconds}
+    result = {
+        "command": "python bench/http.py" + (" --quick" if args.quick else ""),
+        "data": args.data,
+        "cores": os.cpu_count(),
+        "seconds_per_run": seconds,
+    }
     runs = {}
     # One data folder for both servers (the second finds the demo store and model in place)
     # and one persistent XLA cache, kept between runs: compiling the serving and training
     # programs is most of a first start (35 s cold, 10 s warm, here).
     data_dir = folder / "store"
-    env = {"JAX_COMPILATION_CACHE_DIR": str(args.xla_cache),
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    env = {
+        "JAX_COMPILATION_CACHE_DIR": str(args.xla_cache),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
     for batching in (True, False):
-        server = ServerProcess(data_dir, *demo, *([] if batching else ["--no-batching"]),
-                               env=env)
+        server = ServerProcess(data_dir, *demo, *([] if batching else ["--no-batching"]), env=env)
         (data_dir / "small.toml").write_text(BENCH_CONFIG)  # full-size model, no list cache
         server.start(timeout=600)
         try:
-            contents = [c["content_id"] for c in httpx.get(
-                server.url + "/api/v1/content?limit=500", timeout=30).json()["items"]]
+            contents = [
+                c["content_id"]
+                for c in httpx.get(server.url + "/api/v1/content?limit=500", timeout=30).json()[
+                    "items"
+                ]
+            ]
             if batching:
                 clock = time.perf_counter()
                 users = create_users(server.url, contents, n_users, 15)
@@ -249,35 +309,41 @@ def main() -> None:
             else:
                 users = create_users(server.url, contents, n_users, 15, seed=1)
             model_users = _model_users(data_dir)
-            everyone = users + model_users[: 2000]
+            everyone = users + model_users[:2000]
             # --quick measures the no-batching run for recommendations only (the bar's ratio)
             for mode in ("recs", "score") if batching or not args.quick else ("recs",):
                 script = write_script(folder, f"{mode}_sat", everyone, contents, mode, 0.0)
                 run_wrk(server.url, script, 64, warm_up)  # warm-up: caches, connections
                 runs[(batching, mode, "saturated")] = saturated_runs(server.url, script, seconds)
                 if batching:
-                    runs[(batching, mode, "paced")] = paced(server.url, folder, everyone,
-                                                            contents, mode, 1500.0, seconds,
-                                                            *pilots)
+                    runs[(batching, mode, "paced")] = paced(
+                        server.url, folder, everyone, contents, mode, 1500.0, seconds, *pilots
+                    )
             if batching:
                 result |= adapter_load_times(server, users)
         finally:
             server.stop()
     for mode, key in (("recs", "recs"), ("score", "score")):
         saturated, pace = runs[(True, mode, "saturated")], runs[(True, mode, "paced")]
-        result |= {f"{key}_rps": saturated["rps"], f"{key}_errors": saturated["errors"],
-                   f"{key}_paced_rps": pace["rps"], f"{key}_p50_ms": pace["p50_ms"],
-                   f"{key}_p90_ms": pace["p90_ms"], f"{key}_p99_ms": pace["p99_ms"],
-                   f"{key}_paced_errors": pace["errors"],
-                   f"{key}_paced_pause_ms": pace["pause_ms"],
-                   f"{key}_saturated_p50_ms": saturated["p50_ms"],
-                   f"{key}_rps_runs": saturated["rps_runs"],
-                   f"{key}_rps_no_batching": runs.get((False, mode, "saturated"), {}).get("rps")}
+        result |= {
+            f"{key}_rps": saturated["rps"],
+            f"{key}_errors": saturated["errors"],
+            f"{key}_paced_rps": pace["rps"],
+            f"{key}_p50_ms": pace["p50_ms"],
+            f"{key}_p90_ms": pace["p90_ms"],
+            f"{key}_p99_ms": pace["p99_ms"],
+            f"{key}_paced_errors": pace["errors"],
+            f"{key}_paced_pause_ms": pace["pause_ms"],
+            f"{key}_saturated_p50_ms": saturated["p50_ms"],
+            f"{key}_rps_runs": saturated["rps_runs"],
+            f"{key}_rps_no_batching": runs.get((False, mode, "saturated"), {}).get("rps"),
+        }
     result["batching_speedup"] = result["recs_rps"] / result["recs_rps_no_batching"]
     if result["score_rps_no_batching"]:
         result["score_batching_speedup"] = result["score_rps"] / result["score_rps_no_batching"]
-    result["wrk_output"] = {f"{'on' if b else 'off'}_{m}_{k}": r["raw"]
-                            for (b, m, k), r in runs.items()}
+    result["wrk_output"] = {
+        f"{'on' if b else 'off'}_{m}_{k}": r["raw"] for (b, m, k), r in runs.items()
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     table = markdown(result)
@@ -294,19 +360,31 @@ def _model_users(data_dir: Path) -> list[str]:
 
 def markdown(r: dict) -> str:
     rows = [
-        ("recommendations saturated (64 conn), req/s (median of 3 runs)", r["recs_rps"],
-         ">= 3000, no errors"),
+        (
+            "recommendations saturated (64 conn), req/s (median of 3 runs)",
+            r["recs_rps"],
+            ">= 3000, no errors",
+        ),
         ("  the 3 runs, req/s", " / ".join(f"{x:.0f}" for x in r["recs_rps_runs"]), "-"),
         ("  errors", r["recs_errors"], "0"),
         ("recommendations paced at 1,500/s: served req/s", r["recs_paced_rps"], "~1500"),
-        ("  p50 / p90 / p99 ms", f"{r['recs_p50_ms']:.2f} / {r['recs_p90_ms']:.2f} / "
-                                 f"{r['recs_p99_ms']:.2f}", "<= 5 / 15 / 50"),
+        (
+            "  p50 / p90 / p99 ms",
+            f"{r['recs_p50_ms']:.2f} / {r['recs_p90_ms']:.2f} / {r['recs_p99_ms']:.2f}",
+            "<= 5 / 15 / 50",
+        ),
         ("  pause per connection, ms (32 connections)", r.get("recs_paced_pause_ms"), "-"),
-        ("score saturated, req/s (median of 3 runs)", r["score_rps"],
-         "better than recommendations"),
+        (
+            "score saturated, req/s (median of 3 runs)",
+            r["score_rps"],
+            "better than recommendations",
+        ),
         ("score paced: served req/s", r["score_paced_rps"], "~1500"),
-        ("score paced p50 / p90 / p99 ms", f"{r['score_p50_ms']:.2f} / {r['score_p90_ms']:.2f} / "
-                                           f"{r['score_p99_ms']:.2f}", "better"),
+        (
+            "score paced p50 / p90 / p99 ms",
+            f"{r['score_p50_ms']:.2f} / {r['score_p90_ms']:.2f} / {r['score_p99_ms']:.2f}",
+            "better",
+        ),
         ("batching speedup (recs saturated, on / off)", r["batching_speedup"], "> 1"),
         ("adapter load from cache, ms", r["adapter_load_cache_ms"], "< 1"),
         ("adapter load from PostgreSQL, ms", r.get("adapter_load_postgres_ms"), "< 10"),
@@ -317,8 +395,10 @@ def markdown(r: dict) -> str:
 
     lines = ["| measure | value | bar |", "| --- | --- | --- |"]
     lines += [f"| {name} | {fmt(value)} | {bar} |" for name, value, bar in rows]
-    lines.append(f"\nData: {r['data']}; {r['cores']} cores shared with wrk; "
-                 f"{r['seconds_per_run']} s per run. Command: `{r['command']}`.")
+    lines.append(
+        f"\nData: {r['data']}; {r['cores']} cores shared with wrk; "
+        f"{r['seconds_per_run']} s per run. Command: `{r['command']}`."
+    )
     return "\n".join(lines) + "\n"
 
 

@@ -94,21 +94,34 @@ def _refusal(error: ApiError) -> Response:
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("sona_requests", "HTTP requests", ["endpoint", "status"],
-                                registry=self.registry)
-        self.latency = Histogram("sona_request_seconds", "HTTP latency", ["endpoint"],
-                                 registry=self.registry,
-                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1))
-        self.batch = Histogram("sona_batch_size", "requests per engine call", ["batcher"],
-                               registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+        self.requests = Counter(
+            "sona_requests", "HTTP requests", ["endpoint", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "sona_request_seconds",
+            "HTTP latency",
+            ["endpoint"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1),
+        )
+        self.batch = Histogram(
+            "sona_batch_size",
+            "requests per engine call",
+            ["batcher"],
+            registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+        )
         self.batch_seconds = Histogram(
-            "sona_batch_seconds", "engine call time per batch (the batch function alone)",
-            ["batcher"], registry=self.registry,
-            buckets=(0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.5))
-        self.events = Counter("sona_events_stored", "viewing events stored",
-                              registry=self.registry)
-        self.overloaded = Counter("sona_overloaded", "requests refused with 503",
-                                  registry=self.registry)
+            "sona_batch_seconds",
+            "engine call time per batch (the batch function alone)",
+            ["batcher"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.5),
+        )
+        self.events = Counter("sona_events_stored", "viewing events stored", registry=self.registry)
+        self.overloaded = Counter(
+            "sona_overloaded", "requests refused with 503", registry=self.registry
+        )
 
     def observe_batch(self, batcher: str, size: int, seconds: float) -> None:
         self.batch.labels(batcher).observe(size)
@@ -144,8 +157,11 @@ def create_app(settings: Settings | None = None) -> Quart:
     cfg = settings.config
     app = Quart("sona")
     app.config["MAX_CONTENT_LENGTH"] = cfg.serving.max_body_bytes
-    QuartSchema(app, info={"title": "SONA personalization engine", "version": VERSION},
-                security_schemes={"bearer": {"type": "http", "scheme": "bearer"}})
+    QuartSchema(
+        app,
+        info={"title": "SONA personalization engine", "version": VERSION},
+        security_schemes={"bearer": {"type": "http", "scheme": "bearer"}},
+    )
     metrics = Metrics()
     parts: dict = {}
 
@@ -158,14 +174,24 @@ def create_app(settings: Settings | None = None) -> Quart:
         store = open_store(settings.database_url, settings.data_dir)
         await store.open()
         parts["store"] = store
-        parts["cache"] = open_cache(settings.redis_url, cfg.serving.cache_max_entries,
-                                    cfg.serving.recommendation_ttl_seconds or 1)
-        executor = ThreadPoolExecutor(max_workers=cfg.serving.engine_threads,
-                                      thread_name_prefix="sona-engine")
+        parts["cache"] = open_cache(
+            settings.redis_url,
+            cfg.serving.cache_max_entries,
+            cfg.serving.recommendation_ttl_seconds or 1,
+        )
+        executor = ThreadPoolExecutor(
+            max_workers=cfg.serving.engine_threads, thread_name_prefix="sona-engine"
+        )
         parts["executor"] = executor
         if settings.demo:
-            await seed_store(store, settings.demo, settings.demo_path, settings.demo_users,
-                             settings.demo_items, cfg.model.seed)
+            await seed_store(
+                store,
+                settings.demo,
+                settings.demo_path,
+                settings.demo_users,
+                settings.demo_items,
+                cfg.model.seed,
+            )
         model = await latest_model(store, settings.model_dir)
         if model is None and await store.count_events() > 0:
             log.info("no model yet: training one from the store")
@@ -181,11 +207,17 @@ def create_app(settings: Settings | None = None) -> Quart:
         batch = serving.max_batch if serving.batching else 1
         window = serving.batch_window_ms if serving.batching else 0.0
         for name, fn in (("recommend", runtime.recommend_batch), ("score", runtime.score_batch)):
-            batcher = MicroBatcher(name, fn, batch, window, serving.max_queue,
-                                   on_batch=partial(metrics.observe_batch, name),
-                                   engines=serving.engine_threads, sizes=USER_BUCKETS,
-                                   solo_from=None if serving.xla_threads == 1
-                                   else OVERLAP_MAX_BATCH)
+            batcher = MicroBatcher(
+                name,
+                fn,
+                batch,
+                window,
+                serving.max_queue,
+                on_batch=partial(metrics.observe_batch, name),
+                engines=serving.engine_threads,
+                sizes=USER_BUCKETS,
+                solo_from=None if serving.xla_threads == 1 else OVERLAP_MAX_BATCH,
+            )
             batcher.start()
             parts[name] = batcher
         parts["profiles"] = Profiles(parts["store"], parts["cache"], runtime, executor)
@@ -242,10 +274,15 @@ def create_app(settings: Settings | None = None) -> Quart:
             return
         key = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
         if key not in settings.api_keys and key not in settings.admin_keys:
-            raise ApiError(401, "unauthorized", "a valid Authorization: Bearer key is required",
-                           headers={"WWW-Authenticate": "Bearer"})
+            raise ApiError(
+                401,
+                "unauthorized",
+                "a valid Authorization: Bearer key is required",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         needs_admin = (method, path) in admin_routes or (
-            method == "DELETE" and path.startswith("/api/v1/content/"))
+            method == "DELETE" and path.startswith("/api/v1/content/")
+        )
         if needs_admin and key not in settings.admin_keys:
             raise ApiError(403, "forbidden", "this operation needs an admin key")
 
@@ -270,8 +307,10 @@ def create_app(settings: Settings | None = None) -> Quart:
     async def invalid(error: RequestSchemaValidationError):
         problems = getattr(error.validation_error, "errors", None)
         if callable(problems):
-            details = [{"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"]}
-                       for e in problems(include_url=False, include_context=False)]
+            details = [
+                {"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"]}
+                for e in problems(include_url=False, include_context=False)
+            ]
             message = "; ".join(f"{d['field']}: {d['message']}" for d in details[:5])
         else:
             details, message = None, f"invalid request body: {error.validation_error}"
@@ -297,12 +336,17 @@ def create_app(settings: Settings | None = None) -> Quart:
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException):
-        names = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
-                 413: "payload_too_large"}
-        message = {413: f"request body larger than {cfg.serving.max_body_bytes} bytes",
-                   400: "malformed request: the body must be valid JSON",
-                   404: f"no route {request.method} {request.path}"}.get(
-            error.code, error.description or error.name)
+        names = {
+            400: "bad_request",
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "payload_too_large",
+        }
+        message = {
+            413: f"request body larger than {cfg.serving.max_body_bytes} bytes",
+            400: "malformed request: the body must be valid JSON",
+            404: f"no route {request.method} {request.path}",
+        }.get(error.code, error.description or error.name)
         return _error_response(error.code or 500, names.get(error.code, "http_error"), message)
 
     @app.errorhandler(Exception)
@@ -312,16 +356,24 @@ def create_app(settings: Settings | None = None) -> Quart:
 
     def runtime() -> Runtime:
         if parts.get("runtime") is None:
-            raise ApiError(503, "model_not_ready", "no model is loaded yet: post content and "
-                           "events, then run `sona train` or start with --demo",
-                           headers={"Retry-After": "10"})
+            raise ApiError(
+                503,
+                "model_not_ready",
+                "no model is loaded yet: post content and "
+                "events, then run `sona train` or start with --demo",
+                headers={"Retry-After": "10"},
+            )
         return parts["runtime"]
 
     def item_index(content_id: str, field_name: str) -> int:
         index = runtime().item_index.get(content_id)
         if index is None:
-            raise ApiError(404, "content_not_found", f"{field_name}: unknown content "
-                           f"{content_id}", {"field": field_name})
+            raise ApiError(
+                404,
+                "content_not_found",
+                f"{field_name}: unknown content {content_id}",
+                {"field": field_name},
+            )
         return index
 
     # ---- health ------------------------------------------------------------------------------
@@ -338,9 +390,13 @@ def create_app(settings: Settings | None = None) -> Quart:
             checks["storage"] = await parts["store"].ping()
         checks["cache"] = await parts["cache"].ping()
         ok = checks["storage"] and checks["model"]  # losing Redis degrades, it does not stop us
-        body = {"status": "ready" if ok else "not_ready", "checks": checks,
-                "storage": parts["store"].kind, "cache": parts["cache"].kind,
-                "model_version": parts["runtime"].version if checks["model"] else None}
+        body = {
+            "status": "ready" if ok else "not_ready",
+            "checks": checks,
+            "storage": parts["store"].kind,
+            "cache": parts["cache"].kind,
+            "model_version": parts["runtime"].version if checks["model"] else None,
+        }
         return jsonify(body), 200 if ok else 503
 
     @app.get("/metrics")
@@ -354,34 +410,78 @@ def create_app(settings: Settings | None = None) -> Quart:
         rt = runtime()
         user_id = str(data.user_id)
         profile = await parts["profiles"].get(user_id)
-        lam = (cfg.diversity.mmr_lambda if data.diversity_threshold is None
-               else 1.0 - data.diversity_threshold)
+        lam = (
+            cfg.diversity.mmr_lambda
+            if data.diversity_threshold is None
+            else 1.0 - data.diversity_threshold
+        )
         device, tod, mood = context_indices(data.context)
         ttl = cfg.serving.recommendation_ttl_seconds
         if ttl:  # lists are cached per profile version, so writes invalidate them
-            key = "recs:" + hashlib.blake2b(json.dumps(
-                [user_id, profile.events, rt.version, data.limit, data.exclude_watched, lam,
-                 device, tod, mood]).encode(), digest_size=16).hexdigest()
+            key = (
+                "recs:"
+                + hashlib.blake2b(
+                    json.dumps(
+                        [
+                            user_id,
+                            profile.events,
+                            rt.version,
+                            data.limit,
+                            data.exclude_watched,
+                            lam,
+                            device,
+                            tod,
+                            mood,
+                        ]
+                    ).encode(),
+                    digest_size=16,
+                ).hexdigest()
+            )
             cached = await parts["cache"].get(key)
             if cached is not None:
                 return cached
-        result = await parts["recommend"].submit(RecommendRequest(
-            profile, data.limit, data.exclude_watched, lam, device, tod, mood,
-            new_request_seed()))
+        result = await parts["recommend"].submit(
+            RecommendRequest(
+                profile,
+                data.limit,
+                data.exclude_watched,
+                lam,
+                device,
+                tod,
+                mood,
+                new_request_seed(),
+            )
+        )
         ids, titles = result["item_ids"], result["titles"]
         items = []
         for item, score, kind, based in result["rows"]:
             kind_name = KIND_NAMES[kind]
             cites = based >= 0 and kind_name in ("graph_based", "content_based")
-            based_on = ([ids[based]] if cites else
-                        ["similar viewers"] if kind_name == "collaborative" else [])
-            items.append({"content_id": ids[item], "confidence_score": round(score, 6),
-                          "recommendation_type": kind_name, "based_on": based_on,
-                          "explanation": _explanation(kind_name, titles[based] if cites else None,
-                                                      data.context)})
-        body = orjson.dumps({"recommendations": items,
-                             "generated_at": datetime.now(UTC).isoformat(),
-                             "ttl_seconds": cfg.serving.recommendation_ttl_seconds})
+            based_on = (
+                [ids[based]]
+                if cites
+                else ["similar viewers"]
+                if kind_name == "collaborative"
+                else []
+            )
+            items.append(
+                {
+                    "content_id": ids[item],
+                    "confidence_score": round(score, 6),
+                    "recommendation_type": kind_name,
+                    "based_on": based_on,
+                    "explanation": _explanation(
+                        kind_name, titles[based] if cites else None, data.context
+                    ),
+                }
+            )
+        body = orjson.dumps(
+            {
+                "recommendations": items,
+                "generated_at": datetime.now(UTC).isoformat(),
+                "ttl_seconds": cfg.serving.recommendation_ttl_seconds,
+            }
+        )
         if ttl:
             await parts["cache"].set(key, body, ttl)
         return body
@@ -399,12 +499,19 @@ def create_app(settings: Settings | None = None) -> Quart:
         rt = runtime()
         index = item_index(str(data.content_id), "content_id")
         top, similarity = await asyncio.get_running_loop().run_in_executor(
-            parts["executor"], rt.similar, index, data.limit)
+            parts["executor"], rt.similar, index, data.limit
+        )
         model = rt.model
-        return schemas.SimilarResponse(similar_content=[
-            schemas.SimilarItem(content_id=str(model.item_ids[i]), similarity=float(s),
-                                title=str(model.titles[i])) for i, s in zip(top, similarity,
-                                                                            strict=True)])
+        return schemas.SimilarResponse(
+            similar_content=[
+                schemas.SimilarItem(
+                    content_id=str(model.item_ids[i]),
+                    similarity=float(s),
+                    title=str(model.titles[i]),
+                )
+                for i, s in zip(top, similarity, strict=True)
+            ]
+        )
 
     # ---- scores --------------------------------------------------------------------------------
 
@@ -417,11 +524,17 @@ def create_app(settings: Settings | None = None) -> Quart:
         index = item_index(str(data.content_id), "content_id")
         profile = await parts["profiles"].get(str(data.user_id))
         device, tod, mood = context_indices(data.context)
-        result = await parts["score"].submit(ScoreRequest(profile, np.array([index]), device,
-                                                          tod, mood))
-        return orjson.dumps({"user_id": str(data.user_id), "content_id": str(data.content_id),
-                             "score": float(result["score"][0]),
-                             "components": _components(result["components"][0])})
+        result = await parts["score"].submit(
+            ScoreRequest(profile, np.array([index]), device, tod, mood)
+        )
+        return orjson.dumps(
+            {
+                "user_id": str(data.user_id),
+                "content_id": str(data.content_id),
+                "score": float(result["score"][0]),
+                "components": _components(result["components"][0]),
+            }
+        )
 
     @app.post("/api/v1/personalization/score")
     @validate_request(schemas.ScoreRequest)
@@ -441,14 +554,18 @@ def create_app(settings: Settings | None = None) -> Quart:
         if known:
             profile = await parts["profiles"].get(str(data.user_id))
             device, tod, mood = context_indices(data.context)
-            result = await parts["score"].submit(ScoreRequest(
-                profile, np.array([i for _, i in known]), device, tod, mood))
-            scores = [schemas.BatchScoreItem(content_id=c, score=float(s),
-                                             components=_components(comp))
-                      for (c, _), s, comp in zip(known, result["score"], result["components"],
-                                                 strict=True)]
-        return schemas.BatchScoreResponse(user_id=str(data.user_id), scores=scores,
-                                          unknown_content_ids=unknown)
+            result = await parts["score"].submit(
+                ScoreRequest(profile, np.array([i for _, i in known]), device, tod, mood)
+            )
+            scores = [
+                schemas.BatchScoreItem(content_id=c, score=float(s), components=_components(comp))
+                for (c, _), s, comp in zip(
+                    known, result["score"], result["components"], strict=True
+                )
+            ]
+        return schemas.BatchScoreResponse(
+            user_id=str(data.user_id), scores=scores, unknown_content_ids=unknown
+        )
 
     # ---- learning ------------------------------------------------------------------------------
 
@@ -459,28 +576,49 @@ def create_app(settings: Settings | None = None) -> Quart:
         runtime()
         user_id = str(data.user_id)
         if len(data.viewing_events) > cfg.serving.max_events_per_update:
-            raise ApiError(400, "validation_error", f"viewing_events: at most "
-                           f"{cfg.serving.max_events_per_update} events per update")
+            raise ApiError(
+                400,
+                "validation_error",
+                f"viewing_events: at most {cfg.serving.max_events_per_update} events per update",
+            )
         content_ids = [str(e.content_id) for e in data.viewing_events]
         existing = await parts["store"].existing_content(content_ids)
         missing = [i for i, c in enumerate(content_ids) if c not in existing]
         if missing:
-            raise ApiError(404, "content_not_found",
-                           f"viewing_events.{missing[0]}.content_id: unknown content "
-                           f"{content_ids[missing[0]]}",
-                           [{"field": f"viewing_events.{i}.content_id"} for i in missing[:20]])
-        events = [EventRow(user_id, str(e.content_id), e.timestamp.timestamp(),
-                           e.completion_rate, e.rating, e.is_rewatch, e.dismissed, e.device_type,
-                           e.time_of_day) for e in data.viewing_events]
+            raise ApiError(
+                404,
+                "content_not_found",
+                f"viewing_events.{missing[0]}.content_id: unknown content "
+                f"{content_ids[missing[0]]}",
+                [{"field": f"viewing_events.{i}.content_id"} for i in missing[:20]],
+            )
+        events = [
+            EventRow(
+                user_id,
+                str(e.content_id),
+                e.timestamp.timestamp(),
+                e.completion_rate,
+                e.rating,
+                e.is_rewatch,
+                e.dismissed,
+                e.device_type,
+                e.time_of_day,
+            )
+            for e in data.viewing_events
+        ]
         new, since, profile = await parts["profiles"].record_events(user_id, events)
         metrics.events.inc(new)
         due = since >= cfg.lora.retrain_every_events and profile.events >= cfg.lora.min_events
         if due:
             parts["learner"].schedule(user_id)
-        return schemas.ProfileUpdateResponse(status="updated", user_id=user_id,
-                                              events_processed=len(events), events_new=new,
-                                              interaction_count=profile.events,
-                                              training_scheduled=due)
+        return schemas.ProfileUpdateResponse(
+            status="updated",
+            user_id=user_id,
+            events_processed=len(events),
+            events_new=new,
+            interaction_count=profile.events,
+            training_scheduled=due,
+        )
 
     @app.post("/api/v1/lora/train")
     @validate_request(schemas.TrainRequest)
@@ -492,29 +630,47 @@ def create_app(settings: Settings | None = None) -> Quart:
         try:
             info = await parts["learner"].train_now(user_id, data.force)
         except InsufficientData as error:
-            return jsonify({"error": "Insufficient training data",
-                            "message": f"training needs at least {cfg.lora.min_events} "
-                                       f"events; user has {error.count}",
-                            "current_count": error.count}), 400
+            return jsonify(
+                {
+                    "error": "Insufficient training data",
+                    "message": f"training needs at least {cfg.lora.min_events} "
+                    f"events; user has {error.count}",
+                    "current_count": error.count,
+                }
+            ), 400
         except TooSoon as error:
-            raise ApiError(429, "training_too_frequent",
-                           f"this user was trained less than {cfg.lora.train_interval_seconds:.0f}"
-                           f"s ago; retry in {error.retry_after:.0f}s or pass force=true",
-                           headers={"Retry-After": str(int(np.ceil(error.retry_after)))}) from None
-        return schemas.TrainResponse(status="training_completed", user_id=user_id,
-                                     duration_ms=(time.perf_counter() - started) * 1000,
-                                     training_iterations=cfg.lora.iterations,
-                                     events_used=info["events_used"], loss=info["loss"])
+            raise ApiError(
+                429,
+                "training_too_frequent",
+                f"this user was trained less than {cfg.lora.train_interval_seconds:.0f}"
+                f"s ago; retry in {error.retry_after:.0f}s or pass force=true",
+                headers={"Retry-After": str(int(np.ceil(error.retry_after)))},
+            ) from None
+        return schemas.TrainResponse(
+            status="training_completed",
+            user_id=user_id,
+            duration_ms=(time.perf_counter() - started) * 1000,
+            training_iterations=cfg.lora.iterations,
+            events_used=info["events_used"],
+            loss=info["loss"],
+        )
 
     # ---- catalogue -----------------------------------------------------------------------------
 
     def _content_item(row: ContentRow) -> schemas.ContentItem:
-        embedding = (np.frombuffer(row.embedding, np.float32).tolist()
-                     if row.embedding is not None else None)
-        return schemas.ContentItem(content_id=row.content_id, title=row.title, genres=row.genres,
-                                   duration_minutes=row.duration_minutes,
-                                   release_year=row.release_year, moods=row.moods,
-                                   series_id=row.series_id, embedding=embedding)
+        embedding = (
+            np.frombuffer(row.embedding, np.float32).tolist() if row.embedding is not None else None
+        )
+        return schemas.ContentItem(
+            content_id=row.content_id,
+            title=row.title,
+            genres=row.genres,
+            duration_minutes=row.duration_minutes,
+            release_year=row.release_year,
+            moods=row.moods,
+            series_id=row.series_id,
+            embedding=embedding,
+        )
 
     @app.post("/api/v1/content")
     @validate_request(schemas.ContentUpsertRequest)
@@ -524,12 +680,23 @@ def create_app(settings: Settings | None = None) -> Quart:
         rows = []
         for i, item in enumerate(data.items):
             if item.embedding is not None and len(item.embedding) != dim:
-                raise ApiError(400, "validation_error", f"items.{i}.embedding: expected {dim} "
-                               f"values, got {len(item.embedding)}")
-            rows.append(ContentRow(
-                str(item.content_id), item.title, item.genres, item.duration_minutes,
-                item.release_year, item.moods, item.series_id,
-                np.asarray(item.embedding, np.float32).tobytes() if item.embedding else None))
+                raise ApiError(
+                    400,
+                    "validation_error",
+                    f"items.{i}.embedding: expected {dim} values, got {len(item.embedding)}",
+                )
+            rows.append(
+                ContentRow(
+                    str(item.content_id),
+                    item.title,
+                    item.genres,
+                    item.duration_minutes,
+                    item.release_year,
+                    item.moods,
+                    item.series_id,
+                    np.asarray(item.embedding, np.float32).tobytes() if item.embedding else None,
+                )
+            )
         count = await parts["store"].upsert_content(rows)
         return schemas.ContentUpsertResponse(status="upserted", count=count)
 
@@ -539,8 +706,9 @@ def create_app(settings: Settings | None = None) -> Quart:
     async def list_content(query_args: schemas.ContentListQuery):
         rows = await parts["store"].list_content(query_args.limit, query_args.cursor)
         next_cursor = rows[-1].content_id if len(rows) == query_args.limit else None
-        return schemas.ContentListResponse(items=[_content_item(r) for r in rows],
-                                           next_cursor=next_cursor)
+        return schemas.ContentListResponse(
+            items=[_content_item(r) for r in rows], next_cursor=next_cursor
+        )
 
     @app.get("/api/v1/content/<content_id>")
     @validate_response(schemas.ContentItem)
@@ -560,12 +728,21 @@ def create_app(settings: Settings | None = None) -> Quart:
         metrics.requests.labels(endpoint, str(status)).inc()
         metrics.latency.labels(endpoint).observe(seconds)
 
-    app.asgi_app = FastPath(app.asgi_app, {
-        "/api/v1/recommendations": HotRoute(schemas.RecommendationRequest, recommendations_body,
-                                            "/api/v1/recommendations"),
-        "/api/v1/personalization/score": HotRoute(schemas.ScoreRequest, score_body,
-                                                  "/api/v1/personalization/score"),
-    }, cfg.serving.max_body_bytes, authorise, record_fast, refusal_of)
+    app.asgi_app = FastPath(
+        app.asgi_app,
+        {
+            "/api/v1/recommendations": HotRoute(
+                schemas.RecommendationRequest, recommendations_body, "/api/v1/recommendations"
+            ),
+            "/api/v1/personalization/score": HotRoute(
+                schemas.ScoreRequest, score_body, "/api/v1/personalization/score"
+            ),
+        },
+        cfg.serving.max_body_bytes,
+        authorise,
+        record_fast,
+        refusal_of,
+    )
     app.parts = parts  # for tests and the CLI
     app.metrics = metrics
     return app

@@ -47,10 +47,18 @@ class MicroBatcher:
     (measured: saturated throughput fell by a quarter), hence ``solo_from``.
     """
 
-    def __init__(self, name: str, process: Callable[[Sequence[Any]], Sequence[Any]],
-                 max_batch: int, window_ms: float, max_queue: int,
-                 on_batch: Callable[[int, float], None] | None = None, engines: int = 1,
-                 sizes: Sequence[int] = (), solo_from: int | None = OVERLAP_MAX_BATCH):
+    def __init__(
+        self,
+        name: str,
+        process: Callable[[Sequence[Any]], Sequence[Any]],
+        max_batch: int,
+        window_ms: float,
+        max_queue: int,
+        on_batch: Callable[[int, float], None] | None = None,
+        engines: int = 1,
+        sizes: Sequence[int] = (),
+        solo_from: int | None = OVERLAP_MAX_BATCH,
+    ):
         self.name = name
         self.process = process
         self.max_batch = max_batch
@@ -71,8 +79,10 @@ class MicroBatcher:
 
     def start(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self.threads = [threading.Thread(target=self._engine, name=f"sona-{self.name}-{i}",
-                                         daemon=True) for i in range(self.engines)]
+        self.threads = [
+            threading.Thread(target=self._engine, name=f"sona-{self.name}-{i}", daemon=True)
+            for i in range(self.engines)
+        ]
         for thread in self.threads:
             thread.start()
 
@@ -161,8 +171,11 @@ class MicroBatcher:
                 raise RuntimeError(f"{self.name}: {len(results)} results for {len(live)} items")
         except BaseException as failure:  # noqa: BLE001 - one bad batch must not kill the worker
             log.exception("%s batch failed", self.name)
-            error = failure if isinstance(failure, Exception) else RuntimeError(
-                f"{self.name}: engine stopped ({type(failure).__name__})")
+            error = (
+                failure
+                if isinstance(failure, Exception)
+                else RuntimeError(f"{self.name}: engine stopped ({type(failure).__name__})")
+            )
             if not isinstance(failure, Exception):
                 raise
         finally:
@@ -173,11 +186,13 @@ class MicroBatcher:
             try:
                 self.loop.call_soon_threadsafe(self._answer, live, results, error, elapsed)
             except RuntimeError:  # the loop is closed: nobody is waiting any more
-                log.warning("%s: loop closed before a batch of %d was answered", self.name,
-                            len(live))
+                log.warning(
+                    "%s: loop closed before a batch of %d was answered", self.name, len(live)
+                )
 
-    def _answer(self, live: list, results: Sequence[Any] | None, error: Exception | None,
-                elapsed: float) -> None:
+    def _answer(
+        self, live: list, results: Sequence[Any] | None, error: Exception | None, elapsed: float
+    ) -> None:
         """On the loop: every live caller gets its own result (or the batch's error)."""
         for index, (_, future) in enumerate(live):
             if future.done():  # cancelled while we computed: skip

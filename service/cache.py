@@ -35,8 +35,9 @@ class LocalCache:
 
     def __init__(self, max_entries: int, ttl: float):
         self.default_ttl = ttl
-        self.entries: TLRUCache = TLRUCache(maxsize=max_entries,
-                                            ttu=lambda _key, value, now: now + value[0])
+        self.entries: TLRUCache = TLRUCache(
+            maxsize=max_entries, ttu=lambda _key, value, now: now + value[0]
+        )
 
     async def get(self, key: str):
         found = self.entries.get(key)
@@ -63,8 +64,14 @@ class RedisCache:
 
     kind = "redis"
 
-    def __init__(self, url: str, prefix: str = "sona:", timeout: float = 0.25,
-                 backoff_seconds: float = 2.0, max_value_bytes: int = 1 << 20):
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "sona:",
+        timeout: float = 0.25,
+        backoff_seconds: float = 2.0,
+        max_value_bytes: int = 1 << 20,
+    ):
         import redis.asyncio as redis
 
         self.client = redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
@@ -78,8 +85,7 @@ class RedisCache:
 
     def _failed(self, error: Exception) -> None:
         if self._available():
-            log.warning("redis unavailable (%s); serving without it for %.0fs", error,
-                        self.backoff)
+            log.warning("redis unavailable (%s); serving without it for %.0fs", error, self.backoff)
         self.down_until = time.monotonic() + self.backoff
 
     async def get(self, key: str) -> bytes | None:

@@ -80,20 +80,30 @@ def train(kind, path, config_path, out, users, items, seed) -> None:
     )
 
 
-
-
 @main.command(name="eval")
 @click.option("--data", "kind", type=DATA_KINDS, default="synthetic", show_default=True)
 @click.option("--path", type=click.Path(), default=None, help="MovieLens folder.")
-@click.option("--protocol", type=click.Choice(["p1", "p2", "all"]), default="all",
-              show_default=True, help="P1 next-watch, P2 random 25 % split, or both.")
+@click.option(
+    "--protocol",
+    type=click.Choice(["p1", "p2", "all"]),
+    default="all",
+    show_default=True,
+    help="P1 next-watch, P2 random 25 % split, or both.",
+)
 @click.option("--config", "config_path", type=click.Path(), default=None, help="TOML config.")
-@click.option("--out", type=click.Path(), default=None,
-              help="Write the JSON here (with --protocol all: one file per protocol, "
-                   "suffixed _p1/_p2).")
-@click.option("--tune/--no-tune", default=True, show_default=True,
-              help="Tune fusion weights, graph walk, MMR λ and the cold-start genre strength on a "
-                   "validation split carved from train.")
+@click.option(
+    "--out",
+    type=click.Path(),
+    default=None,
+    help="Write the JSON here (with --protocol all: one file per protocol, suffixed _p1/_p2).",
+)
+@click.option(
+    "--tune/--no-tune",
+    default=True,
+    show_default=True,
+    help="Tune fusion weights, graph walk, MMR λ and the cold-start genre strength on a "
+    "validation split carved from train.",
+)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--users", default=2_000, show_default=True, help="Synthetic viewers.")
 @click.option("--items", default=3_000, show_default=True, help="Synthetic catalogue size.")
@@ -106,8 +116,9 @@ def evaluate_command(kind, path, protocol, config_path, out, tune, seed, users, 
     protocols = ["p1", "p2"] if protocol == "all" else [protocol]
     for name in protocols:
         options = EvalOptions(protocol=name, seed=seed, tune_fusion=tune)
-        result = evaluate(dataset, cfg, options, log_fn=lambda message: click.echo(message,
-                                                                                   err=True))
+        result = evaluate(
+            dataset, cfg, options, log_fn=lambda message: click.echo(message, err=True)
+        )
         click.echo(format_table(result))
         click.echo(f"({result['seconds']:.0f}s)\n")
         if out:
@@ -121,21 +132,46 @@ def evaluate_command(kind, path, protocol, config_path, out, tune, seed, users, 
 @main.command()
 @click.option("--host", default=None, help="Bind address (default 127.0.0.1 from the config).")
 @click.option("--port", type=int, default=None, help="Port (default 8082 from the config).")
-@click.option("--data-dir", envvar="SONA_DATA_DIR", default="sona-data", show_default=True,
-              help="Embedded store and model folder (env SONA_DATA_DIR).")
+@click.option(
+    "--data-dir",
+    envvar="SONA_DATA_DIR",
+    default="sona-data",
+    show_default=True,
+    help="Embedded store and model folder (env SONA_DATA_DIR).",
+)
 @click.option("--config", "config_path", type=click.Path(), default=None, help="TOML config.")
-@click.option("--database-url", envvar="SONA_DATABASE_URL", default=None,
-              help="postgresql://... (env SONA_DATABASE_URL); default: SQLite in --data-dir.")
-@click.option("--redis-url", envvar="SONA_REDIS_URL", default=None,
-              help="redis://... (env SONA_REDIS_URL); default: in-process cache.")
+@click.option(
+    "--database-url",
+    envvar="SONA_DATABASE_URL",
+    default=None,
+    help="postgresql://... (env SONA_DATABASE_URL); default: SQLite in --data-dir.",
+)
+@click.option(
+    "--redis-url",
+    envvar="SONA_REDIS_URL",
+    default=None,
+    help="redis://... (env SONA_REDIS_URL); default: in-process cache.",
+)
 @click.option("--demo", is_flag=True, help="Load demo data into an empty store, train, serve.")
 @click.option("--demo-data", type=DATA_KINDS, default="synthetic", show_default=True)
 @click.option("--demo-path", type=click.Path(), default=None, help="MovieLens folder for demo.")
 @click.option("--demo-users", default=2_000, show_default=True)
 @click.option("--demo-items", default=3_000, show_default=True)
 @click.option("--no-batching", is_flag=True, help="Serve each request alone (to measure).")
-def serve(host, port, data_dir, config_path, database_url, redis_url, demo, demo_data,
-          demo_path, demo_users, demo_items, no_batching) -> None:
+def serve(
+    host,
+    port,
+    data_dir,
+    config_path,
+    database_url,
+    redis_url,
+    demo,
+    demo_data,
+    demo_path,
+    demo_users,
+    demo_items,
+    no_batching,
+) -> None:
     """Run the HTTP API (uvicorn, uvloop); Ctrl-C / SIGTERM drains batches and flushes writes."""
     import logging
     import os
@@ -156,17 +192,36 @@ def serve(host, port, data_dir, config_path, database_url, redis_url, demo, demo
         return frozenset(k.strip() for k in os.environ.get(name, "").split(",") if k.strip())
 
     settings = Settings(
-        config=cfg, data_dir=Path(data_dir), database_url=database_url, redis_url=redis_url,
-        api_keys=keys("SONA_API_KEYS"), admin_keys=keys("SONA_ADMIN_KEYS"),
-        demo=demo_data if demo else None, demo_path=demo_path, demo_users=demo_users,
-        demo_items=demo_items)
-    server = uvicorn.Server(uvicorn.Config(
-        create_app(settings), host=host or cfg.serving.host, port=port or cfg.serving.port,
-        loop="uvloop", http="httptools", lifespan="on", log_level="warning",
-        access_log=False, timeout_graceful_shutdown=15,
-        proxy_headers=False))  # nothing reads client addresses; skip the per-request wrapper
-    click.echo(f"SONA serving on http://{host or cfg.serving.host}:{port or cfg.serving.port}"
-               f" (docs at /docs)", err=True)
+        config=cfg,
+        data_dir=Path(data_dir),
+        database_url=database_url,
+        redis_url=redis_url,
+        api_keys=keys("SONA_API_KEYS"),
+        admin_keys=keys("SONA_ADMIN_KEYS"),
+        demo=demo_data if demo else None,
+        demo_path=demo_path,
+        demo_users=demo_users,
+        demo_items=demo_items,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings),
+            host=host or cfg.serving.host,
+            port=port or cfg.serving.port,
+            loop="uvloop",
+            http="httptools",
+            lifespan="on",
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=15,
+            proxy_headers=False,
+        )
+    )  # nothing reads client addresses; skip the per-request wrapper
+    click.echo(
+        f"SONA serving on http://{host or cfg.serving.host}:{port or cfg.serving.port}"
+        f" (docs at /docs)",
+        err=True,
+    )
     server.run()
 
 

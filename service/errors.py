@@ -8,8 +8,14 @@ import orjson
 class ApiError(Exception):
     """An error answered with ``status``, a JSON body and extra ``headers``."""
 
-    def __init__(self, status: int, error: str, message: str, details=None,
-                 headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        message: str,
+        details=None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status, self.error, self.message = status, error, message
         self.details, self.headers = details, headers or {}

@@ -39,16 +39,24 @@ class FastPath:
     """ASGI middleware: ``routes`` by path; ``authorise(method, path, header)`` raises `ApiError`
     for a request it refuses; ``record(endpoint, status, seconds)`` counts it."""
 
-    def __init__(self, app, routes: dict[str, HotRoute], max_body_bytes: int,
-                 authorise: Callable[[str, str, str], None],
-                 record: Callable[[str, int, float], None],
-                 on_error: Callable[[Exception], ApiError]):
+    def __init__(
+        self,
+        app,
+        routes: dict[str, HotRoute],
+        max_body_bytes: int,
+        authorise: Callable[[str, str, str], None],
+        record: Callable[[str, int, float], None],
+        on_error: Callable[[Exception], ApiError],
+    ):
         self.app, self.routes, self.max_body = app, routes, max_body_bytes
         self.authorise, self.record, self.on_error = authorise, record, on_error
 
     async def __call__(self, scope, receive, send) -> None:
-        route = (self.routes.get(scope["path"])
-                 if scope["type"] == "http" and scope["method"] == "POST" else None)
+        route = (
+            self.routes.get(scope["path"])
+            if scope["type"] == "http" and scope["method"] == "POST"
+            else None
+        )
         if route is None:
             return await self.app(scope, receive, send)
         started = time.perf_counter()
@@ -57,13 +65,18 @@ class FastPath:
             headers.setdefault(name, value)  # the first of repeated headers, as Quart reads them
         length = headers.get(b"content-length")
         media_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-        if (media_type != b"application/json" or length is None or not length.isdigit()
-                or int(length) > self.max_body):
+        if (
+            media_type != b"application/json"
+            or length is None
+            or not length.isdigit()
+            or int(length) > self.max_body
+        ):
             return await self.app(scope, receive, send)
         body = await _read_body(receive)
         try:
-            self.authorise("POST", scope["path"], headers.get(b"authorization", b"").decode(
-                "latin-1"))
+            self.authorise(
+                "POST", scope["path"], headers.get(b"authorization", b"").decode("latin-1")
+            )
             data = route.model.model_validate_json(body)
         except ApiError as refused:
             return await self._refuse(send, route, started, refused)
@@ -80,8 +93,9 @@ class FastPath:
     async def _refuse(self, send, route: HotRoute, started: float, error: ApiError) -> None:
         await self._answer(send, route, started, error.status, error.body(), error.headers)
 
-    async def _answer(self, send, route: HotRoute, started: float, status: int, body: bytes,
-                      extra: dict[str, str]) -> None:
+    async def _answer(
+        self, send, route: HotRoute, started: float, status: int, body: bytes, extra: dict[str, str]
+    ) -> None:
         headers = [*JSON_HEADERS, (b"content-length", str(len(body)).encode())]
         headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
         await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -20,8 +20,12 @@ PROFILE_TTL_SECONDS = 3600.0
 
 def encode_state(profile: Profile) -> bytes:
     """What is stored per user: preference and adapter in float16 (9,216 bytes at d=512, r=8)."""
-    return np.concatenate([profile.preference.astype(STORAGE_DTYPE).ravel(),
-                           profile.adapter.astype(STORAGE_DTYPE).ravel()]).tobytes()
+    return np.concatenate(
+        [
+            profile.preference.astype(STORAGE_DTYPE).ravel(),
+            profile.adapter.astype(STORAGE_DTYPE).ravel(),
+        ]
+    ).tobytes()
 
 
 def decode_adapter(state: bytes, dim: int, rank: int) -> np.ndarray | None:
@@ -64,8 +68,9 @@ class Profiles:
         value = profile if self.cache.kind == "memory" else profile.to_bytes()
         await self.cache.set(self.key(user_id), value, PROFILE_TTL_SECONDS)
 
-    async def rebuild(self, user_id: str, adapter: np.ndarray | None = None,
-                      last_trained: float | None = None) -> Profile:
+    async def rebuild(
+        self, user_id: str, adapter: np.ndarray | None = None, last_trained: float | None = None
+    ) -> Profile:
         """From the store when the user has live state there, else from the model."""
         row = await self.store.load_user_state(user_id)
         if row is None:
@@ -78,8 +83,9 @@ class Profiles:
             adapter = known.adapter if known is not None else None
         events = await self.store.user_events(user_id)
         trained = row.last_trained if last_trained is None else last_trained
-        return await self._in_engine(self.runtime.build_profile, user_id, events, adapter,
-                                     trained or 0.0)
+        return await self._in_engine(
+            self.runtime.build_profile, user_id, events, adapter, trained or 0.0
+        )
 
     async def record_events(self, user_id: str, events: list[EventRow]) -> tuple[int, int, Profile]:
         """Store events durably, refresh the profile, count toward retraining.
@@ -93,9 +99,14 @@ class Profiles:
         return new, since, profile
 
     async def save(self, user_id: str, profile: Profile, reset_counter: bool) -> None:
-        await self.store.save_user_state(UserStateRow(
-            user_id, encode_state(profile), 0 if reset_counter else None,
-            profile.last_trained or None))
+        await self.store.save_user_state(
+            UserStateRow(
+                user_id,
+                encode_state(profile),
+                0 if reset_counter else None,
+                profile.last_trained or None,
+            )
+        )
         await self._put(user_id, profile)
 
 
@@ -182,9 +193,13 @@ class Learner:
             profile.last_trained = now
             await self.profiles.save(user_id, profile, reset_counter=True)
             self.trained += 1
-            info = {"duration_ms": duration_ms, "events_used": result["events_used"],
-                    "loss": result["loss"], "loss_before": result["loss_before"],
-                    "batch_users": len(jobs)}
+            info = {
+                "duration_ms": duration_ms,
+                "events_used": result["events_used"],
+                "loss": result["loss"],
+                "loss_before": result["loss_before"],
+                "batch_users": len(jobs),
+            }
             for future in futures:
                 if future is not None and not future.done():
                     future.set_result(info)

@@ -61,14 +61,15 @@ class Profile:
             else:
                 scalars[f.name] = value
         header = json.dumps({"arrays": arrays, "scalars": scalars}).encode()
-        body = b"".join(np.ascontiguousarray(getattr(self, name)).tobytes()
-                        for name, _, _ in arrays)
+        body = b"".join(
+            np.ascontiguousarray(getattr(self, name)).tobytes() for name, _, _ in arrays
+        )
         return len(header).to_bytes(4, "little") + header + body
 
     @staticmethod
     def from_bytes(data: bytes) -> Profile:
         size = int.from_bytes(data[:4], "little")
-        header = json.loads(data[4:4 + size])
+        header = json.loads(data[4 : 4 + size])
         values, offset = dict(header["scalars"]), 4 + size
         for name, dtype, shape in header["arrays"]:
             count = int(np.prod(shape))
@@ -103,8 +104,11 @@ def context_indices(context) -> tuple[int, int, int]:
     ``device_type``, ``time_of_day`` and ``mood`` attributes, or None); -1 where absent."""
     if context is None:
         return -1, -1, -1
-    return (_index_of(DEVICE_TYPES, context.device_type),
-            _index_of(TIMES_OF_DAY, context.time_of_day), _index_of(MOODS, context.mood))
+    return (
+        _index_of(DEVICE_TYPES, context.device_type),
+        _index_of(TIMES_OF_DAY, context.time_of_day),
+        _index_of(MOODS, context.mood),
+    )
 
 
 def _index_of(values: tuple[str, ...], value: str | None) -> int:
@@ -137,8 +141,13 @@ class Runtime:
         unit = np.asarray(model.base.item_embeddings)
         item_ids, titles = model.item_ids.tolist(), [str(t) for t in model.titles.tolist()]
         t = model.tables
-        widths = {name: max(minimum, _bucket(int((t[f"history_{name}"] >= 0).sum(1).max(
-            initial=1)), LIST_BUCKETS)) for name, minimum in (("seen", 64), ("dismissed", 64))}
+        widths = {
+            name: max(
+                minimum,
+                _bucket(int((t[f"history_{name}"] >= 0).sum(1).max(initial=1)), LIST_BUCKETS),
+            )
+            for name, minimum in (("seen", 64), ("dismissed", 64))
+        }
         with self.lock:
             self.model, self.state = model, state
             self.item_index, self.user_index = index, users
@@ -171,10 +180,15 @@ class Runtime:
             adapter=np.zeros((d, cfg.lora.rank), STORAGE_DTYPE),
             recent_items=np.full(cfg.collaborative.history_items, -1, np.int32),
             recent_weights=np.zeros(cfg.collaborative.history_items, np.float32),
-            seen=np.zeros(0, np.int32), dismissed=np.zeros(0, np.int32),
+            seen=np.zeros(0, np.int32),
+            dismissed=np.zeros(0, np.int32),
             genre_affinity=np.full(g, 1.0 / max(g, 1), np.float32),
-            hourly=np.full(24, 1 / 24, np.float32), qualifying=0.0, events=0, pool_index=-1,
-            model_version=m.version)
+            hourly=np.full(24, 1 / 24, np.float32),
+            qualifying=0.0,
+            events=0,
+            pool_index=-1,
+            model_version=m.version,
+        )
 
     def model_profile(self, user_id: str) -> Profile | None:
         """The user's profile as of the model's training, or None if the model never saw them."""
@@ -185,35 +199,59 @@ class Runtime:
         seen = t["history_seen"][row]
         dismissed = t["history_dismissed"][row]
         return Profile(
-            preference=m.users.preference[row].astype(np.float32), adapter=m.users.adapter[row],
+            preference=m.users.preference[row].astype(np.float32),
+            adapter=m.users.adapter[row],
             recent_items=t["history_recent_items"][row],
             recent_weights=t["history_recent_weights"][row],
-            seen=seen[seen >= 0], dismissed=dismissed[dismissed >= 0],
-            genre_affinity=m.users.genre_affinity[row], hourly=m.users.hourly[row],
-            qualifying=float(t["qualifying"][row]), events=int(m.users.interaction_count[row]),
-            pool_index=row, model_version=m.version)
+            seen=seen[seen >= 0],
+            dismissed=dismissed[dismissed >= 0],
+            genre_affinity=m.users.genre_affinity[row],
+            hourly=m.users.hourly[row],
+            qualifying=float(t["qualifying"][row]),
+            events=int(m.users.interaction_count[row]),
+            pool_index=row,
+            model_version=m.version,
+        )
 
     def event_log(self, events: list[EventRow]) -> EventLog:
         """One user's events as an engine log (items unknown to the model are left out)."""
         known = [e for e in events if e.content_id in self.item_index]
-        tod = [TIMES_OF_DAY.index(e.time_of_day) if e.time_of_day in TIMES_OF_DAY else -1
-               for e in known]
+        tod = [
+            TIMES_OF_DAY.index(e.time_of_day) if e.time_of_day in TIMES_OF_DAY else -1
+            for e in known
+        ]
         ts = np.array([e.ts for e in known], np.float64)
         derived = time_of_day_of_hour(((ts % 86400) // 3600).astype(np.int64))
         return EventLog.build(
             user=np.zeros(len(known), np.int32),
             item=np.array([self.item_index[e.content_id] for e in known], np.int32),
-            timestamp=ts, completion=np.array([e.completion_rate for e in known], np.float32),
+            timestamp=ts,
+            completion=np.array([e.completion_rate for e in known], np.float32),
             rating=np.array([e.rating or 0 for e in known], np.float32),
             dismissed=np.array([e.dismissed for e in known], bool),
             rewatch=np.array([e.is_rewatch for e in known], bool),
-            device=np.array([DEVICE_TYPES.index(e.device_type) if e.device_type in DEVICE_TYPES
-                             else -1 for e in known], np.int8),
-            time_of_day=np.where(np.array(tod, np.int64) >= 0, np.array(tod, np.int64),
-                                 derived).astype(np.int8) if known else None)
+            device=np.array(
+                [
+                    DEVICE_TYPES.index(e.device_type) if e.device_type in DEVICE_TYPES else -1
+                    for e in known
+                ],
+                np.int8,
+            ),
+            time_of_day=np.where(
+                np.array(tod, np.int64) >= 0, np.array(tod, np.int64), derived
+            ).astype(np.int8)
+            if known
+            else None,
+        )
 
-    def build_profile(self, user_id: str, events: list[EventRow], adapter: np.ndarray | None,
-                      last_trained: float, now: float | None = None) -> Profile:
+    def build_profile(
+        self,
+        user_id: str,
+        events: list[EventRow],
+        adapter: np.ndarray | None,
+        last_trained: float,
+        now: float | None = None,
+    ) -> Profile:
         """Recompute a profile from all of a user's events (SPEC 3.1, O(events))."""
         now = time.time() if now is None else now
         log = self.event_log(events)
@@ -231,9 +269,14 @@ class Runtime:
         arrays = profile_arrays(engine, embeddings, genres, 1, self.cfg.preference)
         weights = np.asarray(arrays.weights)[: len(log)]
         engaged = weights > 0
-        recent, recent_w = per_user_table(log.user[engaged], log.item[engaged],
-                                          -log.timestamp[engaged], weights[engaged], 1,
-                                          width=self.cfg.collaborative.history_items)
+        recent, recent_w = per_user_table(
+            log.user[engaged],
+            log.item[engaged],
+            -log.timestamp[engaged],
+            weights[engaged],
+            1,
+            width=self.cfg.collaborative.history_items,
+        )
         profile.preference = np.asarray(arrays.preference[0])
         profile.genre_affinity = np.asarray(arrays.genre_affinity[0])
         profile.hourly = np.asarray(arrays.hourly[0])
@@ -260,13 +303,17 @@ class Runtime:
 
         pool_index = pad_rows(np.array([p.pool_index for p in profiles], np.int32), bucket, -1)
         return UserBatch(
-            preference=stack("preference"), adapter=stack("adapter"),
+            preference=stack("preference"),
+            adapter=stack("adapter"),
             recent_items=pad_rows(np.stack([p.recent_items for p in profiles]), bucket, -1),
-            recent_weights=stack("recent_weights"), seen=lists("seen"),
-            dismissed=lists("dismissed"), genre_affinity=stack("genre_affinity"),
+            recent_weights=stack("recent_weights"),
+            seen=lists("seen"),
+            dismissed=lists("dismissed"),
+            genre_affinity=stack("genre_affinity"),
             hourly=stack("hourly"),
             qualifying=pad_rows(np.array([p.qualifying for p in profiles], np.float32), bucket),
-            pool_index=pool_index)
+            pool_index=pool_index,
+        )
 
     def recommend_batch(self, requests: list[RecommendRequest]) -> list[dict]:
         """Top-``limit`` lists for a batch of requests (one jitted call): per request, ``rows``
@@ -280,23 +327,46 @@ class Runtime:
             return pad_rows(np.array([getattr(r, name) for r in requests], dtype), bucket, fill)
 
         request = RequestBatch(
-            device=column("device", np.int32, -1), time_of_day=column("time_of_day", np.int32, -1),
+            device=column("device", np.int32, -1),
+            time_of_day=column("time_of_day", np.int32, -1),
             mood=column("mood", np.int32, -1),
             exclude_watched=column("exclude_watched", bool, True),
-            mmr_lambda=column("mmr_lambda", np.float32, 1.0), seed=column("seed", np.int32, 0))
+            mmr_lambda=column("mmr_lambda", np.float32, 1.0),
+            seed=column("seed", np.int32, 0),
+        )
         with self.lock:
             state, item_ids, titles = self.state, self.item_ids, self.titles
-        out = recommend.recommend(state, self._user_batch([r.profile for r in requests], bucket),
-                                  request, column("limit", np.int32, 1), self.weights, self.cfg,
-                                  n_out)
+        out = recommend.recommend(
+            state,
+            self._user_batch([r.profile for r in requests], bucket),
+            request,
+            column("limit", np.int32, 1),
+            self.weights,
+            self.cfg,
+            n_out,
+        )
         # One conversion per output for the whole batch: per-row numpy slicing cost more.
-        items, scores, kinds, based_on = (np.asarray(x)[:n].tolist() for x in (
-            out.items, out.scores, out.kind, out.based_on))
-        return [{"rows": [row for row in zip(items[i][: r.limit], scores[i][: r.limit],
-                                             kinds[i][: r.limit], based_on[i][: r.limit],
-                                             strict=True) if row[0] >= 0],
-                 "item_ids": item_ids, "titles": titles}
-                for i, r in enumerate(requests)]
+        items, scores, kinds, based_on = (
+            np.asarray(x)[:n].tolist() for x in (out.items, out.scores, out.kind, out.based_on)
+        )
+        return [
+            {
+                "rows": [
+                    row
+                    for row in zip(
+                        items[i][: r.limit],
+                        scores[i][: r.limit],
+                        kinds[i][: r.limit],
+                        based_on[i][: r.limit],
+                        strict=True,
+                    )
+                    if row[0] >= 0
+                ],
+                "item_ids": item_ids,
+                "titles": titles,
+            }
+            for i, r in enumerate(requests)
+        ]
 
     def score_batch(self, requests: list[ScoreRequest]) -> list[dict]:
         """Scores and components of each request's items (one jitted call)."""
@@ -308,19 +378,27 @@ class Runtime:
             items[row, : len(r.items)] = r.items
         request = RequestBatch(
             device=pad_rows(np.array([r.device for r in requests], np.int32), bucket, -1),
-            time_of_day=pad_rows(np.array([r.time_of_day for r in requests], np.int32), bucket,
-                                 -1),
+            time_of_day=pad_rows(np.array([r.time_of_day for r in requests], np.int32), bucket, -1),
             mood=pad_rows(np.array([r.mood for r in requests], np.int32), bucket, -1),
-            exclude_watched=np.zeros(bucket, bool), mmr_lambda=np.ones(bucket, np.float32),
-            seed=np.zeros(bucket, np.int32))
+            exclude_watched=np.zeros(bucket, bool),
+            mmr_lambda=np.ones(bucket, np.float32),
+            seed=np.zeros(bucket, np.int32),
+        )
         with self.lock:
             state = self.state
-        out = recommend.score_items(state, self._user_batch([r.profile for r in requests],
-                                                            bucket), request, items,
-                                    self.weights, self.cfg)
+        out = recommend.score_items(
+            state,
+            self._user_batch([r.profile for r in requests], bucket),
+            request,
+            items,
+            self.weights,
+            self.cfg,
+        )
         score, components = np.asarray(out.score), np.asarray(out.components)
-        return [{"score": score[row, : len(r.items)], "components": components[row, : len(r.items)]}
-                for row, r in enumerate(requests)]
+        return [
+            {"score": score[row, : len(r.items)], "components": components[row, : len(r.items)]}
+            for row, r in enumerate(requests)
+        ]
 
     def similar(self, item: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
         """Items most similar to ``item`` by base-tier embedding cosine (itself excluded)."""
@@ -338,16 +416,20 @@ class Runtime:
         logs = [self.event_log(events) for _, events in jobs]
         user = np.concatenate([np.full(len(log), row, np.int32) for row, log in enumerate(logs)])
         merged = EventLog.build(
-            user=user, item=np.concatenate([log.item for log in logs]),
+            user=user,
+            item=np.concatenate([log.item for log in logs]),
             timestamp=np.concatenate([log.timestamp for log in logs]),
             completion=np.concatenate([log.completion for log in logs]),
             rating=np.concatenate([log.rating for log in logs]),
-            dismissed=np.concatenate([log.dismissed for log in logs]))
-        targets = event_targets(merged.completion, merged.rating, merged.dismissed,
-                                self.cfg.preference)
+            dismissed=np.concatenate([log.dismissed for log in logs]),
+        )
+        targets = event_targets(
+            merged.completion, merged.rating, merged.dismissed, self.cfg.preference
+        )
         rows = np.arange(bucket) % len(jobs)
-        recent = recent_events(merged.user, merged.item, merged.timestamp, targets, rows,
-                               lcfg.max_events)
+        recent = recent_events(
+            merged.user, merged.item, merged.timestamp, targets, rows, lcfg.max_events
+        )
         with self.lock:
             base = self.state.base
             n_items = base.item_embeddings.shape[0]
@@ -355,16 +437,24 @@ class Runtime:
         items, item_targets, mask = with_negatives(key, recent, n_items, lcfg)
         preferences = np.stack([jobs[r][0].preference for r in rows]).astype(np.float32)
         adapters = np.stack([jobs[r][0].adapter for r in rows])
-        batch = lora.prepare_training_batch(base, jnp.asarray(preferences), jnp.asarray(adapters),
-                                            items, item_targets, mask)
+        batch = lora.prepare_training_batch(
+            base, jnp.asarray(preferences), jnp.asarray(adapters), items, item_targets, mask
+        )
         result = lora.train_adapters(batch, lcfg)
-        new = np.asarray(lora.apply_adapter_updates(jnp.asarray(adapters), batch.preference,
-                                                    result.delta)).astype(STORAGE_DTYPE)
+        new = np.asarray(
+            lora.apply_adapter_updates(jnp.asarray(adapters), batch.preference, result.delta)
+        ).astype(STORAGE_DTYPE)
         before, after = np.asarray(result.loss_before), np.asarray(result.loss_after)
         used = np.minimum(recent.counts, lcfg.max_events)
-        return [{"adapter": new[row], "loss_before": float(before[row]),
-                 "loss": float(after[row]), "events_used": int(used[row])}
-                for row in range(len(jobs))]
+        return [
+            {
+                "adapter": new[row],
+                "loss_before": float(before[row]),
+                "loss": float(after[row]),
+                "events_used": int(used[row]),
+            }
+            for row in range(len(jobs))
+        ]
 
 
 @jax.jit

@@ -32,8 +32,9 @@ class RecommendationRequest(_Strict):
     context: Context | None = None
     limit: int = Field(20, ge=1, le=100)
     exclude_watched: bool = True
-    diversity_threshold: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False,
-                                              description="1 − λ of MMR")
+    diversity_threshold: float | None = Field(
+        None, ge=0.0, le=1.0, allow_inf_nan=False, description="1 − λ of MMR"
+    )
 
 
 class Recommendation(_Strict):

@@ -17,11 +17,11 @@ import scipy.sparse as sp
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit's advice: no nested BLAS threads
 
 
-def interaction_matrix(user: np.ndarray, item: np.ndarray, n_users: int,
-                       n_items: int) -> sp.csr_matrix:
+def interaction_matrix(
+    user: np.ndarray, item: np.ndarray, n_users: int, n_items: int
+) -> sp.csr_matrix:
     """(users, items) binary matrix of train interactions."""
-    matrix = sp.csr_matrix((np.ones(len(user), np.float32), (user, item)),
-                           shape=(n_users, n_items))
+    matrix = sp.csr_matrix((np.ones(len(user), np.float32), (user, item)), shape=(n_users, n_items))
     matrix.sum_duplicates()
     matrix.data[:] = 1.0
     return matrix
@@ -61,10 +61,21 @@ class EASE:
 class ImplicitALS:
     name = "implicit-als"
 
-    def __init__(self, factors: int = 64, regularization: float = 0.05, iterations: int = 15,
-                 alpha: float = 1.0, seed: int = 0):
-        self.options = dict(factors=factors, regularization=regularization,
-                            iterations=iterations, alpha=alpha, random_state=seed)
+    def __init__(
+        self,
+        factors: int = 64,
+        regularization: float = 0.05,
+        iterations: int = 15,
+        alpha: float = 1.0,
+        seed: int = 0,
+    ):
+        self.options = dict(
+            factors=factors,
+            regularization=regularization,
+            iterations=iterations,
+            alpha=alpha,
+            random_state=seed,
+        )
 
     def fit(self, train: sp.csr_matrix) -> ImplicitALS:
         from implicit.cpu.als import AlternatingLeastSquares

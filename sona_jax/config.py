@@ -97,8 +97,12 @@ class FusionConfig(_Section):
 class CollaborativeConfig(_Section):
     neighbours: int = Field(50, ge=1, le=10_000, description="K nearest viewers")
     history_items: int = Field(256, ge=1, le=4096, description="engaged items kept per viewer")
-    vote_items: int = Field(128, ge=1, le=4096, description="a neighbour's most recent engaged "
-                            "items that vote (at most history_items)")
+    vote_items: int = Field(
+        128,
+        ge=1,
+        le=4096,
+        description="a neighbour's most recent engaged items that vote (at most history_items)",
+    )
 
 
 class GraphConfig(_Section):
@@ -123,10 +127,13 @@ class GraphConfig(_Section):
     )
     regression_l2: float = Field(500.0, gt=0.0, description="ridge of the regression weighting")
     first_hop: Literal["sparse", "dense"] = Field(
-        "sparse", description="hop 1 over the adjacency lists, or over the full regression "
-        "matrix (catalogues up to max_dense_items; needs weighting = regression)")
+        "sparse",
+        description="hop 1 over the adjacency lists, or over the full regression "
+        "matrix (catalogues up to max_dense_items; needs weighting = regression)",
+    )
     max_dense_items: int = Field(
-        4096, ge=0, description="largest catalogue whose full items x items matrix is kept")
+        4096, ge=0, description="largest catalogue whose full items x items matrix is kept"
+    )
     max_regression_items: int = Field(
         10_000, ge=1, description="larger catalogues use cosine (the inverse is dense, O(n³))"
     )
@@ -173,12 +180,22 @@ class ServingConfig(_Section):
     port: int = Field(8082, ge=1, le=65535)
     batch_window_ms: float = Field(1.0, ge=0.0, le=1000.0)
     max_batch: int = Field(128, ge=1, le=128)
-    engine_threads: int = Field(2, ge=1, le=64,
-                                description="engine calls in flight at once (per batcher)")
-    xla_threads: int = Field(1, ge=0, le=1024, description="threads XLA's CPU runtime runs "
-                             "engine calls on (0: one per core, XLA's default)")
-    gil_switch_ms: float = Field(0.5, gt=0.0, le=100.0, description="longest a thread holds "
-                                 "the GIL while another waits (Python's default: 5)")
+    engine_threads: int = Field(
+        2, ge=1, le=64, description="engine calls in flight at once (per batcher)"
+    )
+    xla_threads: int = Field(
+        1,
+        ge=0,
+        le=1024,
+        description="threads XLA's CPU runtime runs "
+        "engine calls on (0: one per core, XLA's default)",
+    )
+    gil_switch_ms: float = Field(
+        0.5,
+        gt=0.0,
+        le=100.0,
+        description="longest a thread holds the GIL while another waits (Python's default: 5)",
+    )
     max_queue: int = Field(1024, ge=1)
     batching: bool = True
     max_body_bytes: int = Field(1_048_576, ge=1024)

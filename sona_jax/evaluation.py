@@ -70,19 +70,25 @@ def split_next_watch(log: EventLog, mask: np.ndarray, n_users: int, n_items: int
     test[order[last]] = True
     # Drop other events of the same (user, item) as the test event from train: it must be unseen.
     test_pairs = set(zip(log.user[test].tolist(), log.item[test].tolist(), strict=True))
-    same = np.array([(u, i) in test_pairs for u, i in zip(log.user[index].tolist(),
-                                                          log.item[index].tolist(), strict=True)])
+    same = np.array(
+        [
+            (u, i) in test_pairs
+            for u, i in zip(log.user[index].tolist(), log.item[index].tolist(), strict=True)
+        ]
+    )
     train = mask.copy()
     train[index[same]] = False
     return Split(train, *_test_matrix(log, test, n_users, n_items))
 
 
-def split_random(log: EventLog, mask: np.ndarray, n_users: int, n_items: int, seed: int,
-                 fraction: float = 0.25) -> Split:
+def split_random(
+    log: EventLog, mask: np.ndarray, n_users: int, n_items: int, seed: int, fraction: float = 0.25
+) -> Split:
     """P2 over the events in ``mask``: a seeded random ``fraction`` of each user's (user, item)s."""
     index = np.flatnonzero(mask)
-    pairs, first = np.unique(log.user[index].astype(np.int64) * n_items + log.item[index],
-                             return_inverse=True)
+    pairs, first = np.unique(
+        log.user[index].astype(np.int64) * n_items + log.item[index], return_inverse=True
+    )
     pair_user = pairs // n_items
     rng = np.random.default_rng(seed)
     noise = rng.random(len(pairs))
@@ -99,8 +105,9 @@ def split_random(log: EventLog, mask: np.ndarray, n_users: int, n_items: int, se
     return Split(train, *_test_matrix(log, test, n_users, n_items))
 
 
-def make_split(protocol: str, log: EventLog, mask: np.ndarray, n_users: int, n_items: int,
-               seed: int) -> Split:
+def make_split(
+    protocol: str, log: EventLog, mask: np.ndarray, n_users: int, n_items: int, seed: int
+) -> Split:
     if protocol == "p1":
         return split_next_watch(log, mask, n_users, n_items)
     if protocol == "p2":
@@ -110,8 +117,9 @@ def make_split(protocol: str, log: EventLog, mask: np.ndarray, n_users: int, n_i
 
 def subset(dataset: Dataset, mask: np.ndarray) -> Dataset:
     """The dataset with only the events in ``mask`` (same users and catalogue)."""
-    return Dataset(dataset.name, dataset.catalogue, dataset.user_ids, dataset.events.take(mask),
-                   dataset.extras)
+    return Dataset(
+        dataset.name, dataset.catalogue, dataset.user_ids, dataset.events.take(mask), dataset.extras
+    )
 
 
 # ---- metrics -------------------------------------------------------------------------------
@@ -121,26 +129,34 @@ def ranking_metrics(top: np.ndarray, test: sp.csr_matrix, users: np.ndarray) -> 
     """HR@k, NDCG@k (binary), Precision@k of ``top`` (len(users), k) against ``test`` rows."""
     ndcg, relevant = per_user_ndcg(top, test, users)
     k = top.shape[1]
-    return {"hr@10": float(relevant.any(1).mean()), "ndcg@10": float(ndcg.mean()),
-            "precision@10": float(relevant.sum(1).mean() / k)}
+    return {
+        "hr@10": float(relevant.any(1).mean()),
+        "ndcg@10": float(ndcg.mean()),
+        "precision@10": float(relevant.sum(1).mean() / k),
+    }
 
 
-def per_user_ndcg(top: np.ndarray, test: sp.csr_matrix,
-                  users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def per_user_ndcg(
+    top: np.ndarray, test: sp.csr_matrix, users: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """(len(users),) NDCG@k of each user's list and the (len(users), k) hit matrix."""
     k = top.shape[1]
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
     relevant = np.zeros(top.shape, bool)
     for row, user in enumerate(users):
-        positives = test.indices[test.indptr[user]:test.indptr[user + 1]]
+        positives = test.indices[test.indptr[user] : test.indptr[user + 1]]
         relevant[row] = np.isin(top[row], positives)
     n_positive = np.minimum(np.diff(test.indptr)[users], k)
     ideal = np.cumsum(discounts)[np.maximum(n_positive - 1, 0)]
     return (relevant * discounts).sum(1) / ideal, relevant
 
 
-def paired_bootstrap(a: np.ndarray, b: np.ndarray, seed: int, draws: int = 2000,
-                     ) -> tuple[float, float]:
+def paired_bootstrap(
+    a: np.ndarray,
+    b: np.ndarray,
+    seed: int,
+    draws: int = 2000,
+) -> tuple[float, float]:
     """95 % interval of mean(a - b) over users resampled with replacement (paired)."""
     rng = np.random.default_rng(seed)
     diff = np.asarray(a, np.float64) - np.asarray(b, np.float64)
@@ -166,13 +182,16 @@ def intra_list_diversity(top: np.ndarray, item_vectors: np.ndarray) -> float:
 
 def list_metrics(top, test, users, item_vectors, suffix: str = "") -> dict[str, float]:
     metrics = ranking_metrics(top, test, users)
-    metrics |= {"coverage": coverage(top, item_vectors.shape[0]),
-                "ild@10": intra_list_diversity(top, item_vectors)}
+    metrics |= {
+        "coverage": coverage(top, item_vectors.shape[0]),
+        "ild@10": intra_list_diversity(top, item_vectors),
+    }
     return {f"{name}{suffix}": value for name, value in metrics.items()}
 
 
-def top_from_scores(scores: np.ndarray, seen: sp.csr_matrix, users: np.ndarray,
-                    k: int = K) -> np.ndarray:
+def top_from_scores(
+    scores: np.ndarray, seen: sp.csr_matrix, users: np.ndarray, k: int = K
+) -> np.ndarray:
     """(len(users), k) best items of dense ``scores`` (len(users), items), seen items removed."""
     scores = np.array(scores, np.float32, copy=True)
     seen_rows = seen[users]
@@ -200,25 +219,36 @@ class HybridRanker:
         other.model, other.state, other.cfg = self.model, self.state, cfg
         return other
 
-    def top(self, users: np.ndarray, weights, mmr_lambda: float = 1.0,
-            time_of_day: np.ndarray | None = None, device: np.ndarray | None = None,
-            k: int = K) -> np.ndarray:
+    def top(
+        self,
+        users: np.ndarray,
+        weights,
+        mmr_lambda: float = 1.0,
+        time_of_day: np.ndarray | None = None,
+        device: np.ndarray | None = None,
+        k: int = K,
+    ) -> np.ndarray:
         out = np.empty((len(users), k), np.int32)
         weights = np.asarray(weights, np.float32)
         for start in range(0, len(users), EVAL_BATCH):
-            rows = users[start:start + EVAL_BATCH]
+            rows = users[start : start + EVAL_BATCH]
             n = len(rows)
             padded = np.concatenate([rows, np.full(EVAL_BATCH - n, rows[0])])
             batch = model_user_rows(self.model, padded)
             request = plain_requests(
-                EVAL_BATCH, mmr_lambda,
-                time_of_day=None if time_of_day is None else
-                np.concatenate([time_of_day[start:start + n], np.full(EVAL_BATCH - n, -1)]),
-                device=None if device is None else
-                np.concatenate([device[start:start + n], np.full(EVAL_BATCH - n, -1)]))
-            result = recommend(self.state, batch, request, np.full(EVAL_BATCH, k, np.int32),
-                               weights, self.cfg, k)
-            out[start:start + n] = np.asarray(result.items)[:n]
+                EVAL_BATCH,
+                mmr_lambda,
+                time_of_day=None
+                if time_of_day is None
+                else np.concatenate([time_of_day[start : start + n], np.full(EVAL_BATCH - n, -1)]),
+                device=None
+                if device is None
+                else np.concatenate([device[start : start + n], np.full(EVAL_BATCH - n, -1)]),
+            )
+            result = recommend(
+                self.state, batch, request, np.full(EVAL_BATCH, k, np.int32), weights, self.cfg, k
+            )
+            out[start : start + n] = np.asarray(result.items)[:n]
         return out
 
 
@@ -233,8 +263,7 @@ def candidate_weights(cfg: SonaConfig, n_random: int, seed: int) -> list[np.ndar
     rng = np.random.default_rng(seed)
     found = [np.asarray(fusion_weights(cfg))]
     found += [one_hot_weights(s) for s in range(len(SOURCE_NAMES))]
-    found += [rng.dirichlet(np.ones(len(SOURCE_NAMES))).astype(np.float32)
-              for _ in range(n_random)]
+    found += [rng.dirichlet(np.ones(len(SOURCE_NAMES))).astype(np.float32) for _ in range(n_random)]
     return found
 
 
@@ -255,8 +284,13 @@ class EvalOptions:
         (("seed_position_decay", 0.8), ("recent_items", 100)),
         (("seed_position_decay", 0.8), ("recent_items", 256)),
         (("seed_position_decay", 1.0), ("recent_items", 256), ("first_hop", "dense")),
-        (("seed_position_decay", 1.0), ("recent_items", 256), ("first_hop", "dense"),
-         ("seed_weighting", "uniform"), ("hops", 1)),
+        (
+            ("seed_position_decay", 1.0),
+            ("recent_items", 256),
+            ("first_hop", "dense"),
+            ("seed_weighting", "uniform"),
+            ("hops", 1),
+        ),
     )
     # MMR λ tried on validation for the headline row (with the best weights and seeds)
     mmr_lambdas: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
@@ -289,8 +323,10 @@ def _baseline_rows(train_matrix, val_train, val_split, split, users, vectors, op
     candidates = [
         ("popularity", [baselines.Popularity()]),
         ("ease", [baselines.EASE(l2) for l2 in options.ease_l2_grid]),
-        ("implicit-als", [baselines.ImplicitALS(f, r, seed=options.seed)
-                          for f, r in options.als_grid]),
+        (
+            "implicit-als",
+            [baselines.ImplicitALS(f, r, seed=options.seed) for f, r in options.als_grid],
+        ),
     ]
     for name, models in candidates:
         clock = time.perf_counter()
@@ -298,18 +334,30 @@ def _baseline_rows(train_matrix, val_train, val_split, split, users, vectors, op
         best = models[int(np.argmax(scores))]
         best.fit(train_matrix)
         top = top_from_scores(best.scores(users), train_matrix, users)
-        chosen = {k: v for k, v in getattr(best, "options", {"l2": getattr(best, "l2", None)})
-                  .items() if v is not None}
-        rows.append({"name": name, "kind": "baseline",
-                     "metrics": list_metrics(top, split.test, users, vectors),
-                     "chosen_on_validation": chosen,
-                     "seconds": time.perf_counter() - clock})
+        chosen = {
+            k: v
+            for k, v in getattr(best, "options", {"l2": getattr(best, "l2", None)}).items()
+            if v is not None
+        }
+        rows.append(
+            {
+                "name": name,
+                "kind": "baseline",
+                "metrics": list_metrics(top, split.test, users, vectors),
+                "chosen_on_validation": chosen,
+                "seconds": time.perf_counter() - clock,
+            }
+        )
         log_fn(f"{name}: {rows[-1]['metrics']['ndcg@10']:.4f} NDCG@10")
     return rows
 
 
-def evaluate(dataset: Dataset, cfg: SonaConfig, options: EvalOptions,
-             log_fn: Callable[[str], None] = lambda message: None) -> dict:
+def evaluate(
+    dataset: Dataset,
+    cfg: SonaConfig,
+    options: EvalOptions,
+    log_fn: Callable[[str], None] = lambda message: None,
+) -> dict:
     """Run one protocol end to end and return the `sona eval` JSON document."""
     clock = time.perf_counter()
     log, n_users, n_items = dataset.events, dataset.n_users, dataset.n_items
@@ -317,10 +365,12 @@ def evaluate(dataset: Dataset, cfg: SonaConfig, options: EvalOptions,
     split = make_split(options.protocol, log, everything, n_users, n_items, options.seed)
     val_split = make_split(options.protocol, log, split.train, n_users, n_items, options.seed + 1)
     users = split.users
-    train_matrix = baselines.interaction_matrix(log.user[split.train], log.item[split.train],
-                                                n_users, n_items)
-    val_train = baselines.interaction_matrix(log.user[val_split.train],
-                                             log.item[val_split.train], n_users, n_items)
+    train_matrix = baselines.interaction_matrix(
+        log.user[split.train], log.item[split.train], n_users, n_items
+    )
+    val_train = baselines.interaction_matrix(
+        log.user[val_split.train], log.item[val_split.train], n_users, n_items
+    )
     use_context = options.protocol == "p1"
 
     # Fusion weights: configured, or the best on the validation split.
@@ -332,8 +382,9 @@ def evaluate(dataset: Dataset, cfg: SonaConfig, options: EvalOptions,
         log_fn("training on the validation split to tune fusion weights ...")
         # Keep the dense graph matrix (where the catalogue allows) so the dense-walk settings
         # can be tried; each trial's own config says which walk it uses.
-        val_model = train_model(subset(dataset, val_split.train),
-                                cfg.with_overrides({"graph": {"first_hop": "dense"}}))
+        val_model = train_model(
+            subset(dataset, val_split.train), cfg.with_overrides({"graph": {"first_hop": "dense"}})
+        )
         ranker = HybridRanker(val_model)
         val_users = val_split.users
         tod, device = _context_arrays(val_split, val_users) if use_context else (None, None)
@@ -343,38 +394,58 @@ def evaluate(dataset: Dataset, cfg: SonaConfig, options: EvalOptions,
             trial_ranker = ranker.with_config(trial_cfg)
             for candidate in candidate_weights(cfg, options.fusion_trials, options.seed):
                 top = trial_ranker.top(val_users, candidate, 1.0, tod, device)
-                trials.append((ranking_metrics(top, val_split.test, val_users)["ndcg@10"],
-                               candidate, trial_cfg))
+                trials.append(
+                    (
+                        ranking_metrics(top, val_split.test, val_users)["ndcg@10"],
+                        candidate,
+                        trial_cfg,
+                    )
+                )
         best_ndcg, weights, cfg = max(trials, key=lambda trial: trial[0])
         rng = np.random.default_rng(options.seed + 2)
         best_ranker = ranker.with_config(cfg)
         for _ in range(options.refine_trials):
             candidate = rng.dirichlet(1.0 + options.refine_concentration * weights).astype(
-                np.float32)
+                np.float32
+            )
             top = best_ranker.top(val_users, candidate, 1.0, tod, device)
-            trials.append((ranking_metrics(top, val_split.test, val_users)["ndcg@10"],
-                           candidate, cfg))
+            trials.append(
+                (ranking_metrics(top, val_split.test, val_users)["ndcg@10"], candidate, cfg)
+            )
         best_ndcg, weights, cfg = max(trials, key=lambda trial: trial[0])
         lambdas = []
         for lam in options.mmr_lambdas:
             top = ranker.with_config(cfg).top(val_users, weights, lam, tod, device)
             lambdas.append((ranking_metrics(top, val_split.test, val_users)["ndcg@10"], lam))
         best_ndcg, headline_lambda = max(lambdas, key=lambda trial: trial[0])
-        fusion |= {"tuned": weights.tolist(), "validation_ndcg@10": best_ndcg,
-                   "tuned_mmr_lambda": headline_lambda,
-                   "validation_configured_ndcg@10": trials[0][0], "trials": len(trials),
-                   "tuned_seed_position_decay": cfg.graph.seed_position_decay,
-                   "tuned_recent_items": cfg.graph.recent_items,
-                   "tuned_graph": {key: getattr(cfg.graph, key) for key in (
-                       "seed_position_decay", "recent_items", "seed_weighting", "hops",
-                       "first_hop")}}
-        log_fn(f"fusion weights {np.round(weights, 3).tolist()}, graph seeds "
-               f"{cfg.graph.recent_items} x{cfg.graph.seed_position_decay}/position "
-               f"({cfg.graph.seed_weighting}, {cfg.graph.hops} hops, {cfg.graph.first_hop} "
-               f"first hop), "
-               f"MMR λ {headline_lambda} "
-               f"(validation NDCG@10 {best_ndcg:.4f} vs "
-               f"configured {trials[0][0]:.4f})")
+        fusion |= {
+            "tuned": weights.tolist(),
+            "validation_ndcg@10": best_ndcg,
+            "tuned_mmr_lambda": headline_lambda,
+            "validation_configured_ndcg@10": trials[0][0],
+            "trials": len(trials),
+            "tuned_seed_position_decay": cfg.graph.seed_position_decay,
+            "tuned_recent_items": cfg.graph.recent_items,
+            "tuned_graph": {
+                key: getattr(cfg.graph, key)
+                for key in (
+                    "seed_position_decay",
+                    "recent_items",
+                    "seed_weighting",
+                    "hops",
+                    "first_hop",
+                )
+            },
+        }
+        log_fn(
+            f"fusion weights {np.round(weights, 3).tolist()}, graph seeds "
+            f"{cfg.graph.recent_items} x{cfg.graph.seed_position_decay}/position "
+            f"({cfg.graph.seed_weighting}, {cfg.graph.hops} hops, {cfg.graph.first_hop} "
+            f"first hop), "
+            f"MMR λ {headline_lambda} "
+            f"(validation NDCG@10 {best_ndcg:.4f} vs "
+            f"configured {trials[0][0]:.4f})"
+        )
 
     log_fn("training on the train split ...")
     model = train_model(subset(dataset, split.train), cfg)
@@ -383,55 +454,85 @@ def evaluate(dataset: Dataset, cfg: SonaConfig, options: EvalOptions,
     tod, device = _context_arrays(split, users) if use_context else (None, None)
     plain = ranker.top(users, weights, 1.0, tod, device)
     diverse = ranker.top(users, weights, cfg.diversity.mmr_lambda, tod, device)
-    headline = (plain if headline_lambda == 1.0 else
-                ranker.top(users, weights, headline_lambda, tod, device))
+    headline = (
+        plain
+        if headline_lambda == 1.0
+        else ranker.top(users, weights, headline_lambda, tod, device)
+    )
     # The headline row ranks with the λ chosen on validation; _plain (λ = 1, no MMR) against
     # _mmr (the configured λ) is the MMR trade-off.
     hybrid_metrics = list_metrics(headline, split.test, users, vectors)
     hybrid_metrics |= list_metrics(plain, split.test, users, vectors, suffix="_plain")
     hybrid_metrics |= list_metrics(diverse, split.test, users, vectors, suffix="_mmr")
-    rows = [{"name": "sona-hybrid", "kind": "hybrid", "metrics": hybrid_metrics,
-             "weights": dict(zip(SOURCE_NAMES, map(float, weights), strict=True)),
-             "mmr_lambda": headline_lambda}]
+    rows = [
+        {
+            "name": "sona-hybrid",
+            "kind": "hybrid",
+            "metrics": hybrid_metrics,
+            "weights": dict(zip(SOURCE_NAMES, map(float, weights), strict=True)),
+            "mmr_lambda": headline_lambda,
+        }
+    ]
     if options.tune_fusion:
         configured = ranker.with_config(configured_cfg).top(
-            users, np.asarray(fusion_weights(configured_cfg)), 1.0, tod, device)
+            users, np.asarray(fusion_weights(configured_cfg)), 1.0, tod, device
+        )
         fusion["test_configured_metrics"] = list_metrics(configured, split.test, users, vectors)
     for s, name in enumerate(SOURCE_NAMES):
         if name == "context" and not use_context:
             continue
         top = ranker.top(users, one_hot_weights(s), 1.0, tod, device)
-        rows.append({"name": name, "kind": "source",
-                     "metrics": list_metrics(top, split.test, users, vectors)})
+        rows.append(
+            {
+                "name": name,
+                "kind": "source",
+                "metrics": list_metrics(top, split.test, users, vectors),
+            }
+        )
     log_fn(f"hybrid: {hybrid_metrics['ndcg@10']:.4f} NDCG@10")
-    rows += _baseline_rows(train_matrix, val_train, val_split, split, users, vectors, options,
-                           log_fn)
+    rows += _baseline_rows(
+        train_matrix, val_train, val_split, split, users, vectors, options, log_fn
+    )
 
-    result = {"data": dataset.name, "protocol": options.protocol, "rows": rows,
-              "users": int(len(users)), "items": int(n_items), "fusion": fusion,
-              "mmr_lambda": cfg.diversity.mmr_lambda}
+    result = {
+        "data": dataset.name,
+        "protocol": options.protocol,
+        "rows": rows,
+        "users": int(len(users)),
+        "items": int(n_items),
+        "fusion": fusion,
+        "mmr_lambda": cfg.diversity.mmr_lambda,
+    }
     if use_context:
         no_context = ranker.top(users, weights, 1.0)  # as `plain`, without the context
         result["context"] = {
             "ndcg@10_with_context": hybrid_metrics["ndcg@10_plain"],
             "ndcg@10_without_context": ranking_metrics(no_context, split.test, users)["ndcg@10"],
-            "context_fields": "time_of_day and device of the test event (device where known)"}
+            "context_fields": "time_of_day and device of the test event (device where known)",
+        }
     if options.cold_start_points:
         # Cold users are served with the configured weights (tuned ones fit warm users) and
         # the cold-start genre strength chosen on validation.
         cold_cfg, cold_weights = configured_cfg, np.asarray(fusion_weights(configured_cfg))
         if options.tune_fusion and options.cold_genre_strengths:
             log_fn("choosing the cold-start genre strength on the validation split ...")
-            strength, trials = tune_cold_start(dataset, val_split, cold_cfg, cold_weights,
-                                               options, use_context)
+            strength, trials = tune_cold_start(
+                dataset, val_split, cold_cfg, cold_weights, options, use_context
+            )
             cold_cfg = cold_cfg.with_overrides({"cold_start": {"genre_strength": strength}})
-            result["cold_start_tuning"] = {"genre_strength": strength,
-                                           "validation_ndcg@10": trials,
-                                           "points": list(options.cold_tune_points)}
-            log_fn(f"cold-start genre strength {strength:g} (validation NDCG@10 "
-                   + ", ".join(f"{name}: {v:.4f}" for name, v in trials.items()) + ")")
-        result["cold_start"] = cold_start_curve(dataset, split, cold_cfg, cold_weights, options,
-                                                use_context, log_fn)
+            result["cold_start_tuning"] = {
+                "genre_strength": strength,
+                "validation_ndcg@10": trials,
+                "points": list(options.cold_tune_points),
+            }
+            log_fn(
+                f"cold-start genre strength {strength:g} (validation NDCG@10 "
+                + ", ".join(f"{name}: {v:.4f}" for name, v in trials.items())
+                + ")"
+            )
+        result["cold_start"] = cold_start_curve(
+            dataset, split, cold_cfg, cold_weights, options, use_context, log_fn
+        )
     result["seconds"] = time.perf_counter() - clock
     return result
 
@@ -455,9 +556,15 @@ def _cold_groups(users: np.ndarray, options: EvalOptions) -> list[np.ndarray]:
     return [np.sort(group) for group in np.array_split(users, n_groups)]
 
 
-def cold_lists(dataset: Dataset, split: Split, groups: list[np.ndarray], n_events: int,
-               configs: dict, weights: np.ndarray, use_context: bool,
-               ) -> tuple[np.ndarray, dict]:
+def cold_lists(
+    dataset: Dataset,
+    split: Split,
+    groups: list[np.ndarray],
+    n_events: int,
+    configs: dict,
+    weights: np.ndarray,
+    use_context: bool,
+) -> tuple[np.ndarray, dict]:
     """Top-10 lists of users cut to their first ``n_events`` train events.
 
     Each group in turn is cut while everyone else keeps their full history; one model is
@@ -477,20 +584,29 @@ def cold_lists(dataset: Dataset, split: Split, groups: list[np.ndarray], n_event
         tod, device = _context_arrays(split, group) if use_context else (None, None)
         for name, cfg in configs.items():
             lists[name].append(ranker.with_config(cfg).top(group, weights, 1.0, tod, device))
-        train_matrix = baselines.interaction_matrix(log.user[keep], log.item[keep],
-                                                    dataset.n_users, dataset.n_items)
-        lists["popularity"].append(top_from_scores(
-            baselines.Popularity().fit(train_matrix).scores(group), train_matrix, group))
+        train_matrix = baselines.interaction_matrix(
+            log.user[keep], log.item[keep], dataset.n_users, dataset.n_items
+        )
+        lists["popularity"].append(
+            top_from_scores(
+                baselines.Popularity().fit(train_matrix).scores(group), train_matrix, group
+            )
+        )
     return np.concatenate(groups), {name: np.concatenate(tops) for name, tops in lists.items()}
 
 
 def _without_exploration(cfg: SonaConfig) -> SonaConfig:
-    return cfg.with_overrides({"cold_start": {"exploration_start": 0.0,
-                                              "exploration_floor": 0.0}})
+    return cfg.with_overrides({"cold_start": {"exploration_start": 0.0, "exploration_floor": 0.0}})
 
 
-def tune_cold_start(dataset: Dataset, val_split: Split, cfg: SonaConfig, weights: np.ndarray,
-                    options: EvalOptions, use_context: bool) -> tuple[float, dict[str, float]]:
+def tune_cold_start(
+    dataset: Dataset,
+    val_split: Split,
+    cfg: SonaConfig,
+    weights: np.ndarray,
+    options: EvalOptions,
+    use_context: bool,
+) -> tuple[float, dict[str, float]]:
     """Cold start's genre strength chosen on the validation split.
 
     How far a handful of events should tilt popularity toward the genres they show depends on
@@ -500,12 +616,17 @@ def tune_cold_start(dataset: Dataset, val_split: Split, cfg: SonaConfig, weights
     exploration slots) pooled over the points. Returns the best strength and every trial.
     """
     groups = _cold_groups(val_split.users, options)[:1]
-    configs = {float(strength): _without_exploration(cfg.with_overrides(
-        {"cold_start": {"genre_strength": strength}})) for strength in options.cold_genre_strengths}
+    configs = {
+        float(strength): _without_exploration(
+            cfg.with_overrides({"cold_start": {"genre_strength": strength}})
+        )
+        for strength in options.cold_genre_strengths
+    }
     totals = dict.fromkeys(configs, 0.0)
     for n_events in options.cold_tune_points:
-        users, lists = cold_lists(dataset, val_split, groups, n_events, configs, weights,
-                                  use_context)
+        users, lists = cold_lists(
+            dataset, val_split, groups, n_events, configs, weights, use_context
+        )
         for name in configs:
             totals[name] += ranking_metrics(lists[name], val_split.test, users)["ndcg@10"]
     trials = {name: total / len(options.cold_tune_points) for name, total in totals.items()}
@@ -513,8 +634,15 @@ def tune_cold_start(dataset: Dataset, val_split: Split, cfg: SonaConfig, weights
     return best, {f"{strength:g}": ndcg for strength, ndcg in trials.items()}
 
 
-def cold_start_curve(dataset: Dataset, split: Split, cfg: SonaConfig, weights: np.ndarray,
-                     options: EvalOptions, use_context: bool, log_fn) -> list[dict]:
+def cold_start_curve(
+    dataset: Dataset,
+    split: Split,
+    cfg: SonaConfig,
+    weights: np.ndarray,
+    options: EvalOptions,
+    use_context: bool,
+    log_fn,
+) -> list[dict]:
     """NDCG@10 of the hybrid and of popularity for test users cut to their first n events.
 
     The test users are dealt into groups of at most ``options.cold_start_users``; each group in
@@ -529,67 +657,94 @@ def cold_start_curve(dataset: Dataset, split: Split, cfg: SonaConfig, weights: n
     configs = {"served": cfg, "ranked": _without_exploration(cfg)}
     curve = []
     for n_events in options.cold_start_points:
-        users, lists = cold_lists(dataset, split, groups, n_events, configs, weights,
-                                  use_context)
+        users, lists = cold_lists(dataset, split, groups, n_events, configs, weights, use_context)
         ndcg = {name: per_user_ndcg(top, split.test, users)[0] for name, top in lists.items()}
         served_ci = paired_bootstrap(ndcg["served"], ndcg["popularity"], options.seed)
         ranked_ci = paired_bootstrap(ndcg["ranked"], ndcg["popularity"], options.seed)
-        point = {"events": n_events, "users": int(len(users)),
-                 "hybrid_ndcg@10": float(ndcg["served"].mean()),
-                 "hybrid_no_exploration_ndcg@10": float(ndcg["ranked"].mean()),
-                 "popularity_ndcg@10": float(ndcg["popularity"].mean()),
-                 "served_minus_popularity_95ci": list(served_ci),
-                 "no_exploration_minus_popularity_95ci": list(ranked_ci)}
+        point = {
+            "events": n_events,
+            "users": int(len(users)),
+            "hybrid_ndcg@10": float(ndcg["served"].mean()),
+            "hybrid_no_exploration_ndcg@10": float(ndcg["ranked"].mean()),
+            "popularity_ndcg@10": float(ndcg["popularity"].mean()),
+            "served_minus_popularity_95ci": list(served_ci),
+            "no_exploration_minus_popularity_95ci": list(ranked_ci),
+        }
         curve.append(point)
-        log_fn(f"cold start, first {n_events} events: hybrid {point['hybrid_ndcg@10']:.4f} "
-               f"({point['hybrid_no_exploration_ndcg@10']:.4f} without exploration) "
-               f"vs popularity {point['popularity_ndcg@10']:.4f} (95 % paired bootstrap of "
-               f"the difference: served [{served_ci[0]:+.4f}, {served_ci[1]:+.4f}], without "
-               f"exploration [{ranked_ci[0]:+.4f}, {ranked_ci[1]:+.4f}])")
+        log_fn(
+            f"cold start, first {n_events} events: hybrid {point['hybrid_ndcg@10']:.4f} "
+            f"({point['hybrid_no_exploration_ndcg@10']:.4f} without exploration) "
+            f"vs popularity {point['popularity_ndcg@10']:.4f} (95 % paired bootstrap of "
+            f"the difference: served [{served_ci[0]:+.4f}, {served_ci[1]:+.4f}], without "
+            f"exploration [{ranked_ci[0]:+.4f}, {ranked_ci[1]:+.4f}])"
+        )
     return curve
 
 
 def format_table(result: dict) -> str:
     """Markdown table of a `sona eval` result."""
-    columns = (["hr@10", "ndcg@10"] if result["protocol"] == "p1"
-               else ["precision@10", "ndcg@10"]) + ["coverage", "ild@10"]
-    lines = [f"{result['data']} {result['protocol'].upper()} ({result['users']} users)", "",
-             "| model | kind | " + " | ".join(columns) + " |",
-             "| --- | --- |" + " --- |" * len(columns)]
+    columns = (
+        ["hr@10", "ndcg@10"] if result["protocol"] == "p1" else ["precision@10", "ndcg@10"]
+    ) + ["coverage", "ild@10"]
+    lines = [
+        f"{result['data']} {result['protocol'].upper()} ({result['users']} users)",
+        "",
+        "| model | kind | " + " | ".join(columns) + " |",
+        "| --- | --- |" + " --- |" * len(columns),
+    ]
     for row in result["rows"]:
         values = " | ".join(f"{row['metrics'][c]:.4f}" for c in columns)
-        name = row["name"] + (f" (λ={row['mmr_lambda']}, tuned on validation)"
-                              if row.get("mmr_lambda", 1.0) != 1.0 else "")
+        name = row["name"] + (
+            f" (λ={row['mmr_lambda']}, tuned on validation)"
+            if row.get("mmr_lambda", 1.0) != 1.0
+            else ""
+        )
         lines.append(f"| {name} | {row['kind']} | {values} |")
         if row["kind"] == "hybrid":
-            for suffix, label in (("_plain", "without MMR (λ=1)"),
-                                  ("_mmr", f"with MMR λ={result['mmr_lambda']}")):
+            for suffix, label in (
+                ("_plain", "without MMR (λ=1)"),
+                ("_mmr", f"with MMR λ={result['mmr_lambda']}"),
+            ):
                 if row["metrics"].get("ndcg@10" + suffix) is None:
                     continue
                 values = " | ".join(f"{row['metrics'][c + suffix]:.4f}" for c in columns)
                 lines.append(f"| {row['name']} {label} | hybrid variant | {values} |")
     if "context" in result:
         c = result["context"]
-        lines += ["", f"context (λ=1): NDCG@10 {c['ndcg@10_with_context']:.4f} with the test "
-                      f"event's context vs {c['ndcg@10_without_context']:.4f} without"]
+        lines += [
+            "",
+            f"context (λ=1): NDCG@10 {c['ndcg@10_with_context']:.4f} with the test "
+            f"event's context vs {c['ndcg@10_without_context']:.4f} without",
+        ]
     if "cold_start" in result:
         tuning = result.get("cold_start_tuning")
-        lines += ["", "cold start" + (f" (genre strength {tuning['genre_strength']:g}, chosen on "
-                                      "validation)" if tuning else "") + ":", "",
-                  "| first n events | hybrid NDCG@10 as served | served − popularity, 95 % CI | "
-                  "hybrid without exploration | without exploration − popularity, 95 % CI | "
-                  "popularity NDCG@10 |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            "",
+            "cold start"
+            + (
+                f" (genre strength {tuning['genre_strength']:g}, chosen on validation)"
+                if tuning
+                else ""
+            )
+            + ":",
+            "",
+            "| first n events | hybrid NDCG@10 as served | served − popularity, 95 % CI | "
+            "hybrid without exploration | without exploration − popularity, 95 % CI | "
+            "popularity NDCG@10 |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
 
         def interval(point: dict, key: str) -> str:
             return "[{:+.4f}, {:+.4f}]".format(*point[key]) if key in point else ""
 
-        lines += [f"| {p['events']} | {p['hybrid_ndcg@10']:.4f} | "
-                  f"{interval(p, 'served_minus_popularity_95ci')} | "
-                  f"{p.get('hybrid_no_exploration_ndcg@10', float('nan')):.4f} | "
-                  f"{interval(p, 'no_exploration_minus_popularity_95ci')} | "
-                  f"{p['popularity_ndcg@10']:.4f} |"
-                  for p in result["cold_start"]]
+        lines += [
+            f"| {p['events']} | {p['hybrid_ndcg@10']:.4f} | "
+            f"{interval(p, 'served_minus_popularity_95ci')} | "
+            f"{p.get('hybrid_no_exploration_ndcg@10', float('nan')):.4f} | "
+            f"{interval(p, 'no_exploration_minus_popularity_95ci')} | "
+            f"{p['popularity_ndcg@10']:.4f} |"
+            for p in result["cold_start"]
+        ]
     return "\n".join(lines)
 
 

@@ -18,8 +18,13 @@ def unit_rows(x: jnp.ndarray) -> jnp.ndarray:
     return x / jnp.where(norm > 0, norm, 1.0)
 
 
-def mmr_select_one(relevance: jnp.ndarray, vectors: jnp.ndarray, valid: jnp.ndarray,
-                   mmr_lambda: jnp.ndarray, n_select: int) -> jnp.ndarray:
+def mmr_select_one(
+    relevance: jnp.ndarray,
+    vectors: jnp.ndarray,
+    valid: jnp.ndarray,
+    mmr_lambda: jnp.ndarray,
+    n_select: int,
+) -> jnp.ndarray:
     """(n_select,) pool positions for one user; relevance (n,), vectors (n, d), valid (n,).
 
     Positions past the number of valid items repeat -1.
@@ -35,8 +40,9 @@ def mmr_select_one(relevance: jnp.ndarray, vectors: jnp.ndarray, valid: jnp.ndar
         best = jnp.argmax(value)
         ok = jnp.isfinite(value[best])
         chosen = chosen.at[step].set(jnp.where(ok, best, -1))
-        max_similarity = jnp.where(ok, jnp.maximum(max_similarity, similarity[best]),
-                                   max_similarity)
+        max_similarity = jnp.where(
+            ok, jnp.maximum(max_similarity, similarity[best]), max_similarity
+        )
         taken = taken.at[best].set(taken[best] | ok)
         return chosen, max_similarity, taken
 
@@ -47,9 +53,15 @@ def mmr_select_one(relevance: jnp.ndarray, vectors: jnp.ndarray, valid: jnp.ndar
 
 
 @partial(jax.jit, static_argnames=("n_select",))
-def mmr_select(relevance: jnp.ndarray, vectors: jnp.ndarray, valid: jnp.ndarray,
-               mmr_lambda: jnp.ndarray, n_select: int) -> jnp.ndarray:
+def mmr_select(
+    relevance: jnp.ndarray,
+    vectors: jnp.ndarray,
+    valid: jnp.ndarray,
+    mmr_lambda: jnp.ndarray,
+    n_select: int,
+) -> jnp.ndarray:
     """(users, n_select) pool positions; relevance (users, n), vectors (users, n, d),
     valid (users, n) bool, mmr_lambda (users,)."""
-    return jax.vmap(mmr_select_one, in_axes=(0, 0, 0, 0, None))(relevance, vectors, valid,
-                                                                mmr_lambda, n_select)
+    return jax.vmap(mmr_select_one, in_axes=(0, 0, 0, 0, None))(
+        relevance, vectors, valid, mmr_lambda, n_select
+    )

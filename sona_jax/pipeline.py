@@ -256,12 +256,15 @@ def build_tables(dataset: Dataset, now: float, cfg: SonaConfig) -> dict[str, np.
                 moods[:, tables.MOODS.index(name)] = catalogue.moods[:, column]
     duration = np.nan_to_num(np.asarray(catalogue.duration_minutes, np.float32), nan=-1.0)
     return {
-        "graph_neighbours": graph.neighbours, "graph_weights": graph.weights,
+        "graph_neighbours": graph.neighbours,
+        "graph_weights": graph.weights,
         "graph_dense": graph.dense,
         **{name: value for name, value in popularity._asdict().items()},
         **{f"history_{name}": value for name, value in history._asdict().items()},
         "qualifying": np.bincount(log.user[weights > 0], minlength=dataset.n_users).astype(
-            np.float32),
-        "item_moods": moods, "duration": duration,
+            np.float32
+        ),
+        "item_moods": moods,
+        "duration": duration,
         "mood_prior": tables.mood_genre_prior(catalogue.genre_names),
     }

@@ -39,12 +39,23 @@ def event_bucket(n: int) -> int:
 
 
 @partial(jax.jit, static_argnames=("n_users", "cfg"))
-def profile_arrays(events: Events, item_embeddings: jnp.ndarray, item_genres: jnp.ndarray,
-                   n_users: int, cfg: PreferenceConfig) -> ProfileArrays:
+def profile_arrays(
+    events: Events,
+    item_embeddings: jnp.ndarray,
+    item_genres: jnp.ndarray,
+    n_users: int,
+    cfg: PreferenceConfig,
+) -> ProfileArrays:
     """Every SPEC 3.1 quantity for ``n_users`` users from one padded event array."""
     vectors = preference.finish_preferences(
-        preference.preference_sums(events, item_embeddings, n_users, cfg))
+        preference.preference_sums(events, item_embeddings, n_users, cfg)
+    )
     pattern = preference.temporal_patterns(events, n_users, cfg)
-    return ProfileArrays(vectors, preference.genre_affinities(events, item_genres, n_users, cfg),
-                         pattern.hourly, pattern.weekday, pattern.recency,
-                         preference.event_weights(events, cfg))
+    return ProfileArrays(
+        vectors,
+        preference.genre_affinities(events, item_genres, n_users, cfg),
+        pattern.hourly,
+        pattern.weekday,
+        pattern.recency,
+        preference.event_weights(events, cfg),
+    )

@@ -47,15 +47,19 @@ def fusion_weights(cfg: SonaConfig) -> jnp.ndarray:
     return jnp.array([f.collaborative, f.content_based, f.graph_based, f.context], jnp.float32)
 
 
-def source_scores(state: ServingState, users: UserBatch, request: RequestBatch,
-                  cfg: SonaConfig) -> SourceScores:
+def source_scores(
+    state: ServingState, users: UserBatch, request: RequestBatch, cfg: SonaConfig
+) -> SourceScores:
     """Every source over the whole catalogue for a batch of users."""
-    raw = jnp.stack([
-        sources.collaborative_scores(state, users, cfg),
-        sources.content_scores(state, users, cfg),
-        sources.graph_scores(state, users, cfg),
-        sources.context_scores(state, users, request, cfg),
-    ], axis=1)
+    raw = jnp.stack(
+        [
+            sources.collaborative_scores(state, users, cfg),
+            sources.content_scores(state, users, cfg),
+            sources.graph_scores(state, users, cfg),
+            sources.context_scores(state, users, request, cfg),
+        ],
+        axis=1,
+    )
     has_profile = jnp.sum(users.preference**2, axis=1) > 0
     has_seeds = users.recent_items[:, 0] >= 0
     has_context = (request.device >= 0) | (request.time_of_day >= 0) | (request.mood >= 0)
@@ -70,8 +74,9 @@ def excluded_items(n_items: int, users: UserBatch, request: RequestBatch) -> jnp
     return sources.scatter_rows(n_items, lists, jnp.ones(lists.shape)) > 0
 
 
-def candidate_mask(scores: SourceScores, trending: jnp.ndarray, excluded: jnp.ndarray,
-                   cfg: SonaConfig) -> jnp.ndarray:
+def candidate_mask(
+    scores: SourceScores, trending: jnp.ndarray, excluded: jnp.ndarray, cfg: SonaConfig
+) -> jnp.ndarray:
     """Union of each active source's top items, cold start's top items and trending.
 
     The six rankings go through one stacked threshold selection (`selection.top_k_mask`).
@@ -79,11 +84,14 @@ def candidate_mask(scores: SourceScores, trending: jnp.ndarray, excluded: jnp.nd
     first allowed items measured slower on the CPU than one more row here.)
     """
     users, n_items = excluded.shape
-    ranked = jnp.concatenate([
-        jnp.where(~scores.active[:, :, None], -jnp.inf, scores.raw),
-        scores.cold[:, None, :],
-        jnp.broadcast_to(trending, (users, 1, n_items)),
-    ], axis=1)
+    ranked = jnp.concatenate(
+        [
+            jnp.where(~scores.active[:, :, None], -jnp.inf, scores.raw),
+            scores.cold[:, None, :],
+            jnp.broadcast_to(trending, (users, 1, n_items)),
+        ],
+        axis=1,
+    )
     ranked = jnp.where(excluded[:, None, :], -jnp.inf, ranked)
     k = cfg.candidates.per_source
     per_ranking = jnp.array([k] * 5 + [cfg.candidates.trending])[None, :, None]
@@ -121,7 +129,9 @@ def blend_weight(qualifying: jnp.ndarray, cfg: SonaConfig) -> jnp.ndarray:
 def exploration_share(qualifying: jnp.ndarray, cfg: SonaConfig) -> jnp.ndarray:
     """ε = max(0.05, 0.2·0.995^n) while the user is still being blended in (β < 1), else 0."""
     c = cfg.cold_start
-    epsilon = jnp.maximum(c.exploration_floor, c.exploration_start * c.exploration_decay**qualifying)
+    epsilon = jnp.maximum(
+        c.exploration_floor, c.exploration_start * c.exploration_decay**qualifying
+    )
     return jnp.where(blend_weight(qualifying, cfg) < 1.0, epsilon, 0.0)
 
 
@@ -137,34 +147,52 @@ class Blend(NamedTuple):
     context_weight: jnp.ndarray
 
 
-def fit_blend(scores: SourceScores, mask: jnp.ndarray, weights: jnp.ndarray,
-              qualifying: jnp.ndarray, cfg: SonaConfig) -> Blend:
+def fit_blend(
+    scores: SourceScores,
+    mask: jnp.ndarray,
+    weights: jnp.ndarray,
+    qualifying: jnp.ndarray,
+    cfg: SonaConfig,
+) -> Blend:
     """Normalise over the request's candidates; weights renormalised over active sources."""
     active_weights = weights[None, :] * scores.active
     total = jnp.sum(active_weights, axis=1, keepdims=True)
-    return Blend(fit_min_max(scores.raw, mask[:, None, :]), fit_min_max(scores.cold, mask),
-                 active_weights / jnp.where(total > 0, total, 1.0),
-                 jnp.where(total[:, 0] > 0, blend_weight(qualifying, cfg), 0.0),
-                 weights[3] * scores.active[:, 3])
+    return Blend(
+        fit_min_max(scores.raw, mask[:, None, :]),
+        fit_min_max(scores.cold, mask),
+        active_weights / jnp.where(total > 0, total, 1.0),
+        jnp.where(total[:, 0] > 0, blend_weight(qualifying, cfg), 0.0),
+        weights[3] * scores.active[:, 3],
+    )
 
 
-def blended(blend: Blend, raw: jnp.ndarray, cold: jnp.ndarray,
-            mask: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+def blended(
+    blend: Blend, raw: jnp.ndarray, cold: jnp.ndarray, mask: jnp.ndarray
+) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Relevance (users, n) in [0, 1] and contributions (users, n, 5) of items whose raw
     scores are raw (users, 4, n) and cold (users, n); mask (users, n) marks candidates."""
     normalised = blend.sources(raw, mask[:, None, :])
     cold_mix = (blend.cold(cold, mask) + blend.context_weight[:, None] * normalised[:, 3]) / (
-        1.0 + blend.context_weight[:, None])
-    contributions = jnp.concatenate([
-        blend.beta[:, None, None] * blend.shares[:, :, None] * normalised,
-        ((1.0 - blend.beta)[:, None] * cold_mix)[:, None, :],
-    ], axis=1)
+        1.0 + blend.context_weight[:, None]
+    )
+    contributions = jnp.concatenate(
+        [
+            blend.beta[:, None, None] * blend.shares[:, :, None] * normalised,
+            ((1.0 - blend.beta)[:, None] * cold_mix)[:, None, :],
+        ],
+        axis=1,
+    )
     relevance_ = jnp.where(mask, contributions.sum(axis=1), -jnp.inf)
     return relevance_, jnp.swapaxes(contributions, 1, 2)
 
 
-def relevance(scores: SourceScores, mask: jnp.ndarray, weights: jnp.ndarray,
-              qualifying: jnp.ndarray, cfg: SonaConfig) -> tuple[jnp.ndarray, jnp.ndarray]:
+def relevance(
+    scores: SourceScores,
+    mask: jnp.ndarray,
+    weights: jnp.ndarray,
+    qualifying: jnp.ndarray,
+    cfg: SonaConfig,
+) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Blended relevance (users, items) and contributions (users, items, 5) over the catalogue.
 
     Sources are normalised over the request's candidates, weighted by ``weights`` renormalised
@@ -174,8 +202,13 @@ def relevance(scores: SourceScores, mask: jnp.ndarray, weights: jnp.ndarray,
     return blended(blend, scores.raw, scores.cold, mask)
 
 
-def _explore(chosen: jnp.ndarray, pool_valid: jnp.ndarray, n_explore: jnp.ndarray,
-             limit: jnp.ndarray, key: jax.Array) -> tuple[jnp.ndarray, jnp.ndarray]:
+def _explore(
+    chosen: jnp.ndarray,
+    pool_valid: jnp.ndarray,
+    n_explore: jnp.ndarray,
+    limit: jnp.ndarray,
+    key: jax.Array,
+) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Replace the last ``n_explore`` of the first ``limit`` slots by random unchosen pool items."""
     n_out, pool = chosen.shape[0], pool_valid.shape[0]
     taken = jnp.zeros(pool, bool).at[jnp.where(chosen >= 0, chosen, pool)].set(True, mode="drop")
@@ -189,8 +222,15 @@ def _explore(chosen: jnp.ndarray, pool_valid: jnp.ndarray, n_explore: jnp.ndarra
 
 
 @partial(jax.jit, static_argnames=("cfg", "n_out"))
-def recommend(state: ServingState, users: UserBatch, request: RequestBatch, limit: jnp.ndarray,
-              weights: jnp.ndarray, cfg: SonaConfig, n_out: int) -> Recommendations:
+def recommend(
+    state: ServingState,
+    users: UserBatch,
+    request: RequestBatch,
+    limit: jnp.ndarray,
+    weights: jnp.ndarray,
+    cfg: SonaConfig,
+    n_out: int,
+) -> Recommendations:
     """Top ``n_out`` recommendations per user (the caller keeps the first ``limit`` (users,))."""
     n_items = state.base.item_embeddings.shape[0]
     scores = source_scores(state, users, request, cfg)
@@ -212,9 +252,13 @@ def recommend(state: ServingState, users: UserBatch, request: RequestBatch, limi
     pool_relevance = jnp.where(pool_valid, pool_relevance, 0.0)
     # MMR weighs relevance against cosine similarity, so give relevance the full [0, 1] range
     # within the pool: λ then means the same thing whatever the spread of the fused scores.
-    chosen = mmr.mmr_select(normalise(pool_relevance, pool_valid),
-                            state.item_diversity[pool_items], pool_valid, request.mmr_lambda,
-                            n_out)
+    chosen = mmr.mmr_select(
+        normalise(pool_relevance, pool_valid),
+        state.item_diversity[pool_items],
+        pool_valid,
+        request.mmr_lambda,
+        n_out,
+    )
 
     n_explore = jnp.round(exploration_share(users.qualifying, cfg) * limit).astype(jnp.int32)
     keys = jax.vmap(jax.random.PRNGKey)(request.seed)
@@ -225,16 +269,23 @@ def recommend(state: ServingState, users: UserBatch, request: RequestBatch, limi
     items = jnp.where(ok, jnp.take_along_axis(pool_items, position, 1), -1)
     item_scores = jnp.where(ok, jnp.take_along_axis(pool_relevance, position, 1), 0.0)
     safe_items = jnp.maximum(items, 0)
-    _, contrib = blended(blend, jnp.take_along_axis(scores.raw, safe_items[:, None, :], axis=2),
-                         jnp.take_along_axis(scores.cold, safe_items, axis=1), ok)
+    _, contrib = blended(
+        blend,
+        jnp.take_along_axis(scores.raw, safe_items[:, None, :], axis=2),
+        jnp.take_along_axis(scores.cold, safe_items, axis=1),
+        ok,
+    )
     source_kind = jnp.argmax(contrib, axis=2)
     source_kind = jnp.where(contrib[:, :, :4].sum(axis=2) > 0, source_kind, COLD_START)
     kind = jnp.where(explored, EXPLORATION, source_kind)
 
     # based_on: the most similar of the user's most recent engaged items (diversity space).
     seeds = users.recent_items[:, : cfg.candidates.explain_from]
-    affinity = jnp.einsum("unk,usk->uns", state.item_diversity[safe_items],
-                          state.item_diversity[jnp.maximum(seeds, 0)])
+    affinity = jnp.einsum(
+        "unk,usk->uns",
+        state.item_diversity[safe_items],
+        state.item_diversity[jnp.maximum(seeds, 0)],
+    )
     affinity = jnp.where(seeds[:, None, :] >= 0, affinity, -jnp.inf)
     best_seed = jnp.take_along_axis(seeds, jnp.argmax(affinity, axis=2), axis=1)
     based_on = jnp.where(ok & (seeds[:, :1] >= 0), best_seed, -1)
@@ -251,13 +302,20 @@ class ItemScores(NamedTuple):
 
 
 @partial(jax.jit, static_argnames=("cfg",))
-def score_items(state: ServingState, users: UserBatch, request: RequestBatch,
-                items: jnp.ndarray, weights: jnp.ndarray, cfg: SonaConfig) -> ItemScores:
+def score_items(
+    state: ServingState,
+    users: UserBatch,
+    request: RequestBatch,
+    items: jnp.ndarray,
+    weights: jnp.ndarray,
+    cfg: SonaConfig,
+) -> ItemScores:
     """Personalisation scores of given items (users, C), normalised over the whole catalogue."""
     n_items = state.base.item_embeddings.shape[0]
     scores = source_scores(state, users, request, cfg)
-    everything = ~excluded_items(n_items, users, request._replace(
-        exclude_watched=jnp.zeros_like(request.exclude_watched)))
+    everything = ~excluded_items(
+        n_items, users, request._replace(exclude_watched=jnp.zeros_like(request.exclude_watched))
+    )
     relevance_, _ = relevance(scores, everything, weights, users.qualifying, cfg)
     normalised = normalise(scores.raw, everything[:, None, :]) * scores.active[:, :, None]
     safe = jnp.maximum(items, 0)
@@ -268,6 +326,5 @@ def score_items(state: ServingState, users: UserBatch, request: RequestBatch,
     without = jax.nn.sigmoid(jnp.einsum("ucd,ud->uc", vectors, base_queries) + state.base.bias)
     boost = jnp.where(scores.active[:, 1:2], with_adapter - without, 0.0)
     components = jnp.concatenate([jnp.swapaxes(picked, 1, 2), boost[:, :, None]], axis=2)
-    score = jnp.take_along_axis(jnp.where(jnp.isfinite(relevance_), relevance_, 0.0), safe,
-                                axis=1)
+    score = jnp.take_along_axis(jnp.where(jnp.isfinite(relevance_), relevance_, 0.0), safe, axis=1)
     return ItemScores(jnp.where(items >= 0, score, 0.0), components)

@@ -32,8 +32,9 @@ def running_count(flags: jnp.ndarray) -> jnp.ndarray:
     """(..., n) float32 inclusive prefix count of ``flags`` along the last axis."""
     shape, n = flags.shape, flags.shape[-1]
     n_blocks = -(-n // PREFIX_BLOCK)
-    padded = jnp.pad(flags.reshape(-1, n).astype(jnp.float32),
-                     ((0, 0), (0, n_blocks * PREFIX_BLOCK - n)))
+    padded = jnp.pad(
+        flags.reshape(-1, n).astype(jnp.float32), ((0, 0), (0, n_blocks * PREFIX_BLOCK - n))
+    )
     blocks = padded.reshape(-1, n_blocks, PREFIX_BLOCK)
     within = blocks @ jnp.triu(jnp.ones((PREFIX_BLOCK, PREFIX_BLOCK), jnp.float32))
     totals = within[:, :, -1]
@@ -81,9 +82,13 @@ def top_k_unordered(scores: jnp.ndarray, k: int) -> tuple[jnp.ndarray, jnp.ndarr
     # Chosen entry j of a row goes to slot (its running count - 1); the rest to a spare slot k.
     slot = jnp.where(mask, running_count(mask).astype(jnp.int32) - 1, k)
     flat = (slot + (jnp.arange(rows, dtype=jnp.int32) * (k + 1))[:, None]).ravel()
-    index = jnp.full(rows * (k + 1), -1, jnp.int32).at[flat].set(
-        jnp.tile(jnp.arange(n, dtype=jnp.int32), rows), mode="drop")
+    index = (
+        jnp.full(rows * (k + 1), -1, jnp.int32)
+        .at[flat]
+        .set(jnp.tile(jnp.arange(n, dtype=jnp.int32), rows), mode="drop")
+    )
     index = index.reshape(rows, k + 1)[:, :k]
-    values = jnp.where(index >= 0, jnp.take_along_axis(scores, jnp.maximum(index, 0), axis=1),
-                       -jnp.inf)
+    values = jnp.where(
+        index >= 0, jnp.take_along_axis(scores, jnp.maximum(index, 0), axis=1), -jnp.inf
+    )
     return values, index

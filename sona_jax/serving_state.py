@@ -30,8 +30,11 @@ def serving_state(model: TrainedModel) -> ServingState:
         pool_preferences=jnp.asarray(model.users.preference, jnp.float32),
         pool_items=jnp.asarray(t["history_recent_items"]),
         pool_weights=jnp.asarray(t["history_recent_weights"]),
-        item_diversity=jnp.asarray(diversity_vectors(np.asarray(model.base.item_embeddings),
-                                                     model.config.diversity.dimensions)),
+        item_diversity=jnp.asarray(
+            diversity_vectors(
+                np.asarray(model.base.item_embeddings), model.config.diversity.dimensions
+            )
+        ),
     )
 
 
@@ -60,8 +63,15 @@ def model_user_rows(model: TrainedModel, rows: np.ndarray) -> UserBatch:
     )
 
 
-def plain_requests(n: int, mmr_lambda: float, exclude_watched: bool = True,
-                   device=None, time_of_day=None, mood=None, seed: int = 0) -> RequestBatch:
+def plain_requests(
+    n: int,
+    mmr_lambda: float,
+    exclude_watched: bool = True,
+    device=None,
+    time_of_day=None,
+    mood=None,
+    seed: int = 0,
+) -> RequestBatch:
     """Host `RequestBatch` of ``n`` requests sharing options (context arrays may be per row)."""
 
     def column(value):
@@ -69,7 +79,11 @@ def plain_requests(n: int, mmr_lambda: float, exclude_watched: bool = True,
             return np.full(n, -1, np.int32)
         return np.broadcast_to(np.asarray(value, np.int32), (n,)).copy()
 
-    return RequestBatch(device=column(device), time_of_day=column(time_of_day), mood=column(mood),
-                        exclude_watched=np.full(n, exclude_watched),
-                        mmr_lambda=np.full(n, mmr_lambda, np.float32),
-                        seed=(seed + np.arange(n)).astype(np.int32))
+    return RequestBatch(
+        device=column(device),
+        time_of_day=column(time_of_day),
+        mood=column(mood),
+        exclude_watched=np.full(n, exclude_watched),
+        mmr_lambda=np.full(n, mmr_lambda, np.float32),
+        seed=(seed + np.arange(n)).astype(np.int32),
+    )

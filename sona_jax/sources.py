@@ -92,8 +92,9 @@ def scatter_rows(n_items: int, items: jnp.ndarray, values: jnp.ndarray) -> jnp.n
     flat_items = items.reshape(users, -1)
     flat_values = values.reshape(users, -1).astype(jnp.result_type(values.dtype, jnp.float32))
     inside = (flat_items >= 0) & (flat_items < n_items)
-    slots = jnp.where(inside, flat_items + (jnp.arange(users) * n_items)[:, None],
-                      users * n_items)  # out of range -> dropped
+    slots = jnp.where(
+        inside, flat_items + (jnp.arange(users) * n_items)[:, None], users * n_items
+    )  # out of range -> dropped
     total = jnp.zeros(users * n_items, flat_values.dtype)
     return total.at[slots.ravel()].add(flat_values.ravel(), mode="drop").reshape(users, n_items)
 
@@ -123,8 +124,11 @@ def graph_scores(state: ServingState, users: UserBatch, cfg: SonaConfig) -> jnp.
     n_items = state.graph_neighbours.shape[0]
     seeds = users.recent_items[:, : cfg.graph.recent_items]
     position_weight = cfg.graph.seed_position_decay ** jnp.arange(seeds.shape[1])
-    seed_weights = (users.recent_weights[:, : cfg.graph.recent_items]
-                    if cfg.graph.seed_weighting == "engagement" else 1.0)
+    seed_weights = (
+        users.recent_weights[:, : cfg.graph.recent_items]
+        if cfg.graph.seed_weighting == "engagement"
+        else 1.0
+    )
     mass = jnp.where(seeds >= 0, seed_weights, 0.0)
     mass = mass * position_weight[None, :]
     total = jnp.zeros((seeds.shape[0], n_items))
@@ -135,8 +139,9 @@ def graph_scores(state: ServingState, users: UserBatch, cfg: SonaConfig) -> jnp.
             step = scatter_rows(n_items, seeds, mass) @ state.graph_dense
         else:
             spread = mass[:, :, None] * state.graph_weights[safe] * (cfg.graph.decay**hop)
-            step = scatter_rows(n_items, jnp.where(seeds[:, :, None] >= 0,
-                                                   state.graph_neighbours[safe], -1), spread)
+            step = scatter_rows(
+                n_items, jnp.where(seeds[:, :, None] >= 0, state.graph_neighbours[safe], -1), spread
+            )
         total = total + step
         if hop + 1 < cfg.graph.hops:
             mass, seeds = jax.lax.top_k(step, min(cfg.graph.frontier, n_items))
@@ -149,8 +154,9 @@ def _log_lift(share: jnp.ndarray, global_share: jnp.ndarray) -> jnp.ndarray:
     return jnp.log(share) - jnp.log(global_share)[None, :]
 
 
-def context_scores(state: ServingState, users: UserBatch, request: RequestBatch,
-                   cfg: SonaConfig) -> jnp.ndarray:
+def context_scores(
+    state: ServingState, users: UserBatch, request: RequestBatch, cfg: SonaConfig
+) -> jnp.ndarray:
     """Fit of each item to the request context; zero rows where no context is given.
 
     Sum of: time-of-day and device popularity lift (log share in context / global share), the
@@ -161,8 +167,9 @@ def context_scores(state: ServingState, users: UserBatch, request: RequestBatch,
     has_device = request.device >= 0
     has_mood = request.mood >= 0
     any_context = has_tod | has_device | has_mood
-    tod_lift = _log_lift(state.by_time_of_day[jnp.maximum(request.time_of_day, 0)],
-                         state.global_share)
+    tod_lift = _log_lift(
+        state.by_time_of_day[jnp.maximum(request.time_of_day, 0)], state.global_share
+    )
     device_lift = _log_lift(state.by_device[jnp.maximum(request.device, 0)], state.global_share)
     genre_share = state.item_genres / jnp.maximum(state.item_genres.sum(1, keepdims=True), 1.0)
     mood_genres = state.mood_prior[jnp.maximum(request.mood, 0)]  # (users, G)
@@ -171,19 +178,24 @@ def context_scores(state: ServingState, users: UserBatch, request: RequestBatch,
     tv, mobile = 0, 1  # DEVICE_TYPES order
     long_fit = jnp.where(known, (state.duration >= cfg.context.tv_min_minutes) * 1.0, 0.5)
     short_fit = jnp.where(known, (state.duration <= cfg.context.mobile_max_minutes) * 1.0, 0.5)
-    device_fit = jnp.where((request.device == tv)[:, None], long_fit[None, :],
-                           jnp.where((request.device == mobile)[:, None], short_fit[None, :],
-                                     0.5))
+    device_fit = jnp.where(
+        (request.device == tv)[:, None],
+        long_fit[None, :],
+        jnp.where((request.device == mobile)[:, None], short_fit[None, :], 0.5),
+    )
     pattern_fit = jnp.log(users.hourly @ state.hour_share.T * 24.0)
-    score = (jnp.where(has_tod[:, None], tod_lift, 0.0)
-             + jnp.where(has_device[:, None], device_lift + device_fit, 0.0)
-             + jnp.where(has_mood[:, None], mood_fit, 0.0)
-             + pattern_fit)
+    score = (
+        jnp.where(has_tod[:, None], tod_lift, 0.0)
+        + jnp.where(has_device[:, None], device_lift + device_fit, 0.0)
+        + jnp.where(has_mood[:, None], mood_fit, 0.0)
+        + pattern_fit
+    )
     return jnp.where(any_context[:, None], score, 0.0)
 
 
-def cold_start_scores(state: ServingState, users: UserBatch, request: RequestBatch,
-                      cfg: SonaConfig) -> jnp.ndarray:
+def cold_start_scores(
+    state: ServingState, users: UserBatch, request: RequestBatch, cfg: SonaConfig
+) -> jnp.ndarray:
     """SPEC 3.5: popularity within the user's declared or inferred genres (log scale + fit)."""
     genre_share = state.item_genres / jnp.maximum(state.item_genres.sum(1, keepdims=True), 1.0)
     n_genres = state.item_genres.shape[1]

@@ -74,9 +74,15 @@ def _padded_width(n: int, minimum: int = 8) -> int:
     return max(minimum, 1 << int(np.ceil(np.log2(max(n, 1)))))
 
 
-def per_user_table(user: np.ndarray, item: np.ndarray, order_key: np.ndarray, values: np.ndarray,
-                   n_users: int, width: int | None = None,
-                   cap: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def per_user_table(
+    user: np.ndarray,
+    item: np.ndarray,
+    order_key: np.ndarray,
+    values: np.ndarray,
+    n_users: int,
+    width: int | None = None,
+    cap: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """(users, width) items and values per user, sorted by ``order_key`` ascending, -1 padded."""
     order = np.lexsort((order_key, user))
     user, item, values = user[order], item[order], values[order]
@@ -95,32 +101,58 @@ def per_user_table(user: np.ndarray, item: np.ndarray, order_key: np.ndarray, va
     return items, vals
 
 
-def build_user_history(log: EventLog, weights: np.ndarray, n_users: int, cfg: SonaConfig,
-                       seen_cap: int = 4096) -> UserHistory:
+def build_user_history(
+    log: EventLog, weights: np.ndarray, n_users: int, cfg: SonaConfig, seen_cap: int = 4096
+) -> UserHistory:
     """History tables from events; ``weights`` are `preference.event_weights` (0 = not engaged)."""
     engaged = weights > 0
     recent_items, recent_weights = per_user_table(
-        log.user[engaged], log.item[engaged], -log.timestamp[engaged], weights[engaged], n_users,
-        width=cfg.collaborative.history_items)
+        log.user[engaged],
+        log.item[engaged],
+        -log.timestamp[engaged],
+        weights[engaged],
+        n_users,
+        width=cfg.collaborative.history_items,
+    )
     # Collapse repeats: keep one row per (user, item) for seen/dismissed lists.
     pairs = np.unique(np.stack([log.user, log.item], 1), axis=0)
-    seen, _ = per_user_table(pairs[:, 0], pairs[:, 1], np.zeros(len(pairs)),
-                             np.zeros(len(pairs), np.float32), n_users, cap=seen_cap)
+    seen, _ = per_user_table(
+        pairs[:, 0],
+        pairs[:, 1],
+        np.zeros(len(pairs)),
+        np.zeros(len(pairs), np.float32),
+        n_users,
+        cap=seen_cap,
+    )
     gone = np.unique(np.stack([log.user[log.dismissed], log.item[log.dismissed]], 1), axis=0)
-    dismissed, _ = per_user_table(gone[:, 0], gone[:, 1], np.zeros(len(gone)),
-                                  np.zeros(len(gone), np.float32), n_users, cap=seen_cap)
+    dismissed, _ = per_user_table(
+        gone[:, 0],
+        gone[:, 1],
+        np.zeros(len(gone)),
+        np.zeros(len(gone), np.float32),
+        n_users,
+        cap=seen_cap,
+    )
     return UserHistory(recent_items, recent_weights, seen, dismissed)
 
 
-def _engagement_sets(log: EventLog, weights: np.ndarray, n_users: int, n_items: int,
-                     per_user: int) -> sp.csr_matrix:
+def _engagement_sets(
+    log: EventLog, weights: np.ndarray, n_users: int, n_items: int, per_user: int
+) -> sp.csr_matrix:
     """(users, items) binary: each user's ``per_user`` most recent engaged items."""
     engaged = weights > 0
-    items, _ = per_user_table(log.user[engaged], log.item[engaged], -log.timestamp[engaged],
-                              weights[engaged], n_users, width=per_user)
+    items, _ = per_user_table(
+        log.user[engaged],
+        log.item[engaged],
+        -log.timestamp[engaged],
+        weights[engaged],
+        n_users,
+        width=per_user,
+    )
     rows, cols = np.nonzero(items >= 0)
-    x = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, items[rows, cols])),
-                      shape=(n_users, n_items))
+    x = sp.csr_matrix(
+        (np.ones(len(rows), np.float32), (rows, items[rows, cols])), shape=(n_users, n_items)
+    )
     x.sum_duplicates()
     x.data[:] = 1.0  # repeated engagement counts once
     return x
@@ -148,11 +180,17 @@ def _regression_rows(x: sp.csr_matrix, l2: float, block: int):
     precision = np.linalg.inv(gram)
     weights = (precision / -np.diag(precision)).T  # row i: how item i predicts the others
     for start in range(0, x.shape[1], block):
-        yield start, weights[start:start + block]
+        yield start, weights[start : start + block]
 
 
-def build_graph(log: EventLog, weights: np.ndarray, n_users: int, n_items: int, cfg: SonaConfig,
-                block: int = 2048) -> Graph:
+def build_graph(
+    log: EventLog,
+    weights: np.ndarray,
+    n_users: int,
+    n_items: int,
+    cfg: SonaConfig,
+    block: int = 2048,
+) -> Graph:
     """Top-M co-engagement neighbours per item, from users' engaged items.
 
     Each user contributes at most ``graph.max_user_items`` of their most recent engaged items.
@@ -167,10 +205,10 @@ def build_graph(log: EventLog, weights: np.ndarray, n_users: int, n_items: int, 
     m = gcfg.neighbours
     x = _engagement_sets(log, weights, n_users, n_items, gcfg.max_user_items)
     use_regression = gcfg.weighting == "regression" and n_items <= gcfg.max_regression_items
-    rows = _regression_rows(x, gcfg.regression_l2, block) if use_regression else _cosine_rows(
-        x, block)
-    keep_dense = (gcfg.first_hop == "dense" and use_regression
-                  and n_items <= gcfg.max_dense_items)
+    rows = (
+        _regression_rows(x, gcfg.regression_l2, block) if use_regression else _cosine_rows(x, block)
+    )
+    keep_dense = gcfg.first_hop == "dense" and use_regression and n_items <= gcfg.max_dense_items
     dense = np.zeros((n_items, n_items) if keep_dense else (0, 0), np.float32)
     neighbours = np.tile(np.arange(n_items, dtype=np.int32)[:, None], (1, m))
     out_weights = np.zeros((n_items, m), np.float32)
@@ -205,8 +243,9 @@ def build_popularity(log: EventLog, n_items: int, now: float, cfg: SonaConfig) -
     counts = np.bincount(item, minlength=n_items).astype(np.float64)
     global_share = (counts + 1.0) / (counts.sum() + n_items)
     age_days = np.maximum(now - log.timestamp[watched], 0.0) / SECONDS_PER_DAY
-    recent = np.bincount(item, weights=np.exp(-age_days / cfg.candidates.trending_window_days),
-                         minlength=n_items)
+    recent = np.bincount(
+        item, weights=np.exp(-age_days / cfg.candidates.trending_window_days), minlength=n_items
+    )
     trending = recent / max(recent.sum(), 1e-12)
 
     def grouped(groups: np.ndarray, n_groups: int) -> np.ndarray:
@@ -222,10 +261,15 @@ def build_popularity(log: EventLog, n_items: int, now: float, cfg: SonaConfig) -
     np.add.at(per_hour, (hours, item), 1.0)
     overall_hours = (per_hour.sum(1) + 1.0) / (per_hour.sum() + 24.0)
     hour_share = (per_hour.T + cfg.context.popularity_smoothing * overall_hours[None, :]) / (
-        per_hour.sum(0)[:, None] + cfg.context.popularity_smoothing)
-    return Popularity(global_share.astype(np.float32), trending.astype(np.float32),
-                      by_tod.astype(np.float32), by_device.astype(np.float32),
-                      hour_share.astype(np.float32))
+        per_hour.sum(0)[:, None] + cfg.context.popularity_smoothing
+    )
+    return Popularity(
+        global_share.astype(np.float32),
+        trending.astype(np.float32),
+        by_tod.astype(np.float32),
+        by_device.astype(np.float32),
+        hour_share.astype(np.float32),
+    )
 
 
 def mood_genre_prior(genre_names: tuple[str, ...]) -> np.ndarray:

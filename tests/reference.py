@@ -22,8 +22,10 @@ def decayed_weight(e: dict, cfg: PreferenceConfig) -> float | None:
     """decay x engagement of one event, None when it does not qualify."""
     if e["dismissed"]:
         return None
-    if (np.float32(e["completion"]) < np.float32(cfg.completion_threshold)
-            and e["rating"] < cfg.rated_override_min):
+    if (
+        np.float32(e["completion"]) < np.float32(cfg.completion_threshold)
+        and e["rating"] < cfg.rated_override_min
+    ):
         return None
     decay = cfg.decay_base ** (e["age_days"] / cfg.decay_period_days)
     return decay * engagement_weight(e["completion"], e["rating"], cfg)

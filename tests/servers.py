@@ -83,20 +83,34 @@ class ServerProcess:
         config = data_dir / "small.toml"
         data_dir.mkdir(parents=True, exist_ok=True)
         config.write_text(SMALL_CONFIG)
-        self.command = [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port),
-                        "--data-dir", str(data_dir), "--config", str(config), *args]
+        self.command = [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "serve",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(data_dir),
+            "--config",
+            str(config),
+            *args,
+        ]
         self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen | None = None
         self.url = f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 120.0) -> ServerProcess:
         log = open(self.data_dir / f"server-{self.port}.log", "ab")  # noqa: SIM115
-        self.process = subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdout=log,
-                                        stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            self.command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {(self.data_dir / f'server-{self.port}.log').read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"server exited: {(self.data_dir / f'server-{self.port}.log').read_text()[-3000:]}"
+                )
             try:
                 if httpx.get(self.url + "/ready", timeout=1).status_code == 200:
                     return self

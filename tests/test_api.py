@@ -17,9 +17,9 @@ from sona_jax.config import SonaConfig
 from tests.servers import drop_postgres_database, fresh_postgres_database, redis_or_skip
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-SMALL = SonaConfig().with_overrides({"model": {"embedding_dim": 32},
-                                     "serving": {"max_body_bytes": 200_000,
-                                                 "warm_up": False}})
+SMALL = SonaConfig().with_overrides(
+    {"model": {"embedding_dim": 32}, "serving": {"max_body_bytes": 200_000, "warm_up": False}}
+)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module", params=["sqlite", "postgres+redis"])
@@ -28,9 +28,15 @@ async def api(request, tmp_path_factory):
     if request.param == "postgres+redis":
         database_url = await fresh_postgres_database()
         redis_url = redis_or_skip()
-    settings = Settings(config=SMALL, data_dir=Path(tmp_path_factory.mktemp("sona")),
-                        database_url=database_url, redis_url=redis_url, demo="synthetic",
-                        demo_users=150, demo_items=200)
+    settings = Settings(
+        config=SMALL,
+        data_dir=Path(tmp_path_factory.mktemp("sona")),
+        database_url=database_url,
+        redis_url=redis_url,
+        demo="synthetic",
+        demo_users=150,
+        demo_items=200,
+    )
     app = create_app(settings)
     async with QuartTestApp(app, startup_timeout=180, shutdown_timeout=60) as test_app:
         yield test_app.test_client(), app
@@ -50,9 +56,11 @@ async def test_health_and_ready(api):
     client, app = api
     response = await client.get("/health")
     assert response.status_code == 200
-    assert await response.get_json() == {"status": "healthy",
-                                         "service": "sona-personalization-engine",
-                                         "version": "0.1.0"}
+    assert await response.get_json() == {
+        "status": "healthy",
+        "service": "sona-personalization-engine",
+        "version": "0.1.0",
+    }
     ready = await (await client.get("/ready")).get_json()
     assert ready["status"] == "ready" and ready["checks"]["storage"] and ready["checks"]["model"]
     assert ready["storage"] in ("sqlite", "postgres")
@@ -61,19 +69,36 @@ async def test_health_and_ready(api):
 async def test_recommendations_shape(api):
     client, app = api
     user, _ = await _known(app)
-    response = await client.post("/api/v1/recommendations", json={
-        "user_id": user, "limit": 7, "context": {"device_type": "tv", "time_of_day": "evening"}})
+    response = await client.post(
+        "/api/v1/recommendations",
+        json={
+            "user_id": user,
+            "limit": 7,
+            "context": {"device_type": "tv", "time_of_day": "evening"},
+        },
+    )
     assert response.status_code == 200
     body = await response.get_json()
     assert set(body) == {"recommendations", "generated_at", "ttl_seconds"}
     assert body["ttl_seconds"] == SMALL.serving.recommendation_ttl_seconds
     recs = body["recommendations"]
     assert len(recs) == 7 and len({r["content_id"] for r in recs}) == 7
-    kinds = {"collaborative", "content_based", "graph_based", "context_aware", "cold_start",
-             "exploration"}
+    kinds = {
+        "collaborative",
+        "content_based",
+        "graph_based",
+        "context_aware",
+        "cold_start",
+        "exploration",
+    }
     for rec in recs:
-        assert set(rec) == {"content_id", "confidence_score", "recommendation_type", "based_on",
-                            "explanation"}
+        assert set(rec) == {
+            "content_id",
+            "confidence_score",
+            "recommendation_type",
+            "based_on",
+            "explanation",
+        }
         uuid.UUID(rec["content_id"])
         assert 0.0 <= rec["confidence_score"] <= 1.0
         assert rec["recommendation_type"] in kinds
@@ -92,13 +117,16 @@ async def test_fast_path_answers_as_the_quart_route_does(api):
     path off must not change a single answer, and it must be the one answering."""
     client, app = api
     user, content = await _known(app)
-    requests = [("/api/v1/personalization/score", {"user_id": user, "content_id": content[2],
-                                                   "context": {"mood": "funny"}}),
-                ("/api/v1/recommendations", {"user_id": user, "limit": 5}),
-                ("/api/v1/recommendations", {"user_id": user, "limit": 0}),
-                ("/api/v1/personalization/score", {"user_id": user, "content_id": "nope"}),
-                ("/api/v1/personalization/score", {"user_id": user,
-                                                   "content_id": str(uuid.uuid4())})]
+    requests = [
+        (
+            "/api/v1/personalization/score",
+            {"user_id": user, "content_id": content[2], "context": {"mood": "funny"}},
+        ),
+        ("/api/v1/recommendations", {"user_id": user, "limit": 5}),
+        ("/api/v1/recommendations", {"user_id": user, "limit": 0}),
+        ("/api/v1/personalization/score", {"user_id": user, "content_id": "nope"}),
+        ("/api/v1/personalization/score", {"user_id": user, "content_id": str(uuid.uuid4())}),
+    ]
     served = app.metrics.requests.labels("/api/v1/personalization/score", "200")
     before = served._value.get()
     fast = [await client.post(path, json=body) for path, body in requests]
@@ -114,7 +142,8 @@ async def test_fast_path_answers_as_the_quart_route_does(api):
         body_a, body_b = await a.get_json(), await b.get_json()
         if "recommendations" in body_a:  # β = 1 for this user: no exploration, same list
             assert [r["content_id"] for r in body_a["recommendations"]] == [
-                r["content_id"] for r in body_b["recommendations"]]
+                r["content_id"] for r in body_b["recommendations"]
+            ]
             body_a.pop("generated_at"), body_b.pop("generated_at")
         assert body_a == body_b, path
     assert [r.status_code for r in fast] == [200, 200, 400, 400, 404]
@@ -122,8 +151,9 @@ async def test_fast_path_answers_as_the_quart_route_does(api):
 
 async def test_unknown_user_gets_cold_start(api):
     client, _ = api
-    response = await client.post("/api/v1/recommendations",
-                                 json={"user_id": str(uuid.uuid4()), "limit": 10})
+    response = await client.post(
+        "/api/v1/recommendations", json={"user_id": str(uuid.uuid4()), "limit": 10}
+    )
     assert response.status_code == 200
     recs = (await response.get_json())["recommendations"]
     assert len(recs) == 10
@@ -134,46 +164,67 @@ async def test_unknown_user_gets_cold_start(api):
 async def test_similar_and_score(api):
     client, app = api
     user, content = await _known(app)
-    response = await client.post("/api/v1/recommendations/similar",
-                                 json={"content_id": content[0], "limit": 4})
+    response = await client.post(
+        "/api/v1/recommendations/similar", json={"content_id": content[0], "limit": 4}
+    )
     body = await response.get_json()
     assert response.status_code == 200 and len(body["similar_content"]) == 4
     for item in body["similar_content"]:
         assert set(item) == {"content_id", "similarity", "title"}
         assert item["content_id"] != content[0] and -1.0 <= item["similarity"] <= 1.0001
-    missing = await client.post("/api/v1/recommendations/similar",
-                                json={"content_id": str(uuid.uuid4())})
+    missing = await client.post(
+        "/api/v1/recommendations/similar", json={"content_id": str(uuid.uuid4())}
+    )
     assert missing.status_code == 404 and "content_id" in (await missing.get_json())["message"]
 
-    response = await client.post("/api/v1/personalization/score",
-                                 json={"user_id": user, "content_id": content[1]})
+    response = await client.post(
+        "/api/v1/personalization/score", json={"user_id": user, "content_id": content[1]}
+    )
     body = await response.get_json()
     assert response.status_code == 200
     assert set(body) == {"user_id", "content_id", "score", "components"}
-    assert set(body["components"]) == {"collaborative", "content_based", "graph_based",
-                                       "context", "lora_boost"}
+    assert set(body["components"]) == {
+        "collaborative",
+        "content_based",
+        "graph_based",
+        "context",
+        "lora_boost",
+    }
     assert all(math.isfinite(v) for v in body["components"].values())
     assert 0 <= body["score"] <= 1
-    missing = await client.post("/api/v1/personalization/score",
-                                json={"user_id": user, "content_id": str(uuid.uuid4())})
+    missing = await client.post(
+        "/api/v1/personalization/score", json={"user_id": user, "content_id": str(uuid.uuid4())}
+    )
     assert missing.status_code == 404
 
     unknown = str(uuid.uuid4())
-    response = await client.post("/api/v1/personalization/score/batch", json={
-        "user_id": user, "content_ids": content[:3] + [unknown],
-        "context": {"device_type": "mobile"}})
+    response = await client.post(
+        "/api/v1/personalization/score/batch",
+        json={
+            "user_id": user,
+            "content_ids": content[:3] + [unknown],
+            "context": {"device_type": "mobile"},
+        },
+    )
     body = await response.get_json()
     assert response.status_code == 200 and body["unknown_content_ids"] == [unknown]
     assert [s["content_id"] for s in body["scores"]] == content[:3]
-    single = await (await client.post("/api/v1/personalization/score", json={
-        "user_id": user, "content_id": content[0], "context": {"device_type": "mobile"}})
+    single = await (
+        await client.post(
+            "/api/v1/personalization/score",
+            json={"user_id": user, "content_id": content[0], "context": {"device_type": "mobile"}},
+        )
     ).get_json()
     assert body["scores"][0]["score"] == pytest.approx(single["score"], abs=1e-5)
 
 
 def _event(content_id, day=1, **extra):
-    return {"content_id": content_id, "timestamp": f"2026-11-{day:02d}T20:00:00Z",
-            "completion_rate": 0.9, **extra}
+    return {
+        "content_id": content_id,
+        "timestamp": f"2026-11-{day:02d}T20:00:00Z",
+        "completion_rate": 0.9,
+        **extra,
+    }
 
 
 async def test_profile_update_is_durable_idempotent_and_refreshes(api):
@@ -181,49 +232,74 @@ async def test_profile_update_is_durable_idempotent_and_refreshes(api):
     _, content = await _known(app)
     user = str(uuid.uuid4())
     events = [_event(content[i], day=i + 1, rating=5) for i in range(4)]
-    response = await client.post("/api/v1/profile/update",
-                                 json={"user_id": user, "viewing_events": events})
+    response = await client.post(
+        "/api/v1/profile/update", json={"user_id": user, "viewing_events": events}
+    )
     body = await response.get_json()
     assert response.status_code == 200
     assert body["status"] == "updated" and body["user_id"] == user
     assert body["events_processed"] == 4 and body["events_new"] == 4
     stored = await app.parts["store"].user_events(user)
     assert sorted(e.content_id for e in stored) == sorted(content[:4])
-    again = await (await client.post("/api/v1/profile/update",
-                                     json={"user_id": user, "viewing_events": events})).get_json()
+    again = await (
+        await client.post(
+            "/api/v1/profile/update", json={"user_id": user, "viewing_events": events}
+        )
+    ).get_json()
     assert again["events_new"] == 0 and len(await app.parts["store"].user_events(user)) == 4
     # The fresh profile is personalised at once and excludes what was watched.
-    recs = (await (await client.post("/api/v1/recommendations", json={
-        "user_id": user, "limit": 20})).get_json())["recommendations"]
+    recs = (
+        await (
+            await client.post("/api/v1/recommendations", json={"user_id": user, "limit": 20})
+        ).get_json()
+    )["recommendations"]
     assert not {r["content_id"] for r in recs} & set(content[:4])
-    stranger = (await (await client.post("/api/v1/recommendations", json={
-        "user_id": str(uuid.uuid4()), "limit": 20})).get_json())["recommendations"]
+    stranger = (
+        await (
+            await client.post(
+                "/api/v1/recommendations", json={"user_id": str(uuid.uuid4()), "limit": 20}
+            )
+        ).get_json()
+    )["recommendations"]
 
     def chosen(items):
         return [r["content_id"] for r in items if r["recommendation_type"] != "exploration"]
 
-    assert chosen(recs) != [c for c in chosen(stranger) if c not in content[:4]][:len(chosen(
-        recs))]
+    assert (
+        chosen(recs) != [c for c in chosen(stranger) if c not in content[:4]][: len(chosen(recs))]
+    )
 
 
 async def test_training_endpoint(api):
     client, app = api
     _, content = await _known(app)
     user = str(uuid.uuid4())
-    await client.post("/api/v1/profile/update", json={
-        "user_id": user, "viewing_events": [_event(content[i], day=i + 1) for i in range(2)]})
+    await client.post(
+        "/api/v1/profile/update",
+        json={"user_id": user, "viewing_events": [_event(content[i], day=i + 1) for i in range(2)]},
+    )
     response = await client.post("/api/v1/lora/train", json={"user_id": user})
     body = await response.get_json()
     assert response.status_code == 400
     assert body["error"] == "Insufficient training data" and body["current_count"] == 2
-    await client.post("/api/v1/profile/update", json={
-        "user_id": user, "viewing_events": [_event(content[i], day=i % 27 + 1, rating=4)
-                                            for i in range(2, 14)]})
+    await client.post(
+        "/api/v1/profile/update",
+        json={
+            "user_id": user,
+            "viewing_events": [_event(content[i], day=i % 27 + 1, rating=4) for i in range(2, 14)],
+        },
+    )
     response = await client.post("/api/v1/lora/train", json={"user_id": user, "force": True})
     body = await response.get_json()
     assert response.status_code == 200, body
-    assert set(body) == {"status", "user_id", "duration_ms", "training_iterations",
-                         "events_used", "loss"}
+    assert set(body) == {
+        "status",
+        "user_id",
+        "duration_ms",
+        "training_iterations",
+        "events_used",
+        "loss",
+    }
     assert body["status"] == "training_completed" and body["training_iterations"] == 5
     assert body["events_used"] == 14 and math.isfinite(body["loss"]) and body["loss"] > 0
     too_soon = await client.post("/api/v1/lora/train", json={"user_id": user})
@@ -236,21 +312,32 @@ async def test_training_endpoint(api):
 async def test_catalogue_crud(api):
     client, app = api
     ids = sorted(str(uuid.uuid4()) for _ in range(3))
-    items = [{"content_id": i, "title": f"Film {n}", "genres": ["Drama"], "duration_minutes": 95,
-              "moods": ["dark"], "embedding": [0.1] * 32} for n, i in enumerate(ids)]
+    items = [
+        {
+            "content_id": i,
+            "title": f"Film {n}",
+            "genres": ["Drama"],
+            "duration_minutes": 95,
+            "moods": ["dark"],
+            "embedding": [0.1] * 32,
+        }
+        for n, i in enumerate(ids)
+    ]
     response = await client.post("/api/v1/content", json={"items": items})
     assert response.status_code == 200 and (await response.get_json())["count"] == 3
     got = await (await client.get(f"/api/v1/content/{ids[0]}")).get_json()
     assert got["title"] == "Film 0" and got["genres"] == ["Drama"] and len(got["embedding"]) == 32
     page = await (await client.get("/api/v1/content?limit=2")).get_json()
     assert len(page["items"]) == 2 and page["next_cursor"]
-    following = await (await client.get(
-        f"/api/v1/content?limit=2&cursor={page['next_cursor']}")).get_json()
+    following = await (
+        await client.get(f"/api/v1/content?limit=2&cursor={page['next_cursor']}")
+    ).get_json()
     assert following["items"][0]["content_id"] > page["items"][-1]["content_id"]
     assert (await client.delete(f"/api/v1/content/{ids[0]}")).status_code == 200
     assert (await client.get(f"/api/v1/content/{ids[0]}")).status_code == 404
-    wrong = await client.post("/api/v1/content", json={"items": [{**items[1],
-                                                                   "embedding": [0.1] * 5}]})
+    wrong = await client.post(
+        "/api/v1/content", json={"items": [{**items[1], "embedding": [0.1] * 5}]}
+    )
     assert wrong.status_code == 400 and "items.0.embedding" in (await wrong.get_json())["message"]
 
 
@@ -262,20 +349,58 @@ BAD_INPUTS = [
     ("POST", "/api/v1/recommendations", {"user_id": "{u}", "limit": 10000}, "limit"),
     ("POST", "/api/v1/recommendations", {"user_id": "{u}", "limit": "ten"}, "limit"),
     ("POST", "/api/v1/recommendations", {"user_id": "{u}", "diversity_threshold": 2}, "diversity"),
-    ("POST", "/api/v1/recommendations", {"user_id": "{u}", "context": {"device_type": "fridge"}},
-     "device_type"),
-    ("POST", "/api/v1/profile/update", {"user_id": "{u}", "viewing_events": [
-        {"content_id": "{c}", "timestamp": "2026-01-01T00:00:00Z", "completion_rate": 1.5}]},
-     "completion_rate"),
-    ("POST", "/api/v1/profile/update", '{"user_id": "{u}", "viewing_events": [{"content_id": '
-     '"{c}", "timestamp": "2026-01-01T00:00:00Z", "completion_rate": NaN}]}', "completion_rate"),
-    ("POST", "/api/v1/profile/update", {"user_id": "{u}", "viewing_events": [
-        {"content_id": "{c}", "timestamp": "2026-01-01T00:00:00Z", "completion_rate": 1,
-         "rating": 7}]}, "rating"),
-    ("POST", "/api/v1/profile/update", {"user_id": "{u}", "viewing_events": [
-        {"content_id": "{c}", "timestamp": "12:30:00", "completion_rate": 1}]}, "timestamp"),
-    ("POST", "/api/v1/profile/update", {"user_id": "{u}", "viewing_events": []},
-     "viewing_events"),
+    (
+        "POST",
+        "/api/v1/recommendations",
+        {"user_id": "{u}", "context": {"device_type": "fridge"}},
+        "device_type",
+    ),
+    (
+        "POST",
+        "/api/v1/profile/update",
+        {
+            "user_id": "{u}",
+            "viewing_events": [
+                {"content_id": "{c}", "timestamp": "2026-01-01T00:00:00Z", "completion_rate": 1.5}
+            ],
+        },
+        "completion_rate",
+    ),
+    (
+        "POST",
+        "/api/v1/profile/update",
+        '{"user_id": "{u}", "viewing_events": [{"content_id": '
+        '"{c}", "timestamp": "2026-01-01T00:00:00Z", "completion_rate": NaN}]}',
+        "completion_rate",
+    ),
+    (
+        "POST",
+        "/api/v1/profile/update",
+        {
+            "user_id": "{u}",
+            "viewing_events": [
+                {
+                    "content_id": "{c}",
+                    "timestamp": "2026-01-01T00:00:00Z",
+                    "completion_rate": 1,
+                    "rating": 7,
+                }
+            ],
+        },
+        "rating",
+    ),
+    (
+        "POST",
+        "/api/v1/profile/update",
+        {
+            "user_id": "{u}",
+            "viewing_events": [
+                {"content_id": "{c}", "timestamp": "12:30:00", "completion_rate": 1}
+            ],
+        },
+        "timestamp",
+    ),
+    ("POST", "/api/v1/profile/update", {"user_id": "{u}", "viewing_events": []}, "viewing_events"),
     ("POST", "/api/v1/personalization/score", {"user_id": "{u}"}, "content_id"),
     ("POST", "/api/v1/lora/train", {"user_id": "{u}", "force": "maybe"}, "force"),
     ("GET", "/api/v1/content?limit=0", None, "limit"),
@@ -294,8 +419,9 @@ async def test_bad_input_is_a_4xx_naming_the_field(api, method, path, body, fiel
         return text.replace("{u}", user).replace("{c}", content[0])
 
     data = fill(json.dumps(body)) if isinstance(body, dict) else fill(body) if body else None
-    response = await client.open(path, method=method, data=data,
-                                 headers={"Content-Type": "application/json"})
+    response = await client.open(
+        path, method=method, data=data, headers={"Content-Type": "application/json"}
+    )
     assert 400 <= response.status_code < 500, await response.get_data()
     payload = await response.get_json()
     assert set(payload) >= {"error", "message"}
@@ -307,8 +433,9 @@ async def test_ten_thousand_events_and_oversize_body(api):
     client, app = api
     user, content = await _known(app)
     events = [_event(content[i % len(content)], day=i % 27 + 1) for i in range(10_000)]
-    response = await client.post("/api/v1/profile/update",
-                                 json={"user_id": user, "viewing_events": events})
+    response = await client.post(
+        "/api/v1/profile/update", json={"user_id": user, "viewing_events": events}
+    )
     assert response.status_code in (400, 413)
     text = json.dumps(await response.get_json())
     assert "viewing_events" in text or "larger than" in text
@@ -320,8 +447,10 @@ async def test_ten_thousand_events_and_oversize_body(api):
 async def test_unknown_content_in_events_is_404(api):
     client, app = api
     user, content = await _known(app)
-    response = await client.post("/api/v1/profile/update", json={
-        "user_id": user, "viewing_events": [_event(content[0]), _event(str(uuid.uuid4()))]})
+    response = await client.post(
+        "/api/v1/profile/update",
+        json={"user_id": user, "viewing_events": [_event(content[0]), _event(str(uuid.uuid4()))]},
+    )
     assert response.status_code == 404
     assert "viewing_events.1.content_id" in (await response.get_json())["message"]
 
@@ -331,30 +460,45 @@ async def test_metrics_and_openapi(api):
     text = (await (await client.get("/metrics")).get_data()).decode()
     assert "sona_requests_total" in text and "sona_batch_size" in text
     spec = await (await client.get("/openapi.json")).get_json()
-    for path in ("/api/v1/recommendations", "/api/v1/profile/update", "/api/v1/lora/train",
-                 "/api/v1/personalization/score", "/api/v1/content"):
+    for path in (
+        "/api/v1/recommendations",
+        "/api/v1/profile/update",
+        "/api/v1/lora/train",
+        "/api/v1/personalization/score",
+        "/api/v1/content",
+    ):
         assert path in spec["paths"]
     assert (await client.get("/docs")).status_code == 200
 
 
 async def test_api_keys(tmp_path):
-    settings = Settings(config=SMALL, data_dir=tmp_path, demo="synthetic", demo_users=60,
-                        demo_items=80, api_keys=frozenset({"reader"}),
-                        admin_keys=frozenset({"admin"}))
+    settings = Settings(
+        config=SMALL,
+        data_dir=tmp_path,
+        demo="synthetic",
+        demo_users=60,
+        demo_items=80,
+        api_keys=frozenset({"reader"}),
+        admin_keys=frozenset({"admin"}),
+    )
     app = create_app(settings)
     async with QuartTestApp(app, startup_timeout=180, shutdown_timeout=60) as test_app:
         client = test_app.test_client()
         body = {"user_id": str(uuid.uuid4())}
         assert (await client.post("/api/v1/recommendations", json=body)).status_code == 401
         wrong = {"Authorization": "Bearer nope"}
-        assert (await client.post("/api/v1/recommendations", json=body,
-                                  headers=wrong)).status_code == 401
+        assert (
+            await client.post("/api/v1/recommendations", json=body, headers=wrong)
+        ).status_code == 401
         reader = {"Authorization": "Bearer reader"}
-        assert (await client.post("/api/v1/recommendations", json=body,
-                                  headers=reader)).status_code == 200
+        assert (
+            await client.post("/api/v1/recommendations", json=body, headers=reader)
+        ).status_code == 200
         item = {"items": [{"content_id": str(uuid.uuid4()), "title": "x"}]}
-        assert (await client.post("/api/v1/content", json=item,
-                                  headers=reader)).status_code == 403
-        assert (await client.post("/api/v1/content", json=item, headers={
-            "Authorization": "Bearer admin"})).status_code == 200
+        assert (await client.post("/api/v1/content", json=item, headers=reader)).status_code == 403
+        assert (
+            await client.post(
+                "/api/v1/content", json=item, headers={"Authorization": "Bearer admin"}
+            )
+        ).status_code == 200
         assert (await client.get("/health")).status_code == 200

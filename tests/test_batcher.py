@@ -22,8 +22,7 @@ def _doubling(log, gate=None):
 
 async def test_concurrent_requests_share_one_call_and_get_their_own_result():
     calls = []
-    batcher = MicroBatcher("t", _doubling(calls), max_batch=64,
-                           window_ms=20, max_queue=100)
+    batcher = MicroBatcher("t", _doubling(calls), max_batch=64, window_ms=20, max_queue=100)
     batcher.start()
     results = await asyncio.gather(*(batcher.submit(i) for i in range(40)))
     assert results == [2 * i for i in range(40)]
@@ -33,8 +32,7 @@ async def test_concurrent_requests_share_one_call_and_get_their_own_result():
 
 async def test_cancelled_waiter_is_skipped_and_the_batcher_lives_on():
     calls, gate = [], threading.Event()
-    batcher = MicroBatcher("t", _doubling(calls, gate), max_batch=8,
-                           window_ms=5, max_queue=100)
+    batcher = MicroBatcher("t", _doubling(calls, gate), max_batch=8, window_ms=5, max_queue=100)
     batcher.start()
     first = asyncio.create_task(batcher.submit(1))  # this batch blocks on the gate
     await asyncio.sleep(0.05)
@@ -51,8 +49,7 @@ async def test_cancelled_waiter_is_skipped_and_the_batcher_lives_on():
 
 async def test_cancel_during_compute_does_not_break_others():
     calls, gate = [], threading.Event()
-    batcher = MicroBatcher("t", _doubling(calls, gate), max_batch=8,
-                           window_ms=20, max_queue=100)
+    batcher = MicroBatcher("t", _doubling(calls, gate), max_batch=8, window_ms=20, max_queue=100)
     batcher.start()
     tasks = [asyncio.create_task(batcher.submit(i)) for i in range(4)]
     await asyncio.sleep(0.05)  # the batch is now computing, blocked on the gate
@@ -65,8 +62,7 @@ async def test_cancel_during_compute_does_not_break_others():
 
 async def test_full_queue_is_refused():
     gate = threading.Event()
-    batcher = MicroBatcher("t", _doubling([], gate), max_batch=1,
-                           window_ms=0, max_queue=2)
+    batcher = MicroBatcher("t", _doubling([], gate), max_batch=1, window_ms=0, max_queue=2)
     batcher.start()
     running = [asyncio.create_task(batcher.submit(0))]
     await asyncio.sleep(0.05)  # the worker holds item 0, blocked on the gate
@@ -80,8 +76,7 @@ async def test_full_queue_is_refused():
 
 
 async def test_drain_answers_everything_queued():
-    batcher = MicroBatcher("t", _doubling([]), max_batch=4,
-                           window_ms=50, max_queue=100)
+    batcher = MicroBatcher("t", _doubling([]), max_batch=4, window_ms=50, max_queue=100)
     batcher.start()
     pending = [asyncio.create_task(batcher.submit(i)) for i in range(10)]
     await asyncio.sleep(0)
@@ -92,16 +87,21 @@ async def test_drain_answers_everything_queued():
 
 
 async def test_batch_size_avoids_mostly_padding_calls():
-    batcher = MicroBatcher("t", _doubling([]), max_batch=128,
-                           window_ms=1, max_queue=1000, sizes=(1, 2, 4, 8, 16, 32, 64, 128))
+    batcher = MicroBatcher(
+        "t",
+        _doubling([]),
+        max_batch=128,
+        window_ms=1,
+        max_queue=1000,
+        sizes=(1, 2, 4, 8, 16, 32, 64, 128),
+    )
     # 33 would be padded to 64 (48 % padding): take 32 now, the last one rides the next call.
     assert batcher.batch_size(33) == 32
     assert batcher.batch_size(40) == 32
     assert batcher.batch_size(50) == 50  # 22 % padding: worth taking whole
     assert batcher.batch_size(5) == 5  # small batches are taken whole (latency first)
     assert batcher.batch_size(500) == 128
-    plain = MicroBatcher("t", _doubling([]), max_batch=64,
-                         window_ms=1, max_queue=1000)
+    plain = MicroBatcher("t", _doubling([]), max_batch=64, window_ms=1, max_queue=1000)
     assert plain.batch_size(33) == 33
 
 
@@ -113,8 +113,7 @@ async def test_two_batches_in_flight_overlap():
         started.append(list(items))
         return doubling(items)
 
-    batcher = MicroBatcher("t", process, max_batch=2,
-                           window_ms=0, max_queue=100, engines=2)
+    batcher = MicroBatcher("t", process, max_batch=2, window_ms=0, max_queue=100, engines=2)
     batcher.start()
     tasks = [asyncio.create_task(batcher.submit(i)) for i in range(4)]
     await asyncio.sleep(0.1)
@@ -127,8 +126,7 @@ async def test_two_batches_in_flight_overlap():
 
 async def test_window_counts_from_the_oldest_request():
     calls = []
-    batcher = MicroBatcher("t", _doubling(calls), max_batch=64,
-                           window_ms=300, max_queue=100)
+    batcher = MicroBatcher("t", _doubling(calls), max_batch=64, window_ms=300, max_queue=100)
     loop = asyncio.get_running_loop()
     waiting = [asyncio.create_task(batcher.submit(i)) for i in range(3)]
     await asyncio.sleep(0.35)  # they queued before the worker started: they waited enough
@@ -148,8 +146,9 @@ async def test_batches_above_solo_from_run_alone(solo_from, together):
         gate.wait(5)
         return [2 * item for item in items]
 
-    batcher = MicroBatcher("t", process, max_batch=2, window_ms=0, max_queue=100, engines=2,
-                           solo_from=solo_from)
+    batcher = MicroBatcher(
+        "t", process, max_batch=2, window_ms=0, max_queue=100, engines=2, solo_from=solo_from
+    )
     batcher.start()
     tasks = [asyncio.create_task(batcher.submit(i)) for i in range(4)]
     await asyncio.sleep(0.1)
@@ -161,8 +160,9 @@ async def test_batches_above_solo_from_run_alone(solo_from, together):
 
 async def test_a_burst_is_one_batch_even_with_two_engines():
     calls = []
-    batcher = MicroBatcher("t", _doubling(calls), max_batch=64, window_ms=80, max_queue=100,
-                           engines=2)
+    batcher = MicroBatcher(
+        "t", _doubling(calls), max_batch=64, window_ms=80, max_queue=100, engines=2
+    )
     batcher.start()
     tasks = []
     for i in range(20):  # spread over about 10 ms, well inside the window
@@ -181,7 +181,6 @@ async def test_a_batch_with_the_wrong_number_of_results_fails_its_callers_only()
     batcher.start()
     first = [asyncio.create_task(batcher.submit(i)) for i in range(3)]
     outcomes = await asyncio.gather(*first, return_exceptions=True)
-    assert all(isinstance(o, RuntimeError) and "1 results for 3 items" in str(o)
-               for o in outcomes)
+    assert all(isinstance(o, RuntimeError) and "1 results for 3 items" in str(o) for o in outcomes)
     assert await batcher.submit(4) == 8  # the engine thread lives on
     await batcher.drain()

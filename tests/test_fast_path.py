@@ -17,9 +17,12 @@ class Body(BaseModel):
 
 
 def _scope(content_type=b"application/json", body=b'{"n": 2}', path="/hot"):
-    return {"type": "http", "method": "POST", "path": path,
-            "headers": [(b"content-type", content_type),
-                        (b"content-length", str(len(body)).encode())]}
+    return {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())],
+    }
 
 
 def _messages(body, then_disconnect_after=None):
@@ -47,9 +50,14 @@ def _fast_path(handler, fallback_calls, records):
         if header == "Bearer bad":
             raise ApiError(401, "unauthorized", "no", headers={"WWW-Authenticate": "Bearer"})
 
-    return FastPath(fallback, {"/hot": HotRoute(Body, handler, "/hot")}, 1000, authorise,
-                    lambda endpoint, status, seconds: records.append((endpoint, status)),
-                    lambda error: ApiError(503, "overloaded", str(error)))
+    return FastPath(
+        fallback,
+        {"/hot": HotRoute(Body, handler, "/hot")},
+        1000,
+        authorise,
+        lambda endpoint, status, seconds: records.append((endpoint, status)),
+        lambda error: ApiError(503, "overloaded", str(error)),
+    )
 
 
 async def test_answers_well_formed_requests_and_leaves_the_rest_to_the_app():
@@ -66,10 +74,12 @@ async def test_answers_well_formed_requests_and_leaves_the_rest_to_the_app():
     assert sent[0]["status"] == 200 and sent[1]["body"] == b'{"twice": 4}'
     assert records == [("/hot", 200)] and fallback_calls == []
 
-    for scope, body in ((_scope(body=b'{"n": "x"}'), b'{"n": "x"}'),  # invalid: app words it
-                        (_scope(content_type=b"application/jsonx"), b'{"n": 2}'),
-                        (_scope(content_type=b"text/plain"), b'{"n": 2}'),
-                        (_scope(path="/other"), b'{"n": 2}')):
+    for scope, body in (
+        (_scope(body=b'{"n": "x"}'), b'{"n": "x"}'),  # invalid: app words it
+        (_scope(content_type=b"application/jsonx"), b'{"n": 2}'),
+        (_scope(content_type=b"text/plain"), b'{"n": 2}'),
+        (_scope(path="/other"), b'{"n": 2}'),
+    ):
         sent.clear()
         await app(scope, _messages(body), send)
         assert sent[0]["status"] == 418 and fallback_calls[-1] == body  # replayed in full
@@ -113,6 +123,7 @@ async def test_a_caller_that_hangs_up_is_not_answered_and_its_work_is_cancelled(
         sent.append(message)
 
     app = _fast_path(handler, [], records)
-    await asyncio.wait_for(app(_scope(), _messages(b'{"n": 2}', then_disconnect_after=0.05),
-                               send), 2)
+    await asyncio.wait_for(
+        app(_scope(), _messages(b'{"n": 2}', then_disconnect_after=0.05), send), 2
+    )
     assert cancelled.is_set() and sent == [] and records == []

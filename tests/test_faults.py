@@ -39,10 +39,13 @@ def _content(server, n=30):
 
 
 def _update(url, user, content_ids, day=1):
-    events = [{"content_id": c, "timestamp": f"2026-10-{day + i:02d}T21:00:00Z",
-               "completion_rate": 0.8} for i, c in enumerate(content_ids)]
-    return httpx.post(f"{url}/api/v1/profile/update",
-                      json={"user_id": user, "viewing_events": events}, timeout=30)
+    events = [
+        {"content_id": c, "timestamp": f"2026-10-{day + i:02d}T21:00:00Z", "completion_rate": 0.8}
+        for i, c in enumerate(content_ids)
+    ]
+    return httpx.post(
+        f"{url}/api/v1/profile/update", json={"user_id": user, "viewing_events": events}, timeout=30
+    )
 
 
 def test_sigkill_after_acknowledged_updates_loses_nothing(sqlite_server):
@@ -64,8 +67,11 @@ def test_sigkill_after_acknowledged_updates_loses_nothing(sqlite_server):
     sqlite_server.start()
     again = _update(sqlite_server.url, users[0], content[:5]).json()
     assert again["events_new"] == 0 and again["interaction_count"] == 5
-    recs = httpx.post(f"{sqlite_server.url}/api/v1/recommendations",
-                      json={"user_id": users[0], "limit": 10}, timeout=30).json()
+    recs = httpx.post(
+        f"{sqlite_server.url}/api/v1/recommendations",
+        json={"user_id": users[0], "limit": 10},
+        timeout=30,
+    ).json()
     assert not {r["content_id"] for r in recs["recommendations"]} & set(content[:5])
 
 
@@ -73,12 +79,25 @@ def test_requests_survive_redis_going_away(tmp_path):
     if shutil.which("redis-server") is None:
         unavailable("redis-server binary", FileNotFoundError("redis-server"))
     port = free_port()
-    redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                              "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    redis = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
     try:
         time.sleep(0.5)
-        server = ServerProcess(tmp_path, *DEMO,
-                               env={"SONA_REDIS_URL": f"redis://127.0.0.1:{port}/0"}).start()
+        server = ServerProcess(
+            tmp_path, *DEMO, env={"SONA_REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+        ).start()
         try:
             content = _content(server)
             user = str(uuid.uuid4())
@@ -87,10 +106,13 @@ def test_requests_survive_redis_going_away(tmp_path):
             redis.kill()
             redis.wait(5)
             for i in range(5):
-                response = httpx.post(f"{server.url}/api/v1/recommendations",
-                                      json={"user_id": user, "limit": 5}, timeout=30)
+                response = httpx.post(
+                    f"{server.url}/api/v1/recommendations",
+                    json={"user_id": user, "limit": 5},
+                    timeout=30,
+                )
                 assert response.status_code == 200
-                assert _update(server.url, user, content[3 + i:4 + i], day=10).status_code == 200
+                assert _update(server.url, user, content[3 + i : 4 + i], day=10).status_code == 200
             ready = httpx.get(f"{server.url}/ready").json()
             assert ready["status"] == "ready" and ready["checks"]["cache"] is False
         finally:
@@ -108,12 +130,14 @@ def test_two_servers_share_postgres_and_redis(tmp_path):
     try:
         _content(first, 40)
         user = str(uuid.uuid4())
-        before = httpx.post(f"{second.url}/api/v1/recommendations",
-                            json={"user_id": user, "limit": 20}, timeout=30).json()
+        before = httpx.post(
+            f"{second.url}/api/v1/recommendations", json={"user_id": user, "limit": 20}, timeout=30
+        ).json()
         watched = [r["content_id"] for r in before["recommendations"]][:5]
         assert _update(first.url, user, watched).status_code == 200
-        after = httpx.post(f"{second.url}/api/v1/recommendations",
-                           json={"user_id": user, "limit": 20}, timeout=30).json()
+        after = httpx.post(
+            f"{second.url}/api/v1/recommendations", json={"user_id": user, "limit": 20}, timeout=30
+        ).json()
         shown = {r["content_id"] for r in after["recommendations"]}
         assert not shown & set(watched)  # the update through one shows through the other
         assert httpx.get(f"{second.url}/ready").json()["storage"] == "postgres"
@@ -145,8 +169,9 @@ def test_fuzz_every_endpoint_from_the_openapi_document(sqlite_server):
     for operation in schema.get_all_operations():
         op = operation.ok()
 
-        @settings(max_examples=25, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+        )
         @given(case=op.as_strategy())
         def check(case):
             response = case.call(base_url=sqlite_server.url, timeout=30)

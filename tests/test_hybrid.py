@@ -11,12 +11,14 @@ from sona_jax.config import SonaConfig
 from tests import reference
 from tests.hybrid_fixtures import random_requests, random_state, random_users
 
-CFG = SonaConfig().with_overrides({
-    "collaborative": {"neighbours": 4, "vote_items": 5},
-    "graph": {"recent_items": 5, "frontier": 6, "seed_position_decay": 0.8},
-    "candidates": {"per_source": 6, "trending": 3},
-    "diversity": {"pool_size": 12},
-})
+CFG = SonaConfig().with_overrides(
+    {
+        "collaborative": {"neighbours": 4, "vote_items": 5},
+        "graph": {"recent_items": 5, "frontier": 6, "seed_position_decay": 0.8},
+        "candidates": {"per_source": 6, "trending": 3},
+        "diversity": {"pool_size": 12},
+    }
+)
 seeds = st.integers(0, 10_000)
 sizes = st.integers(1, 5)
 
@@ -30,9 +32,14 @@ def test_collaborative_matches_reference(seed, n):
     for u in range(n):
         votes = CFG.collaborative.vote_items  # each neighbour's most recent items vote
         want = reference.collaborative(
-            users.preference[u], state.pool_preferences, state.pool_items[:, :votes],
-            state.pool_weights[:, :votes], users.pool_index[u], CFG.collaborative.neighbours,
-            got.shape[1])
+            users.preference[u],
+            state.pool_preferences,
+            state.pool_items[:, :votes],
+            state.pool_weights[:, :votes],
+            users.pool_index[u],
+            CFG.collaborative.neighbours,
+            got.shape[1],
+        )
         np.testing.assert_allclose(got[u], want, rtol=1e-4, atol=1e-5)
 
 
@@ -45,10 +52,16 @@ def test_graph_matches_reference(seed, n, hops):
     got = np.asarray(sources.graph_scores(state, users, cfg))
     g = cfg.graph
     for u in range(n):
-        want = reference.graph(users.recent_items[u, : g.recent_items],
-                               users.recent_weights[u, : g.recent_items], state.graph_neighbours,
-                               state.graph_weights, hops, g.decay, g.frontier,
-                               g.seed_position_decay)
+        want = reference.graph(
+            users.recent_items[u, : g.recent_items],
+            users.recent_weights[u, : g.recent_items],
+            state.graph_neighbours,
+            state.graph_weights,
+            hops,
+            g.decay,
+            g.frontier,
+            g.seed_position_decay,
+        )
         np.testing.assert_allclose(got[u], want, rtol=1e-4, atol=1e-5)
 
 
@@ -68,12 +81,20 @@ def test_dense_first_hop_walks_every_edge(seed, n):
     every = np.tile(np.arange(n_items, dtype=np.int32), (n_items, 1))
     g = cfg.graph
     for u in range(n):
-        want = reference.graph(users.recent_items[u, : g.recent_items],
-                               users.recent_weights[u, : g.recent_items], every, dense, 1,
-                               g.decay, g.frontier, g.seed_position_decay)
+        want = reference.graph(
+            users.recent_items[u, : g.recent_items],
+            users.recent_weights[u, : g.recent_items],
+            every,
+            dense,
+            1,
+            g.decay,
+            g.frontier,
+            g.seed_position_decay,
+        )
         np.testing.assert_allclose(got[u], want, rtol=1e-4, atol=1e-4)
-    sparse = np.asarray(sources.graph_scores(state, users, CFG.with_overrides(
-        {"graph": {"hops": 1}})))
+    sparse = np.asarray(
+        sources.graph_scores(state, users, CFG.with_overrides({"graph": {"hops": 1}}))
+    )
     assert not np.allclose(got, sparse)  # the setting is honoured
 
 
@@ -89,11 +110,11 @@ def test_build_graph_keeps_the_dense_matrix_only_when_asked_and_small():
     for item in range(60):  # the lists are each row's strongest positive edges
         kept = graph.weights[item] > 0
         strongest = np.sort(graph.dense[item][graph.dense[item] > 0])[::-1][: kept.sum()]
-        np.testing.assert_allclose(np.sort(graph.weights[item][kept])[::-1], strongest,
-                                   rtol=1e-6)
+        np.testing.assert_allclose(np.sort(graph.weights[item][kept])[::-1], strongest, rtol=1e-6)
     for other in ({"max_dense_items": 59}, {"first_hop": "sparse"}):
-        graph = build_graph(data.events, weights, data.n_users, data.n_items,
-                            cfg.with_overrides({"graph": other}))
+        graph = build_graph(
+            data.events, weights, data.n_users, data.n_items, cfg.with_overrides({"graph": other})
+        )
         assert graph.dense.shape == (0, 0)
 
 
@@ -103,12 +124,21 @@ def test_content_is_the_lora_score(seed, n):
     state = random_state(seed)
     users = random_users(seed, state, n)
     got = np.asarray(sources.content_scores(state, users, CFG))
-    e, w, a = (np.asarray(x) for x in (state.base.item_embeddings, state.base.projection,
-                                       state.base.factor))
+    e, w, a = (
+        np.asarray(x)
+        for x in (state.base.item_embeddings, state.base.projection, state.base.factor)
+    )
     for u in range(n):
         for i in (0, 5, 17):
-            z = reference.logit(users.preference[u], w, users.adapter[u], a, e[i],
-                                float(state.base.bias), CFG.lora.scale)
+            z = reference.logit(
+                users.preference[u],
+                w,
+                users.adapter[u],
+                a,
+                e[i],
+                float(state.base.bias),
+                CFG.lora.scale,
+            )
             np.testing.assert_allclose(got[u, i], 1 / (1 + np.exp(-z)), rtol=1e-4)
 
 
@@ -142,8 +172,9 @@ def test_context_matches_reference(seed, n):
     request = random_requests(seed, n)
     got = np.asarray(sources.context_scores(state, users, request, CFG))
     for u in range(n):
-        np.testing.assert_allclose(got[u], _context_reference(state, users, request, u, CFG),
-                                   rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            got[u], _context_reference(state, users, request, u, CFG), rtol=1e-4, atol=1e-4
+        )
 
 
 @settings(max_examples=25, deadline=None)
@@ -155,8 +186,9 @@ def test_fusion_matches_reference(seed, n):
     weights = np.random.default_rng(seed).random(4).astype(np.float32) + 0.01
     scores = recommend.source_scores(state, users, request, CFG)
     mask = np.random.default_rng(seed + 1).random((n, 30)) < 0.6
-    blended, _ = recommend.relevance(scores, jnp.asarray(mask), jnp.asarray(weights),
-                                     jnp.asarray(users.qualifying), CFG)
+    blended, _ = recommend.relevance(
+        scores, jnp.asarray(mask), jnp.asarray(weights), jnp.asarray(users.qualifying), CFG
+    )
     blended = np.asarray(blended)
     raw, cold, active = (np.asarray(x) for x in scores)
     for u in range(n):
@@ -179,8 +211,11 @@ def test_mmr_matches_greedy_reference(seed, n, lam, n_select):
     relevance = np.sort(rng.random(n))[::-1].astype(np.float32)
     vectors = rng.standard_normal((n, 4)).astype(np.float32)
     valid = rng.random(n) < 0.85
-    got = np.asarray(mmr.mmr_select(relevance[None], vectors[None], valid[None],
-                                    jnp.array([lam], jnp.float32), n_select))[0]
+    got = np.asarray(
+        mmr.mmr_select(
+            relevance[None], vectors[None], valid[None], jnp.array([lam], jnp.float32), n_select
+        )
+    )[0]
     assert list(got) == reference.mmr(relevance, vectors, valid, lam, n_select)
 
 
@@ -191,8 +226,9 @@ def test_mmr_extremes_and_ties():
     valid = np.ones(8, bool)
 
     def pick(lam, rel=relevance, vec=vectors):
-        return list(np.asarray(mmr.mmr_select(rel[None], vec[None], valid[None],
-                                              jnp.array([lam]), 8))[0])
+        return list(
+            np.asarray(mmr.mmr_select(rel[None], vec[None], valid[None], jnp.array([lam]), 8))[0]
+        )
 
     assert pick(1.0) == list(range(8))  # λ = 1: the plain ranking
     spread = pick(0.0)  # λ = 0: each next pick is the least similar to those picked
@@ -249,25 +285,26 @@ def test_full_diversity_still_starts_with_the_most_relevant_item(seed, n):
 
 def test_cold_start_blending_and_exploration():
     q = jnp.array([0.0, 2.0, 3.0, 10.0, 20.0, 40.0])
-    np.testing.assert_allclose(np.asarray(recommend.blend_weight(q, CFG)),
-                               [0, 0, 0.15, 0.5, 1, 1])
+    np.testing.assert_allclose(np.asarray(recommend.blend_weight(q, CFG)), [0, 0, 0.15, 0.5, 1, 1])
     eps = np.asarray(recommend.exploration_share(q, CFG))
-    np.testing.assert_allclose(eps[:4], np.maximum(0.05, 0.2 * 0.995 ** np.asarray(q[:4])),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        eps[:4], np.maximum(0.05, 0.2 * 0.995 ** np.asarray(q[:4])), rtol=1e-5
+    )
     assert eps[4] == eps[5] == 0.0
 
 
 def test_third_event_changes_the_list_and_cold_users_get_cold_start():
     state = random_state(3, n_items=60)
     users = random_users(3, state, 2)
-    request = random_requests(3, 2, with_context=False)._replace(
-        mmr_lambda=np.ones(2, np.float32))
+    request = random_requests(3, 2, with_context=False)._replace(mmr_lambda=np.ones(2, np.float32))
     two = users._replace(qualifying=np.array([2.0, 2.0], np.float32))
     three = users._replace(qualifying=np.array([3.0, 3.0], np.float32))
     a, b = _recommend(state, two, request, 10), _recommend(state, three, request, 10)
     assert not np.array_equal(np.asarray(a.items), np.asarray(b.items))
-    assert set(np.asarray(a.kind)[np.asarray(a.items) >= 0]) <= {recommend.COLD_START,
-                                                                 recommend.EXPLORATION}
+    assert set(np.asarray(a.kind)[np.asarray(a.items) >= 0]) <= {
+        recommend.COLD_START,
+        recommend.EXPLORATION,
+    }
     cold = random_users(4, state, 2, cold=True)
     wide = CFG.with_overrides({"candidates": {"per_source": 30}, "diversity": {"pool_size": 30}})
     result = _recommend(state, cold, request, 10, cfg=wide)
@@ -289,7 +326,13 @@ def test_score_items_components():
     assert np.all((score >= 0) & (score <= 1)) and score[2, 2] == 0
     assert np.all((comps[..., :4] >= 0) & (comps[..., :4] <= 1))
     # The LoRA boost is the adapter's effect on the content score.
-    base_only = recommend.score_items(state, users._replace(adapter=np.zeros_like(users.adapter)),
-                                      request, items, recommend.fusion_weights(CFG), CFG)
+    base_only = recommend.score_items(
+        state,
+        users._replace(adapter=np.zeros_like(users.adapter)),
+        request,
+        items,
+        recommend.fusion_weights(CFG),
+        CFG,
+    )
     np.testing.assert_allclose(np.asarray(base_only.components)[..., 4], 0.0, atol=1e-6)
     assert np.abs(comps[..., 4]).max() > 0

@@ -36,8 +36,7 @@ ks = st.sampled_from([1, 3, 10, 40])
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(0, 10_000), rows, widths, ks, st.sampled_from(
-    ["distinct", "ties", "masked"]))
+@given(st.integers(0, 10_000), rows, widths, ks, st.sampled_from(["distinct", "ties", "masked"]))
 def test_mask_is_the_top_k_set(seed, n_rows, width, k, kind):
     rng = np.random.default_rng(seed)
     scores = rng.normal(size=(n_rows, width)).astype(np.float32)
@@ -63,7 +62,7 @@ def test_unordered_values_and_indices(seed, n_rows, width, k):
         assert_top_k(scores[row], set(kept.tolist()), k)
         assert list(kept) == sorted(kept)  # index order
         np.testing.assert_array_equal(values[row][: len(kept)], scores[row][kept])
-        assert np.all(values[row][len(kept):] == -np.inf)
+        assert np.all(values[row][len(kept) :] == -np.inf)
 
 
 def test_constant_rows_and_rows_of_nothing():
@@ -77,8 +76,12 @@ def test_constant_rows_and_rows_of_nothing():
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.integers(0, 10_000), st.sampled_from([(1,), (3,), (2, 3)]),
-       st.sampled_from([1, 31, 32, 33, 300, 5000]), st.floats(0.0, 1.0))
+@given(
+    st.integers(0, 10_000),
+    st.sampled_from([(1,), (3,), (2, 3)]),
+    st.sampled_from([1, 31, 32, 33, 300, 5000]),
+    st.floats(0.0, 1.0),
+)
 def test_running_count_is_the_cumulative_sum(seed, lead, width, density):
     flags = np.random.default_rng(seed).random((*lead, width)) < density
     got = np.asarray(running_count(jnp.asarray(flags)))

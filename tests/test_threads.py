@@ -24,13 +24,21 @@ print(size, pool, len(confined))
 
 
 def _probe(threads: int) -> list[str]:
-    out = subprocess.run([sys.executable, "-c", PROBE, str(threads)], cwd=ROOT, check=True,
-                         capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, str(threads)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
     return out.stdout.split()
 
 
-@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
-                    reason="needs Linux CPU affinity and at least 2 CPUs")
+@pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="needs Linux CPU affinity and at least 2 CPUs",
+)
 def test_one_xla_thread_and_every_thread_free_again():
     size, pool, confined = _probe(1)
     assert size == "1" and pool == "1"  # XLA sized its pool from the confined starting thread

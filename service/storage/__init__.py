@@ -18,8 +18,9 @@ def open_store(database_url: str | None, data_dir: str | Path) -> Store:
 
         return SQLiteStore(database_url.removeprefix("sqlite:///"))
     if database_url:
-        raise ValueError(f"unsupported database URL {database_url!r}: use postgresql://... or "
-                         "sqlite:///path")
+        raise ValueError(
+            f"unsupported database URL {database_url!r}: use postgresql://... or sqlite:///path"
+        )
     from service.storage.sqlite import SQLiteStore
 
     return SQLiteStore(Path(data_dir) / "sona.db")

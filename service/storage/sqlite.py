@@ -11,18 +11,22 @@ import aiosqlite
 from service.storage.base import ContentRow, EventRow, UserStateRow
 from service.storage.migrations import SQLITE
 
-_EVENT_COLUMNS = ("user_id, content_id, ts, completion_rate, rating, is_rewatch, dismissed, "
-                  "device_type, time_of_day")
+_EVENT_COLUMNS = (
+    "user_id, content_id, ts, completion_rate, rating, is_rewatch, dismissed, "
+    "device_type, time_of_day"
+)
 
 
 def _event(row) -> EventRow:
-    return EventRow(row[0], row[1], row[2], row[3], row[4], bool(row[5]), bool(row[6]), row[7],
-                    row[8])
+    return EventRow(
+        row[0], row[1], row[2], row[3], row[4], bool(row[5]), bool(row[6]), row[7], row[8]
+    )
 
 
 def _content(row) -> ContentRow:
-    return ContentRow(row[0], row[1], json.loads(row[2]), row[3], row[4], json.loads(row[5]),
-                      row[6], row[7])
+    return ContentRow(
+        row[0], row[1], json.loads(row[2]), row[3], row[4], json.loads(row[5]), row[6], row[7]
+    )
 
 
 class SQLiteStore:
@@ -38,15 +42,18 @@ class SQLiteStore:
         # WAL + FULL sync: a committed transaction survives a crash of the process or machine.
         await self.db.execute("PRAGMA journal_mode=WAL")
         await self.db.execute("PRAGMA synchronous=FULL")
-        await self.db.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
-                              "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)")
+        await self.db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+        )
         async with self.db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations") as c:
             (current,) = await c.fetchone()
         for version, script in enumerate(SQLITE, start=1):
             if version > current:
                 await self.db.executescript(script)
-                await self.db.execute("INSERT INTO schema_migrations VALUES (?, ?)",
-                                      (version, time.time()))
+                await self.db.execute(
+                    "INSERT INTO schema_migrations VALUES (?, ?)", (version, time.time())
+                )
         await self.db.commit()
 
     async def close(self) -> None:
@@ -68,14 +75,29 @@ class SQLiteStore:
         await self.db.executemany(
             f"INSERT INTO events ({_EVENT_COLUMNS}, received_at) VALUES (?,?,?,?,?,?,?,?,?,?) "
             "ON CONFLICT (user_id, content_id, ts) DO NOTHING",
-            [(e.user_id, e.content_id, e.ts, e.completion_rate, e.rating, e.is_rewatch,
-              e.dismissed, e.device_type, e.time_of_day, now) for e in events])
+            [
+                (
+                    e.user_id,
+                    e.content_id,
+                    e.ts,
+                    e.completion_rate,
+                    e.rating,
+                    e.is_rewatch,
+                    e.dismissed,
+                    e.device_type,
+                    e.time_of_day,
+                    now,
+                )
+                for e in events
+            ],
+        )
         await self.db.commit()
         return self.db.total_changes - before
 
     async def user_events(self, user_id: str) -> list[EventRow]:
-        async with self.db.execute(f"SELECT {_EVENT_COLUMNS} FROM events WHERE user_id = ? "
-                                   "ORDER BY ts", (user_id,)) as cursor:
+        async with self.db.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE user_id = ? ORDER BY ts", (user_id,)
+        ) as cursor:
             return [_event(row) for row in await cursor.fetchall()]
 
     async def all_events(self) -> list[EventRow]:
@@ -94,20 +116,36 @@ class SQLiteStore:
             "duration_minutes=excluded.duration_minutes, release_year=excluded.release_year, "
             "moods=excluded.moods, series_id=excluded.series_id, embedding=excluded.embedding, "
             "updated_at=excluded.updated_at",
-            [(c.content_id, c.title, json.dumps(c.genres), c.duration_minutes, c.release_year,
-              json.dumps(c.moods), c.series_id, c.embedding, now) for c in items])
+            [
+                (
+                    c.content_id,
+                    c.title,
+                    json.dumps(c.genres),
+                    c.duration_minutes,
+                    c.release_year,
+                    json.dumps(c.moods),
+                    c.series_id,
+                    c.embedding,
+                    now,
+                )
+                for c in items
+            ],
+        )
         await self.db.commit()
         return len(items)
 
     async def get_content(self, content_id: str) -> ContentRow | None:
-        async with self.db.execute("SELECT * FROM content WHERE content_id = ?",
-                                   (content_id,)) as cursor:
+        async with self.db.execute(
+            "SELECT * FROM content WHERE content_id = ?", (content_id,)
+        ) as cursor:
             row = await cursor.fetchone()
         return _content(row) if row else None
 
     async def list_content(self, limit: int, cursor: str | None) -> list[ContentRow]:
-        async with self.db.execute("SELECT * FROM content WHERE content_id > ? "
-                                   "ORDER BY content_id LIMIT ?", (cursor or "", limit)) as c:
+        async with self.db.execute(
+            "SELECT * FROM content WHERE content_id > ? ORDER BY content_id LIMIT ?",
+            (cursor or "", limit),
+        ) as c:
             return [_content(row) for row in await c.fetchall()]
 
     async def delete_content(self, content_id: str) -> bool:
@@ -119,10 +157,11 @@ class SQLiteStore:
         found: set[str] = set()
         unique = list(dict.fromkeys(content_ids))
         for start in range(0, len(unique), 500):
-            part = unique[start:start + 500]
+            part = unique[start : start + 500]
             marks = ",".join("?" * len(part))
-            async with self.db.execute(f"SELECT content_id FROM content WHERE content_id IN "
-                                       f"({marks})", part) as cursor:
+            async with self.db.execute(
+                f"SELECT content_id FROM content WHERE content_id IN ({marks})", part
+            ) as cursor:
                 found.update(row[0] for row in await cursor.fetchall())
         return found
 
@@ -132,13 +171,23 @@ class SQLiteStore:
             "UPDATE SET state=excluded.state, events_since_training=COALESCE(?, "
             "events_since_training), last_trained=excluded.last_trained, "
             "updated_at=excluded.updated_at",
-            (row.user_id, row.state, row.events_since_training, row.last_trained, time.time(),
-             row.events_since_training))
+            (
+                row.user_id,
+                row.state,
+                row.events_since_training,
+                row.last_trained,
+                time.time(),
+                row.events_since_training,
+            ),
+        )
         await self.db.commit()
 
     async def load_user_state(self, user_id: str) -> UserStateRow | None:
-        async with self.db.execute("SELECT user_id, state, events_since_training, last_trained "
-                                   "FROM user_state WHERE user_id = ?", (user_id,)) as cursor:
+        async with self.db.execute(
+            "SELECT user_id, state, events_since_training, last_trained "
+            "FROM user_state WHERE user_id = ?",
+            (user_id,),
+        ) as cursor:
             row = await cursor.fetchone()
         return UserStateRow(*row) if row else None
 
@@ -146,19 +195,24 @@ class SQLiteStore:
         await self.db.execute(
             "INSERT INTO user_state VALUES (?, x'', ?, NULL, ?) ON CONFLICT (user_id) DO UPDATE "
             "SET events_since_training = events_since_training + ?",
-            (user_id, n, time.time(), n))
+            (user_id, n, time.time(), n),
+        )
         await self.db.commit()
-        async with self.db.execute("SELECT events_since_training FROM user_state "
-                                   "WHERE user_id = ?", (user_id,)) as cursor:
+        async with self.db.execute(
+            "SELECT events_since_training FROM user_state WHERE user_id = ?", (user_id,)
+        ) as cursor:
             return (await cursor.fetchone())[0]
 
     async def record_model_version(self, version: int, path: str, report: str) -> None:
-        await self.db.execute("INSERT OR REPLACE INTO model_versions VALUES (?,?,?,?)",
-                              (version, path, time.time(), report))
+        await self.db.execute(
+            "INSERT OR REPLACE INTO model_versions VALUES (?,?,?,?)",
+            (version, path, time.time(), report),
+        )
         await self.db.commit()
 
     async def latest_model_version(self) -> tuple[int, str] | None:
-        async with self.db.execute("SELECT version, path FROM model_versions "
-                                   "ORDER BY version DESC LIMIT 1") as cursor:
+        async with self.db.execute(
+            "SELECT version, path FROM model_versions ORDER BY version DESC LIMIT 1"
+        ) as cursor:
             row = await cursor.fetchone()
         return (row[0], row[1]) if row else None
