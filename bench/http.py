@@ -45,6 +45,7 @@ BENCH_CONFIG = """
 [serving]
 recommendation_ttl_seconds = 0   # every request reaches the engine
 max_queue = 4096
+max_batch = 64                   # 64 connections never fill more (and 128 need not compile)
 """
 
 LUA = """

@@ -159,11 +159,17 @@ class Runtime:
             self.warm_up()
 
     def warm_up(self) -> None:
-        """Compile every user bucket for the default list length before serving traffic."""
+        """Compile every user bucket a batch can fill, for the default list length, before
+        serving traffic (buckets above ``serving.max_batch``, or above 1 with batching off,
+        are never used; each recommend program takes about 2.4 s to compile here)."""
+        serving = self.cfg.serving
+        largest = serving.max_batch if serving.batching else 1
         empty = self.empty_profile()
         for size in USER_BUCKETS:
             self.recommend_batch([RecommendRequest(empty, 20, True, 0.7, -1, -1, -1, 0)] * size)
             self.score_batch([ScoreRequest(empty, np.zeros(1, np.int32))] * size)
+            if size >= largest:
+                break
 
     @property
     def version(self) -> int:
