@@ -169,15 +169,12 @@ class MicroBatcher:
             results = self.process([item for item, _ in live])
             if len(results) != len(live):
                 raise RuntimeError(f"{self.name}: {len(results)} results for {len(live)} items")
-        except BaseException as failure:  # noqa: BLE001 - one bad batch must not kill the worker
+        except Exception as failure:  # noqa: BLE001 - one bad batch must not kill the worker
             log.exception("%s batch failed", self.name)
-            error = (
-                failure
-                if isinstance(failure, Exception)
-                else RuntimeError(f"{self.name}: engine stopped ({type(failure).__name__})")
-            )
-            if not isinstance(failure, Exception):
-                raise
+            error = failure
+        except BaseException as failure:  # the thread stops, but its callers still hear why
+            error = RuntimeError(f"{self.name}: engine stopped ({type(failure).__name__})")
+            raise
         finally:
             elapsed = time.perf_counter() - started
             with self.turns:

@@ -537,15 +537,19 @@ def evaluate(
     return result
 
 
-def _train_positions(log: EventLog, split: Split, n_users: int) -> np.ndarray:
-    """(events,) each train event's chronological position in its user's train history."""
-    index = np.flatnonzero(split.train)
+def first_events_mask(
+    log: EventLog, mask: np.ndarray, users: np.ndarray, n_events: int, n_users: int
+) -> np.ndarray:
+    """``mask`` with ``users`` cut to their first ``n_events`` events (by time); others kept."""
+    index = np.flatnonzero(mask)
     order = index[np.lexsort((log.timestamp[index], log.user[index]))]
     counts = np.bincount(log.user[order], minlength=n_users)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    rank = np.empty(len(log), np.int64)
+    rank = np.zeros(len(log), np.int64)
     rank[order] = np.arange(len(order)) - starts[log.user[order]]
-    return rank
+    cut = np.zeros(n_users, bool)
+    cut[users] = True
+    return mask & (~cut[log.user] | (rank < n_events))
 
 
 def _cold_groups(users: np.ndarray, options: EvalOptions) -> list[np.ndarray]:
@@ -573,13 +577,10 @@ def cold_lists(
     Returns the users in list order and {name: (users, 10) item indices}.
     """
     log = dataset.events
-    rank = _train_positions(log, split, dataset.n_users)
     lists: dict = {name: [] for name in (*configs, "popularity")}
     train_cfg = next(iter(configs.values()))
     for group in groups:
-        is_cut = np.zeros(dataset.n_users, bool)
-        is_cut[group] = True
-        keep = split.train & (~is_cut[log.user] | (rank < n_events))
+        keep = first_events_mask(log, split.train, group, n_events, dataset.n_users)
         ranker = HybridRanker(train_model(subset(dataset, keep), train_cfg))
         tod, device = _context_arrays(split, group) if use_context else (None, None)
         for name, cfg in configs.items():

@@ -37,11 +37,11 @@ import numpy as np
 
 from sona_jax.config import ConfigError, SonaConfig, config_from_dict, read_toml
 from sona_jax.datasets import Dataset, load_dataset
-from sona_jax.datasets.schema import EventLog
 from sona_jax.evaluation import (
     EVAL_BATCH,
     HybridRanker,
     Split,
+    first_events_mask,
     list_metrics,
     make_split,
     subset,
@@ -1044,21 +1044,6 @@ def research_dataset(seed: int = 0) -> Dataset:
     if (ml100k_folder() / "u.data").is_file():
         return load_dataset("ml-100k", str(ml100k_folder()))
     return load_dataset("synthetic", n_users=2_000, n_items=3_000, seed=seed)
-
-
-def first_events_mask(
-    log: EventLog, mask: np.ndarray, users: np.ndarray, n_events: int, n_users: int
-) -> np.ndarray:
-    """``mask`` with ``users`` cut to their first ``n_events`` events (by time); others kept."""
-    index = np.flatnonzero(mask)
-    order = index[np.lexsort((log.timestamp[index], log.user[index]))]
-    counts = np.bincount(log.user[order], minlength=n_users)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    rank = np.zeros(len(log), np.int64)
-    rank[order] = np.arange(len(order)) - starts[log.user[order]]
-    cut = np.zeros(n_users, bool)
-    cut[users] = True
-    return mask & (~cut[log.user] | (rank < n_events))
 
 
 def _pad(values: np.ndarray | None, start: int, fill) -> np.ndarray | None:
