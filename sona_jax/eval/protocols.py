@@ -1,0 +1,321 @@
+"""SPEC 7: one protocol end to end — the side-by-side rows of `sona eval`.
+
+* P1 next-watch / P2 random split (`sona_jax.eval.splits`); items seen in train are never
+  ranked; every rating counts as a positive.
+* Validation splits are carved from train with the same protocol; EASE's λ, ALS's settings and
+  (optionally) the fusion weights, graph walk, MMR λ and cold start's genre strength are chosen
+  there, never on test. Settings that differ in a train-time key get their own trained model
+  (one per `SonaConfig.train_digest`); serve-time settings share it.
+* Cold start (`sona_jax.eval.cold_start`): test users cut to their first n train events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from sona_jax.config import SonaConfig
+from sona_jax.data.schema import Dataset
+from sona_jax.eval import baselines
+from sona_jax.eval.cold_start import cold_start_curve, tune_cold_start
+from sona_jax.eval.metrics import list_metrics, ranking_metrics, top_from_scores
+from sona_jax.eval.ranking import rank
+from sona_jax.eval.splits import Split, make_split, subset
+from sona_jax.model.train import train_model
+from sona_jax.serve.engine import ServingEngine
+from sona_jax.serve.recommend import SOURCE_NAMES, fusion_weights
+
+LogFn = Callable[[str], None]
+Clock = Callable[[], float]
+
+
+@dataclass
+class EvalOptions:
+    protocol: str = "p1"
+    seed: int = 0
+    k: int = 10  # list length every metric is measured at
+    tune_fusion: bool = True
+    fusion_trials: int = 12
+    # graph settings tried on validation (each overrides the configured [graph] section):
+    # how the walk seeds (recency, how many, how weighted) and whether hop 1 is dense
+    graph_settings: tuple[tuple[tuple[str, object], ...], ...] = (
+        (("seed_position_decay", 1.0), ("recent_items", 256)),
+        (("seed_position_decay", 0.9), ("recent_items", 100)),
+        (("seed_position_decay", 0.8), ("recent_items", 100)),
+        (("seed_position_decay", 0.8), ("recent_items", 256)),
+        (("seed_position_decay", 1.0), ("recent_items", 256), ("first_hop", "dense")),
+        (
+            ("seed_position_decay", 1.0),
+            ("recent_items", 256),
+            ("first_hop", "dense"),
+            ("seed_weighting", "uniform"),
+            ("hops", 1),
+        ),
+    )
+    # MMR λ tried on validation for the headline row (with the best weights and seeds)
+    mmr_lambdas: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
+    # then this many points drawn close to the best weights (Dirichlet around them)
+    refine_trials: int = 12
+    refine_concentration: float = 40.0
+    cold_start_users: int = 500
+    cold_start_points: tuple[int, ...] = (0, 1, 3, 5, 10)
+    # cold start's genre strength tried on validation (empty: keep the configured one), with
+    # validation users cut to these numbers of events
+    cold_genre_strengths: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)
+    cold_tune_points: tuple[int, ...] = (1, 3, 5)
+    ease_l2_grid: tuple[float, ...] = (50.0, 100.0, 200.0, 500.0, 1000.0)
+    als_grid: tuple[tuple[int, float], ...] = ((32, 0.05), (64, 0.05), (128, 0.1))
+
+    @property
+    def ndcg(self) -> str:
+        return f"ndcg@{self.k}"
+
+
+class TrainedEngines:
+    """Engines for configs on one dataset, one trained model per train-time digest."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset, self.models = dataset, {}
+
+    def __call__(self, cfg: SonaConfig) -> ServingEngine:
+        digest = cfg.train_digest()
+        if digest not in self.models:
+            self.models[digest] = ServingEngine.load(train_model(self.dataset, cfg))
+        return self.models[digest].with_config(cfg)
+
+
+def one_hot_weights(source: int) -> np.ndarray:
+    weights = np.zeros(len(SOURCE_NAMES), np.float32)
+    weights[source] = 1.0
+    return weights
+
+
+def candidate_weights(cfg: SonaConfig, n_random: int, seed: int) -> list[np.ndarray]:
+    """Configured weights, each source alone, and seeded random points of the simplex."""
+    rng = np.random.default_rng(seed)
+    found = [np.asarray(fusion_weights(cfg))]
+    found += [one_hot_weights(s) for s in range(len(SOURCE_NAMES))]
+    found += [rng.dirichlet(np.ones(len(SOURCE_NAMES))).astype(np.float32) for _ in range(n_random)]
+    return found
+
+
+def context_arrays(split: Split, users: np.ndarray, use_context: bool):
+    """The test events' (time_of_day, device) of ``users``, or (None, None)."""
+    if not use_context:
+        return None, None
+    return split.test_time_of_day[users], split.test_device[users]
+
+
+def _baseline_rows(train_matrix, val_train, val_split, split, users, vectors, options, log_fn, clock):
+    rows = []
+    val_users, k = val_split.users, options.k
+
+    def val_ndcg(model):
+        model.fit(val_train)
+        top = top_from_scores(model.scores(val_users), val_train, val_users, k)
+        return ranking_metrics(top, val_split.test, val_users)[options.ndcg]
+
+    candidates = [
+        ("popularity", [baselines.Popularity()]),
+        ("ease", [baselines.EASE(l2) for l2 in options.ease_l2_grid]),
+        (
+            "implicit-als",
+            [baselines.ImplicitALS(f, r, seed=options.seed) for f, r in options.als_grid],
+        ),
+    ]
+    for name, models in candidates:
+        started = clock()
+        scores = [val_ndcg(model) for model in models] if len(models) > 1 else [0.0]
+        best = models[int(np.argmax(scores))]
+        best.fit(train_matrix)
+        top = top_from_scores(best.scores(users), train_matrix, users, k)
+        rows.append(
+            {
+                "name": name,
+                "kind": "baseline",
+                "metrics": list_metrics(top, split.test, users, vectors),
+                "chosen_on_validation": best.settings(),
+                "seconds": clock() - started,
+            }
+        )
+        log_fn(f"{name}: {rows[-1]['metrics'][options.ndcg]:.4f} NDCG@{k}")
+    return rows
+
+
+def tune_on_validation(
+    dataset: Dataset, val_split: Split, cfg: SonaConfig, options: EvalOptions, log_fn: LogFn
+) -> tuple[SonaConfig, np.ndarray, float, dict]:
+    """Fusion weights, graph walk and MMR λ chosen on the validation split.
+
+    Returns the chosen config, weights (4,), λ and what was tried.
+    """
+    engines = TrainedEngines(subset(dataset, val_split.train))
+    val_users = val_split.users
+    tod, device = context_arrays(val_split, val_users, options.protocol == "p1")
+
+    def ndcg(engine: ServingEngine, weights, lam: float = 1.0) -> float:
+        top = rank(engine, val_users, weights, lam, tod, device, options.k)
+        return ranking_metrics(top, val_split.test, val_users)[options.ndcg]
+
+    trials = []
+    for setting in ((), *options.graph_settings):
+        trial_cfg = cfg.with_overrides({"graph": dict(setting)})
+        engine = engines(trial_cfg)
+        for candidate in candidate_weights(cfg, options.fusion_trials, options.seed):
+            trials.append((ndcg(engine, candidate), candidate, trial_cfg))
+    best_ndcg, weights, best_cfg = max(trials, key=lambda trial: trial[0])
+    rng = np.random.default_rng(options.seed + 2)
+    engine = engines(best_cfg)
+    for _ in range(options.refine_trials):
+        candidate = rng.dirichlet(1.0 + options.refine_concentration * weights).astype(np.float32)
+        trials.append((ndcg(engine, candidate), candidate, best_cfg))
+    best_ndcg, weights, best_cfg = max(trials, key=lambda trial: trial[0])
+    engine = engines(best_cfg)
+    lambdas = [(ndcg(engine, weights, lam), lam) for lam in options.mmr_lambdas]
+    best_ndcg, headline_lambda = max(lambdas, key=lambda trial: trial[0])
+    graph_keys = ("seed_position_decay", "recent_items", "seed_weighting", "hops", "first_hop")
+    tuned = {
+        "tuned": weights.tolist(),
+        f"validation_{options.ndcg}": best_ndcg,
+        "tuned_mmr_lambda": headline_lambda,
+        f"validation_configured_{options.ndcg}": trials[0][0],
+        "trials": len(trials),
+        "models_trained": len(engines.models),
+        "tuned_seed_position_decay": best_cfg.graph.seed_position_decay,
+        "tuned_recent_items": best_cfg.graph.recent_items,
+        "tuned_graph": {key: getattr(best_cfg.graph, key) for key in graph_keys},
+    }
+    g = best_cfg.graph
+    log_fn(
+        f"fusion weights {np.round(weights, 3).tolist()}, graph seeds {g.recent_items} "
+        f"x{g.seed_position_decay}/position ({g.seed_weighting}, {g.hops} hops, "
+        f"{g.first_hop} first hop), MMR λ {headline_lambda} (validation NDCG@{options.k} "
+        f"{best_ndcg:.4f} vs configured {trials[0][0]:.4f})"
+    )
+    return best_cfg, weights, headline_lambda, tuned
+
+
+def evaluate(
+    dataset: Dataset,
+    cfg: SonaConfig,
+    options: EvalOptions,
+    log_fn: LogFn = lambda message: None,
+    clock: Clock = lambda: 0.0,
+) -> dict:
+    """Run one protocol end to end and return the `sona eval` JSON document (``clock``, when
+    given, times each row: seconds as a float)."""
+    started = clock()
+    log, n_users, n_items = dataset.events, dataset.n_users, dataset.n_items
+    everything = np.ones(len(log), bool)
+    split = make_split(options.protocol, log, everything, n_users, n_items, options.seed)
+    val_split = make_split(options.protocol, log, split.train, n_users, n_items, options.seed + 1)
+    users, k = split.users, options.k
+    train_matrix = baselines.interaction_matrix(
+        log.user[split.train], log.item[split.train], n_users, n_items
+    )
+    val_train = baselines.interaction_matrix(
+        log.user[val_split.train], log.item[val_split.train], n_users, n_items
+    )
+    use_context = options.protocol == "p1"
+
+    configured_cfg = cfg
+    weights = np.asarray(fusion_weights(cfg))
+    headline_lambda = 1.0
+    fusion = {"configured": weights.tolist()}
+    if options.tune_fusion:
+        log_fn("training on the validation split to tune fusion weights ...")
+        cfg, weights, headline_lambda, tuned = tune_on_validation(
+            dataset, val_split, cfg, options, log_fn
+        )
+        fusion |= tuned
+
+    log_fn("training on the train split ...")
+    engines = TrainedEngines(subset(dataset, split.train))
+    engine = engines(cfg)
+    vectors = np.asarray(engine.model.base.item_embeddings)
+    tod, device = context_arrays(split, users, use_context)
+
+    def top(weights_, lam: float, engine_=engine, tod_=tod, device_=device) -> np.ndarray:
+        return rank(engine_, users, weights_, lam, tod_, device_, k)
+
+    plain = top(weights, 1.0)
+    diverse = top(weights, cfg.diversity.mmr_lambda)
+    headline = plain if headline_lambda == 1.0 else top(weights, headline_lambda)
+    # The headline row ranks with the λ chosen on validation; _plain (λ = 1, no MMR) against
+    # _mmr (the configured λ) is the MMR trade-off.
+    hybrid_metrics = list_metrics(headline, split.test, users, vectors)
+    hybrid_metrics |= list_metrics(plain, split.test, users, vectors, suffix="_plain")
+    hybrid_metrics |= list_metrics(diverse, split.test, users, vectors, suffix="_mmr")
+    rows = [
+        {
+            "name": "sona-hybrid",
+            "kind": "hybrid",
+            "metrics": hybrid_metrics,
+            "weights": dict(zip(SOURCE_NAMES, map(float, weights), strict=True)),
+            "mmr_lambda": headline_lambda,
+        }
+    ]
+    if options.tune_fusion:  # the configured setting on its own trained model
+        configured = top(fusion_weights(configured_cfg), 1.0, engines(configured_cfg))
+        fusion["test_configured_metrics"] = list_metrics(configured, split.test, users, vectors)
+    for s, name in enumerate(SOURCE_NAMES):
+        if name == "context" and not use_context:
+            continue
+        rows.append(
+            {
+                "name": name,
+                "kind": "source",
+                "metrics": list_metrics(top(one_hot_weights(s), 1.0), split.test, users, vectors),
+            }
+        )
+    log_fn(f"hybrid: {hybrid_metrics[options.ndcg]:.4f} NDCG@{k}")
+    rows += _baseline_rows(
+        train_matrix, val_train, val_split, split, users, vectors, options, log_fn, clock
+    )
+
+    result = {
+        "data": dataset.name,
+        "protocol": options.protocol,
+        "k": k,
+        "rows": rows,
+        "users": int(len(users)),
+        "items": int(n_items),
+        "fusion": fusion,
+        "mmr_lambda": cfg.diversity.mmr_lambda,
+    }
+    if use_context:
+        no_context = top(weights, 1.0, tod_=None, device_=None)  # as `plain`, no context
+        result["context"] = {
+            f"{options.ndcg}_with_context": hybrid_metrics[f"{options.ndcg}_plain"],
+            f"{options.ndcg}_without_context": ranking_metrics(no_context, split.test, users)[
+                options.ndcg
+            ],
+            "context_fields": "time_of_day and device of the test event (device where known)",
+        }
+    if options.cold_start_points:
+        # Cold users are served with the configured weights (tuned ones fit warm users) and
+        # the cold-start genre strength chosen on validation.
+        cold_cfg, cold_weights = configured_cfg, np.asarray(fusion_weights(configured_cfg))
+        if options.tune_fusion and options.cold_genre_strengths:
+            log_fn("choosing the cold-start genre strength on the validation split ...")
+            strength, trials = tune_cold_start(
+                dataset, val_split, cold_cfg, cold_weights, options, use_context
+            )
+            cold_cfg = cold_cfg.with_overrides({"cold_start": {"genre_strength": strength}})
+            result["cold_start_tuning"] = {
+                "genre_strength": strength,
+                f"validation_{options.ndcg}": trials,
+                "points": list(options.cold_tune_points),
+            }
+            log_fn(
+                f"cold-start genre strength {strength:g} (validation NDCG@{k} "
+                + ", ".join(f"{name}: {v:.4f}" for name, v in trials.items())
+                + ")"
+            )
+        result["cold_start"] = cold_start_curve(
+            dataset, split, cold_cfg, cold_weights, options, use_context, log_fn
+        )
+    result["seconds"] = clock() - started
+    return result

@@ -1,0 +1,121 @@
+"""SPEC 7 splits: P1 next-watch and P2 random, over any mask of a log's events.
+
+* P1: each user's chronologically last interaction is the test item (users with >= 2 events).
+* P2: a seeded random 25 % of each user's (user, item) pairs.
+* Validation splits are carved from train the same way (`make_split` over ``split.train``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from sona_jax.data.schema import Dataset, EventLog
+from sona_jax.eval.baselines import interaction_matrix
+
+
+@dataclass(frozen=True)
+class Split:
+    """train: mask over the log's events; test: (users, items) binary matrix;
+    test_time_of_day / test_device: (users,) context of each user's (last) test event, -1 none."""
+
+    train: np.ndarray
+    test: sp.csr_matrix
+    test_time_of_day: np.ndarray
+    test_device: np.ndarray
+
+    @property
+    def users(self) -> np.ndarray:
+        """Users with at least one test item."""
+        return np.flatnonzero(np.diff(self.test.indptr) > 0)
+
+
+def _test_matrix(log: EventLog, test: np.ndarray, n_users: int, n_items: int):
+    matrix = interaction_matrix(log.user[test], log.item[test], n_users, n_items)
+    tod = np.full(n_users, -1, np.int32)
+    device = np.full(n_users, -1, np.int32)
+    order = np.argsort(log.timestamp[test], kind="stable")  # the latest test event wins
+    tod[log.user[test][order]] = log.time_of_day[test][order]
+    device[log.user[test][order]] = log.device[test][order]
+    return matrix, tod, device
+
+
+def split_next_watch(log: EventLog, mask: np.ndarray, n_users: int, n_items: int) -> Split:
+    """P1 over the events in ``mask``: each user's last event (users with >= 2 events)."""
+    index = np.flatnonzero(mask)
+    order = index[np.lexsort((log.timestamp[index], log.user[index]))]
+    last = np.ones(len(order), bool)
+    last[:-1] = log.user[order][1:] != log.user[order][:-1]
+    counts = np.bincount(log.user[order], minlength=n_users)
+    last &= counts[log.user[order]] >= 2
+    test = np.zeros(len(log), bool)
+    test[order[last]] = True
+    # Drop other events of the same (user, item) as the test event from train: it must be unseen.
+    test_pairs = set(zip(log.user[test].tolist(), log.item[test].tolist(), strict=True))
+    same = np.array(
+        [
+            (u, i) in test_pairs
+            for u, i in zip(log.user[index].tolist(), log.item[index].tolist(), strict=True)
+        ]
+    )
+    train = mask.copy()
+    train[index[same]] = False
+    return Split(train, *_test_matrix(log, test, n_users, n_items))
+
+
+def split_random(
+    log: EventLog, mask: np.ndarray, n_users: int, n_items: int, seed: int, fraction: float = 0.25
+) -> Split:
+    """P2 over the events in ``mask``: a seeded random ``fraction`` of each user's (user, item)s."""
+    index = np.flatnonzero(mask)
+    pairs, first = np.unique(
+        log.user[index].astype(np.int64) * n_items + log.item[index], return_inverse=True
+    )
+    pair_user = pairs // n_items
+    rng = np.random.default_rng(seed)
+    noise = rng.random(len(pairs))
+    order = np.lexsort((noise, pair_user))
+    counts = np.bincount(pair_user, minlength=n_users)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.empty(len(pairs), np.int64)
+    rank[order] = np.arange(len(pairs)) - starts[pair_user[order]]
+    n_test = np.floor(counts * fraction).astype(np.int64)
+    test_pair = rank < n_test[pair_user]
+    test = np.zeros(len(log), bool)
+    test[index[test_pair[first]]] = True
+    train = mask & ~test
+    return Split(train, *_test_matrix(log, test, n_users, n_items))
+
+
+def make_split(
+    protocol: str, log: EventLog, mask: np.ndarray, n_users: int, n_items: int, seed: int
+) -> Split:
+    if protocol == "p1":
+        return split_next_watch(log, mask, n_users, n_items)
+    if protocol == "p2":
+        return split_random(log, mask, n_users, n_items, seed)
+    raise ValueError(f"unknown protocol {protocol!r}; use p1 or p2")
+
+
+def subset(dataset: Dataset, mask: np.ndarray) -> Dataset:
+    """The dataset with only the events in ``mask`` (same users and catalogue)."""
+    return Dataset(
+        dataset.name, dataset.catalogue, dataset.user_ids, dataset.events.take(mask), dataset.extras
+    )
+
+
+def first_events_mask(
+    log: EventLog, mask: np.ndarray, users: np.ndarray, n_events: int, n_users: int
+) -> np.ndarray:
+    """``mask`` with ``users`` cut to their first ``n_events`` events (by time); others kept."""
+    index = np.flatnonzero(mask)
+    order = index[np.lexsort((log.timestamp[index], log.user[index]))]
+    counts = np.bincount(log.user[order], minlength=n_users)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.zeros(len(log), np.int64)
+    rank[order] = np.arange(len(order)) - starts[log.user[order]]
+    cut = np.zeros(n_users, bool)
+    cut[users] = True
+    return mask & (~cut[log.user] | (rank < n_events))

@@ -1,0 +1,91 @@
+"""Per-user padded history tables (host numpy): recent engaged items, seen and dismissed items."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from sona_jax.buckets import bucket
+from sona_jax.data.schema import EventLog
+
+MIN_TABLE_WIDTH = 8  # narrowest padded table: tiny histories share one compiled width
+
+
+class UserHistory(NamedTuple):
+    """Per-user padded tables (users, width); items are -1 where padded.
+
+    recent_items / recent_weights: engaged items newest first, weight = decay x engagement.
+    seen: every item with any event; dismissed: dismissed items (both in item order).
+    """
+
+    recent_items: np.ndarray
+    recent_weights: np.ndarray
+    seen: np.ndarray
+    dismissed: np.ndarray
+
+
+def per_user_table(
+    user: np.ndarray,
+    item: np.ndarray,
+    order_key: np.ndarray,
+    values: np.ndarray,
+    n_users: int,
+    width: int | None = None,
+    cap: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(users, width) items and values per user, sorted by ``order_key`` ascending, -1 padded.
+
+    Without ``width`` the table is as wide as the longest user's list (at most ``cap``),
+    bucketed (`sona_jax.buckets.bucket`).
+    """
+    order = np.lexsort((order_key, user))
+    user, item, values = user[order], item[order], values[order]
+    counts = np.bincount(user, minlength=n_users)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.arange(len(user)) - starts[user]
+    longest = int(counts.max(initial=0))
+    if cap is not None:
+        longest = min(longest, cap)
+    width = width or bucket(longest, (MIN_TABLE_WIDTH,))
+    keep = rank < width
+    items = np.full((n_users, width), -1, np.int32)
+    vals = np.zeros((n_users, width), np.float32)
+    items[user[keep], rank[keep]] = item[keep]
+    vals[user[keep], rank[keep]] = values[keep]
+    return items, vals
+
+
+def _item_lists(user: np.ndarray, item: np.ndarray, n_users: int, cap: int) -> np.ndarray:
+    """(users, width) each user's distinct items in item order, -1 padded."""
+    pairs = np.unique(np.stack([user, item], 1), axis=0)
+    table, _ = per_user_table(
+        pairs[:, 0],
+        pairs[:, 1],
+        np.zeros(len(pairs)),
+        np.zeros(len(pairs), np.float32),
+        n_users,
+        cap=cap,
+    )
+    return table
+
+
+def build_user_history(
+    log: EventLog, weights: np.ndarray, n_users: int, recent_width: int, max_seen: int
+) -> UserHistory:
+    """History tables from events; ``weights`` are `preference.event_weights` (0 = not engaged).
+
+    recent lists are ``recent_width`` wide; seen / dismissed lists keep at most ``max_seen``.
+    """
+    engaged = weights > 0
+    recent_items, recent_weights = per_user_table(
+        log.user[engaged],
+        log.item[engaged],
+        -log.timestamp[engaged],
+        weights[engaged],
+        n_users,
+        width=recent_width,
+    )
+    seen = _item_lists(log.user, log.item, n_users, max_seen)
+    dismissed = _item_lists(log.user[log.dismissed], log.item[log.dismissed], n_users, max_seen)
+    return UserHistory(recent_items, recent_weights, seen, dismissed)

@@ -1,0 +1,99 @@
+"""The one driver of adapter training (SPEC 3.2): `sona train` runs it over every eligible user,
+the service's learner over the few users due; both in vmapped chunks of a bucketed size."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sona_jax.buckets import bucket
+from sona_jax.config import SonaConfig
+from sona_jax.data.schema import EventLog
+from sona_jax.model import lora
+from sona_jax.model.training_data import (
+    RecentEvents,
+    event_targets,
+    recent_events,
+    with_negatives,
+)
+from sona_jax.model.version import STORAGE_DTYPE
+
+Progress = Callable[[Iterable, str, int], Iterable]
+
+
+def no_progress(iterable: Iterable, description: str, total: int) -> Iterable:
+    """The default progress hook: the iterable unchanged."""
+    return iterable
+
+
+class AdapterTraining(NamedTuple):
+    """adapters: (users, d, r) trained B_u (float16); loss_before / loss_after: (users,)
+    masked BCE; events_used: (users,) events each user trained on."""
+
+    adapters: np.ndarray
+    loss_before: np.ndarray
+    loss_after: np.ndarray
+    events_used: np.ndarray
+
+
+def train_adapters_of(
+    base: lora.BaseTier,
+    preferences: np.ndarray,
+    adapters: np.ndarray,
+    log: EventLog,
+    rows: np.ndarray,
+    cfg: SonaConfig,
+    key: jax.Array,
+    progress: Progress = no_progress,
+) -> AdapterTraining:
+    """Train the adapters of users ``rows`` (indices into ``preferences`` (users, d),
+    ``adapters`` (users, d, r) and ``log.user``) on their most recent events.
+
+    Rows go through in chunks of at most ``lora.train_chunk_users`` (a power of two, the last
+    chunk padded by repeating its last user), so any number of users compiles few programs.
+    """
+    lcfg = cfg.lora
+    rows = np.asarray(rows, np.int64)
+    dim, rank = preferences.shape[1], adapters.shape[2]
+    out = AdapterTraining(
+        np.zeros((len(rows), dim, rank), STORAGE_DTYPE),
+        np.zeros(len(rows), np.float32),
+        np.zeros(len(rows), np.float32),
+        np.zeros(len(rows), np.int32),
+    )
+    if len(rows) == 0:
+        return out
+    targets = event_targets(log.completion, log.rating, log.dismissed, cfg.preference)
+    everyone = recent_events(log.user, log.item, log.timestamp, targets, rows, lcfg.max_events)
+    chunk = min(lcfg.train_chunk_users, bucket(len(rows)))
+    n_items = base.item_embeddings.shape[0]
+    starts = range(0, len(rows), chunk)
+    for start in progress(starts, "training adapters", len(starts)):
+        take = np.minimum(np.arange(start, start + chunk), len(rows) - 1)  # pad: repeat last
+        padded = rows[take]
+        recent = RecentEvents(*(part[take] for part in everyone))
+        key, sub = jax.random.split(key)
+        items, item_targets, mask = with_negatives(sub, recent, n_items, lcfg)
+        batch = lora.prepare_training_batch(
+            base,
+            jnp.asarray(preferences[padded], jnp.float32),
+            jnp.asarray(adapters[padded]),
+            items,
+            item_targets,
+            mask,
+        )
+        result = lora.train_adapters(batch, lcfg)
+        trained = lora.apply_adapter_updates(
+            jnp.asarray(adapters[padded]), batch.preference, result.delta
+        )
+        real = slice(start, min(start + chunk, len(rows)))
+        n = real.stop - real.start
+        out.adapters[real] = np.asarray(trained[:n]).astype(STORAGE_DTYPE)
+        out.loss_before[real] = np.asarray(result.loss_before[:n])
+        out.loss_after[real] = np.asarray(result.loss_after[:n])
+    out.events_used[:] = np.minimum(everyone.counts, lcfg.max_events)
+    return out

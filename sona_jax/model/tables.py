@@ -1,0 +1,217 @@
+"""Host-side builders of the tables the hybrid sources read (numpy / scipy in, arrays out).
+
+* the item co-engagement graph as fixed-width adjacency lists (never a dense items x items);
+* popularity: global, trending, per time-of-day and per device (smoothed toward global), and
+  each item's audience-hour distribution;
+* the mood -> genre prior.
+
+The per-user history tables are built with the profiles (`sona_jax.features.history`).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import scipy.sparse as sp
+
+from sona_jax.config import SonaConfig
+from sona_jax.data.schema import (
+    DEVICE_TYPES,
+    SECONDS_PER_DAY,
+    TIMES_OF_DAY,
+    EventLog,
+    hour_of_timestamp,
+)
+from sona_jax.features.history import per_user_table
+
+MOODS: tuple[str, ...] = ("uplifting", "dark", "relaxing", "tense", "funny", "romantic")
+# Genre name stems each mood favours; matched case-insensitively against a catalogue's genres.
+MOOD_GENRE_STEMS: dict[str, tuple[str, ...]] = {
+    "uplifting": ("children", "animation", "musical", "adventure", "family"),
+    "dark": ("horror", "crime", "war", "film-noir", "noir"),
+    "relaxing": ("documentary", "reality", "comedy"),
+    "tense": ("thriller", "mystery", "action"),
+    "funny": ("comedy", "animation"),
+    "romantic": ("romance", "drama", "musical"),
+}
+
+
+class Graph(NamedTuple):
+    """Item co-engagement graph as adjacency lists.
+
+    neighbours: (items, M) int32 item indices (padding points at the item itself);
+    weights: (items, M) float32 cosine co-engagement, 0 on padding;
+    dense: (items, items) float32 the full regression matrix (zero diagonal, negative edges
+    kept) when the first hop is dense and the catalogue small enough, else (0, 0).
+    """
+
+    neighbours: np.ndarray
+    weights: np.ndarray
+    dense: np.ndarray
+
+
+class Popularity(NamedTuple):
+    """global_share: (items,) sums to 1; trending: (items,) recent decayed share;
+    by_time_of_day: (4, items) and by_device: (4, items) smoothed shares;
+    hour_share: (items, 24) each item's audience over hours (smoothed).
+    """
+
+    global_share: np.ndarray
+    trending: np.ndarray
+    by_time_of_day: np.ndarray
+    by_device: np.ndarray
+    hour_share: np.ndarray
+
+
+def _engagement_sets(
+    log: EventLog, weights: np.ndarray, n_users: int, n_items: int, per_user: int
+) -> sp.csr_matrix:
+    """(users, items) binary: each user's ``per_user`` most recent engaged items."""
+    engaged = weights > 0
+    items, _ = per_user_table(
+        log.user[engaged],
+        log.item[engaged],
+        -log.timestamp[engaged],
+        weights[engaged],
+        n_users,
+        width=per_user,
+    )
+    rows, cols = np.nonzero(items >= 0)
+    x = sp.csr_matrix(
+        (np.ones(len(rows), np.float32), (rows, items[rows, cols])), shape=(n_users, n_items)
+    )
+    x.sum_duplicates()
+    x.data[:] = 1.0  # repeated engagement counts once
+    return x
+
+
+def _cosine_rows(x: sp.csr_matrix, block: int):
+    """Yield (start, rows) of cosine co-engagement ``C_ij / sqrt(d_i d_j)``, ``block`` at a time."""
+    inv_sqrt = 1.0 / np.sqrt(np.maximum(np.asarray(x.sum(axis=0)).ravel(), 1.0))
+    xt = x.T.tocsr()
+    for start in range(0, x.shape[1], block):
+        stop = min(start + block, x.shape[1])
+        co = (xt[start:stop] @ x).toarray()
+        yield start, co * inv_sqrt[start:stop, None] * inv_sqrt[None, :]
+
+
+def item_regression(x: sp.csr_matrix, l2: float) -> np.ndarray:
+    """(items, items) float64 EASE weights (Steck 2019) of a (users, items) matrix ``x``:
+    ``B = −P·diag(1/diag(P))``, ``P = (XᵀX + λI)⁻¹``, so ``x_u B`` scores user u's items
+    (the diagonal is not zeroed here). The EASE baseline and the regression graph share it."""
+    gram = (x.T @ x).toarray().astype(np.float64)
+    gram[np.diag_indices_from(gram)] += l2
+    precision = np.linalg.inv(gram)
+    return precision / -np.diag(precision)
+
+
+def _regression_rows(x: sp.csr_matrix, l2: float, block: int):
+    """Yield rows of the closed-form item-item regression on co-engagement (EASE weights).
+
+    ``B = −P / diag(P)`` with ``P = (XᵀX + λI)⁻¹``: a co-engagement graph whose edge weights
+    discount what other neighbours already explain. Needs one dense items x items inverse, so
+    `build_graph` uses it only up to ``graph.max_regression_items``.
+    """
+    weights = item_regression(x, l2).T
+    for start in range(0, x.shape[1], block):
+        yield start, weights[start : start + block]
+
+
+def build_graph(
+    log: EventLog,
+    weights: np.ndarray,
+    n_users: int,
+    n_items: int,
+    cfg: SonaConfig,
+) -> Graph:
+    """Top-M co-engagement neighbours per item, from users' engaged items.
+
+    Each user contributes at most ``graph.max_user_items`` of their most recent engaged items.
+    Edge weights are cosine co-engagement (``graph.weighting = "cosine"``, rows computed
+    ``graph.block_items`` at a time: memory O(block x items), never items x items) or the item-item
+    regression (``"regression"``, catalogues up to ``graph.max_regression_items``; larger ones
+    fall back to cosine). Only positive edges are kept in the lists; with
+    ``graph.first_hop = "dense"`` small catalogues (up to ``graph.max_dense_items``) also keep
+    the whole regression matrix.
+    """
+    gcfg = cfg.graph
+    m, block = gcfg.neighbours, gcfg.block_items
+    x = _engagement_sets(log, weights, n_users, n_items, gcfg.max_user_items)
+    use_regression = gcfg.weighting == "regression" and n_items <= gcfg.max_regression_items
+    rows = (
+        _regression_rows(x, gcfg.regression_l2, block) if use_regression else _cosine_rows(x, block)
+    )
+    keep_dense = gcfg.first_hop == "dense" and use_regression and n_items <= gcfg.max_dense_items
+    dense = np.zeros((n_items, n_items) if keep_dense else (0, 0), np.float32)
+    neighbours = np.tile(np.arange(n_items, dtype=np.int32)[:, None], (1, m))
+    out_weights = np.zeros((n_items, m), np.float32)
+    k = min(m, n_items - 1)
+    for start, co in rows:
+        stop = start + co.shape[0]
+        co = np.array(co, np.float32)
+        co[np.arange(stop - start), np.arange(start, stop)] = 0.0
+        if keep_dense:
+            dense[start:stop] = co
+        if k == 0:
+            continue
+        top = np.argpartition(-co, k - 1, axis=1)[:, :k]
+        top_w = np.take_along_axis(co, top, axis=1)
+        order = np.argsort(-top_w, axis=1)
+        top, top_w = np.take_along_axis(top, order, 1), np.take_along_axis(top_w, order, 1)
+        positive = top_w > 0
+        neighbours[start:stop, :k] = np.where(positive, top, neighbours[start:stop, :k])
+        out_weights[start:stop, :k] = np.where(positive, top_w, 0.0)
+    return Graph(neighbours, out_weights, dense)
+
+
+def _smoothed_share(counts: np.ndarray, prior: np.ndarray, strength: float) -> np.ndarray:
+    """(groups, items) ``(n_gi + a·prior_i) / (n_g + a)``."""
+    return (counts + strength * prior[None, :]) / (counts.sum(1, keepdims=True) + strength)
+
+
+def build_popularity(log: EventLog, n_items: int, now: float, cfg: SonaConfig) -> Popularity:
+    """Popularity tables from non-dismissed events."""
+    watched = ~log.dismissed
+    item = log.item[watched]
+    counts = np.bincount(item, minlength=n_items).astype(np.float64)
+    global_share = (counts + 1.0) / (counts.sum() + n_items)
+    age_days = np.maximum(now - log.timestamp[watched], 0.0) / SECONDS_PER_DAY
+    recent = np.bincount(
+        item, weights=np.exp(-age_days / cfg.candidates.trending_window_days), minlength=n_items
+    )
+    trending = recent / max(recent.sum(), 1e-12)
+
+    def grouped(groups: np.ndarray, n_groups: int) -> np.ndarray:
+        known = groups >= 0
+        table = np.zeros((n_groups, n_items))
+        np.add.at(table, (groups[known], item[known]), 1.0)
+        return _smoothed_share(table, global_share, cfg.context.popularity_smoothing)
+
+    by_tod = grouped(log.time_of_day[watched].astype(np.int64), len(TIMES_OF_DAY))
+    by_device = grouped(log.device[watched].astype(np.int64), len(DEVICE_TYPES))
+    hours = hour_of_timestamp(log.timestamp[watched])
+    per_hour = np.zeros((24, n_items))
+    np.add.at(per_hour, (hours, item), 1.0)
+    overall_hours = (per_hour.sum(1) + 1.0) / (per_hour.sum() + 24.0)
+    hour_share = (per_hour.T + cfg.context.popularity_smoothing * overall_hours[None, :]) / (
+        per_hour.sum(0)[:, None] + cfg.context.popularity_smoothing
+    )
+    return Popularity(
+        global_share.astype(np.float32),
+        trending.astype(np.float32),
+        by_tod.astype(np.float32),
+        by_device.astype(np.float32),
+        hour_share.astype(np.float32),
+    )
+
+
+def mood_genre_prior(genre_names: tuple[str, ...]) -> np.ndarray:
+    """(moods, G) 0/1: the genres each mood in MOODS favours, matched by name stem."""
+    prior = np.zeros((len(MOODS), len(genre_names)), np.float32)
+    lowered = [g.lower() for g in genre_names]
+    for m, mood in enumerate(MOODS):
+        for g, name in enumerate(lowered):
+            if any(name.startswith(stem) for stem in MOOD_GENRE_STEMS[mood]):
+                prior[m, g] = 1.0
+    return prior

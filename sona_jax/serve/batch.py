@@ -1,0 +1,185 @@
+"""THE batch builder: per-user rows and per-request options in, padded `UserBatch` and
+`RequestBatch` out, for `sona serve`, `sona eval` and `sona experiment` alike.
+
+Users come either as viewer profiles (serving: one `ViewerProfile` per request) or as rows of a
+model's user tables (evaluation); both become a host `UserBatch` of n rows, which `pad_users`
+pads to a bucketed number of rows (`buckets.USER_BUCKETS`) and bucketed list widths
+(`buckets.LIST_BUCKETS`, never below the model's own widths), so the jitted calls see a handful
+of shapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from sona_jax.buckets import LIST_BUCKETS, USER_BUCKETS, bucket, pad_rows
+from sona_jax.model.version import TrainedModel
+from sona_jax.serve.state import RequestBatch, UserBatch
+
+MIN_LIST_WIDTH = 64  # narrowest seen / dismissed width a served batch compiles for
+
+
+@dataclass
+class ViewerProfile:
+    """Everything needed to serve one viewer: 1-D rows of the engine's batches.
+
+    preference (d,) float32; adapter (d, r) float16; recent_items / recent_weights (Lh,)
+    engaged items newest first (-1 padded); seen (n,) and dismissed (m,) item indices;
+    genre_affinity (G,); hourly (24,); qualifying: events that pull the preference vector;
+    events: events of any kind; pool_index: the viewer's row in the model's kNN pool (-1 none);
+    last_trained: when the adapter was last trained (seconds since the epoch, 0 never);
+    model_version: the model version whose item indices these rows use.
+    """
+
+    preference: np.ndarray
+    adapter: np.ndarray
+    recent_items: np.ndarray
+    recent_weights: np.ndarray
+    seen: np.ndarray
+    dismissed: np.ndarray
+    genre_affinity: np.ndarray
+    hourly: np.ndarray
+    qualifying: float
+    events: int
+    pool_index: int
+    last_trained: float = 0.0
+    model_version: int = 0
+
+
+def _lists(values: Sequence[np.ndarray]) -> np.ndarray:
+    """(n, longest) int32 item lists, -1 padded."""
+    out = np.full((len(values), max([len(v) for v in values] + [1])), -1, np.int32)
+    for row, items in enumerate(values):
+        out[row, : len(items)] = items
+    return out
+
+
+def stack_profiles(profiles: Sequence[ViewerProfile]) -> UserBatch:
+    """Host `UserBatch` of ``profiles`` (one row each, lists as wide as the longest)."""
+
+    def stack(name: str, dtype=None) -> np.ndarray:
+        return np.asarray([getattr(p, name) for p in profiles], dtype)
+
+    return UserBatch(
+        preference=stack("preference"),
+        adapter=stack("adapter"),
+        recent_items=stack("recent_items"),
+        recent_weights=stack("recent_weights"),
+        seen=_lists([p.seen for p in profiles]),
+        dismissed=_lists([p.dismissed for p in profiles]),
+        genre_affinity=stack("genre_affinity"),
+        hourly=stack("hourly"),
+        qualifying=stack("qualifying", np.float32),
+        pool_index=stack("pool_index", np.int32),
+    )
+
+
+def model_rows(model: TrainedModel, rows: np.ndarray) -> UserBatch:
+    """Host `UserBatch` of model users ``rows`` (their own pool rows are masked in kNN)."""
+    h, u = model.history, model.users
+    return UserBatch(
+        preference=u.preference[rows].astype(np.float32),
+        adapter=u.adapter[rows],
+        recent_items=h.recent_items[rows],
+        recent_weights=h.recent_weights[rows],
+        seen=h.seen[rows],
+        dismissed=h.dismissed[rows],
+        genre_affinity=u.genre_affinity[rows],
+        hourly=u.hourly[rows],
+        qualifying=h.qualifying[rows],
+        pool_index=np.asarray(rows, np.int32),
+    )
+
+
+def list_widths(model: TrainedModel) -> dict[str, int]:
+    """The narrowest seen / dismissed widths a batch of ``model``'s users is padded to."""
+    return {
+        name: max(
+            MIN_LIST_WIDTH,
+            bucket(int((getattr(model.history, name) >= 0).sum(1).max(initial=1)), LIST_BUCKETS),
+        )
+        for name in ("seen", "dismissed")
+    }
+
+
+def pad_users(users: UserBatch, size: int, widths: dict[str, int]) -> UserBatch:
+    """``users`` (n rows) padded to ``size`` rows (zero rows, -1 lists and pool index) and its
+    seen / dismissed lists to bucketed widths of at least ``widths``."""
+
+    def list_column(name: str) -> np.ndarray:
+        values = getattr(users, name)
+        width = max(widths[name], bucket(values.shape[1], LIST_BUCKETS))
+        out = np.full((size, width), -1, np.int32)
+        out[: values.shape[0], : min(width, values.shape[1])] = values[:, :width]
+        return out
+
+    return UserBatch(
+        preference=pad_rows(users.preference, size),
+        adapter=pad_rows(users.adapter, size),
+        recent_items=pad_rows(users.recent_items, size, -1),
+        recent_weights=pad_rows(users.recent_weights, size),
+        seen=list_column("seen"),
+        dismissed=list_column("dismissed"),
+        genre_affinity=pad_rows(users.genre_affinity, size),
+        hourly=pad_rows(users.hourly, size),
+        qualifying=pad_rows(np.asarray(users.qualifying, np.float32), size),
+        pool_index=pad_rows(np.asarray(users.pool_index, np.int32), size, -1),
+    )
+
+
+def request_rows(
+    n: int,
+    mmr_lambda,
+    exclude_watched=True,
+    device=None,
+    time_of_day=None,
+    mood=None,
+    seed=0,
+) -> RequestBatch:
+    """Host `RequestBatch` of ``n`` requests; each option is one value for all or an (n,) array;
+    context options None or -1 are absent; a scalar ``seed`` gives row i the seed + i."""
+
+    def column(value, dtype, absent=-1) -> np.ndarray:
+        if value is None:
+            return np.full(n, absent, dtype)
+        return np.broadcast_to(np.asarray(value, dtype), (n,)).copy()
+
+    seeds = seed + np.arange(n) if np.ndim(seed) == 0 else np.asarray(seed)
+    return RequestBatch(
+        device=column(device, np.int32),
+        time_of_day=column(time_of_day, np.int32),
+        mood=column(mood, np.int32),
+        exclude_watched=column(exclude_watched, bool),
+        mmr_lambda=column(mmr_lambda, np.float32),
+        seed=np.asarray(seeds, np.int32),
+    )
+
+
+# What a padding request row holds: no context, nothing excluded beyond the default, λ = 1.
+_PADDING_REQUEST = {
+    "device": -1,
+    "time_of_day": -1,
+    "mood": -1,
+    "exclude_watched": True,
+    "mmr_lambda": 1.0,
+    "seed": 0,
+}
+
+
+def pad_requests(requests: RequestBatch, size: int) -> RequestBatch:
+    """``requests`` (n rows) padded to ``size`` rows of `_PADDING_REQUEST`."""
+    return RequestBatch(
+        **{
+            name: pad_rows(np.asarray(getattr(requests, name)), size, _PADDING_REQUEST[name])
+            for name in RequestBatch._fields
+        }
+    )
+
+
+def batch_size(n: int) -> int:
+    """Rows a batch of ``n`` users is padded to."""
+    return bucket(n, USER_BUCKETS)
+

@@ -1,0 +1,301 @@
+"""The engine facade every caller serves through: one loaded model version under one served
+config, with batched recommend / score / similar calls, viewer profiles built from stored
+events, and adapter training for a few viewers.
+
+`sona serve` (through `service.runtime`), `sona eval` and `sona experiment` all rank with
+`ServingEngine.recommend`, which goes through the one batch builder (`sona_jax.serve.batch`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sona_jax.buckets import OUTPUT_BUCKETS, SCORE_BUCKETS, bucket
+from sona_jax.config import SonaConfig
+from sona_jax.data.stored import StoredEvent, event_log
+from sona_jax.features.profile import build_profiles
+from sona_jax.model.adapters import train_adapters_of
+from sona_jax.model.version import STORAGE_DTYPE, TrainedModel
+from sona_jax.serve import recommend as hybrid
+from sona_jax.serve.batch import (
+    ViewerProfile,
+    batch_size,
+    list_widths,
+    model_rows,
+    pad_requests,
+    pad_users,
+    stack_profiles,
+)
+from sona_jax.serve.state import RequestBatch, ServingState, UserBatch, serving_state
+
+
+class Lists(NamedTuple):
+    """Host arrays (users, n_out): items (-1 past the end), scores, kinds (index into
+    `recommend.KIND_NAMES`), based_on (history item or -1); contributions (users, n_out, 5)."""
+
+    items: np.ndarray
+    scores: np.ndarray
+    kinds: np.ndarray
+    based_on: np.ndarray
+    contributions: np.ndarray
+
+
+class Scores(NamedTuple):
+    """Host arrays: score (users, C) and components (users, C, 5)."""
+
+    score: np.ndarray
+    components: np.ndarray
+
+
+class AdapterResult(NamedTuple):
+    """One viewer's trained adapter (d, r) float16, its loss before / after and events used."""
+
+    adapter: np.ndarray
+    loss_before: float
+    loss: float
+    events_used: int
+
+
+@jax.jit
+def _cosine_to(vectors: jnp.ndarray, query: jnp.ndarray) -> jnp.ndarray:
+    return vectors @ query
+
+
+@dataclass(frozen=True)
+class ServingEngine:
+    """A model version on device under a served config (train-time part checked equal)."""
+
+    model: TrainedModel
+    cfg: SonaConfig
+    state: ServingState
+    weights: jnp.ndarray  # (4,) fusion weights
+    compiled: SonaConfig  # what the jitted calls see (`recommend.compiled_config`)
+    widths: dict[str, int]
+    item_index: dict[str, int] = field(repr=False)
+    user_index: dict[str, int] = field(repr=False)
+
+    @classmethod
+    def load(cls, model: TrainedModel, cfg: SonaConfig | None = None) -> ServingEngine:
+        """``model`` served under ``cfg`` (default: its own); raises `ConfigError` when a
+        train-time setting of ``cfg`` disagrees with the model's."""
+        cfg = model.config if cfg is None else cfg
+        cfg.check_trained_with(model.config, f"model version {model.version}")
+        return cls(
+            model,
+            cfg,
+            serving_state(model, cfg.diversity.dimensions),
+            hybrid.fusion_weights(cfg),
+            hybrid.compiled_config(cfg),
+            list_widths(model),
+            {content_id: i for i, content_id in enumerate(model.item_ids.tolist())},
+            {user_id: i for i, user_id in enumerate(model.user_ids.tolist())},
+        )
+
+    def with_config(self, cfg: SonaConfig) -> ServingEngine:
+        """The same model and device arrays under other serve-time settings."""
+        cfg.check_trained_with(self.model.config, f"model version {self.model.version}")
+        state = self.state
+        if cfg.diversity.dimensions != self.cfg.diversity.dimensions:
+            state = serving_state(self.model, cfg.diversity.dimensions)
+        return replace(
+            self,
+            cfg=cfg,
+            state=state,
+            weights=hybrid.fusion_weights(cfg),
+            compiled=hybrid.compiled_config(cfg),
+        )
+
+    @property
+    def version(self) -> int:
+        return self.model.version
+
+    # ---- batched calls -------------------------------------------------------------------
+
+    def _users(self, users: UserBatch) -> tuple[UserBatch, int]:
+        size = batch_size(users.preference.shape[0])
+        return pad_users(users, size, self.widths), size
+
+    def recommend(
+        self,
+        users: UserBatch,
+        requests: RequestBatch,
+        limits: np.ndarray,
+        weights: np.ndarray | None = None,
+    ) -> Lists:
+        """Top lists of n users (host `UserBatch` of n rows, `RequestBatch` of n rows, limits
+        (n,)): one jitted call over a bucketed batch; ``weights`` override the configured
+        fusion weights (4,)."""
+        n = users.preference.shape[0]
+        padded, size = self._users(users)
+        limits = np.asarray(limits, np.int32)
+        out = hybrid.recommend(
+            self.state,
+            padded,
+            pad_requests(requests, size),
+            np.concatenate([limits, np.ones(size - n, np.int32)]),
+            self.weights if weights is None else jnp.asarray(weights, jnp.float32),
+            self.compiled,
+            bucket(int(limits.max()), OUTPUT_BUCKETS),
+        )
+        return Lists(
+            *(
+                np.asarray(x)[:n]
+                for x in (out.items, out.scores, out.kind, out.based_on, out.contributions)
+            )
+        )
+
+    def recommend_rows(
+        self, rows: np.ndarray, requests: RequestBatch, k: int, weights=None
+    ) -> Lists:
+        """`recommend` for model users ``rows`` (evaluation)."""
+        limits = np.full(len(rows), k, np.int32)
+        return self.recommend(model_rows(self.model, rows), requests, limits, weights)
+
+    def recommend_profiles(
+        self, profiles: Sequence[ViewerProfile], requests: RequestBatch, limits: np.ndarray
+    ) -> Lists:
+        """`recommend` for viewer profiles (serving)."""
+        return self.recommend(stack_profiles(profiles), requests, limits)
+
+    def score(
+        self, profiles: Sequence[ViewerProfile], items: Sequence[np.ndarray], requests
+    ) -> list[Scores]:
+        """Scores and components of each viewer's ``items`` (indices), one jitted call."""
+        n = len(profiles)
+        padded, size = self._users(stack_profiles(profiles))
+        width = bucket(max(len(i) for i in items), SCORE_BUCKETS)
+        table = np.full((size, width), -1, np.int32)
+        for row, values in enumerate(items):
+            table[row, : len(values)] = values
+        out = hybrid.score_items(
+            self.state, padded, pad_requests(requests, size), table, self.weights, self.compiled
+        )
+        score, components = np.asarray(out.score), np.asarray(out.components)
+        return [
+            Scores(score[row, : len(items[row])], components[row, : len(items[row])])
+            for row in range(n)
+        ]
+
+    def similar(self, item: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
+        """Items most similar to ``item`` by base-tier embedding cosine (itself excluded)."""
+        vectors = self.state.base.item_embeddings
+        similarity = np.array(_cosine_to(vectors, vectors[item]))
+        similarity[item] = -np.inf
+        top = np.argsort(-similarity)[:limit]
+        return top, similarity[top]
+
+    # ---- viewers -------------------------------------------------------------------------
+
+    def empty_profile(self) -> ViewerProfile:
+        """A viewer the engine knows nothing about (cold start)."""
+        d = self.model.base.item_embeddings.shape[1]
+        g = len(self.model.genre_names)
+        width = self.cfg.collaborative.history_items
+        return ViewerProfile(
+            preference=np.zeros(d, np.float32),
+            adapter=np.zeros((d, self.cfg.lora.rank), STORAGE_DTYPE),
+            recent_items=np.full(width, -1, np.int32),
+            recent_weights=np.zeros(width, np.float32),
+            seen=np.zeros(0, np.int32),
+            dismissed=np.zeros(0, np.int32),
+            genre_affinity=np.full(g, 1.0 / max(g, 1), np.float32),
+            hourly=np.full(24, 1 / 24, np.float32),
+            qualifying=0.0,
+            events=0,
+            pool_index=-1,
+            model_version=self.version,
+        )
+
+    def model_profile(self, user_id: str) -> ViewerProfile | None:
+        """The viewer as of the model's training, or None if the model never saw them."""
+        row = self.user_index.get(user_id)
+        if row is None:
+            return None
+        batch = model_rows(self.model, np.array([row]))
+        return ViewerProfile(
+            preference=batch.preference[0],
+            adapter=batch.adapter[0],
+            recent_items=batch.recent_items[0],
+            recent_weights=batch.recent_weights[0],
+            seen=batch.seen[0][batch.seen[0] >= 0],
+            dismissed=batch.dismissed[0][batch.dismissed[0] >= 0],
+            genre_affinity=batch.genre_affinity[0],
+            hourly=batch.hourly[0],
+            qualifying=float(batch.qualifying[0]),
+            events=int(self.model.users.interaction_count[row]),
+            pool_index=row,
+            model_version=self.version,
+        )
+
+    def viewer_profile(
+        self,
+        user_id: str,
+        events: Sequence[StoredEvent],
+        adapter: np.ndarray | None,
+        last_trained: float,
+        now: float,
+    ) -> ViewerProfile:
+        """One viewer's profile from all their stored events (SPEC 3.1, O(events)); events on
+        items outside the model's catalogue count toward ``events`` only."""
+        log, _ = event_log(events, self.item_index)
+        profile = replace(
+            self.empty_profile(),
+            events=len(events),
+            last_trained=last_trained,
+            pool_index=self.user_index.get(user_id, -1),
+        )
+        if adapter is not None:
+            profile.adapter = adapter.astype(STORAGE_DTYPE)
+        if len(log) == 0:
+            return profile
+        built = build_profiles(
+            log, self.state.base.item_embeddings, self.state.item_genres, 1, now, self.cfg
+        )
+        seen, dismissed = built.seen[0], built.dismissed[0]
+        return replace(
+            profile,
+            preference=built.preference[0],
+            genre_affinity=built.genre_affinity[0],
+            hourly=built.hourly[0],
+            recent_items=built.recent_items[0],
+            recent_weights=built.recent_weights[0],
+            seen=seen[seen >= 0],
+            dismissed=dismissed[dismissed >= 0],
+            qualifying=float(built.qualifying[0]),
+        )
+
+    def train_viewers(
+        self,
+        user_ids: Sequence[str],
+        profiles: Sequence[ViewerProfile],
+        events: Sequence[StoredEvent],
+        key: jax.Array,
+    ) -> list[AdapterResult]:
+        """Retrain the adapters of a few viewers (``events``: all of theirs) in vmapped calls
+        (SPEC 3.2); row i of the result is ``user_ids[i]``."""
+        rows = {user_id: row for row, user_id in enumerate(user_ids)}
+        log, _ = event_log(events, self.item_index, rows)
+        result = train_adapters_of(
+            self.state.base,
+            np.stack([p.preference for p in profiles]).astype(np.float32),
+            np.stack([p.adapter for p in profiles]),
+            log,
+            np.arange(len(profiles)),
+            self.cfg,
+            key,
+        )
+        return [
+            AdapterResult(
+                result.adapters[row],
+                float(result.loss_before[row]),
+                float(result.loss_after[row]),
+                int(result.events_used[row]),
+            )
+            for row in range(len(profiles))
+        ]

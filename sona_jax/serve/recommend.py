@@ -1,0 +1,342 @@
+"""SPEC 3.3-3.6 composed: candidates, per-request normalisation, fusion, cold-start blending,
+MMR, exploration and the facts explanations are made of — one jitted call per user batch.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from sona_jax.config import DiversityConfig, FusionConfig, SonaConfig
+from sona_jax.model.lora import base_queries, candidate_logits
+from sona_jax.serve import mmr, sources
+from sona_jax.serve.selection import top_k_mask, top_k_unordered
+from sona_jax.serve.state import RequestBatch, ServingState, UserBatch
+
+SOURCE_NAMES: tuple[str, ...] = ("collaborative", "content_based", "graph_based", "context")
+KIND_NAMES: tuple[str, ...] = SOURCE_NAMES[:3] + ("context_aware", "cold_start", "exploration")
+COLD_START, EXPLORATION = 4, 5
+
+
+class SourceScores(NamedTuple):
+    """raw: (users, 4, items) in SOURCE_NAMES order; cold: (users, items);
+    active: (users, 4) whether each source has anything to say for that user and request."""
+
+    raw: jnp.ndarray
+    cold: jnp.ndarray
+    active: jnp.ndarray
+
+
+class Recommendations(NamedTuple):
+    """items, scores: (users, n); kind: (users, n) index into KIND_NAMES;
+    based_on: (users, n) the history item most like each item (-1 none);
+    contributions: (users, n, 5) weighted share of each source and of cold start."""
+
+    items: jnp.ndarray
+    scores: jnp.ndarray
+    kind: jnp.ndarray
+    based_on: jnp.ndarray
+    contributions: jnp.ndarray
+
+
+def compiled_config(cfg: SonaConfig) -> SonaConfig:
+    """``cfg`` as the jitted calls are keyed on it: the settings they take as arrays (fusion
+    weights, MMR λ) set to their defaults, so changing those compiles nothing new."""
+    return cfg.with_overrides(
+        {
+            "fusion": FusionConfig().model_dump(),
+            "diversity": {"mmr_lambda": DiversityConfig().mmr_lambda},
+        }
+    )
+
+
+def fusion_weights(cfg: SonaConfig) -> jnp.ndarray:
+    """(4,) configured weights in SOURCE_NAMES order."""
+    f = cfg.fusion
+    return jnp.array([f.collaborative, f.content_based, f.graph_based, f.context], jnp.float32)
+
+
+def source_scores(
+    state: ServingState, users: UserBatch, request: RequestBatch, cfg: SonaConfig
+) -> SourceScores:
+    """Every source over the whole catalogue for a batch of users."""
+    raw = jnp.stack(
+        [
+            sources.collaborative_scores(state, users, cfg),
+            sources.content_scores(state, users, cfg),
+            sources.graph_scores(state, users, cfg),
+            sources.context_scores(state, users, request, cfg),
+        ],
+        axis=1,
+    )
+    has_profile = jnp.sum(users.preference**2, axis=1) > 0
+    has_seeds = users.recent_items[:, 0] >= 0
+    has_context = (request.device >= 0) | (request.time_of_day >= 0) | (request.mood >= 0)
+    active = jnp.stack([has_profile, has_profile, has_seeds, has_context], axis=1)
+    return SourceScores(raw, sources.cold_start_scores(state, users, request, cfg), active)
+
+
+def excluded_items(n_items: int, users: UserBatch, request: RequestBatch) -> jnp.ndarray:
+    """(users, items) True for dismissed items always and watched ones when asked."""
+    seen = jnp.where(request.exclude_watched[:, None], users.seen, -1)
+    lists = jnp.concatenate([seen, users.dismissed], axis=1)
+    return sources.scatter_rows(n_items, lists, jnp.ones(lists.shape)) > 0
+
+
+def candidate_mask(
+    scores: SourceScores, trending: jnp.ndarray, excluded: jnp.ndarray, cfg: SonaConfig
+) -> jnp.ndarray:
+    """Union of each active source's top items, cold start's top items and trending.
+
+    The six rankings go through one stacked threshold selection (`selection.top_k_mask`).
+    (Trending is the same ranking for everyone, but sorting it once and taking each user's
+    first allowed items measured slower on the CPU than one more row here.)
+    """
+    users, n_items = excluded.shape
+    ranked = jnp.concatenate(
+        [
+            jnp.where(~scores.active[:, :, None], -jnp.inf, scores.raw),
+            scores.cold[:, None, :],
+            jnp.broadcast_to(trending, (users, 1, n_items)),
+        ],
+        axis=1,
+    )
+    ranked = jnp.where(excluded[:, None, :], -jnp.inf, ranked)
+    k = cfg.candidates.per_source
+    per_ranking = jnp.array([k] * 5 + [cfg.candidates.trending])[None, :, None]
+    return jnp.any(top_k_mask(ranked, per_ranking), axis=1) & ~excluded
+
+
+class MinMax(NamedTuple):
+    """Per-row min-max normalisation fitted on the candidates: low, spread (..., 1)."""
+
+    low: jnp.ndarray
+    spread: jnp.ndarray
+
+    def __call__(self, scores: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+        ok = mask & jnp.isfinite(self.spread) & (self.spread > 0)
+        return jnp.where(ok, (scores - self.low) / jnp.where(ok, self.spread, 1.0), 0.0)
+
+
+def fit_min_max(scores: jnp.ndarray, mask: jnp.ndarray) -> MinMax:
+    low = jnp.min(jnp.where(mask, scores, jnp.inf), axis=-1, keepdims=True)
+    high = jnp.max(jnp.where(mask, scores, -jnp.inf), axis=-1, keepdims=True)
+    return MinMax(low, high - low)
+
+
+def normalise(scores: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+    """Min-max to [0, 1] over each row's masked entries (0 elsewhere or when constant)."""
+    return fit_min_max(scores, mask)(scores, mask)
+
+
+def blend_weight(qualifying: jnp.ndarray, cfg: SonaConfig) -> jnp.ndarray:
+    """SPEC 3.5 β: 0 below ``cold_start.min_events`` qualifying events, then min(1, n/20)."""
+    c = cfg.cold_start
+    return jnp.where(qualifying < c.min_events, 0.0, jnp.minimum(1.0, qualifying / c.blend_events))
+
+
+def exploration_share(qualifying: jnp.ndarray, cfg: SonaConfig) -> jnp.ndarray:
+    """ε = max(0.05, 0.2·0.995^n) while the user is still being blended in (β < 1), else 0."""
+    c = cfg.cold_start
+    epsilon = jnp.maximum(
+        c.exploration_floor, c.exploration_start * c.exploration_decay**qualifying
+    )
+    return jnp.where(blend_weight(qualifying, cfg) < 1.0, epsilon, 0.0)
+
+
+class Blend(NamedTuple):
+    """How one request's scores become relevance: sources (users, 4, 1) and cold (users, 1)
+    normalisers fitted on its candidates, source shares (users, 4), β (users,) and the
+    context weight that shapes cold start (users,)."""
+
+    sources: MinMax
+    cold: MinMax
+    shares: jnp.ndarray
+    beta: jnp.ndarray
+    context_weight: jnp.ndarray
+
+
+def fit_blend(
+    scores: SourceScores,
+    mask: jnp.ndarray,
+    weights: jnp.ndarray,
+    qualifying: jnp.ndarray,
+    cfg: SonaConfig,
+) -> Blend:
+    """Normalise over the request's candidates; weights renormalised over active sources."""
+    active_weights = weights[None, :] * scores.active
+    total = jnp.sum(active_weights, axis=1, keepdims=True)
+    return Blend(
+        fit_min_max(scores.raw, mask[:, None, :]),
+        fit_min_max(scores.cold, mask),
+        active_weights / jnp.where(total > 0, total, 1.0),
+        jnp.where(total[:, 0] > 0, blend_weight(qualifying, cfg), 0.0),
+        weights[3] * scores.active[:, 3],
+    )
+
+
+def blended(
+    blend: Blend, raw: jnp.ndarray, cold: jnp.ndarray, mask: jnp.ndarray
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Relevance (users, n) in [0, 1] and contributions (users, n, 5) of items whose raw
+    scores are raw (users, 4, n) and cold (users, n); mask (users, n) marks candidates."""
+    normalised = blend.sources(raw, mask[:, None, :])
+    cold_mix = (blend.cold(cold, mask) + blend.context_weight[:, None] * normalised[:, 3]) / (
+        1.0 + blend.context_weight[:, None]
+    )
+    contributions = jnp.concatenate(
+        [
+            blend.beta[:, None, None] * blend.shares[:, :, None] * normalised,
+            ((1.0 - blend.beta)[:, None] * cold_mix)[:, None, :],
+        ],
+        axis=1,
+    )
+    relevance_ = jnp.where(mask, contributions.sum(axis=1), -jnp.inf)
+    return relevance_, jnp.swapaxes(contributions, 1, 2)
+
+
+def relevance(
+    scores: SourceScores,
+    mask: jnp.ndarray,
+    weights: jnp.ndarray,
+    qualifying: jnp.ndarray,
+    cfg: SonaConfig,
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Blended relevance (users, items) and contributions (users, items, 5) over the catalogue.
+
+    Sources are normalised over the request's candidates, weighted by ``weights`` renormalised
+    over the active ones; cold start (shaped by context when given) fills in ``1 − β``.
+    """
+    blend = fit_blend(scores, mask, weights, qualifying, cfg)
+    return blended(blend, scores.raw, scores.cold, mask)
+
+
+def _explore(
+    chosen: jnp.ndarray,
+    pool_valid: jnp.ndarray,
+    n_explore: jnp.ndarray,
+    limit: jnp.ndarray,
+    key: jax.Array,
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Replace the last ``n_explore`` of the first ``limit`` slots by random unchosen pool items."""
+    n_out, pool = chosen.shape[0], pool_valid.shape[0]
+    taken = jnp.zeros(pool, bool).at[jnp.where(chosen >= 0, chosen, pool)].set(True, mode="drop")
+    noise = jnp.where(taken | ~pool_valid, -jnp.inf, jax.random.uniform(key, (pool,)))
+    values, order = jax.lax.top_k(noise, n_out)
+    slot = jnp.arange(n_out)
+    first = limit - n_explore
+    pick = jnp.clip(slot - first, 0, n_out - 1)
+    explore = (slot >= first) & (slot < limit) & jnp.isfinite(values[pick])
+    return jnp.where(explore, order[pick], chosen), explore
+
+
+@partial(jax.jit, static_argnames=("cfg", "n_out"))
+def recommend(
+    state: ServingState,
+    users: UserBatch,
+    request: RequestBatch,
+    limit: jnp.ndarray,
+    weights: jnp.ndarray,
+    cfg: SonaConfig,
+    n_out: int,
+) -> Recommendations:
+    """Top ``n_out`` recommendations per user (the caller keeps the first ``limit`` (users,))."""
+    n_items = state.base.item_embeddings.shape[0]
+    scores = source_scores(state, users, request, cfg)
+    excluded = excluded_items(n_items, users, request)
+    mask = candidate_mask(scores, state.trending, excluded, cfg)
+    blend = fit_blend(scores, mask, weights, users.qualifying, cfg)
+    everywhere, _ = blended(blend, scores.raw, scores.cold, mask)
+
+    pool_size = min(max(cfg.diversity.pool_size, n_out), n_items)
+    pool_relevance, pool_items = top_k_unordered(everywhere, pool_size)
+    # MMR breaks ties by pool position, and at λ = 0 its first choice is all ties: put the most
+    # relevant item first (a swap; sorting the pool cost about 5 % of the call).
+    best = jnp.argmax(pool_relevance, axis=1)[:, None]
+    position = jnp.arange(pool_relevance.shape[1])[None, :]
+    swap = jnp.where(position == 0, best, jnp.where(position == best, 0, position))
+    pool_relevance = jnp.take_along_axis(pool_relevance, swap, axis=1)
+    pool_items = jnp.take_along_axis(pool_items, swap, axis=1)
+    pool_valid = jnp.isfinite(pool_relevance)
+    pool_relevance = jnp.where(pool_valid, pool_relevance, 0.0)
+    # MMR weighs relevance against cosine similarity, so give relevance the full [0, 1] range
+    # within the pool: λ then means the same thing whatever the spread of the fused scores.
+    chosen = mmr.mmr_select(
+        normalise(pool_relevance, pool_valid),
+        state.item_diversity[pool_items],
+        pool_valid,
+        request.mmr_lambda,
+        n_out,
+    )
+
+    n_explore = jnp.round(exploration_share(users.qualifying, cfg) * limit).astype(jnp.int32)
+    keys = jax.vmap(jax.random.PRNGKey)(request.seed)
+    chosen, explored = jax.vmap(_explore)(chosen, pool_valid, n_explore, limit, keys)
+
+    ok = chosen >= 0
+    position = jnp.maximum(chosen, 0)
+    items = jnp.where(ok, jnp.take_along_axis(pool_items, position, 1), -1)
+    item_scores = jnp.where(ok, jnp.take_along_axis(pool_relevance, position, 1), 0.0)
+    safe_items = jnp.maximum(items, 0)
+    _, contrib = blended(
+        blend,
+        jnp.take_along_axis(scores.raw, safe_items[:, None, :], axis=2),
+        jnp.take_along_axis(scores.cold, safe_items, axis=1),
+        ok,
+    )
+    source_kind = jnp.argmax(contrib, axis=2)
+    source_kind = jnp.where(contrib[:, :, :4].sum(axis=2) > 0, source_kind, COLD_START)
+    kind = jnp.where(explored, EXPLORATION, source_kind)
+
+    # based_on: the most similar of the user's most recent engaged items (diversity space).
+    seeds = users.recent_items[:, : cfg.candidates.explain_from]
+    affinity = jnp.einsum(
+        "unk,usk->uns",
+        state.item_diversity[safe_items],
+        state.item_diversity[jnp.maximum(seeds, 0)],
+    )
+    affinity = jnp.where(seeds[:, None, :] >= 0, affinity, -jnp.inf)
+    best_seed = jnp.take_along_axis(seeds, jnp.argmax(affinity, axis=2), axis=1)
+    based_on = jnp.where(ok & (seeds[:, :1] >= 0), best_seed, -1)
+    return Recommendations(items, item_scores, jnp.where(ok, kind, -1), based_on, contrib)
+
+
+class ItemScores(NamedTuple):
+    """score: (users, C) blended relevance in [0, 1]; components: (users, C, 5) normalised
+    collaborative, content-based, graph-based, context and the LoRA boost (σ with the adapter
+    minus σ without it)."""
+
+    score: jnp.ndarray
+    components: jnp.ndarray
+
+
+@partial(jax.jit, static_argnames=("cfg",))
+def score_items(
+    state: ServingState,
+    users: UserBatch,
+    request: RequestBatch,
+    items: jnp.ndarray,
+    weights: jnp.ndarray,
+    cfg: SonaConfig,
+) -> ItemScores:
+    """Personalisation scores of given items (users, C), normalised over the whole catalogue."""
+    n_items = state.base.item_embeddings.shape[0]
+    scores = source_scores(state, users, request, cfg)
+    everything = ~excluded_items(
+        n_items, users, request._replace(exclude_watched=jnp.zeros_like(request.exclude_watched))
+    )
+    relevance_, _ = relevance(scores, everything, weights, users.qualifying, cfg)
+    normalised = normalise(scores.raw, everything[:, None, :]) * scores.active[:, :, None]
+    safe = jnp.maximum(items, 0)
+    picked = jnp.take_along_axis(normalised, safe[:, None, :], axis=2)  # (users, 4, C)
+    with_adapter = jnp.take_along_axis(scores.raw[:, 1], safe, axis=1)
+    without = jax.nn.sigmoid(
+        candidate_logits(state.base, base_queries(state.base, users.preference), safe)
+    )
+    boost = jnp.where(scores.active[:, 1:2], with_adapter - without, 0.0)
+    components = jnp.concatenate([jnp.swapaxes(picked, 1, 2), boost[:, :, None]], axis=2)
+    score = jnp.take_along_axis(jnp.where(jnp.isfinite(relevance_), relevance_, 0.0), safe, axis=1)
+    return ItemScores(jnp.where(items >= 0, score, 0.0), components)

@@ -1,0 +1,142 @@
+"""SPEC 3.3: the four scoring sources, each (state, users, request) -> (users, items) scores.
+
+Every function is pure and batched over users; `recommend.py` composes them. Item index -1 marks
+padding in every per-user table and is dropped by the scatters (``mode="drop"``).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from sona_jax.config import SonaConfig
+from sona_jax.model.lora import catalogue_logits, fold_queries
+from sona_jax.serve.state import RequestBatch, ServingState, UserBatch
+
+GENRE_FIT_FLOOR = 1e-3  # keeps log(genre fit) finite for items outside every known genre
+
+
+def scatter_rows(n_items: int, items: jnp.ndarray, values: jnp.ndarray) -> jnp.ndarray:
+    """(users, items) sums of ``values`` at ``items`` per row; items (users, ...) with -1 dropped.
+
+    One flat scatter into users·items slots rather than a vmapped scatter per row: XLA's CPU
+    scatter is a serial loop either way, and the flat one runs it once (about 2x faster).
+    """
+    users = items.shape[0]
+    flat_items = items.reshape(users, -1)
+    flat_values = values.reshape(users, -1).astype(jnp.result_type(values.dtype, jnp.float32))
+    inside = (flat_items >= 0) & (flat_items < n_items)
+    slots = jnp.where(
+        inside, flat_items + (jnp.arange(users) * n_items)[:, None], users * n_items
+    )  # out of range -> dropped
+    total = jnp.zeros(users * n_items, flat_values.dtype)
+    return total.at[slots.ravel()].add(flat_values.ravel(), mode="drop").reshape(users, n_items)
+
+
+def collaborative_scores(state: ServingState, users: UserBatch, cfg: SonaConfig) -> jnp.ndarray:
+    """User kNN: the top-K most similar pool viewers' engagement, weighted by similarity."""
+    similarity = users.preference @ state.pool_preferences.T  # (users, P)
+    pool = jnp.arange(state.pool_preferences.shape[0])
+    similarity = jnp.where(pool[None, :] == users.pool_index[:, None], -jnp.inf, similarity)
+    k = min(cfg.collaborative.neighbours, state.pool_preferences.shape[0])
+    top_similarity, top_rows = jax.lax.top_k(similarity, k)
+    top_similarity = jnp.maximum(top_similarity, 0.0)  # dissimilar viewers vote nothing
+    width = cfg.collaborative.vote_items  # the pool's rows are most recent first
+    items = state.pool_items[:, :width][top_rows]  # (users, K, width)
+    votes = top_similarity[:, :, None] * state.pool_weights[:, :width][top_rows]
+    return scatter_rows(state.base.item_embeddings.shape[0], items, votes)
+
+
+def content_scores(state: ServingState, users: UserBatch, cfg: SonaConfig) -> jnp.ndarray:
+    """The LoRA-personalised score σ(q_uᵀ e_i + b) over the catalogue (SPEC 3.2)."""
+    queries = fold_queries(state.base, users.preference, users.adapter, cfg.lora.scale)
+    return jax.nn.sigmoid(catalogue_logits(state.base, queries))
+
+
+def graph_scores(state: ServingState, users: UserBatch, cfg: SonaConfig) -> jnp.ndarray:
+    """Co-engagement propagation from recent engaged items: hop h contributes decay^(h-1)."""
+    n_items = state.graph_neighbours.shape[0]
+    seeds = users.recent_items[:, : cfg.graph.recent_items]
+    position_weight = cfg.graph.seed_position_decay ** jnp.arange(seeds.shape[1])
+    seed_weights = (
+        users.recent_weights[:, : cfg.graph.recent_items]
+        if cfg.graph.seed_weighting == "engagement"
+        else 1.0
+    )
+    mass = jnp.where(seeds >= 0, seed_weights, 0.0)
+    mass = mass * position_weight[None, :]
+    total = jnp.zeros((seeds.shape[0], n_items))
+    dense = state.graph_dense.shape[0] == n_items  # the model kept it: graph.first_hop = dense
+    for hop in range(cfg.graph.hops):
+        safe = jnp.maximum(seeds, 0)
+        if hop == 0 and dense:  # every edge of the seeds, negative ones included
+            step = scatter_rows(n_items, seeds, mass) @ state.graph_dense
+        else:
+            spread = mass[:, :, None] * state.graph_weights[safe] * (cfg.graph.decay**hop)
+            step = scatter_rows(
+                n_items, jnp.where(seeds[:, :, None] >= 0, state.graph_neighbours[safe], -1), spread
+            )
+        total = total + step
+        if hop + 1 < cfg.graph.hops:
+            mass, seeds = jax.lax.top_k(step, min(cfg.graph.frontier, n_items))
+            mass = mass / (cfg.graph.decay**hop)  # the next hop applies decay^(hop+1) itself
+            seeds = jnp.where(mass > 0, seeds, -1)
+    return total
+
+
+def _log_lift(share: jnp.ndarray, global_share: jnp.ndarray) -> jnp.ndarray:
+    return jnp.log(share) - jnp.log(global_share)[None, :]
+
+
+def context_scores(
+    state: ServingState, users: UserBatch, request: RequestBatch, cfg: SonaConfig
+) -> jnp.ndarray:
+    """Fit of each item to the request context; zero rows where no context is given.
+
+    Sum of: time-of-day and device popularity lift (log share in context / global share), the
+    mood -> genre prior and the item's own moods, device fit by duration (TV long, mobile
+    short), and how well the item's audience hours match the user's own hourly pattern.
+    """
+    has_tod = request.time_of_day >= 0
+    has_device = request.device >= 0
+    has_mood = request.mood >= 0
+    any_context = has_tod | has_device | has_mood
+    tod_lift = _log_lift(
+        state.by_time_of_day[jnp.maximum(request.time_of_day, 0)], state.global_share
+    )
+    device_lift = _log_lift(state.by_device[jnp.maximum(request.device, 0)], state.global_share)
+    genre_share = state.item_genres / jnp.maximum(state.item_genres.sum(1, keepdims=True), 1.0)
+    mood_genres = state.mood_prior[jnp.maximum(request.mood, 0)]  # (users, G)
+    mood_fit = mood_genres @ genre_share.T + state.item_moods.T[jnp.maximum(request.mood, 0)]
+    known = state.duration >= 0
+    tv, mobile = 0, 1  # DEVICE_TYPES order
+    long_fit = jnp.where(known, (state.duration >= cfg.context.tv_min_minutes) * 1.0, 0.5)
+    short_fit = jnp.where(known, (state.duration <= cfg.context.mobile_max_minutes) * 1.0, 0.5)
+    device_fit = jnp.where(
+        (request.device == tv)[:, None],
+        long_fit[None, :],
+        jnp.where((request.device == mobile)[:, None], short_fit[None, :], 0.5),
+    )
+    pattern_fit = jnp.log(users.hourly @ state.hour_share.T * 24.0)
+    score = (
+        jnp.where(has_tod[:, None], tod_lift, 0.0)
+        + jnp.where(has_device[:, None], device_lift + device_fit, 0.0)
+        + jnp.where(has_mood[:, None], mood_fit, 0.0)
+        + pattern_fit
+    )
+    return jnp.where(any_context[:, None], score, 0.0)
+
+
+def cold_start_scores(
+    state: ServingState, users: UserBatch, request: RequestBatch, cfg: SonaConfig
+) -> jnp.ndarray:
+    """SPEC 3.5: popularity within the user's declared or inferred genres (log scale + fit)."""
+    genre_share = state.item_genres / jnp.maximum(state.item_genres.sum(1, keepdims=True), 1.0)
+    n_genres = state.item_genres.shape[1]
+    inferred = jnp.where((users.qualifying > 0)[:, None], users.genre_affinity, 1.0 / n_genres)
+    declared = state.mood_prior[jnp.maximum(request.mood, 0)]
+    declared = declared / jnp.maximum(declared.sum(1, keepdims=True), 1.0)
+    prior = jnp.where((request.mood >= 0)[:, None], 0.5 * inferred + 0.5 * declared, inferred)
+    genre_fit = (genre_share @ prior.T).T * n_genres  # 1 = as likely as uniform
+    strength = cfg.cold_start.genre_strength
+    return jnp.log(state.global_share)[None, :] + strength * jnp.log(genre_fit + GENRE_FIT_FLOOR)

@@ -1,0 +1,114 @@
+"""What the hybrid reads: the shared device arrays of one model version (`ServingState`, built
+by `serving_state`) and the padded per-request rows (`UserBatch`, `RequestBatch`, built by the
+one batch builder in `sona_jax.serve.batch`)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+
+from sona_jax.model.lora import BaseTier
+from sona_jax.model.version import TrainedModel
+
+
+class ServingState(NamedTuple):
+    """Everything shared by all users of one model version (device arrays).
+
+    base: the LoRA base tier (items, d) ...
+    graph_neighbours / graph_weights: (items, M) adjacency lists; graph_dense: (items, items)
+    the full edge matrix where the catalogue is small enough, else (0, 0).
+    global_share, trending: (items,); by_time_of_day, by_device: (4, items); hour_share: (items, 24).
+    item_genres: (items, G) multi-hot; item_moods: (items, 6) flags in `tables.MOODS` order;
+    duration: (items,) minutes, -1 unknown; mood_prior: (6, G).
+    pool_preferences: (P, d) preference vectors of the viewers kNN searches;
+    pool_items / pool_weights: (P, Lh) their engaged items (-1 padded) and weights.
+    item_diversity: (items, k) unit vectors for MMR and explanations: E projected on its top-k
+    principal directions (cosines there approximate those of E at a fraction of the cost).
+    """
+
+    base: BaseTier
+    graph_neighbours: jnp.ndarray
+    graph_weights: jnp.ndarray
+    graph_dense: jnp.ndarray
+    global_share: jnp.ndarray
+    trending: jnp.ndarray
+    by_time_of_day: jnp.ndarray
+    by_device: jnp.ndarray
+    hour_share: jnp.ndarray
+    item_genres: jnp.ndarray
+    item_moods: jnp.ndarray
+    duration: jnp.ndarray
+    mood_prior: jnp.ndarray
+    pool_preferences: jnp.ndarray
+    pool_items: jnp.ndarray
+    pool_weights: jnp.ndarray
+    item_diversity: jnp.ndarray
+
+
+class UserBatch(NamedTuple):
+    """Per-request user rows (users, ...), gathered by the caller.
+
+    preference (users, d); adapter (users, d, r); recent_items / recent_weights (users, Lh)
+    newest first; seen (users, S) and dismissed (users, D) item lists (-1 padded);
+    genre_affinity (users, G); hourly (users, 24); qualifying (users,) count of qualifying
+    events; pool_index (users,) the user's own row in the kNN pool, -1 if absent.
+    """
+
+    preference: jnp.ndarray
+    adapter: jnp.ndarray
+    recent_items: jnp.ndarray
+    recent_weights: jnp.ndarray
+    seen: jnp.ndarray
+    dismissed: jnp.ndarray
+    genre_affinity: jnp.ndarray
+    hourly: jnp.ndarray
+    qualifying: jnp.ndarray
+    pool_index: jnp.ndarray
+
+
+class RequestBatch(NamedTuple):
+    """Per-request options (users,): device, time_of_day, mood are indices or -1 when absent;
+    exclude_watched bool; mmr_lambda in [0, 1]; seed int32 for exploration draws."""
+
+    device: jnp.ndarray
+    time_of_day: jnp.ndarray
+    mood: jnp.ndarray
+    exclude_watched: jnp.ndarray
+    mmr_lambda: jnp.ndarray
+    seed: jnp.ndarray
+
+
+def serving_state(model: TrainedModel, diversity_dimensions: int) -> ServingState:
+    """Shared arrays of ``model`` on device; every model user is in the kNN pool."""
+    t, h = model.tables, model.history
+    return ServingState(
+        base=BaseTier(*(jnp.asarray(x) for x in model.base)),
+        graph_neighbours=jnp.asarray(t.graph_neighbours),
+        graph_weights=jnp.asarray(t.graph_weights),
+        graph_dense=jnp.asarray(t.graph_dense),
+        global_share=jnp.asarray(t.global_share),
+        trending=jnp.asarray(t.trending),
+        by_time_of_day=jnp.asarray(t.by_time_of_day),
+        by_device=jnp.asarray(t.by_device),
+        hour_share=jnp.asarray(t.hour_share),
+        item_genres=jnp.asarray(model.item_genres, jnp.float32),
+        item_moods=jnp.asarray(t.item_moods),
+        duration=jnp.asarray(t.duration),
+        mood_prior=jnp.asarray(t.mood_prior),
+        pool_preferences=jnp.asarray(model.users.preference, jnp.float32),
+        pool_items=jnp.asarray(h.recent_items),
+        pool_weights=jnp.asarray(h.recent_weights),
+        item_diversity=jnp.asarray(
+            diversity_vectors(np.asarray(model.base.item_embeddings), diversity_dimensions)
+        ),
+    )
+
+
+def diversity_vectors(item_embeddings: np.ndarray, dimensions: int) -> np.ndarray:
+    """(items, k) unit rows: E on its top-k right singular directions (uncentred)."""
+    _, _, vt = np.linalg.svd(item_embeddings, full_matrices=False)
+    projected = item_embeddings @ vt[:dimensions].T
+    norm = np.linalg.norm(projected, axis=1, keepdims=True)
+    return (projected / np.where(norm > 0, norm, 1.0)).astype(np.float32)

@@ -1,0 +1,132 @@
+"""Versioned model files: ``<root>/v0001/{arrays.npz, manifest.json}``.
+
+numpy's ``.npz`` holds the arrays (standard, memory-light, no pickle); the manifest holds the
+version, the full config, its train-time digest and the training report, so a later run
+restores exactly what was saved.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+from sona_jax.config import config_from_dict
+from sona_jax.model.lora import BaseTier
+from sona_jax.model.version import (
+    STORAGE_DTYPE,
+    ItemTables,
+    TrainedModel,
+    UserHistoryTables,
+    UserState,
+)
+
+FORMAT = "sona-model/2"
+_VERSION_DIR = re.compile(r"^v(\d{4,})$")
+
+
+class ModelFormatError(ValueError):
+    """A saved model folder is of another format than this code reads."""
+
+
+def model_versions(root: str | Path) -> list[int]:
+    """Saved versions under ``root``, oldest first (only complete ones: manifest present)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        match = _VERSION_DIR.match(child.name)
+        if match and (child / "manifest.json").is_file():
+            found.append(int(match.group(1)))
+    return sorted(found)
+
+
+def next_version(root: str | Path) -> int:
+    versions = model_versions(root)
+    return versions[-1] + 1 if versions else 1
+
+
+def _prefixed(prefix: str, parts: dict) -> dict[str, np.ndarray]:
+    return {f"{prefix}.{name}": np.asarray(value) for name, value in parts.items()}
+
+
+def _parts(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    return {
+        name.split(".", 1)[1]: value
+        for name, value in arrays.items()
+        if name.startswith(prefix + ".")
+    }
+
+
+def save_model(model: TrainedModel, root: str | Path) -> Path:
+    """Write ``model`` as version ``model.version``; the manifest is written last (atomic rename)."""
+    folder = Path(root) / f"v{model.version:04d}"
+    folder.mkdir(parents=True, exist_ok=False)
+    users = dict(vars(model.users))
+    for name in ("preference", "adapter"):
+        users[name] = np.asarray(users[name]).astype(STORAGE_DTYPE)
+    arrays = (
+        _prefixed("base", model.base._asdict())
+        | _prefixed("users", users)
+        | _prefixed("history", model.history._asdict())
+        | _prefixed("tables", model.tables._asdict())
+    )
+    arrays |= {
+        "user_ids": model.user_ids.astype(str),
+        "item_ids": model.item_ids.astype(str),
+        "titles": np.asarray(model.titles).astype(str),
+        "item_genres": np.asarray(model.item_genres, np.float32),
+    }
+    np.savez(folder / "arrays.npz", **arrays)
+    manifest = {
+        "format": FORMAT,
+        "version": model.version,
+        "saved_at": time.time(),
+        "reference_time": model.reference_time,
+        "genre_names": list(model.genre_names),
+        "config": model.config.model_dump(),
+        "train_digest": model.config.train_digest(),
+        "report": model.report,
+    }
+    temporary = folder / "manifest.json.tmp"
+    temporary.write_text(json.dumps(manifest, indent=2))
+    temporary.rename(folder / "manifest.json")
+    return folder
+
+
+def load_model(root: str | Path, version: int | None = None) -> TrainedModel:
+    """Load ``version`` (default: the newest) from ``root``."""
+    versions = model_versions(root)
+    if not versions:
+        raise FileNotFoundError(f"{root}: no saved model (run `sona train` first)")
+    version = versions[-1] if version is None else version
+    folder = Path(root) / f"v{version:04d}"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    if manifest.get("format") != FORMAT:
+        raise ModelFormatError(
+            f"{folder}: model format {manifest.get('format')!r}, this code reads {FORMAT!r} "
+            "(train a new version)"
+        )
+    with np.load(folder / "arrays.npz") as data:
+        arrays = {name: data[name] for name in data.files}
+    users = _parts(arrays, "users")
+    users["preference"] = users["preference"].astype(np.float32)
+    return TrainedModel(
+        version=manifest["version"],
+        config=config_from_dict(manifest["config"], source=str(folder / "manifest.json")),
+        base=BaseTier(**_parts(arrays, "base")),
+        users=UserState(**users),
+        history=UserHistoryTables(**_parts(arrays, "history")),
+        tables=ItemTables(**_parts(arrays, "tables")),
+        user_ids=arrays["user_ids"],
+        item_ids=arrays["item_ids"],
+        titles=arrays["titles"],
+        genre_names=tuple(manifest["genre_names"]),
+        item_genres=arrays["item_genres"],
+        reference_time=manifest["reference_time"],
+        report=manifest["report"],
+    )
