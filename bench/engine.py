@@ -25,10 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sona_jax import lora
 from sona_jax.config import SonaConfig
-from sona_jax.datasets import generate_synthetic
-from sona_jax.pipeline import train_model
+from sona_jax.data import generate_synthetic
+from sona_jax.model import lora
+from sona_jax.model.train import train_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

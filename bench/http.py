@@ -37,7 +37,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.servers import ServerProcess  # noqa: E402
+from tests.service.servers import ServerProcess  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 ML100K = ROOT.parent / "shared" / "datasets" / "ml-100k"
@@ -191,9 +191,9 @@ def paced(
 def adapter_load_times(server: ServerProcess, users: list[str]) -> dict:
     """Time to get one user's adapter: from the cache (decode included) and from PostgreSQL."""
     from service.cache import LocalCache
-    from service.profiles import decode_adapter
-    from service.runtime import Profile
-    from tests.servers import drop_postgres_database, fresh_postgres_database
+    from service.codec import decode_adapter, profile_from_bytes, profile_to_bytes
+    from sona_jax.serve.batch import ViewerProfile
+    from tests.service.servers import drop_postgres_database, fresh_postgres_database
 
     result = {}
 
@@ -205,25 +205,27 @@ def adapter_load_times(server: ServerProcess, users: list[str]) -> dict:
 
         dim, rank = 512, 8
         rng = np.random.default_rng(0)
-        profile_bytes = Profile(
-            preference=rng.standard_normal(dim).astype(np.float32),
-            adapter=rng.standard_normal((dim, rank)).astype(np.float16),
-            recent_items=np.arange(256, dtype=np.int32),
-            recent_weights=np.ones(256, np.float32),
-            seen=np.arange(100, dtype=np.int32),
-            dismissed=np.zeros(0, np.int32),
-            genre_affinity=np.ones(19, np.float32),
-            hourly=np.ones(24, np.float32),
-            qualifying=10.0,
-            events=10,
-            pool_index=-1,
-        ).to_bytes()
+        profile_bytes = profile_to_bytes(
+            ViewerProfile(
+                preference=rng.standard_normal(dim).astype(np.float32),
+                adapter=rng.standard_normal((dim, rank)).astype(np.float16),
+                recent_items=np.arange(256, dtype=np.int32),
+                recent_weights=np.ones(256, np.float32),
+                seen=np.arange(100, dtype=np.int32),
+                dismissed=np.zeros(0, np.int32),
+                genre_affinity=np.ones(19, np.float32),
+                hourly=np.ones(24, np.float32),
+                qualifying=10.0,
+                events=10,
+                pool_index=-1,
+            )
+        )
         cache = LocalCache(10_000, 300)
         for user in users:
             await cache.set(f"profile:{user}", profile_bytes, 300)
         clock = time.perf_counter()
         for user in users:
-            Profile.from_bytes(await cache.get(f"profile:{user}")).adapter  # noqa: B018
+            profile_from_bytes(await cache.get(f"profile:{user}")).adapter  # noqa: B018
         result["adapter_load_cache_ms"] = (time.perf_counter() - clock) / len(users) * 1e3
         try:
             url = await fresh_postgres_database()
@@ -354,7 +356,7 @@ def main() -> None:
 
 
 def _model_users(data_dir: Path) -> list[str]:
-    from service.model_store import load_model
+    from sona_lab.model_store import load_model
 
     return load_model(data_dir / "models").user_ids.tolist()
 

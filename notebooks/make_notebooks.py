@@ -35,7 +35,7 @@ SETUP = """\
 import matplotlib.pyplot as plt
 import numpy as np
 {imports}
-from sona_jax import experiments as ex
+from sona_lab import notebook as ex
 from sona_jax.config import SonaConfig
 {engine_imports}
 SMALL = ex.notebook_small()  # SONA_NOTEBOOK_SMALL=1: 300 x 400 synthetic, for the tests
@@ -48,7 +48,7 @@ print(
 )"""
 
 DISPLAY = "from IPython.display import display\n"
-SOURCES = "from sona_jax.recommend import SOURCE_NAMES, fusion_weights\n"
+SOURCES = "from sona_jax.serve.recommend import SOURCE_NAMES, fusion_weights\n"
 
 
 def setup(imports: str = "", engine_imports: str = "") -> str:
@@ -88,7 +88,7 @@ training events, and every weighting is scored with the same `recommend` call th
     code("""\
 from itertools import product
 
-validation = ex.Scorer(dataset, splits.validation, "p1", reference=cfg)
+validation = ex.Scorer(dataset, splits.validation, "p1")
 STEPS = 4  # shares in multiples of 1/4: 35 points of the simplex, the four sources alone included
 grid = [np.array(c) / STEPS for c in product(range(STEPS + 1), repeat=4) if sum(c) == STEPS]
 
@@ -173,7 +173,7 @@ The model is retrained on the full training split and both weightings are served
 configured MMR λ. Carry the winner into an experiment file (`configs/experiments/`) to search it
 jointly with λ and the adapter settings."""),
     code("""\
-test = ex.Scorer(dataset, splits.test, "p1", reference=cfg)
+test = ex.Scorer(dataset, splits.test, "p1")
 best = [ranked[0]["params"][f"fusion.{n}"] for n in SOURCE_NAMES]
 for name, setting in (("configured", cfg), ("tuned", weighted(best, cfg.diversity.mmr_lambda))):
     m = test.metrics(setting)
@@ -203,7 +203,7 @@ split and shows the curve the service's `diversity.mmr_lambda` picks a point on.
 
 MMR λ is a request value: one trained model serves every point of the sweep."""),
     code("""\
-validation = ex.Scorer(dataset, splits.validation, "p1", reference=cfg)
+validation = ex.Scorer(dataset, splits.validation, "p1")
 lambdas = np.round(np.linspace(0.0, 1.0, 11 if SMALL else 21), 2)
 sweep = ex.lambda_sweep(validation, cfg, lambdas)
 print(" λ     NDCG@10  HR@10   ILD@10  coverage")
@@ -277,7 +277,7 @@ the service's `recommend` to see accuracy and where each served item comes from.
     code(setup()),
     md("## The blending schedule"),
     code("""\
-from sona_jax.recommend import KIND_NAMES, SOURCE_NAMES, blend_weight, exploration_share
+from sona_jax.serve.recommend import KIND_NAMES, SOURCE_NAMES, blend_weight, exploration_share
 
 n = np.arange(0, 41)
 fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -297,8 +297,10 @@ their full history, so the neighbours and the graph stay realistic); the model i
 time and the group is served with the configured weights and MMR λ and the context of the held-out
 event. Popularity is the baseline."""),
     code("""\
-from sona_jax.baselines import Popularity, interaction_matrix
-from sona_jax.evaluation import ranking_metrics, subset, top_from_scores, train_model
+from sona_jax.eval.baselines import Popularity, interaction_matrix
+from sona_jax.eval.metrics import ranking_metrics, top_from_scores
+from sona_jax.eval.splits import subset
+from sona_jax.model.train import train_model
 
 log, val = dataset.events, splits.validation
 rng = np.random.default_rng(0)
@@ -321,7 +323,7 @@ for n_events in points + ["all"]:
         val.test_device[group],
     )
     seen = interaction_matrix(log.user[keep], log.item[keep], dataset.n_users, dataset.n_items)
-    popular = top_from_scores(Popularity().fit(seen).scores(group), seen, group)
+    popular = top_from_scores(Popularity().fit(seen).scores(group), seen, group, 10)
     rows.append(
         {
             "events": n_events,

@@ -28,3 +28,13 @@ class ApiError(Exception):
 
     def body(self) -> bytes:
         return orjson.dumps(self.fields())
+
+
+def refusal(error: ApiError):
+    """The Quart response answering ``error``."""
+    from quart import Response
+
+    response = Response(error.body(), status=error.status, content_type="application/json")
+    for key, value in error.headers.items():
+        response.headers[key] = value
+    return response

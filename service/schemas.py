@@ -30,7 +30,9 @@ class Context(_Strict):
 class RecommendationRequest(_Strict):
     user_id: UUID
     context: Context | None = None
-    limit: int = Field(20, ge=1, le=100)
+    limit: int | None = Field(
+        None, ge=1, le=100, description="list length; default serving.default_limit (20)"
+    )
     exclude_watched: bool = True
     diversity_threshold: float | None = Field(
         None, ge=0.0, le=1.0, allow_inf_nan=False, description="1 − λ of MMR"
@@ -89,7 +91,9 @@ class ScoreResponse(_Strict):
 
 class BatchScoreRequest(_Strict):
     user_id: UUID
-    content_ids: list[UUID] = Field(min_length=1, max_length=1000)
+    content_ids: list[UUID] = Field(
+        min_length=1, description="at most serving.max_batch_score_ids (1,000 by default)"
+    )
     context: Context | None = None
 
 
@@ -123,7 +127,9 @@ class ViewingEvent(_Strict):
 
 class ProfileUpdateRequest(_Strict):
     user_id: UUID
-    viewing_events: list[ViewingEvent] = Field(min_length=1, max_length=1000)
+    viewing_events: list[ViewingEvent] = Field(
+        min_length=1, description="at most serving.max_events_per_update (1,000 by default)"
+    )
 
 
 class ProfileUpdateResponse(_Strict):

@@ -274,12 +274,14 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def format_errors(error: ValidationError, source: str) -> str:
-    """One line per problem: ``source: section.key: message``."""
+    """One line per problem: ``source: section.key: message`` (a ``source`` ending in
+    ``: section`` prefixes the key with that section instead)."""
+    source, _, section = source.partition(": ")
     lines = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "<root>"
+        key = ".".join([section] * bool(section) + [str(part) for part in item["loc"]])
         message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
-        lines.append(f"{source}: {key}: {message}")
+        lines.append(f"{source}: {key or '<root>'}: {message}")
     return "\n".join(lines)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from sona_jax.search.space import (
     nested,
     objective_value,
     parse_experiment,
+    plan_trials,
 )
 from sona_lab.datasets import load_dataset
 from sona_lab.files import read_toml
@@ -62,8 +64,6 @@ def load_experiment_data(exp: Experiment) -> Dataset:
     return load_dataset(exp.data, exp.path, **exp.synthetic)
 
 
-
-
 def read_trials(path: Path, setup_id: str) -> tuple[dict[str, dict], int]:
     """Finished trials of this setup in ``trials.jsonl`` by key, and how many lines were ignored
     (another setup, or unreadable)."""
@@ -87,7 +87,6 @@ def append_trial(path: Path, record: dict) -> None:
     """Append one trial as a JSON line (flushed: an interrupted run keeps what it finished)."""
     with path.open("a") as handle:
         handle.write(json.dumps(record) + "\n")
-
 
 
 def run_search(
@@ -128,8 +127,6 @@ def run_search(
         bar.update()
     bar.close()
     return [records[canonical(p)] for p in plan]
-
-
 
 
 def _toml_value(value: Any) -> str:
@@ -202,8 +199,6 @@ def write_summary(path: Path, exp: Experiment, records: list[dict], final: dict)
         cells += [record["metrics"][m] for m in METRICS] + [record["params"][k] for k in keys]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     path.write_text("\n".join(lines) + "\n")
-
-
 
 
 @dataclass

@@ -1,4 +1,6 @@
-"""Helpers the research notebooks share: which data to use, and what the service would serve."""
+"""What the research notebooks use, in one namespace (``from sona_lab import notebook as ex``):
+which data to use, the validation scorer and splits, what the service would serve, and the
+plots."""
 
 from __future__ import annotations
 
@@ -10,9 +12,12 @@ import numpy as np
 from sona_jax.config import SonaConfig
 from sona_jax.data import Dataset
 from sona_jax.eval.ranking import ranked_lists
+from sona_jax.eval.splits import first_events_mask
 from sona_jax.model.version import TrainedModel
+from sona_jax.search.scoring import Scorer, lambda_sweep, make_splits
 from sona_jax.serve.engine import ServingEngine
 from sona_lab.datasets import load_dataset
+from sona_lab.plots import lambda_tradeoff_figure, weight_effects, weights_effect_figure
 
 SMALL_DATA = {"n_users": 300, "n_items": 400, "events_per_user": 30}
 FALLBACK_DATA = {"n_users": 2_000, "n_items": 3_000}
@@ -54,3 +59,18 @@ def served(
     engine = ServingEngine.load(model, cfg)
     lists = ranked_lists(engine, users, None, mmr_lambda, time_of_day, device, k)
     return lists.items, lists.kinds, lists.contributions
+
+
+__all__ = [
+    "Scorer",
+    "first_events_mask",
+    "lambda_sweep",
+    "lambda_tradeoff_figure",
+    "make_splits",
+    "ml100k_folder",
+    "notebook_small",
+    "research_dataset",
+    "served",
+    "weight_effects",
+    "weights_effect_figure",
+]

@@ -11,8 +11,6 @@ from sona_jax.search.space import trial_config
 from sona_jax.serve.recommend import SOURCE_NAMES, fusion_weights
 
 
-
-
 def _figure(**options):
     from matplotlib.figure import Figure
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy loads BLAS: implicit's advice
 from pathlib import Path
 
 import jax
 import pytest
 
 from sona_jax.config import SonaConfig
-from sona_jax.datasets import generate_synthetic
+from sona_jax.data import generate_synthetic
 
 jax.config.update("jax_platforms", "cpu")
 

@@ -2,36 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import asyncpg
 
 from service.storage.base import ContentRow, EventRow, UserStateRow
+from service.storage.codec import (
+    EVENT_COLUMNS,
+    content_columns,
+    content_from_columns,
+    event_from_columns,
+)
 from service.storage.migrations import POSTGRES
 
-_EVENT_COLUMNS = (
-    "user_id, content_id, ts, completion_rate, rating, is_rewatch, dismissed, "
-    "device_type, time_of_day"
-)
 _MIGRATION_LOCK = 0x50A4  # advisory lock: several servers may start at once
-
-
-def _event(row) -> EventRow:
-    return EventRow(*row)
-
-
-def _content(row) -> ContentRow:
-    return ContentRow(
-        row["content_id"],
-        row["title"],
-        json.loads(row["genres"]),
-        row["duration_minutes"],
-        row["release_year"],
-        json.loads(row["moods"]),
-        row["series_id"],
-        row["embedding"],
-    )
 
 
 async def migrate(connection: asyncpg.Connection) -> int:
@@ -84,7 +68,7 @@ class PostgresStore:
         now = time.time()
         async with self.pool.acquire() as connection, connection.transaction():
             inserted = await connection.fetch(
-                f"INSERT INTO events ({_EVENT_COLUMNS}, received_at) "
+                f"INSERT INTO events ({EVENT_COLUMNS}, received_at) "
                 "SELECT * FROM unnest($1::text[], $2::text[], $3::float8[], $4::real[], "
                 "$5::smallint[], $6::bool[], $7::bool[], $8::text[], $9::text[], $10::float8[]) "
                 "ON CONFLICT (user_id, content_id, ts) DO NOTHING RETURNING 1",
@@ -103,13 +87,14 @@ class PostgresStore:
 
     async def user_events(self, user_id: str) -> list[EventRow]:
         rows = await self.pool.fetch(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE user_id = $1 ORDER BY ts", user_id
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE user_id = $1 ORDER BY ts", user_id
         )
-        return [_event(row) for row in rows]
+        return [event_from_columns(row) for row in rows]
 
     async def all_events(self) -> list[EventRow]:
         return [
-            _event(row) for row in await self.pool.fetch(f"SELECT {_EVENT_COLUMNS} FROM events")
+            event_from_columns(row)
+            for row in await self.pool.fetch(f"SELECT {EVENT_COLUMNS} FROM events")
         ]
 
     async def count_events(self) -> int:
@@ -125,26 +110,13 @@ class PostgresStore:
                 "release_year=excluded.release_year, moods=excluded.moods, "
                 "series_id=excluded.series_id, embedding=excluded.embedding, "
                 "updated_at=excluded.updated_at",
-                [
-                    (
-                        c.content_id,
-                        c.title,
-                        json.dumps(c.genres),
-                        c.duration_minutes,
-                        c.release_year,
-                        json.dumps(c.moods),
-                        c.series_id,
-                        c.embedding,
-                        now,
-                    )
-                    for c in items
-                ],
+                [content_columns(c, now) for c in items],
             )
         return len(items)
 
     async def get_content(self, content_id: str) -> ContentRow | None:
         row = await self.pool.fetchrow("SELECT * FROM content WHERE content_id = $1", content_id)
-        return _content(row) if row else None
+        return content_from_columns(row) if row else None
 
     async def list_content(self, limit: int, cursor: str | None) -> list[ContentRow]:
         rows = await self.pool.fetch(
@@ -152,7 +124,7 @@ class PostgresStore:
             cursor or "",
             limit,
         )
-        return [_content(row) for row in rows]
+        return [content_from_columns(row) for row in rows]
 
     async def delete_content(self, content_id: str) -> bool:
         status = await self.pool.execute("DELETE FROM content WHERE content_id = $1", content_id)

@@ -2,31 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import aiosqlite
 
 from service.storage.base import ContentRow, EventRow, UserStateRow
-from service.storage.migrations import SQLITE
-
-_EVENT_COLUMNS = (
-    "user_id, content_id, ts, completion_rate, rating, is_rewatch, dismissed, "
-    "device_type, time_of_day"
+from service.storage.codec import (
+    EVENT_COLUMNS,
+    content_columns,
+    content_from_columns,
+    event_columns,
+    event_from_columns,
 )
-
-
-def _event(row) -> EventRow:
-    return EventRow(
-        row[0], row[1], row[2], row[3], row[4], bool(row[5]), bool(row[6]), row[7], row[8]
-    )
-
-
-def _content(row) -> ContentRow:
-    return ContentRow(
-        row[0], row[1], json.loads(row[2]), row[3], row[4], json.loads(row[5]), row[6], row[7]
-    )
+from service.storage.migrations import SQLITE
 
 
 class SQLiteStore:
@@ -73,36 +62,22 @@ class SQLiteStore:
         now = time.time()
         before = self.db.total_changes
         await self.db.executemany(
-            f"INSERT INTO events ({_EVENT_COLUMNS}, received_at) VALUES (?,?,?,?,?,?,?,?,?,?) "
+            f"INSERT INTO events ({EVENT_COLUMNS}, received_at) VALUES (?,?,?,?,?,?,?,?,?,?) "
             "ON CONFLICT (user_id, content_id, ts) DO NOTHING",
-            [
-                (
-                    e.user_id,
-                    e.content_id,
-                    e.ts,
-                    e.completion_rate,
-                    e.rating,
-                    e.is_rewatch,
-                    e.dismissed,
-                    e.device_type,
-                    e.time_of_day,
-                    now,
-                )
-                for e in events
-            ],
+            [event_columns(e, now) for e in events],
         )
         await self.db.commit()
         return self.db.total_changes - before
 
     async def user_events(self, user_id: str) -> list[EventRow]:
         async with self.db.execute(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE user_id = ? ORDER BY ts", (user_id,)
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE user_id = ? ORDER BY ts", (user_id,)
         ) as cursor:
-            return [_event(row) for row in await cursor.fetchall()]
+            return [event_from_columns(row) for row in await cursor.fetchall()]
 
     async def all_events(self) -> list[EventRow]:
-        async with self.db.execute(f"SELECT {_EVENT_COLUMNS} FROM events") as cursor:
-            return [_event(row) for row in await cursor.fetchall()]
+        async with self.db.execute(f"SELECT {EVENT_COLUMNS} FROM events") as cursor:
+            return [event_from_columns(row) for row in await cursor.fetchall()]
 
     async def count_events(self) -> int:
         async with self.db.execute("SELECT COUNT(*) FROM events") as cursor:
@@ -116,20 +91,7 @@ class SQLiteStore:
             "duration_minutes=excluded.duration_minutes, release_year=excluded.release_year, "
             "moods=excluded.moods, series_id=excluded.series_id, embedding=excluded.embedding, "
             "updated_at=excluded.updated_at",
-            [
-                (
-                    c.content_id,
-                    c.title,
-                    json.dumps(c.genres),
-                    c.duration_minutes,
-                    c.release_year,
-                    json.dumps(c.moods),
-                    c.series_id,
-                    c.embedding,
-                    now,
-                )
-                for c in items
-            ],
+            [content_columns(c, now) for c in items],
         )
         await self.db.commit()
         return len(items)
@@ -139,14 +101,14 @@ class SQLiteStore:
             "SELECT * FROM content WHERE content_id = ?", (content_id,)
         ) as cursor:
             row = await cursor.fetchone()
-        return _content(row) if row else None
+        return content_from_columns(row) if row else None
 
     async def list_content(self, limit: int, cursor: str | None) -> list[ContentRow]:
         async with self.db.execute(
             "SELECT * FROM content WHERE content_id > ? ORDER BY content_id LIMIT ?",
             (cursor or "", limit),
         ) as c:
-            return [_content(row) for row in await c.fetchall()]
+            return [content_from_columns(row) for row in await c.fetchall()]
 
     async def delete_content(self, content_id: str) -> bool:
         cursor = await self.db.execute("DELETE FROM content WHERE content_id = ?", (content_id,))

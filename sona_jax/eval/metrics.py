@@ -74,7 +74,9 @@ def list_metrics(top, test, users, item_vectors, suffix: str = "") -> dict[str, 
     return {f"{name}{suffix}": value for name, value in metrics.items()}
 
 
-def top_from_scores(scores: np.ndarray, seen: sp.csr_matrix, users: np.ndarray, k: int) -> np.ndarray:
+def top_from_scores(
+    scores: np.ndarray, seen: sp.csr_matrix, users: np.ndarray, k: int
+) -> np.ndarray:
     """(len(users), k) best items of dense ``scores`` (len(users), items), seen items removed."""
     scores = np.array(scores, np.float32, copy=True)
     seen_rows = seen[users]

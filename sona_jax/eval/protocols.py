@@ -108,7 +108,9 @@ def context_arrays(split: Split, users: np.ndarray, use_context: bool):
     return split.test_time_of_day[users], split.test_device[users]
 
 
-def _baseline_rows(train_matrix, val_train, val_split, split, users, vectors, options, log_fn, clock):
+def _baseline_rows(
+    train_matrix, val_train, val_split, split, users, vectors, options, log_fn, clock
+):
     rows = []
     val_users, k = val_split.users, options.k
 

@@ -169,9 +169,7 @@ def train_model(
         )
     users = UserState(
         preference=profiles.preference,
-        adapter=np.zeros(
-            (dataset.n_users, cfg.model.embedding_dim, cfg.lora.rank), STORAGE_DTYPE
-        ),
+        adapter=np.zeros((dataset.n_users, cfg.model.embedding_dim, cfg.lora.rank), STORAGE_DTYPE),
         genre_affinity=profiles.genre_affinity,
         hourly=profiles.hourly,
         weekday=profiles.weekday,

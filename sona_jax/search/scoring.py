@@ -34,8 +34,6 @@ from sona_jax.serve.recommend import fusion_weights
 Clock = Callable[[], float]
 
 
-
-
 @dataclass(frozen=True)
 class Splits:
     """test: held-out events of the whole log; validation: carved from ``test.train`` the same way
@@ -148,8 +146,6 @@ def by_training(exp: Experiment, pending: list[tuple[int, dict]]) -> list[tuple[
 def best_record(records: list[dict]) -> dict:
     """The record with the highest objective (the earliest trial on ties)."""
     return max(records, key=lambda r: (r["objective"], -r["trial"]))
-
-
 
 
 def _setting(exp: Experiment, scorers: dict[str, Scorer], params: dict) -> dict:

@@ -179,7 +179,40 @@ def pad_requests(requests: RequestBatch, size: int) -> RequestBatch:
     )
 
 
+@dataclass(frozen=True)
+class Query:
+    """One request to rank or score for a viewer: context indices are -1 when absent; ``items``
+    (C,) are the items to score (None when ranking)."""
+
+    profile: ViewerProfile
+    limit: int = 10
+    exclude_watched: bool = True
+    mmr_lambda: float = 1.0
+    device: int = -1
+    time_of_day: int = -1
+    mood: int = -1
+    seed: int = 0
+    items: np.ndarray | None = None
+
+
+def query_batch(queries: Sequence[Query]) -> tuple[UserBatch, RequestBatch, np.ndarray]:
+    """Host `UserBatch`, `RequestBatch` and limits (n,) of n queries."""
+
+    def column(name: str) -> np.ndarray:
+        return np.array([getattr(q, name) for q in queries])
+
+    requests = request_rows(
+        len(queries),
+        column("mmr_lambda"),
+        column("exclude_watched"),
+        column("device"),
+        column("time_of_day"),
+        column("mood"),
+        column("seed"),
+    )
+    return stack_profiles([q.profile for q in queries]), requests, column("limit")
+
+
 def batch_size(n: int) -> int:
     """Rows a batch of ``n`` users is padded to."""
     return bucket(n, USER_BUCKETS)
-

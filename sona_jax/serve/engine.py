@@ -24,13 +24,14 @@ from sona_jax.model.adapters import train_adapters_of
 from sona_jax.model.version import STORAGE_DTYPE, TrainedModel
 from sona_jax.serve import recommend as hybrid
 from sona_jax.serve.batch import (
+    Query,
     ViewerProfile,
     batch_size,
     list_widths,
     model_rows,
     pad_requests,
     pad_users,
-    stack_profiles,
+    query_batch,
 )
 from sona_jax.serve.state import RequestBatch, ServingState, UserBatch, serving_state
 
@@ -79,6 +80,8 @@ class ServingEngine:
     widths: dict[str, int]
     item_index: dict[str, int] = field(repr=False)
     user_index: dict[str, int] = field(repr=False)
+    item_ids: list[str] = field(repr=False)  # by item row, as Python strings for answers
+    titles: list[str] = field(repr=False)
 
     @classmethod
     def load(cls, model: TrainedModel, cfg: SonaConfig | None = None) -> ServingEngine:
@@ -95,6 +98,8 @@ class ServingEngine:
             list_widths(model),
             {content_id: i for i, content_id in enumerate(model.item_ids.tolist())},
             {user_id: i for i, user_id in enumerate(model.user_ids.tolist())},
+            [str(content_id) for content_id in model.item_ids.tolist()],
+            [str(title) for title in model.titles.tolist()],
         )
 
     def with_config(self, cfg: SonaConfig) -> ServingEngine:
@@ -157,24 +162,27 @@ class ServingEngine:
         limits = np.full(len(rows), k, np.int32)
         return self.recommend(model_rows(self.model, rows), requests, limits, weights)
 
-    def recommend_profiles(
-        self, profiles: Sequence[ViewerProfile], requests: RequestBatch, limits: np.ndarray
-    ) -> Lists:
-        """`recommend` for viewer profiles (serving)."""
-        return self.recommend(stack_profiles(profiles), requests, limits)
+    def recommend_queries(self, queries: Sequence[Query]) -> Lists:
+        """`recommend` for viewers' queries (serving), one jitted call."""
+        return self.recommend(*query_batch(queries))
 
-    def score(
-        self, profiles: Sequence[ViewerProfile], items: Sequence[np.ndarray], requests
-    ) -> list[Scores]:
-        """Scores and components of each viewer's ``items`` (indices), one jitted call."""
-        n = len(profiles)
-        padded, size = self._users(stack_profiles(profiles))
+    def score_queries(self, queries: Sequence[Query]) -> list[Scores]:
+        """Scores and components of each query's ``items`` (indices), one jitted call."""
+        n = len(queries)
+        users, requests, _ = query_batch(queries)
+        padded, size = self._users(users)
+        items = [q.items for q in queries]
         width = bucket(max(len(i) for i in items), SCORE_BUCKETS)
         table = np.full((size, width), -1, np.int32)
         for row, values in enumerate(items):
             table[row, : len(values)] = values
         out = hybrid.score_items(
-            self.state, padded, pad_requests(requests, size), table, self.weights, self.compiled
+            self.state,
+            padded,
+            pad_requests(requests._replace(exclude_watched=np.zeros(n, bool)), size),
+            table,
+            self.weights,
+            self.compiled,
         )
         score, components = np.asarray(out.score), np.asarray(out.components)
         return [

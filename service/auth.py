@@ -1,0 +1,35 @@
+"""API keys (SPEC 5): a valid ``Authorization: Bearer`` key on every /api route when keys are
+configured, and an admin key for catalogue writes and adapter training."""
+
+from __future__ import annotations
+
+from service.errors import ApiError
+
+ADMIN_ROUTES = frozenset({("POST", "/api/v1/content"), ("POST", "/api/v1/lora/train")})
+
+
+class KeyCheck:
+    """``check(method, path, header)`` raises 401 without a valid key (when keys are
+    configured) and 403 for admin operations without an admin key."""
+
+    def __init__(self, api_keys: frozenset[str], admin_keys: frozenset[str]):
+        self.api_keys, self.admin_keys = api_keys, admin_keys
+
+    def __call__(self, method: str, path: str, header: str) -> None:
+        if not self.api_keys and not self.admin_keys:
+            return
+        if not path.startswith("/api/"):
+            return
+        key = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+        if key not in self.api_keys and key not in self.admin_keys:
+            raise ApiError(
+                401,
+                "unauthorized",
+                "a valid Authorization: Bearer key is required",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        needs_admin = (method, path) in ADMIN_ROUTES or (
+            method == "DELETE" and path.startswith("/api/v1/content/")
+        )
+        if needs_admin and key not in self.admin_keys:
+            raise ApiError(403, "forbidden", "this operation needs an admin key")

@@ -1,0 +1,75 @@
+"""Every error answers JSON ``{"error", "message", "details"?}`` (SPEC 5): validation errors,
+HTTP errors (404, 405, 413, malformed JSON), overload (503) and anything unexpected (500)."""
+
+from __future__ import annotations
+
+import logging
+
+from quart import Quart, request
+from quart_schema import RequestSchemaValidationError
+from werkzeug.exceptions import HTTPException
+
+from service.batcher import Overloaded
+from service.errors import ApiError, refusal
+from service.metrics import Metrics
+
+log = logging.getLogger("sona")
+HTTP_ERROR_NAMES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+}
+
+
+def refusal_of(error: Exception, metrics: Metrics) -> ApiError:
+    """What a handler's exception is answered with (on the Quart route and the fast path)."""
+    if isinstance(error, ApiError):
+        return error
+    if isinstance(error, Overloaded):
+        metrics.overloaded.inc()
+        return ApiError(503, "overloaded", str(error), headers={"Retry-After": "1"})
+    log.error("unhandled error on a hot route", exc_info=error)
+    return ApiError(500, "internal_error", "the server failed; this is logged")
+
+
+def validation_refusal(error: RequestSchemaValidationError) -> ApiError:
+    """A 400 naming each invalid field."""
+    problems = getattr(error.validation_error, "errors", None)
+    if not callable(problems):
+        return ApiError(400, "validation_error", f"invalid request body: {error.validation_error}")
+    details = [
+        {"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"]}
+        for e in problems(include_url=False, include_context=False)
+    ]
+    message = "; ".join(f"{d['field']}: {d['message']}" for d in details[:5])
+    return ApiError(400, "validation_error", message, details)
+
+
+def register_error_handlers(app: Quart, metrics: Metrics, max_body_bytes: int) -> None:
+    @app.errorhandler(RequestSchemaValidationError)
+    async def invalid(error: RequestSchemaValidationError):
+        return refusal(validation_refusal(error))
+
+    @app.errorhandler(ApiError)
+    async def api_error(error: ApiError):
+        return refusal(error)
+
+    @app.errorhandler(Overloaded)
+    async def overloaded(error: Overloaded):
+        return refusal(refusal_of(error, metrics))
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException):
+        message = {
+            413: f"request body larger than {max_body_bytes} bytes",
+            400: "malformed request: the body must be valid JSON",
+            404: f"no route {request.method} {request.path}",
+        }.get(error.code, error.description or error.name)
+        name = HTTP_ERROR_NAMES.get(error.code, "http_error")
+        return refusal(ApiError(error.code or 500, name, message))
+
+    @app.errorhandler(Exception)
+    async def unexpected(error: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return refusal(ApiError(500, "internal_error", "the server failed; this is logged"))

@@ -1,0 +1,55 @@
+"""The service's Prometheus metrics (one registry per app)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+ENGINE_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.5)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "sona_requests", "HTTP requests", ["endpoint", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "sona_request_seconds",
+            "HTTP latency",
+            ["endpoint"],
+            registry=self.registry,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.batch = Histogram(
+            "sona_batch_size",
+            "requests per engine call",
+            ["batcher"],
+            registry=self.registry,
+            buckets=BATCH_BUCKETS,
+        )
+        self.batch_seconds = Histogram(
+            "sona_batch_seconds",
+            "engine call time per batch (the batch function alone)",
+            ["batcher"],
+            registry=self.registry,
+            buckets=ENGINE_BUCKETS,
+        )
+        self.events = Counter("sona_events_stored", "viewing events stored", registry=self.registry)
+        self.overloaded = Counter(
+            "sona_overloaded", "requests refused with 503", registry=self.registry
+        )
+
+    def observe_batch(self, batcher: str, size: int, seconds: float) -> None:
+        self.batch.labels(batcher).observe(size)
+        self.batch_seconds.labels(batcher).observe(seconds)
+
+    def observe_request(self, endpoint: str, status: int, seconds: float | None) -> None:
+        self.requests.labels(endpoint, str(status)).inc()
+        if seconds is not None:
+            self.latency.labels(endpoint).observe(seconds)
+
+    def count(self, endpoint: str, status: int) -> float:
+        """How many requests to ``endpoint`` were answered with ``status``."""
+        return self.requests.labels(endpoint, str(status))._value.get()

@@ -1,0 +1,54 @@
+"""Product rules the handlers apply, kept out of them: MMR λ from a request, the list cache key,
+when a viewer's adapter is due for retraining, and the explanation sentences."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from sona_jax.config import SonaConfig
+
+EXPLAINED_BY_HISTORY = ("graph_based", "content_based")
+
+
+def mmr_lambda(diversity_threshold: float | None, cfg: SonaConfig) -> float:
+    """SPEC 5: ``diversity_threshold`` is 1 − λ; without it, the configured λ."""
+    return cfg.diversity.mmr_lambda if diversity_threshold is None else 1.0 - diversity_threshold
+
+
+def list_cache_key(user_id: str, profile_events: int, model_version: int, *options) -> str:
+    """Recommendation lists are cached per profile version and model version, so a write to
+    the viewer's history or a new model invalidates them."""
+    text = json.dumps([user_id, profile_events, model_version, *options])
+    return "recs:" + hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def retrain_due(events_since_training: int, events: int, cfg: SonaConfig) -> bool:
+    """Adapters retrain every ``lora.retrain_every_events`` new events, once there are enough."""
+    return events_since_training >= cfg.lora.retrain_every_events and events >= cfg.lora.min_events
+
+
+def based_on(kind: str, history_item: str | None) -> list[str]:
+    """What a recommendation cites: the history item behind a graph or content score, or
+    "similar viewers" for a collaborative one."""
+    if kind in EXPLAINED_BY_HISTORY and history_item is not None:
+        return [history_item]
+    if kind == "collaborative":
+        return ["similar viewers"]
+    return []
+
+
+def explanation(kind: str, history_title: str | None, context) -> str:
+    """SPEC 3.6's human sentence for one recommendation."""
+    if kind in EXPLAINED_BY_HISTORY and history_title:
+        return f"Because you watched {history_title}"
+    if kind == "collaborative":
+        return "Popular with viewers who share your taste"
+    if kind == "context_aware" and context is not None:
+        where = f" on {context.device_type}" if context.device_type else ""
+        when = f" in the {context.time_of_day}" if context.time_of_day else ""
+        mood = f" for a {context.mood} mood" if context.mood else ""
+        return f"Popular{where}{when}{mood}".strip()
+    if kind == "exploration":
+        return "Something different to explore"
+    return "Popular right now"

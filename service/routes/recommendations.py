@@ -1,0 +1,121 @@
+"""``POST /api/v1/recommendations`` and ``POST /api/v1/recommendations/similar``."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import orjson
+from quart import Blueprint, Response
+from quart_schema import document_response, validate_request, validate_response
+
+from service import policy, schemas
+from service.demo import new_request_seed
+from service.errors import ApiError
+from service.runtime import context_indices
+from service.state import AppState, app_state
+from sona_jax.serve.batch import Query
+from sona_jax.serve.recommend import KIND_NAMES
+
+blueprint = Blueprint("recommendations", __name__)
+
+
+def item_index(state: AppState, content_id: str, field_name: str) -> int:
+    """The item row of ``content_id`` in the served model, or a 404 naming the field."""
+    index = state.engine().engine.item_index.get(content_id)
+    if index is None:
+        raise ApiError(
+            404,
+            "content_not_found",
+            f"{field_name}: unknown content {content_id}",
+            {"field": field_name},
+        )
+    return index
+
+
+def _items(rows: list, engine, context) -> list[dict]:
+    ids, titles = engine.item_ids, engine.titles
+    items = []
+    for item, score, kind, based in rows:
+        kind_name = KIND_NAMES[kind]
+        history = based if based >= 0 else None
+        items.append(
+            {
+                "content_id": ids[item],
+                "confidence_score": round(score, 6),
+                "recommendation_type": kind_name,
+                "based_on": policy.based_on(kind_name, None if history is None else ids[history]),
+                "explanation": policy.explanation(
+                    kind_name, None if history is None else titles[history], context
+                ),
+            }
+        )
+    return items
+
+
+async def recommendations_body(state: AppState, data: schemas.RecommendationRequest) -> bytes:
+    """The recommendations answer (JSON bytes); shared by the Quart route and the fast path."""
+    runtime = state.engine()
+    user_id = str(data.user_id)
+    limit = data.limit or state.serving.default_limit
+    profile = await state.profiles.get(user_id)
+    lam = policy.mmr_lambda(data.diversity_threshold, state.cfg)
+    device, tod, mood = context_indices(data.context)
+    ttl = state.serving.recommendation_ttl_seconds
+    if ttl:
+        key = policy.list_cache_key(
+            user_id,
+            profile.events,
+            runtime.version,
+            limit,
+            data.exclude_watched,
+            lam,
+            device,
+            tod,
+            mood,
+        )
+        cached = await state.cache.get(key)
+        if cached is not None:
+            return cached
+    result = await state.recommend.submit(
+        Query(profile, limit, data.exclude_watched, lam, device, tod, mood, new_request_seed())
+    )
+    body = orjson.dumps(
+        {
+            "recommendations": _items(result["rows"], result["engine"], data.context),
+            "generated_at": datetime.now(UTC).isoformat(),
+            "ttl_seconds": ttl,
+        }
+    )
+    if ttl:
+        await state.cache.set(key, body, ttl)
+    return body
+
+
+@blueprint.post("/api/v1/recommendations")
+@validate_request(schemas.RecommendationRequest)
+@document_response(schemas.RecommendationResponse)
+async def recommendations(data: schemas.RecommendationRequest):
+    return Response(await recommendations_body(app_state(), data), content_type="application/json")
+
+
+@blueprint.post("/api/v1/recommendations/similar")
+@validate_request(schemas.SimilarRequest)
+@validate_response(schemas.SimilarResponse)
+async def similar(data: schemas.SimilarRequest):
+    state = app_state()
+    engine = state.engine().engine
+    index = item_index(state, str(data.content_id), "content_id")
+    top, similarity = await asyncio.get_running_loop().run_in_executor(
+        state.executor, engine.similar, index, data.limit
+    )
+    return schemas.SimilarResponse(
+        similar_content=[
+            schemas.SimilarItem(
+                content_id=engine.item_ids[i],
+                similarity=float(s),
+                title=engine.titles[i],
+            )
+            for i, s in zip(top, similarity, strict=True)
+        ]
+    )

@@ -1,0 +1,85 @@
+"""``POST /api/v1/personalization/score`` and its batch form for search re-ranking."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+from quart import Blueprint, Response
+from quart_schema import document_response, validate_request, validate_response
+
+from service import schemas
+from service.errors import ApiError
+from service.routes.recommendations import item_index
+from service.runtime import context_indices
+from service.state import AppState, app_state
+from sona_jax.serve.batch import Query
+
+COMPONENT_NAMES = ("collaborative", "content_based", "graph_based", "context", "lora_boost")
+
+blueprint = Blueprint("scores", __name__)
+
+
+def components(values: np.ndarray) -> dict[str, float]:
+    """The five named score components of one item (``values``: (5,))."""
+    return dict(zip(COMPONENT_NAMES, values.tolist(), strict=True))
+
+
+async def score_body(state: AppState, data: schemas.ScoreRequest) -> bytes:
+    """The personalization score answer (JSON bytes); shared by the route and the fast path."""
+    index = item_index(state, str(data.content_id), "content_id")
+    profile = await state.profiles.get(str(data.user_id))
+    device, tod, mood = context_indices(data.context)
+    result = await state.score.submit(
+        Query(profile, device=device, time_of_day=tod, mood=mood, items=np.array([index]))
+    )
+    return orjson.dumps(
+        {
+            "user_id": str(data.user_id),
+            "content_id": str(data.content_id),
+            "score": float(result.score[0]),
+            "components": components(result.components[0]),
+        }
+    )
+
+
+@blueprint.post("/api/v1/personalization/score")
+@validate_request(schemas.ScoreRequest)
+@document_response(schemas.ScoreResponse)
+async def score(data: schemas.ScoreRequest):
+    return Response(await score_body(app_state(), data), content_type="application/json")
+
+
+@blueprint.post("/api/v1/personalization/score/batch")
+@validate_request(schemas.BatchScoreRequest)
+@validate_response(schemas.BatchScoreResponse)
+async def score_batch(data: schemas.BatchScoreRequest):
+    state = app_state()
+    limit = state.serving.max_batch_score_ids
+    if len(data.content_ids) > limit:
+        raise ApiError(
+            400, "validation_error", f"content_ids: at most {limit} content ids per request"
+        )
+    index = state.engine().engine.item_index
+    ids = [str(c) for c in data.content_ids]
+    known = [(c, index[c]) for c in ids if c in index]
+    unknown = [c for c in ids if c not in index]
+    scores = []
+    if known:
+        profile = await state.profiles.get(str(data.user_id))
+        device, tod, mood = context_indices(data.context)
+        result = await state.score.submit(
+            Query(
+                profile,
+                device=device,
+                time_of_day=tod,
+                mood=mood,
+                items=np.array([i for _, i in known]),
+            )
+        )
+        scores = [
+            schemas.BatchScoreItem(content_id=c, score=float(s), components=components(comp))
+            for (c, _), s, comp in zip(known, result.score, result.components, strict=True)
+        ]
+    return schemas.BatchScoreResponse(
+        user_id=str(data.user_id), scores=scores, unknown_content_ids=unknown
+    )

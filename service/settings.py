@@ -1,0 +1,93 @@
+"""What `sona serve` decides before the app starts: the engine config, the serving settings
+(the ``[serving]`` table of the same TOML file), storage and cache URLs, keys and demo options.
+
+Serving settings never reach the engine: changing the port or the batch window compiles
+nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from sona_jax.config import ConfigError, SonaConfig, format_errors
+from sona_lab.files import read_toml, split_config
+
+
+class ServingSettings(BaseModel):
+    """SPEC 5 serving: the HTTP server, micro-batching, limits, caches."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8082, ge=1, le=65535)
+    batch_window_ms: float = Field(1.0, ge=0.0, le=1000.0)
+    max_batch: int = Field(128, ge=1, le=128)
+    engine_threads: int = Field(
+        2, ge=1, le=64, description="engine calls in flight at once (per batcher)"
+    )
+    xla_threads: int = Field(
+        1,
+        ge=0,
+        le=1024,
+        description="threads XLA's CPU runtime runs engine calls on (0: one per core)",
+    )
+    gil_switch_ms: float = Field(
+        0.5,
+        gt=0.0,
+        le=100.0,
+        description="longest a thread holds the GIL while another waits (Python's default: 5)",
+    )
+    max_queue: int = Field(1024, ge=1)
+    batching: bool = True
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    max_events_per_update: int = Field(1000, ge=1)
+    max_batch_score_ids: int = Field(1000, ge=1)
+    default_limit: int = Field(20, ge=1, le=100, description="list length when none is asked")
+    recommendation_ttl_seconds: int = Field(300, ge=0)
+    profile_ttl_seconds: float = Field(3600.0, gt=0.0)
+    cache_max_entries: int = Field(100_000, ge=1)
+    warm_up: bool = Field(True, description="compile every batch bucket before serving")
+    learner_max_batch: int = Field(64, ge=1, le=1024, description="viewers trained per call")
+    learner_window_ms: float = Field(50.0, ge=0.0, description="how long the learner gathers")
+    model_poll_seconds: float = Field(10.0, gt=0.0, description="how often to look for models")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "serving") -> ServingSettings:
+        """Validated settings; raises `ConfigError` naming bad keys (``serving.port``)."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as error:
+            raise ConfigError(format_errors(error, f"{source}: serving")) from None
+
+
+def load_config_file(path: str | Path | None) -> tuple[SonaConfig, ServingSettings]:
+    """The engine config and the serving settings of one TOML file (defaults without one)."""
+    if path is None:
+        return SonaConfig(), ServingSettings()
+    config, host = split_config(read_toml(path), str(path))
+    return config, ServingSettings.from_dict(host.get("serving", {}), str(path))
+
+
+@dataclass
+class Settings:
+    """Everything `sona serve` decides before the app starts."""
+
+    config: SonaConfig = field(default_factory=SonaConfig)
+    serving: ServingSettings = field(default_factory=ServingSettings)
+    data_dir: Path = Path("sona-data")
+    database_url: str | None = None
+    redis_url: str | None = None
+    api_keys: frozenset[str] = frozenset()
+    admin_keys: frozenset[str] = frozenset()
+    demo: str | None = None  # "synthetic" | "ml-100k" | None
+    demo_path: str | None = None
+    demo_users: int = 2_000
+    demo_items: int = 3_000
+
+    @property
+    def model_dir(self) -> Path:
+        return self.data_dir / "models"

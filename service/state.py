@@ -1,0 +1,188 @@
+"""The app's typed state and its lifecycle: open storage and cache, seed the demo, load (or train)
+a model, start the batchers and the learner, watch for newer model versions, and stop it all."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+
+from quart import Quart, current_app
+
+from service.auth import KeyCheck
+from service.batcher import OVERLAP_MAX_BATCH, MicroBatcher
+from service.cache import Cache, open_cache
+from service.demo import seed_store
+from service.errors import ApiError
+from service.learner import Learner
+from service.metrics import Metrics
+from service.profiles import Profiles
+from service.runtime import Runtime
+from service.settings import ServingSettings, Settings
+from service.storage import Store, open_store
+from service.training import latest_model, train_from_store
+from sona_jax.buckets import USER_BUCKETS
+from sona_jax.config import ConfigError, SonaConfig
+
+log = logging.getLogger("sona")
+EXTENSION = "sona"
+
+
+def _freeze_heap() -> None:
+    """Move everything alive now (model tables, compiled programs, tracing caches) out of the
+    collector's reach: full collections then scan only what requests allocate. Without this
+    they scanned the start-up heap and paused serving for 100-250 ms every few seconds."""
+    gc.unfreeze()  # what a previous model version left behind may be collected now
+    gc.collect()
+    gc.freeze()
+
+
+@dataclass
+class AppState:
+    """Everything a running app holds; the parts are None until `start` has made them."""
+
+    settings: Settings
+    metrics: Metrics = field(default_factory=Metrics)
+    store: Store | None = None
+    cache: Cache | None = None
+    executor: ThreadPoolExecutor | None = None
+    runtime: Runtime | None = None
+    recommend: MicroBatcher | None = None
+    score: MicroBatcher | None = None
+    profiles: Profiles | None = None
+    learner: Learner | None = None
+    watcher: asyncio.Task | None = None
+
+    def __post_init__(self) -> None:
+        self.keys = KeyCheck(self.settings.api_keys, self.settings.admin_keys)
+
+    @property
+    def cfg(self) -> SonaConfig:
+        return self.settings.config
+
+    @property
+    def serving(self) -> ServingSettings:
+        return self.settings.serving
+
+    def engine(self) -> Runtime:
+        """The runtime, or a 503 while no model is loaded."""
+        if self.runtime is None:
+            raise ApiError(
+                503,
+                "model_not_ready",
+                "no model is loaded yet: post content and "
+                "events, then run `sona train` or start with --demo",
+                headers={"Retry-After": "10"},
+            )
+        return self.runtime
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        settings, serving = self.settings, self.serving
+        if not settings.api_keys:
+            log.warning("SONA_API_KEYS is not set: the API accepts unauthenticated requests")
+        self.store = open_store(settings.database_url, settings.data_dir)
+        await self.store.open()
+        self.cache = open_cache(
+            settings.redis_url, serving.cache_max_entries, serving.recommendation_ttl_seconds or 1
+        )
+        self.executor = ThreadPoolExecutor(
+            max_workers=serving.engine_threads, thread_name_prefix="sona-engine"
+        )
+        if settings.demo:
+            await seed_store(
+                self.store,
+                settings.demo,
+                settings.demo_path,
+                settings.demo_users,
+                settings.demo_items,
+                self.cfg.model.seed,
+            )
+        model = await latest_model(self.store)
+        if model is None and await self.store.count_events() > 0:
+            log.info("no model yet: training one from the store")
+            model = await train_from_store(self.store, self.cfg, settings.model_dir)
+        if model is not None:
+            self.runtime = Runtime(model, self.cfg, serving)  # ConfigError: stop here
+            self._start_engine_parts()
+        self.watcher = asyncio.get_running_loop().create_task(self._watch_models())
+        _freeze_heap()
+
+    def _start_engine_parts(self) -> None:
+        serving = self.serving
+        batch = serving.max_batch if serving.batching else 1
+        window = serving.batch_window_ms if serving.batching else 0.0
+        for name, fn in (
+            ("recommend", self.runtime.recommend_batch),
+            ("score", self.runtime.score_batch),
+        ):
+            batcher = MicroBatcher(
+                name,
+                fn,
+                batch,
+                window,
+                serving.max_queue,
+                on_batch=partial(self.metrics.observe_batch, name),
+                engines=serving.engine_threads,
+                sizes=USER_BUCKETS,
+                solo_from=None if serving.xla_threads == 1 else OVERLAP_MAX_BATCH,
+            )
+            batcher.start()
+            setattr(self, name, batcher)
+        self.profiles = Profiles(
+            self.store, self.cache, self.runtime, self.executor, serving.profile_ttl_seconds
+        )
+        self.learner = Learner(self.profiles, serving.learner_max_batch, serving.learner_window_ms)
+        self.learner.start()
+
+    async def _watch_models(self) -> None:
+        """Reload a newer model version recorded in the store (another process trained it)."""
+        while True:
+            await asyncio.sleep(self.serving.model_poll_seconds)
+            try:
+                found = await self.store.latest_model_version()
+                if found and (self.runtime is None or found[0] > self.runtime.version):
+                    await self._swap_to_latest()
+            except Exception:  # noqa: BLE001 - keep watching
+                log.exception("model watch failed")
+
+    async def _swap_to_latest(self) -> None:
+        model = await latest_model(self.store)
+        if model is None:
+            return
+        try:
+            if self.runtime is None:
+                self.runtime = Runtime(model, self.cfg, self.serving)
+                self._start_engine_parts()
+            else:
+                self.runtime.load(model)
+        except ConfigError as error:
+            log.error("not serving model version %d: %s", model.version, error)
+            return
+        _freeze_heap()
+        log.info("serving model version %d", model.version)
+
+    async def stop(self) -> None:
+        if self.watcher is not None:
+            self.watcher.cancel()
+        for batcher in (self.recommend, self.score):
+            if batcher is not None:
+                await batcher.drain()
+        if self.learner is not None:
+            await self.learner.stop()
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
+        if self.cache is not None:
+            await self.cache.close()
+        if self.store is not None:
+            await self.store.close()
+        log.info("shutdown complete: batchers drained, learner stopped, store closed")
+
+
+def app_state(app: Quart | None = None) -> AppState:
+    """The `AppState` of ``app`` (default: the app handling the current request)."""
+    return (app or current_app).extensions[EXTENSION]

@@ -1,0 +1,131 @@
+"""Real PostgreSQL / Redis for tests (skip when unreachable, fail in CI) and `sona serve`
+subprocesses on free ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+PG_URL = os.environ.get("SONA_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("SONA_TEST_REDIS", "redis://127.0.0.1:6379/0")
+ROOT = Path(__file__).resolve().parents[2]
+SMALL_CONFIG = """
+[model]
+embedding_dim = 32
+[serving]
+batch_window_ms = 1.0
+warm_up = false
+"""
+
+
+def unavailable(what: str, error: Exception):
+    message = f"{what} not reachable ({error}); start it as DEVELOPERS.md / .ci/run do"
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+async def fresh_postgres_database() -> str:
+    """Create an empty database on the test server; returns its URL."""
+    import asyncpg
+
+    try:
+        connection = await asyncpg.connect(PG_URL, timeout=3)
+    except Exception as error:  # noqa: BLE001
+        unavailable("PostgreSQL at " + PG_URL, error)
+    name = f"sona_test_{uuid.uuid4().hex[:12]}"
+    await connection.execute(f"CREATE DATABASE {name}")
+    await connection.close()
+    return PG_URL.rsplit("/", 1)[0] + "/" + name
+
+
+async def drop_postgres_database(url: str) -> None:
+    import asyncpg
+
+    connection = await asyncpg.connect(PG_URL)
+    name = url.rsplit("/", 1)[1]
+    await connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    await connection.close()
+
+
+def redis_or_skip() -> str:
+    import redis
+
+    try:
+        redis.from_url(REDIS_URL, socket_timeout=2).ping()
+    except Exception as error:  # noqa: BLE001
+        unavailable("Redis at " + REDIS_URL, error)
+    return REDIS_URL
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """`sona serve` in a subprocess; `start()` waits until /ready answers 200."""
+
+    def __init__(self, data_dir: Path, *args: str, env: dict | None = None):
+        self.port = free_port()
+        self.data_dir = data_dir
+        config = data_dir / "small.toml"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        config.write_text(SMALL_CONFIG)
+        self.command = [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "serve",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(data_dir),
+            "--config",
+            str(config),
+            *args,
+        ]
+        self.env = {**os.environ, **(env or {})}
+        self.process: subprocess.Popen | None = None
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 120.0) -> ServerProcess:
+        log = open(self.data_dir / f"server-{self.port}.log", "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            self.command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"server exited: {(self.data_dir / f'server-{self.port}.log').read_text()[-3000:]}"
+                )
+            try:
+                if httpx.get(self.url + "/ready", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError("server did not become ready")
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> int:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            return self.process.wait(30)
+        return self.process.returncode if self.process else 0

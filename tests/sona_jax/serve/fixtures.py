@@ -1,0 +1,97 @@
+"""Small random hybrid states for property tests."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sona_jax.model.lora import make_base_tier
+from sona_jax.serve.state import RequestBatch, ServingState, UserBatch
+
+D, R, G = 8, 2, 5
+
+
+def random_state(
+    seed: int, n_items: int = 30, pool: int = 12, history: int = 6, m: int = 4
+) -> ServingState:
+    rng = np.random.default_rng(seed)
+    e = rng.standard_normal((n_items, D)).astype(np.float32)
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    factor = np.linalg.qr(rng.standard_normal((D, R)))[0].T.astype(np.float32)
+    base = make_base_tier(e, 3.0 * np.eye(D, dtype=np.float32), -1.0, factor)
+    neighbours = rng.integers(0, n_items, (n_items, m)).astype(np.int32)
+    share = rng.random(n_items).astype(np.float32) + 0.05
+    share /= share.sum()
+    by_group = rng.random((4, n_items)).astype(np.float32) + 0.05
+    by_group /= by_group.sum(1, keepdims=True)
+    hour = rng.random((n_items, 24)).astype(np.float32) + 0.05
+    hour /= hour.sum(1, keepdims=True)
+    prefs = rng.standard_normal((pool, D)).astype(np.float32)
+    prefs /= np.linalg.norm(prefs, axis=1, keepdims=True)
+    pool_items = rng.integers(-1, n_items, (pool, history)).astype(np.int32)
+    return ServingState(
+        base=base,
+        graph_neighbours=neighbours,
+        graph_weights=rng.random((n_items, m)).astype(np.float32),
+        graph_dense=np.zeros((0, 0), np.float32),
+        global_share=share,
+        trending=rng.random(n_items).astype(np.float32),
+        by_time_of_day=by_group,
+        by_device=by_group[::-1].copy(),
+        hour_share=hour,
+        item_genres=(rng.random((n_items, G)) < 0.4).astype(np.float32),
+        item_moods=(rng.random((n_items, 6)) < 0.3).astype(np.float32),
+        duration=np.where(rng.random(n_items) < 0.2, -1, rng.uniform(5, 150, n_items)).astype(
+            np.float32
+        ),
+        mood_prior=(rng.random((6, G)) < 0.4).astype(np.float32),
+        pool_preferences=prefs,
+        pool_items=pool_items,
+        pool_weights=rng.random((pool, history)).astype(np.float32),
+        item_diversity=e,
+    )
+
+
+def random_users(
+    seed: int, state: ServingState, n: int, history: int = 6, cold: bool = False
+) -> UserBatch:
+    rng = np.random.default_rng(seed + 1000)
+    n_items = state.base.item_embeddings.shape[0]
+    prefs = rng.standard_normal((n, D)).astype(np.float32)
+    prefs /= np.linalg.norm(prefs, axis=1, keepdims=True)
+    recent = rng.integers(0, n_items, (n, history)).astype(np.int32)
+    recent[:, rng.integers(1, history) :] = -1
+    affinity = rng.random((n, G)).astype(np.float32)
+    hourly = rng.random((n, 24)).astype(np.float32)
+    qualifying = rng.integers(0, 40, n).astype(np.float32)
+    if cold:
+        prefs[:] = 0
+        recent[:] = -1
+        qualifying[:] = 0
+    return UserBatch(
+        preference=prefs,
+        adapter=(0.2 * rng.standard_normal((n, D, R))).astype(np.float32),
+        recent_items=recent,
+        recent_weights=rng.random((n, history)).astype(np.float32),
+        seen=np.concatenate([recent, rng.integers(-1, n_items, (n, 3)).astype(np.int32)], 1),
+        dismissed=rng.integers(-1, n_items, (n, 2)).astype(np.int32),
+        genre_affinity=affinity / affinity.sum(1, keepdims=True),
+        hourly=hourly / hourly.sum(1, keepdims=True),
+        qualifying=qualifying,
+        pool_index=rng.integers(-1, state.pool_preferences.shape[0], n).astype(np.int32),
+    )
+
+
+def random_requests(seed: int, n: int, with_context: bool = True) -> RequestBatch:
+    rng = np.random.default_rng(seed + 2000)
+
+    def optional(high):
+        return (rng.integers(-1, high, n) if with_context else np.full(n, -1)).astype(np.int32)
+
+    return RequestBatch(
+        device=optional(4),
+        time_of_day=optional(4),
+        mood=optional(6),
+        exclude_watched=rng.random(n) < 0.5,
+        mmr_lambda=rng.random(n).astype(np.float32),
+        seed=rng.integers(0, 1000, n).astype(np.int32),
+    )

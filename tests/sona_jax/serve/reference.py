@@ -1,0 +1,64 @@
+"""Plain per-user numpy references of the hybrid (SPEC 3.3-3.5): collaborative kNN, the graph
+walk, min-max normalisation and MMR, one user at a time."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def collaborative(pref, pool_prefs, pool_items, pool_weights, self_row, k, n_items):
+    sims = pool_prefs @ pref
+    candidates = [(s, row) for row, s in enumerate(sims) if row != self_row]
+    candidates.sort(key=lambda pair: -pair[0])
+    out = np.zeros(n_items)
+    for s, row in candidates[:k]:
+        for item, w in zip(pool_items[row], pool_weights[row], strict=True):
+            if item >= 0:
+                out[item] += max(s, 0.0) * w
+    return out
+
+
+def graph(seeds, seed_weights, neighbours, edge_weights, hops, decay, frontier, position_decay):
+    n_items = neighbours.shape[0]
+    mass = {}
+    for position, (s, w) in enumerate(zip(seeds, seed_weights, strict=True)):
+        if s >= 0:
+            mass[s] = mass.get(s, 0.0) + w * position_decay**position
+    total = np.zeros(n_items)
+    current = [(s, m) for s, m in mass.items()]
+    for hop in range(hops):
+        step = np.zeros(n_items)
+        for s, m in current:
+            for j, ew in zip(neighbours[s], edge_weights[s], strict=True):
+                step[j] += m * ew * decay**hop
+        total += step
+        order = np.argsort(-step, kind="stable")[:frontier]
+        current = [(j, step[j] / decay**hop) for j in order if step[j] > 0]
+    return total
+
+
+def minmax(values, mask):
+    if not mask.any():
+        return np.zeros_like(values)
+    low, high = values[mask].min(), values[mask].max()
+    if high <= low:
+        return np.zeros_like(values)
+    return np.where(mask, (values - low) / (high - low), 0.0)
+
+
+def mmr(relevance, vectors, valid, lam, n_select):
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-30)
+    chosen = []
+    for _ in range(n_select):
+        best, best_value = -1, -np.inf
+        for i in range(len(relevance)):
+            if i in chosen or not valid[i]:
+                continue
+            penalty = max((unit[i] @ unit[j] for j in chosen), default=0.0)
+            value = lam * relevance[i] - (1 - lam) * penalty
+            if value > best_value + 1e-9:  # strict: ties keep the earlier position
+                best, best_value = i, value
+        chosen.append(best)
+        if best < 0:
+            break
+    return chosen + [-1] * (n_select - len(chosen))

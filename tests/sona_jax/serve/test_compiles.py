@@ -1,0 +1,84 @@
+"""Serve-time settings passed as arrays (fusion weights, MMR λ) and serving settings (port,
+batch window, ...) compile nothing new; a served config must agree with the model's train-time
+config."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from service.runtime import Runtime
+from service.settings import ServingSettings
+from sona_jax.config import ConfigError, SonaConfig
+from sona_jax.data import generate_synthetic
+from sona_jax.model.train import train_model
+from sona_jax.serve.batch import Query, request_rows
+from sona_jax.serve.engine import ServingEngine
+
+CFG = SonaConfig().with_overrides({"model": {"embedding_dim": 16}})
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return train_model(generate_synthetic(n_users=80, n_items=120, events_per_user=15, seed=5), CFG)
+
+
+@pytest.fixture(scope="module")
+def compiles():
+    seen: list[str] = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda name, *_, **__: seen.append(name) if name == COMPILE_EVENT else None
+    )
+    return seen
+
+
+def _recommend(engine: ServingEngine, n: int = 5):
+    rows = np.arange(n)
+    return engine.recommend_rows(rows, request_rows(n, engine.cfg.diversity.mmr_lambda), 10)
+
+
+def test_fusion_weights_and_mmr_lambda_compile_nothing(model, compiles):
+    engine = ServingEngine.load(model, CFG)
+    first = _recommend(engine)
+    compiles.clear()
+    for weights, lam in (((0.9, 0.0, 0.1, 0.0), 0.2), ((0.1, 0.5, 0.3, 0.1), 1.0)):
+        cfg = CFG.with_overrides(
+            {
+                "fusion": dict(
+                    zip(
+                        ("collaborative", "content_based", "graph_based", "context"),
+                        weights,
+                        strict=True,
+                    )
+                ),
+                "diversity": {"mmr_lambda": lam},
+            }
+        )
+        lists = _recommend(engine.with_config(cfg))
+        assert lists.items.shape == first.items.shape
+    assert compiles == []
+    # a serve-time setting that shapes the program does compile (the counter is live)
+    _recommend(engine.with_config(CFG.with_overrides({"diversity": {"pool_size": 40}})))
+    assert len(compiles) >= 1
+
+
+def test_serving_settings_compile_nothing(model, compiles):
+    first = Runtime(model, CFG, ServingSettings(port=8082, warm_up=False))
+    query = Query(first.engine.empty_profile(), 10, True, 0.7)
+    first.recommend_batch([query] * 3)
+    compiles.clear()
+    other = Runtime(
+        model, CFG, ServingSettings(port=9999, batch_window_ms=7.0, max_queue=5, warm_up=False)
+    )
+    assert len(other.recommend_batch([query] * 3)[0]["rows"]) == 10
+    assert compiles == []
+
+
+def test_a_served_config_must_agree_with_the_models_train_time_config(model):
+    ServingEngine.load(model, CFG.with_overrides({"graph": {"decay": 0.5}}))  # serve-time: fine
+    with pytest.raises(ConfigError, match=r"lora\.rank: 4 vs 8"):
+        ServingEngine.load(model, CFG.with_overrides({"lora": {"rank": 4}}))
+    with pytest.raises(ConfigError, match=r"model\.embedding_dim"):
+        Runtime(model, SonaConfig(), ServingSettings(warm_up=False))

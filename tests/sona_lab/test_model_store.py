@@ -1,0 +1,60 @@
+"""Saving and loading model versions, and the `sona train` command."""
+
+import numpy as np
+from click.testing import CliRunner
+
+from service.cli import main
+from sona_jax.model.train import train_model
+from sona_lab.model_store import load_model, model_versions, save_model
+
+
+def test_round_trip_and_versions(tmp_path, synthetic_small, small_config):
+    model = train_model(synthetic_small, small_config)
+    save_model(model, tmp_path)
+    model.version = 2
+    save_model(model, tmp_path)
+    assert model_versions(tmp_path) == [1, 2]
+    loaded = load_model(tmp_path)
+    assert loaded.version == 2
+    assert loaded.config == small_config
+    np.testing.assert_array_equal(loaded.users.adapter, model.users.adapter)
+    np.testing.assert_allclose(loaded.users.preference, model.users.preference, atol=1e-3)
+    np.testing.assert_array_equal(loaded.base.item_embeddings, model.base.item_embeddings)
+    assert list(loaded.item_ids) == list(model.item_ids)
+
+
+def test_cli_train_saves_a_loadable_version(tmp_path):
+    runner = CliRunner()
+    config = tmp_path / "small.toml"
+    config.write_text("[model]\nembedding_dim = 32\n")
+    args = [
+        "train",
+        "--data",
+        "synthetic",
+        "--users",
+        "120",
+        "--items",
+        "150",
+        "--out",
+        str(tmp_path / "models"),
+        "--config",
+        str(config),
+    ]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "saved model version 1" in result.output
+    result = runner.invoke(main, args)
+    assert "saved model version 2" in result.output
+    model = load_model(tmp_path / "models")
+    assert model.n_users == 120 and model.base.item_embeddings.shape == (150, 32)
+    assert model.report["users_trained"] > 0
+
+
+def test_cli_errors_are_clear(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["train", "--data", "ml-100k", "--path", str(tmp_path)])
+    assert result.exit_code != 0 and "u.genre: file not found" in result.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[lora]\nrank = -1\n")
+    result = runner.invoke(main, ["train", "--config", str(bad)])
+    assert result.exit_code != 0 and "lora.rank" in result.output
