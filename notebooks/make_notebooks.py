@@ -219,7 +219,7 @@ for p in sweep:
 The mean hides the spread: the histogram shows each validation viewer's ILD@10 at three values of
 λ, and how much of each list comes from the long tail (items outside the 10 % most watched)."""),
     code("""\
-_, vectors = validation.ranker(cfg)
+vectors = np.asarray(validation.engine(cfg).model.base.item_embeddings)
 unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 watched = np.bincount(dataset.events.item[splits.validation.train], minlength=dataset.n_items)
 head = np.argsort(-watched)[: max(1, dataset.n_items // 10)]

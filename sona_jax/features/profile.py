@@ -9,13 +9,15 @@ embeddings never exceeds ``EVENT_CHUNK`` rows.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from sona_jax.buckets import EVENT_BUCKETS, bucket
-from sona_jax.config import SonaConfig
+from sona_jax.config import PreferenceConfig, SonaConfig
 from sona_jax.data.schema import EventLog
 from sona_jax.features import preference
 from sona_jax.features.events import Events, engine_events
@@ -59,17 +61,54 @@ def event_weights(log: EventLog, now: float, cfg: SonaConfig) -> np.ndarray:
     return np.asarray(preference.event_weights(events, cfg.preference))[: len(log)]
 
 
-def _preference_vectors(
-    events: Events, item_embeddings: jnp.ndarray, n_users: int, cfg: SonaConfig
+class _Arrays(NamedTuple):
+    preference: jnp.ndarray
+    genre_affinity: jnp.ndarray
+    hourly: jnp.ndarray
+    weekday: jnp.ndarray
+    recency: jnp.ndarray
+    weights: jnp.ndarray
+
+
+@partial(jax.jit, static_argnames=("n_users", "cfg", "chunked"))
+def _profile_arrays(
+    events: Events,
+    item_embeddings: jnp.ndarray,
+    item_genres: jnp.ndarray,
+    n_users: int,
+    cfg: PreferenceConfig,
+    chunked: bool,
+) -> _Arrays:
+    """Every per-user quantity in one program; the preference sums are left out (zero) when
+    ``chunked``, for the caller to add chunk by chunk."""
+    pattern = preference.temporal_patterns(events, n_users, cfg)
+    vectors = (
+        jnp.zeros((n_users, item_embeddings.shape[1]))
+        if chunked
+        else preference.finish_preferences(
+            preference.preference_sums(events, item_embeddings, n_users, cfg)
+        )
+    )
+    return _Arrays(
+        vectors,
+        preference.genre_affinities(events, item_genres, n_users, cfg),
+        pattern.hourly,
+        pattern.weekday,
+        pattern.recency,
+        preference.event_weights(events, cfg),
+    )
+
+
+def _chunked_preferences(
+    events: Events, item_embeddings: jnp.ndarray, n_users: int, cfg: PreferenceConfig
 ) -> jnp.ndarray:
     sums = preference.PreferenceSums(
         jnp.zeros((n_users, item_embeddings.shape[1])), jnp.zeros(n_users)
     )
-    length = events.user.shape[0]
-    for start in range(0, length, EVENT_CHUNK):
+    for start in range(0, events.user.shape[0], EVENT_CHUNK):
         chunk = Events(*(column[start : start + EVENT_CHUNK] for column in events))
         sums = preference.add_sums(
-            sums, preference.preference_sums(chunk, item_embeddings, n_users, cfg.preference)
+            sums, preference.preference_sums(chunk, item_embeddings, n_users, cfg)
         )
     return preference.finish_preferences(sums)
 
@@ -89,19 +128,25 @@ def build_profiles(
     """
     pcfg = cfg.preference
     events = padded_events(log, now, n_users)
-    weights = np.asarray(preference.event_weights(events, pcfg))[: len(log)]
-    pattern = preference.temporal_patterns(events, n_users, pcfg)
+    chunked = events.user.shape[0] > EVENT_CHUNK
+    arrays = _profile_arrays(
+        events, item_embeddings, jnp.asarray(item_genres), n_users, pcfg, chunked
+    )
+    vectors = (
+        _chunked_preferences(events, item_embeddings, n_users, pcfg)
+        if chunked
+        else arrays.preference
+    )
+    weights = np.asarray(arrays.weights)[: len(log)]
     history = build_user_history(
         log, weights, n_users, cfg.collaborative.history_items, cfg.candidates.max_seen_items
     )
     return UserProfiles(
-        preference=np.asarray(_preference_vectors(events, item_embeddings, n_users, cfg)),
-        genre_affinity=np.asarray(
-            preference.genre_affinities(events, jnp.asarray(item_genres), n_users, pcfg)
-        ),
-        hourly=np.asarray(pattern.hourly),
-        weekday=np.asarray(pattern.weekday),
-        recency=np.asarray(pattern.recency),
+        preference=np.asarray(vectors),
+        genre_affinity=np.asarray(arrays.genre_affinity),
+        hourly=np.asarray(arrays.hourly),
+        weekday=np.asarray(arrays.weekday),
+        recency=np.asarray(arrays.recency),
         interaction_count=np.bincount(log.user, minlength=n_users).astype(np.int32),
         qualifying=np.bincount(log.user[weights > 0], minlength=n_users).astype(np.float32),
         recent_items=history.recent_items,
