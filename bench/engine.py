@@ -28,7 +28,7 @@ import numpy as np
 from sona_jax.config import SonaConfig
 from sona_jax.data import generate_synthetic
 from sona_jax.model import lora
-from sona_jax.model.train import train_model
+from sona_lab.training import train_timed
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -151,7 +151,7 @@ def bench_end_to_end(sizes: list[tuple[int, int]], cfg: SonaConfig) -> dict:
         data = generate_synthetic(n_users=n_users, n_items=n_items, events_per_user=30, seed=0)
         generated = time.perf_counter() - clock
         clock = time.perf_counter()
-        model = train_model(data, cfg)
+        model = train_timed(data, cfg)
         trained = time.perf_counter() - clock
         curve.append(
             {

@@ -1,7 +1,8 @@
-"""`sona experiment` on the host: read the experiment file, run the seeded search on a
-validation split, keep every trial in ``trials.jsonl`` (a re-run skips finished ones), evaluate
-the best setting once on the test split beside the base config, and write ``summary.md``,
-``best.toml``, ``final.json`` and the plots.
+"""`sona experiment` on the host: read the experiment file, run the search on a validation
+split with every trial recorded in an Optuna study (``study.db``; a re-run skips finished
+trials, `sona_lab.study`), evaluate the best setting once on the test split beside the base
+config, and write ``trials.jsonl`` (an export of the study), ``summary.md``, ``best.toml``,
+``final.json`` and the plots.
 
 The space, the plan and the scoring are the engine's (`sona_jax.search`); this module owns the
 files, the progress bar and the clock.
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from sona_jax.config import SonaConfig, deep_merge
+from sona_jax.config import ConfigError, SonaConfig, deep_merge
 from sona_jax.data.schema import Dataset
 from sona_jax.search.scoring import (
     Scorer,
@@ -36,13 +37,21 @@ from sona_jax.search.space import (
     LogFn,
     canonical,
     nested,
-    objective_value,
     parse_experiment,
     plan_trials,
+    trial_config,
 )
 from sona_lab.datasets import load_dataset
 from sona_lab.files import read_toml
 from sona_lab.plots import ndcg_vs_diversity_figure, save_figure, weights_effect_figure
+from sona_lab.study import (
+    ask,
+    distributions,
+    finished_records,
+    ignored_trials,
+    open_study,
+    tell,
+)
 
 
 def _quiet(message: str) -> None:
@@ -64,68 +73,60 @@ def load_experiment_data(exp: Experiment) -> Dataset:
     return load_dataset(exp.data, exp.path, **exp.synthetic)
 
 
-def read_trials(path: Path, setup_id: str) -> tuple[dict[str, dict], int]:
-    """Finished trials of this setup in ``trials.jsonl`` by key, and how many lines were ignored
-    (another setup, or unreadable)."""
-    done: dict[str, dict] = {}
-    ignored = 0
-    if not path.exists():
-        return done, ignored
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-            if record["setup"] == setup_id:
-                done[canonical(record["params"])] = record
-                continue
-        except (json.JSONDecodeError, KeyError, TypeError):
-            pass
-        ignored += bool(line.strip())
-    return done, ignored
-
-
-def append_trial(path: Path, record: dict) -> None:
-    """Append one trial as a JSON line (flushed: an interrupted run keeps what it finished)."""
-    with path.open("a") as handle:
-        handle.write(json.dumps(record) + "\n")
+def write_trials(path: Path, records: list[dict]) -> None:
+    """``trials.jsonl``: every finished trial, one JSON line each, in trial order (an export of
+    the study for readers and tools; the study is the record)."""
+    path.write_text(
+        "".join(json.dumps(r) + "\n" for r in sorted(records, key=lambda r: r["trial"]))
+    )
 
 
 def run_search(
     exp: Experiment,
     scorer: Scorer | Callable[[], Scorer],
     plan: list[dict],
-    done: dict[str, dict],
-    path: Path,
+    study,
     progress: bool = True,
 ) -> list[dict]:
-    """Run the trials of ``plan`` not in ``done``, appending each to ``path``; all records of the
-    plan come back in plan order. ``scorer`` may be a factory, called only if work is left."""
+    """Run the trials of ``plan`` the study has not finished (or, for ``tpe``, until
+    ``exp.trials`` have finished) and return every finished record. ``scorer`` may be a
+    factory, called only if work is left."""
     from tqdm import tqdm
 
-    pending = [(i, p) for i, p in enumerate(plan) if canonical(p) not in done]
-    records = {  # objective recomputed: the file's objective may have changed since
-        key: done[key]
-        | {"trial": i, "objective": objective_value(done[key]["metrics"], exp.objective)}
-        for i, key in enumerate(map(canonical, plan))
-        if key in done
-    }
+    records = finished_records(study, exp)
+    if exp.search == "tpe":
+        pending = [None] * max(0, exp.trials - len(records))
+    else:
+        pending = [(i, p) for i, p in enumerate(plan) if canonical(p) not in records]
+        pending = by_training(exp, pending)
     if pending and not isinstance(scorer, Scorer):
         scorer = scorer()
+    total = exp.trials if exp.search == "tpe" else len(plan)
     bar = tqdm(
-        total=len(plan),
-        initial=len(plan) - len(pending),
-        desc=exp.name,
-        unit="trial",
-        disable=not progress,
+        total=total, initial=total - len(pending), desc=exp.name, unit="trial", disable=not progress
     )
     best = max((r["objective"] for r in records.values()), default=float("nan"))
-    for index, params in by_training(exp, pending):
+    dists = distributions(exp, None if exp.search == "tpe" else plan)
+    base, index = exp.base_config(), len(records)
+    for item in pending:
+        index, params = item if item is not None else (index, None)
+        trial = ask(study, dists, params)
+        params = dict(trial.params) if params is None else params
+        try:
+            trial_config(base, params)
+        except ConfigError:
+            tell(study, trial, None)  # the sampler proposed an invalid point
+            continue
         record = run_trial(scorer, exp, index, params, time.perf_counter)
-        append_trial(path, record)
+        tell(study, trial, record)
         records[record["key"]] = record
+        index += 1
         best = float(np.nanmax([best, record["objective"]]))
         bar.set_postfix({exp.objective_name: f"{best:.4f}"})
         bar.update()
     bar.close()
+    if exp.search == "tpe":
+        return sorted(records.values(), key=lambda r: r["trial"])
     return [records[canonical(p)] for p in plan]
 
 
@@ -233,14 +234,17 @@ def run_experiment(
     out_dir = Path(out_root) / exp.name
     out_dir.mkdir(parents=True, exist_ok=True)
     plan = plan_trials(exp, log_fn)
-    if not plan:
+    if not plan and exp.search != "tpe":
         raise ExperimentError(f"{exp.name}: no valid point in the space")
-    done, ignored = read_trials(out_dir / "trials.jsonl", exp.setup_id)
-    skipped = sum(canonical(p) in done for p in plan)
+    study = open_study(exp, out_dir)
+    done = finished_records(study, exp)
+    skipped = len(done) if exp.search == "tpe" else sum(canonical(p) in done for p in plan)
+    ignored = ignored_trials(exp, out_dir)
     if ignored:
-        log_fn(f"ignoring {ignored} lines of trials.jsonl from another setup")
+        log_fn(f"ignoring {ignored} trials of this folder's study.db from another setup")
+    planned = exp.trials if exp.search == "tpe" else len(plan)
     log_fn(
-        f"{exp.name}: {len(plan)} trials, {skipped} already done, objective "
+        f"{exp.name}: {planned} trials, {skipped} already done, objective "
         f"{exp.objective_name} on validation"
     )
     state: dict[str, Any] = {}
@@ -258,7 +262,8 @@ def run_experiment(
             )
         return state["scorer"]
 
-    records = run_search(exp, validation_scorer, plan, done, out_dir / "trials.jsonl", progress)
+    records = run_search(exp, validation_scorer, plan, study, progress)
+    write_trials(out_dir / "trials.jsonl", records)
     best = best_record(records)
     final = _cached_final(out_dir / "final.json", exp, best)
     if final is None:
@@ -274,7 +279,7 @@ def run_experiment(
         records,
         best,
         final,
-        len(plan) - skipped,
+        planned - skipped,
         skipped,
         ignored,
         time.perf_counter() - clock,

@@ -1,8 +1,9 @@
 """Experiment spaces (pure): an experiment document (parsed TOML) in, a validated `Experiment`
 and its seeded plan of trials out.
 
-An experiment names the data, the protocol, the search (grid or random), an objective and a
-space of dotted config keys (``"lora.rank" = [4, 8]``). Reading the file and running the trials
+An experiment names the data, the protocol, the search (grid, seeded random, or ``tpe``: Optuna's
+adaptive sampler, which proposes points as it goes), an objective and a space of dotted config
+keys (``"lora.rank" = [4, 8]``). Reading the file and running the trials
 is host-side (`sona_lab.experiments`).
 
 Example:
@@ -36,6 +37,7 @@ SYNTHETIC_OPTIONS = {
     "events_per_user": "events_per_user",
     "seed": "seed",
 }
+SEARCHES: tuple[str, ...] = ("grid", "random", "tpe")  # tpe: Optuna's sampler, host-side
 RANDOM_DRAWS_PER_TRIAL = 50  # a random plan gives up after this many draws per wanted trial
 LogFn = Callable[[str], None]
 
@@ -271,7 +273,7 @@ def parse_experiment(
     search, seed = head.get("search", "random"), int(head.get("seed", 0))
     _check_choice("data", data, DATA_KINDS)
     _check_choice("protocol", protocol, ("p1", "p2"))
-    _check_choice("search", search, ("grid", "random"))
+    _check_choice("search", search, SEARCHES)
     path = data_path or head.get("path") or None
     if data != "synthetic" and not path:
         raise ExperimentError(f"{data} needs its folder: path in [experiment] or --path")
@@ -330,10 +332,13 @@ def _candidates(exp: Experiment) -> list[dict[str, Any]]:
 
 
 def plan_trials(exp: Experiment, log_fn: LogFn = _quiet) -> list[dict[str, Any]]:
-    """The trials' params, in order: every grid point, or ``trials`` distinct seeded samples.
+    """The trials' params, in order: every grid point, or ``trials`` distinct seeded samples
+    (a ``tpe`` search has no plan up front: its sampler proposes each point).
 
     Points whose config is invalid (all fusion weights zero, say) are dropped with a message.
     """
+    if exp.search == "tpe":
+        return []
     base, plan = exp.base_config(), []
     for params in _candidates(exp):
         try:

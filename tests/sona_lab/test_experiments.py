@@ -205,6 +205,41 @@ def test_best_toml_is_the_best_trial_and_a_valid_config(tiny_run):
     assert f"| 1 | {best['trial']} | {best['objective']:.4g} |" in summary
 
 
+def test_trials_are_recorded_in_an_optuna_study(tiny_run):
+    import optuna
+
+    folder = tiny_run[1] / "tiny"
+    (summary,) = optuna.get_all_study_summaries(f"sqlite:///{folder / 'study.db'}")
+    study = optuna.load_study(
+        study_name=summary.study_name, storage=f"sqlite:///{folder / 'study.db'}"
+    )
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 8
+    exported = {t["key"]: t for t in _lines(folder / "trials.jsonl")}
+    for trial in done:
+        record = trial.user_attrs["record"]
+        assert trial.value == pytest.approx(record["objective"])
+        assert trial.params == record["params"] and exported[record["key"]] == record
+
+
+def test_tpe_search_proposes_valid_points(tmp_path):
+    spec = tmp_path / "tpe.toml"
+    spec.write_text(
+        TINY.replace('name = "tiny"', 'name = "tpe"')
+        .replace('search = "grid"', 'search = "tpe"\ntrials = 3')
+        .replace(
+            '"fusion.graph_based" = [0.1, 0.9]', '"fusion.graph_based" = {low = 0.1, high = 0.9}'
+        )
+    )
+    result = CliRunner().invoke(experiment, [str(spec), "--out", str(tmp_path), "--quiet"])
+    assert result.exit_code == 0, result.output
+    trials = _lines(tmp_path / "tpe" / "trials.jsonl")
+    assert len(trials) == 3 and "3 run, 0 skipped" in result.output
+    assert all(0.1 <= t["params"]["fusion.graph_based"] <= 0.9 for t in trials)
+    again = CliRunner().invoke(experiment, [str(spec), "--out", str(tmp_path), "--quiet"])
+    assert "0 run, 3 skipped" in again.output
+
+
 def test_rerun_skips_finished_trials(tiny_run):
     spec, out, _ = tiny_run
     before = _lines(out / "tiny" / "trials.jsonl")
