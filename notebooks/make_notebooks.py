@@ -35,9 +35,9 @@ SETUP = """\
 import matplotlib.pyplot as plt
 import numpy as np
 {imports}
-from sona_lab import notebook as ex
 from sona_jax.config import SonaConfig
-{engine_imports}
+{engine_imports}from sona_lab import notebook as ex
+
 SMALL = ex.notebook_small()  # SONA_NOTEBOOK_SMALL=1: 300 x 400 synthetic, for the tests
 dataset = ex.research_dataset(seed=0)
 cfg = SonaConfig().with_overrides({"model": {"embedding_dim": 32 if SMALL else 128}})
