@@ -14,9 +14,12 @@ MILLISECONDS = 1000
 
 
 class InsufficientData(Exception):
-    def __init__(self, count: int):
+    """Fewer than ``lora.min_events`` usable events: ``count`` of the ``stored`` events are on
+    items the served model knows (the others cannot train an adapter yet)."""
+
+    def __init__(self, count: int, stored: int | None = None):
         super().__init__(count)
-        self.count = count
+        self.count, self.stored = count, count if stored is None else stored
 
 
 class TooSoon(Exception):
@@ -73,9 +76,11 @@ class Learner:
                 waiters[user_ids.index(user_id)].append(future)
                 continue
             stored = await self.profiles.store.user_events(user_id)
-            if len(stored) < cfg.min_events:
+            known = runtime.engine.item_index
+            usable = sum(e.content_id in known for e in stored)
+            if usable < cfg.min_events:
                 if future is not None and not future.done():
-                    future.set_exception(InsufficientData(len(stored)))
+                    future.set_exception(InsufficientData(usable, len(stored)))
                 continue
             profile = await self.profiles.get(user_id)
             wait = profile.last_trained + cfg.train_interval_seconds - now

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+from service.context import RequestContext
 from sona_jax.config import SonaConfig
 
 EXPLAINED_BY_HISTORY = ("graph_based", "content_based")
@@ -38,16 +39,18 @@ def based_on(kind: str, history_item: str | None) -> list[str]:
     return []
 
 
-def explanation(kind: str, history_title: str | None, context) -> str:
-    """SPEC 3.6's human sentence for one recommendation."""
+def explanation(kind: str, history_title: str | None, context: RequestContext) -> str:
+    """SPEC 3.6's human sentence for one recommendation (naming only context words the engine
+    knows)."""
     if kind in EXPLAINED_BY_HISTORY and history_title:
         return f"Because you watched {history_title}"
     if kind == "collaborative":
         return "Popular with viewers who share your taste"
-    if kind == "context_aware" and context is not None:
-        where = f" on {context.device_type}" if context.device_type else ""
-        when = f" in the {context.time_of_day}" if context.time_of_day else ""
-        mood = f" for a {context.mood} mood" if context.mood else ""
+    if kind == "context_aware":
+        device, daypart, feeling = (context.word(n) for n in ("device_type", "time_of_day", "mood"))
+        where = f" on {device}" if device else ""
+        when = f" in the {daypart}" if daypart else ""
+        mood = f" for a {feeling} mood" if feeling else ""
         return f"Popular{where}{when}{mood}".strip()
     if kind == "exploration":
         return "Something different to explore"

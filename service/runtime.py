@@ -17,30 +17,12 @@ import numpy as np
 from service.settings import ServingSettings
 from sona_jax.buckets import USER_BUCKETS
 from sona_jax.config import SonaConfig
-from sona_jax.data.schema import DEVICE_TYPES, TIMES_OF_DAY
 from sona_jax.data.stored import StoredEvent
-from sona_jax.model.tables import MOODS
 from sona_jax.model.version import TrainedModel
 from sona_jax.serve.batch import Query, ViewerProfile
 from sona_jax.serve.engine import AdapterResult, Scores, ServingEngine
 
 MILLISECONDS = 1000
-
-
-def context_indices(context) -> tuple[int, int, int]:
-    """(device, time_of_day, mood) indices of a request context (an object with
-    ``device_type``, ``time_of_day`` and ``mood`` attributes, or None); -1 where absent."""
-    if context is None:
-        return -1, -1, -1
-    return (
-        _index_of(DEVICE_TYPES, context.device_type),
-        _index_of(TIMES_OF_DAY, context.time_of_day),
-        _index_of(MOODS, context.mood),
-    )
-
-
-def _index_of(values: tuple[str, ...], value: str | None) -> int:
-    return values.index(value) if value in values else -1
 
 
 class Runtime:

@@ -6,14 +6,15 @@ Field names are SPEC 5's exactly; existing callers send them unchanged.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-DeviceType = Literal["tv", "mobile", "desktop", "tablet"]
-TimeOfDay = Literal["morning", "afternoon", "evening", "night"]
-Mood = Literal["uplifting", "dark", "relaxing", "tense", "funny", "romantic"]
+# Any short word: the engine uses the ones it knows (tv, mobile, desktop, tablet; morning,
+# afternoon, evening, night; uplifting, dark, relaxing, tense, funny, romantic) and answers
+# which it ignored (`service.context`).
+ContextWord = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
 class _Strict(BaseModel):
@@ -21,10 +22,14 @@ class _Strict(BaseModel):
 
 
 class Context(_Strict):
-    device_type: DeviceType | None = None
-    time_of_day: TimeOfDay | None = None
-    mood: Mood | None = None
-    viewing_with: str | None = Field(None, max_length=64)
+    device_type: ContextWord | None = Field(None, description="tv, mobile, desktop, tablet, ...")
+    time_of_day: ContextWord | None = Field(
+        None, description="morning, afternoon, evening, night, ..."
+    )
+    mood: ContextWord | None = Field(
+        None, description="uplifting, dark, relaxing, tense, funny, romantic, ..."
+    )
+    viewing_with: ContextWord | None = None
 
 
 class RecommendationRequest(_Strict):
@@ -51,6 +56,9 @@ class RecommendationResponse(_Strict):
     recommendations: list[Recommendation]
     generated_at: datetime
     ttl_seconds: int
+    ignored_context: dict[str, str] | None = Field(
+        None, description="context words the engine does not know (present only when some are)"
+    )
 
 
 class SimilarRequest(_Strict):
@@ -87,6 +95,9 @@ class ScoreResponse(_Strict):
     content_id: str
     score: float
     components: ScoreComponents
+    ignored_context: dict[str, str] | None = Field(
+        None, description="context words the engine does not know (present only when some are)"
+    )
 
 
 class BatchScoreRequest(_Strict):
@@ -116,8 +127,10 @@ class ViewingEvent(_Strict):
     rating: int | None = Field(None, ge=1, le=5)
     is_rewatch: bool = False
     dismissed: bool = False
-    device_type: DeviceType | None = None
-    time_of_day: TimeOfDay | None = None
+    device_type: ContextWord | None = None
+    time_of_day: ContextWord | None = Field(
+        None, description="binned by the timestamp's hour (UTC) when absent or unknown"
+    )
 
     @field_validator("timestamp")
     @classmethod

@@ -86,11 +86,18 @@ async def train(data: schemas.TrainRequest):
     try:
         info = await state.learner.train_now(user_id, data.force)
     except InsufficientData as error:
+        unusable = error.stored - error.count
+        why = (
+            f" ({unusable} of their {error.stored} events are on items the model has not "
+            "learned yet)"
+            if unusable
+            else ""
+        )
         return jsonify(
             {
                 "error": "Insufficient training data",
-                "message": f"training needs at least {lora.min_events} "
-                f"events; user has {error.count}",
+                "message": f"training needs at least {lora.min_events} usable "
+                f"events; user has {error.count}{why}",
                 "current_count": error.count,
             }
         ), 400

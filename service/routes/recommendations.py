@@ -10,9 +10,9 @@ from quart import Blueprint, Response
 from quart_schema import document_response, validate_request, validate_response
 
 from service import policy, schemas
+from service.context import resolve
 from service.demo import new_request_seed
 from service.errors import ApiError
-from service.runtime import context_indices
 from service.state import AppState, app_state
 from sona_jax.serve.batch import Query
 from sona_jax.serve.recommend import KIND_NAMES
@@ -60,7 +60,8 @@ async def recommendations_body(state: AppState, data: schemas.RecommendationRequ
     limit = data.limit or state.serving.default_limit
     profile = await state.profiles.get(user_id)
     lam = policy.mmr_lambda(data.diversity_threshold, state.cfg)
-    device, tod, mood = context_indices(data.context)
+    context = resolve(data.context)
+    device, tod, mood = context.indices
     ttl = state.serving.recommendation_ttl_seconds
     if ttl:
         key = policy.list_cache_key(
@@ -73,6 +74,7 @@ async def recommendations_body(state: AppState, data: schemas.RecommendationRequ
             device,
             tod,
             mood,
+            sorted(context.ignored.items()),  # the answer names them
         )
         cached = await state.cache.get(key)
         if cached is not None:
@@ -80,13 +82,14 @@ async def recommendations_body(state: AppState, data: schemas.RecommendationRequ
     result = await state.recommend.submit(
         Query(profile, limit, data.exclude_watched, lam, device, tod, mood, new_request_seed())
     )
-    body = orjson.dumps(
-        {
-            "recommendations": _items(result["rows"], result["engine"], data.context),
-            "generated_at": datetime.now(UTC).isoformat(),
-            "ttl_seconds": ttl,
-        }
-    )
+    answer = {
+        "recommendations": _items(result["rows"], result["engine"], context),
+        "generated_at": datetime.now(UTC).isoformat(),
+        "ttl_seconds": ttl,
+    }
+    if context.ignored:
+        answer["ignored_context"] = context.ignored
+    body = orjson.dumps(answer)
     if ttl:
         await state.cache.set(key, body, ttl)
     return body

@@ -8,9 +8,9 @@ from quart import Blueprint, Response
 from quart_schema import document_response, validate_request, validate_response
 
 from service import schemas
+from service.context import resolve
 from service.errors import ApiError
 from service.routes.recommendations import item_index
-from service.runtime import context_indices
 from service.state import AppState, app_state
 from sona_jax.serve.batch import Query
 
@@ -28,18 +28,20 @@ async def score_body(state: AppState, data: schemas.ScoreRequest) -> bytes:
     """The personalization score answer (JSON bytes); shared by the route and the fast path."""
     index = item_index(state, str(data.content_id), "content_id")
     profile = await state.profiles.get(str(data.user_id))
-    device, tod, mood = context_indices(data.context)
+    context = resolve(data.context)
+    device, tod, mood = context.indices
     result = await state.score.submit(
         Query(profile, device=device, time_of_day=tod, mood=mood, items=np.array([index]))
     )
-    return orjson.dumps(
-        {
-            "user_id": str(data.user_id),
-            "content_id": str(data.content_id),
-            "score": float(result.score[0]),
-            "components": components(result.components[0]),
-        }
-    )
+    answer = {
+        "user_id": str(data.user_id),
+        "content_id": str(data.content_id),
+        "score": float(result.score[0]),
+        "components": components(result.components[0]),
+    }
+    if context.ignored:
+        answer["ignored_context"] = context.ignored
+    return orjson.dumps(answer)
 
 
 @blueprint.post("/api/v1/personalization/score")
@@ -66,7 +68,7 @@ async def score_batch(data: schemas.BatchScoreRequest):
     scores = []
     if known:
         profile = await state.profiles.get(str(data.user_id))
-        device, tod, mood = context_indices(data.context)
+        device, tod, mood = resolve(data.context).indices
         result = await state.score.submit(
             Query(
                 profile,

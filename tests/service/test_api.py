@@ -50,8 +50,9 @@ async def _known(app):
     store = app_state(app).store
     events = await store.all_events()
     user = max({e.user_id for e in events}, key=lambda u: sum(e.user_id == u for e in events))
-    content = [c.content_id for c in await store.list_content(50, None)]
-    return user, content
+    known = app_state(app).runtime.engine.item_index  # tests add items the model has not learned
+    content = [c.content_id for c in await store.list_content(500, None) if c.content_id in known]
+    return user, content[:50]
 
 
 async def test_health_and_ready(api):
@@ -149,6 +150,58 @@ async def test_fast_path_answers_as_the_quart_route_does(api):
             body_a.pop("generated_at"), body_b.pop("generated_at")
         assert body_a == body_b, path
     assert [r.status_code for r in fast] == [200, 200, 400, 400, 404]
+
+
+async def test_unknown_context_words_are_hints_not_errors(api):
+    client, app = api
+    user, content = await _known(app)
+    context = {"mood": "Excited", "device_type": "TV", "viewing_with": "kids"}
+    response = await client.post(
+        "/api/v1/recommendations", json={"user_id": user, "limit": 5, "context": context}
+    )
+    assert response.status_code == 200
+    body = await response.get_json()
+    assert len(body["recommendations"]) == 5
+    # "TV" is the known device (any case); the new mood and the company are named back
+    assert body["ignored_context"] == {"mood": "Excited", "viewing_with": "kids"}
+    for rec in body["recommendations"]:
+        if rec["recommendation_type"] == "context_aware":
+            assert "Excited" not in rec["explanation"]
+    plain = await (
+        await client.post(
+            "/api/v1/recommendations",
+            json={"user_id": user, "limit": 5, "context": {"device_type": "tv"}},
+        )
+    ).get_json()
+    assert "ignored_context" not in plain
+    score = await (
+        await client.post(
+            "/api/v1/personalization/score",
+            json={"user_id": user, "content_id": content[0], "context": {"mood": "excited"}},
+        )
+    ).get_json()
+    assert score["ignored_context"] == {"mood": "excited"} and 0 <= score["score"] <= 1
+
+
+async def test_training_counts_only_events_the_model_can_use(api):
+    client, app = api
+    _, content = await _known(app)
+    new_items = [str(uuid.uuid4()) for _ in range(12)]
+    await client.post(
+        "/api/v1/content",
+        json={"items": [{"content_id": c, "title": f"New {i}"} for i, c in enumerate(new_items)]},
+    )
+    user = str(uuid.uuid4())
+    events = [_event(c, day=i + 1) for i, c in enumerate(new_items)]
+    events += [_event(content[i], day=i + 1) for i in range(3)]
+    response = await client.post(
+        "/api/v1/profile/update", json={"user_id": user, "viewing_events": events}
+    )
+    assert response.status_code == 200
+    response = await client.post("/api/v1/lora/train", json={"user_id": user, "force": True})
+    body = await response.get_json()
+    assert response.status_code == 400, body  # 15 stored, 3 usable: not "training_completed"
+    assert body["current_count"] == 3 and "12 of their 15 events" in body["message"]
 
 
 async def test_unknown_user_gets_cold_start(api):
@@ -354,7 +407,7 @@ BAD_INPUTS = [
     (
         "POST",
         "/api/v1/recommendations",
-        {"user_id": "{u}", "context": {"device_type": "fridge"}},
+        {"user_id": "{u}", "context": {"device_type": "x" * 65}},
         "device_type",
     ),
     (
