@@ -70,6 +70,22 @@ def _item_lists(user: np.ndarray, item: np.ndarray, n_users: int, cap: int) -> n
     return table
 
 
+def recent_engaged(
+    log: EventLog, weights: np.ndarray, n_users: int, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(users, width) each user's engaged items (``weights`` > 0) newest first, and their
+    weights; -1 / 0 padded."""
+    engaged = weights > 0
+    return per_user_table(
+        log.user[engaged],
+        log.item[engaged],
+        -log.timestamp[engaged],
+        weights[engaged],
+        n_users,
+        width=width,
+    )
+
+
 def build_user_history(
     log: EventLog, weights: np.ndarray, n_users: int, recent_width: int, max_seen: int
 ) -> UserHistory:
@@ -77,15 +93,7 @@ def build_user_history(
 
     recent lists are ``recent_width`` wide; seen / dismissed lists keep at most ``max_seen``.
     """
-    engaged = weights > 0
-    recent_items, recent_weights = per_user_table(
-        log.user[engaged],
-        log.item[engaged],
-        -log.timestamp[engaged],
-        weights[engaged],
-        n_users,
-        width=recent_width,
-    )
+    recent_items, recent_weights = recent_engaged(log, weights, n_users, recent_width)
     seen = _item_lists(log.user, log.item, n_users, max_seen)
     dismissed = _item_lists(log.user[log.dismissed], log.item[log.dismissed], n_users, max_seen)
     return UserHistory(recent_items, recent_weights, seen, dismissed)

@@ -23,7 +23,7 @@ from sona_jax.data.schema import (
     EventLog,
     hour_of_timestamp,
 )
-from sona_jax.features.history import per_user_table
+from sona_jax.features.history import recent_engaged
 
 MOODS: tuple[str, ...] = ("uplifting", "dark", "relaxing", "tense", "funny", "romantic")
 # Genre name stems each mood favours; matched case-insensitively against a catalogue's genres.
@@ -68,15 +68,7 @@ def _engagement_sets(
     log: EventLog, weights: np.ndarray, n_users: int, n_items: int, per_user: int
 ) -> sp.csr_matrix:
     """(users, items) binary: each user's ``per_user`` most recent engaged items."""
-    engaged = weights > 0
-    items, _ = per_user_table(
-        log.user[engaged],
-        log.item[engaged],
-        -log.timestamp[engaged],
-        weights[engaged],
-        n_users,
-        width=per_user,
-    )
+    items, _ = recent_engaged(log, weights, n_users, per_user)
     rows, cols = np.nonzero(items >= 0)
     x = sp.csr_matrix(
         (np.ones(len(rows), np.float32), (rows, items[rows, cols])), shape=(n_users, n_items)
