@@ -179,7 +179,7 @@ class ServingEngine:
         out = hybrid.score_items(
             self.state,
             padded,
-            pad_requests(requests._replace(exclude_watched=np.zeros(n, bool)), size),
+            pad_requests(requests, size),  # score_items never excludes watched items
             table,
             self.weights,
             self.compiled,
