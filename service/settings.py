@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -54,6 +54,12 @@ class ServingSettings(BaseModel):
     learner_max_batch: int = Field(64, ge=1, le=1024, description="viewers trained per call")
     learner_window_ms: float = Field(50.0, ge=0.0, description="how long the learner gathers")
     model_poll_seconds: float = Field(10.0, gt=0.0, description="how often to look for models")
+    catalogue_poll_seconds: float = Field(
+        1.0, gt=0.0, description="how often to apply catalogue writes of other processes"
+    )
+    tables_refresh_seconds: float = Field(
+        2.0, gt=0.0, description="how often popularity and context tables take in new events"
+    )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "serving") -> ServingSettings:
@@ -64,12 +70,46 @@ class ServingSettings(BaseModel):
             raise ConfigError(format_errors(error, f"{source}: serving")) from None
 
 
-def load_config_file(path: str | Path | None) -> tuple[SonaConfig, ServingSettings]:
-    """The engine config and the serving settings of one TOML file (defaults without one)."""
+class LearningSettings(BaseModel):
+    """SPEC 4.2: rebuilding the model from the store (the ``[learning]`` table)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rebuild_interval_seconds: float = Field(
+        0.0, ge=0.0, description="how often to consider a rebuild (0: never on a schedule)"
+    )
+    rebuild_min_events: int = Field(
+        1000, ge=0, description="events that must have arrived since the model to rebuild"
+    )
+    keep_versions: int = Field(3, ge=1, description="model versions kept in the store")
+    trainer_timeout_seconds: float = Field(3600.0, gt=0.0, description="a rebuild's longest run")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "learning") -> LearningSettings:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as error:
+            raise ConfigError(format_errors(error, f"{source}: learning")) from None
+
+
+class HostConfig(NamedTuple):
+    """One TOML file as its three readers see it."""
+
+    config: SonaConfig
+    serving: ServingSettings
+    learning: LearningSettings
+
+
+def load_config_file(path: str | Path | None) -> HostConfig:
+    """The engine config, serving and learning settings of one TOML file (defaults without)."""
     if path is None:
-        return SonaConfig(), ServingSettings()
+        return HostConfig(SonaConfig(), ServingSettings(), LearningSettings())
     config, host = split_config(read_toml(path), str(path))
-    return config, ServingSettings.from_dict(host.get("serving", {}), str(path))
+    return HostConfig(
+        config,
+        ServingSettings.from_dict(host.get("serving", {}), str(path)),
+        LearningSettings.from_dict(host.get("learning", {}), str(path)),
+    )
 
 
 @dataclass
@@ -78,6 +118,7 @@ class Settings:
 
     config: SonaConfig = field(default_factory=SonaConfig)
     serving: ServingSettings = field(default_factory=ServingSettings)
+    learning: LearningSettings = field(default_factory=LearningSettings)
     data_dir: Path = Path("sona-data")
     database_url: str | None = None
     redis_url: str | None = None

@@ -204,6 +204,33 @@ class ColdStartConfig(_Section):
     )
 
 
+class CatalogueConfig(_Section):
+    """SPEC 4.2: items added after a model version (metadata map, capacity, their share)."""
+
+    metadata_l2: float = train(
+        1.0, gt=0.0, description="ridge strength of the metadata -> embedding map"
+    )
+    title_buckets: int = train(256, ge=1, description="hashed title words (features)")
+    series_buckets: int = train(256, ge=1, description="hashed series ids (features)")
+    duration_edges: tuple[float, ...] = train(
+        (30.0, 60.0, 90.0, 120.0, 150.0), description="minutes: duration bins of the map"
+    )
+    year_edges: tuple[float, ...] = train(
+        (1960.0, 1970.0, 1980.0, 1990.0, 2000.0, 2010.0, 2020.0),
+        description="release-year bins of the map",
+    )
+    new_item_share: float = serve(
+        0.1, ge=0.0, le=1.0, description="share of each list offered to items newer than the model"
+    )
+    new_item_min_fit: float = serve(
+        0.1, ge=-1.0, le=1.0, description="least cosine of viewer and new item to offer it"
+    )
+    capacity_growth: float = serve(
+        0.0625, gt=0.0, le=4.0, description="catalogue arrays grow by this share of the model"
+    )
+    capacity_min_step: int = serve(64, ge=1, description="and by at least this many items")
+
+
 class SonaConfig(_Section):
     """The engine's whole configuration: one object from TOML to every engine function."""
 
@@ -218,6 +245,7 @@ class SonaConfig(_Section):
     candidates: CandidateConfig = CandidateConfig()
     diversity: DiversityConfig = DiversityConfig()
     cold_start: ColdStartConfig = ColdStartConfig()
+    catalogue: CatalogueConfig = CatalogueConfig()
 
     def with_overrides(self, overrides: dict[str, Any]) -> SonaConfig:
         """A copy with nested ``{"section": {"key": value}}`` overrides, validated."""

@@ -8,7 +8,7 @@ from typing import Any
 
 from sona_jax.config import ConfigError, SonaConfig, config_from_dict
 
-HOST_SECTIONS = ("serving",)  # tables of a config file that are not the engine's
+HOST_SECTIONS = ("serving", "learning")  # tables of a config file that are not the engine's
 
 
 def read_toml(path: str | Path, error: type[Exception] = ConfigError) -> dict[str, Any]:

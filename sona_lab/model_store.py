@@ -16,6 +16,7 @@ import numpy as np
 
 from sona_jax.config import config_from_dict
 from sona_jax.model.lora import BaseTier
+from sona_jax.model.tables import PopularityCounts
 from sona_jax.model.version import (
     STORAGE_DTYPE,
     ItemTables,
@@ -24,7 +25,7 @@ from sona_jax.model.version import (
     UserState,
 )
 
-FORMAT = "sona-model/2"
+FORMAT = "sona-model/3"  # 3: popularity counts and the metadata map
 _VERSION_DIR = re.compile(r"^v(\d{4,})$")
 
 
@@ -74,12 +75,14 @@ def save_model(model: TrainedModel, root: str | Path) -> Path:
         | _prefixed("users", users)
         | _prefixed("history", model.history._asdict())
         | _prefixed("tables", model.tables._asdict())
+        | _prefixed("popularity", model.popularity._asdict())
     )
     arrays |= {
         "user_ids": model.user_ids.astype(str),
         "item_ids": model.item_ids.astype(str),
         "titles": np.asarray(model.titles).astype(str),
         "item_genres": np.asarray(model.item_genres, np.float32),
+        "metadata_map": np.asarray(model.metadata_map, np.float32),
     }
     np.savez(folder / "arrays.npz", **arrays)
     manifest = {
@@ -128,5 +131,7 @@ def load_model(root: str | Path, version: int | None = None) -> TrainedModel:
         genre_names=tuple(manifest["genre_names"]),
         item_genres=arrays["item_genres"],
         reference_time=manifest["reference_time"],
+        popularity=PopularityCounts(**_parts(arrays, "popularity")),
+        metadata_map=arrays["metadata_map"],
         report=manifest["report"],
     )

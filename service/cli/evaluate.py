@@ -46,7 +46,7 @@ def evaluate_command(kind, path, protocol, config_path, out, tune, seed, users, 
     from sona_jax.eval.protocols import EvalOptions, evaluate
     from sona_jax.eval.report import format_table
 
-    cfg, _ = config_or_exit(config_path)
+    cfg, _, _ = config_or_exit(config_path)
     dataset = load_or_exit(kind, path, users, items, seed)
     protocols = ["p1", "p2"] if protocol == "all" else [protocol]
     for name in protocols:

@@ -62,7 +62,7 @@ def serve(
     from service.threads import limit_xla_threads, set_gil_switch
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    cfg, serving = config_or_exit(config_path)
+    cfg, serving, learning = config_or_exit(config_path)
     limit_xla_threads(serving.xla_threads)  # before anything starts the JAX backend
     set_gil_switch(serving.gil_switch_ms)
     if no_batching:
@@ -74,6 +74,7 @@ def serve(
     settings = Settings(
         config=cfg,
         serving=serving,
+        learning=learning,
         data_dir=Path(data_dir),
         database_url=database_url,
         redis_url=redis_url,

@@ -29,7 +29,7 @@ def train(kind, path, config_path, out, users, items, seed) -> None:
     from sona_lab.model_store import next_version, save_model
     from sona_lab.training import train_timed
 
-    cfg, _ = config_or_exit(config_path)
+    cfg, _, _ = config_or_exit(config_path)
     clock = time.perf_counter()
     dataset = load_or_exit(kind, path, users, items, seed)
     click.echo(

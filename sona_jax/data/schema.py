@@ -12,6 +12,7 @@ import numpy as np
 
 DEVICE_TYPES: tuple[str, ...] = ("tv", "mobile", "desktop", "tablet")
 TIMES_OF_DAY: tuple[str, ...] = ("morning", "afternoon", "evening", "night")
+MOODS: tuple[str, ...] = ("uplifting", "dark", "relaxing", "tense", "funny", "romantic")
 SECONDS_PER_DAY = 86_400.0
 SECONDS_PER_HOUR = 3_600.0
 
@@ -53,7 +54,8 @@ class Catalogue:
         duration_minutes: (items,) float32, NaN when unknown.
         release_year: (items,) float32, NaN when unknown.
         mood_names / moods: (items, M) multi-hot float32.
-        series: (items,) int32 series index, -1 for none.
+        series: (items,) int32 series index, -1 for none; ``series_names[s]`` is series s's
+            id (without names: ``"series-<s>"``).
         embeddings: optional (items, d) float32; rows where ``has_embedding`` is False are fitted.
     """
 
@@ -66,6 +68,7 @@ class Catalogue:
     mood_names: tuple[str, ...] = ()
     moods: np.ndarray | None = None
     series: np.ndarray | None = None
+    series_names: tuple[str, ...] = ()
     embeddings: np.ndarray | None = None
     has_embedding: np.ndarray | None = None
 

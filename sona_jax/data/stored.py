@@ -15,6 +15,7 @@ import numpy as np
 
 from sona_jax.data.schema import (
     DEVICE_TYPES,
+    MOODS,
     TIMES_OF_DAY,
     Catalogue,
     EventLog,
@@ -45,7 +46,18 @@ class StoredItem(Protocol):
     duration_minutes: float | None
     release_year: int | None
     moods: list[str]
+    series_id: str | None
     embedding: bytes | None  # float32 little-endian, d values
+
+
+class StoredChange(Protocol):
+    """One entry of the store's catalogue change feed (`service.storage.CatalogueEntry`):
+    the item as written, whether it is deleted, and its slot — a number the store gives an item
+    once, in the order items first arrive, so every process puts a new item in the same row."""
+
+    slot: int
+    item: StoredItem
+    deleted: bool
 
 
 def _index_of(names: tuple[str, ...], values: list[str | None]) -> np.ndarray:
@@ -91,37 +103,56 @@ def event_log(
     return log, user_ids
 
 
-def catalogue(items: Sequence[StoredItem], dim: int) -> Catalogue:
-    """Stored items as a catalogue (row i is ``items[i]``); embeddings of another size than
-    ``dim`` are ignored (fitted instead)."""
-    genre_names = sorted({g for c in items for g in c.genres})
-    mood_names = sorted({m for c in items for m in c.moods})
-    genre_column = {g: j for j, g in enumerate(genre_names)}
-    mood_column = {m: j for j, m in enumerate(mood_names)}
-    genres = np.zeros((len(items), len(genre_names)), np.float32)
-    moods = np.zeros((len(items), len(mood_names)), np.float32)
+def _multi_hot(names: tuple[str, ...], values: Sequence[Sequence[str]]) -> np.ndarray:
+    """(n, len(names)) float32 flags; values outside ``names`` are left out."""
+    column = {name: j for j, name in enumerate(names)}
+    out = np.zeros((len(values), len(names)), np.float32)
+    for i, row in enumerate(values):
+        out[i, [column[v] for v in row if v in column]] = 1.0
+    return out
+
+
+def _optional(values: Sequence[float | None]) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in values], np.float32)
+
+
+def stored_embeddings(items: Sequence[StoredItem], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n, d) float32 supplied embeddings and (n,) bool which items supplied one of size d."""
     embeddings = np.zeros((len(items), dim), np.float32)
-    has_embedding = np.zeros(len(items), bool)
+    has = np.zeros(len(items), bool)
     for i, c in enumerate(items):
-        genres[i, [genre_column[g] for g in c.genres]] = 1.0
-        moods[i, [mood_column[m] for m in c.moods]] = 1.0
         if c.embedding is not None and len(c.embedding) == np.dtype(np.float32).itemsize * dim:
             embeddings[i] = np.frombuffer(c.embedding, np.float32)
-            has_embedding[i] = True
+            has[i] = True
+    return embeddings, has
+
+
+def catalogue(
+    items: Sequence[StoredItem], dim: int, genre_names: tuple[str, ...] | None = None
+) -> Catalogue:
+    """Stored items as a catalogue (row i is ``items[i]``); embeddings of another size than
+    ``dim`` are ignored (fitted instead). Genres are those of the items unless ``genre_names``
+    (a model's) is given, then genres outside it are left out; moods are in `MOODS` order when
+    ``genre_names`` is given (serving items a model has not seen)."""
+    if genre_names is None:
+        genre_names = tuple(sorted({g for c in items for g in c.genres}))
+        mood_names = tuple(sorted({m for c in items for m in c.moods}))
+    else:
+        mood_names = MOODS
+    series_names = tuple(sorted({c.series_id for c in items if c.series_id}))
+    series_index = {name: i for i, name in enumerate(series_names)}
+    embeddings, has_embedding = stored_embeddings(items, dim)
     return Catalogue(
         item_ids=np.array([c.content_id for c in items]),
         titles=np.array([c.title for c in items], dtype=object),
-        genre_names=tuple(genre_names),
-        genres=genres,
-        duration_minutes=np.array(
-            [np.nan if c.duration_minutes is None else c.duration_minutes for c in items],
-            np.float32,
-        ),
-        release_year=np.array(
-            [np.nan if c.release_year is None else c.release_year for c in items], np.float32
-        ),
-        mood_names=tuple(mood_names),
-        moods=moods,
+        genre_names=genre_names,
+        genres=_multi_hot(genre_names, [c.genres for c in items]),
+        duration_minutes=_optional([c.duration_minutes for c in items]),
+        release_year=_optional([c.release_year for c in items]),
+        mood_names=mood_names,
+        moods=_multi_hot(mood_names, [c.moods for c in items]),
+        series=np.array([series_index.get(c.series_id, -1) for c in items], np.int32),
+        series_names=series_names,
         embeddings=embeddings if has_embedding.any() else None,
         has_embedding=has_embedding if has_embedding.any() else None,
     )

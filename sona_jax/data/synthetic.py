@@ -24,6 +24,7 @@ import numpy as np
 
 from sona_jax.data.schema import (
     DEVICE_TYPES,
+    MOODS,
     SECONDS_PER_DAY,
     TIMES_OF_DAY,
     Catalogue,
@@ -51,7 +52,6 @@ GENRES: tuple[str, ...] = (
     "Western",
     "Reality",
 )
-MOODS: tuple[str, ...] = ("uplifting", "dark", "relaxing", "tense", "funny", "romantic")
 # Genres favoured in each TIMES_OF_DAY slot: the planted time-of-day effect.
 DAYPART_GENRES: dict[str, tuple[str, ...]] = {
     "morning": ("Children", "Animation", "Documentary"),

@@ -18,6 +18,7 @@ import scipy.sparse as sp
 from sona_jax.config import SonaConfig
 from sona_jax.data.schema import (
     DEVICE_TYPES,
+    MOODS,
     SECONDS_PER_DAY,
     TIMES_OF_DAY,
     EventLog,
@@ -25,7 +26,6 @@ from sona_jax.data.schema import (
 )
 from sona_jax.features.history import recent_engaged
 
-MOODS: tuple[str, ...] = ("uplifting", "dark", "relaxing", "tense", "funny", "romantic")
 # Genre name stems each mood favours; matched case-insensitively against a catalogue's genres.
 MOOD_GENRE_STEMS: dict[str, tuple[str, ...]] = {
     "uplifting": ("children", "animation", "musical", "adventure", "family"),
@@ -162,32 +162,100 @@ def _smoothed_share(counts: np.ndarray, prior: np.ndarray, strength: float) -> n
     return (counts + strength * prior[None, :]) / (counts.sum(1, keepdims=True) + strength)
 
 
-def build_popularity(log: EventLog, n_items: int, now: float, cfg: SonaConfig) -> Popularity:
-    """Popularity tables from non-dismissed events."""
-    watched = ~log.dismissed
-    item = log.item[watched]
-    counts = np.bincount(item, minlength=n_items).astype(np.float64)
-    global_share = (counts + 1.0) / (counts.sum() + n_items)
-    age_days = np.maximum(now - log.timestamp[watched], 0.0) / SECONDS_PER_DAY
-    recent = np.bincount(
-        item, weights=np.exp(-age_days / cfg.candidates.trending_window_days), minlength=n_items
+class PopularityCounts(NamedTuple):
+    """The event counts behind `Popularity` (non-dismissed events), as of time ``at``.
+
+    watched: (items,); recent: (items,) Σ exp(−age_days / trending_window_days) at ``at``;
+    by_time_of_day, by_device: (4, items); per_hour: (24, items); at: () seconds since the epoch.
+    Counts add up, so a model's counts plus the events that arrived since give the tables of
+    both (`add_events`), exactly as if built from all of them.
+    """
+
+    watched: np.ndarray
+    recent: np.ndarray
+    by_time_of_day: np.ndarray
+    by_device: np.ndarray
+    per_hour: np.ndarray
+    at: np.ndarray
+
+
+def zero_counts(n_items: int, at: float) -> PopularityCounts:
+    return PopularityCounts(
+        np.zeros(n_items),
+        np.zeros(n_items),
+        np.zeros((len(TIMES_OF_DAY), n_items)),
+        np.zeros((len(DEVICE_TYPES), n_items)),
+        np.zeros((24, n_items)),
+        np.asarray(at, np.float64),
     )
-    trending = recent / max(recent.sum(), 1e-12)
 
-    def grouped(groups: np.ndarray, n_groups: int) -> np.ndarray:
+
+def resize_counts(counts: PopularityCounts, n_items: int) -> PopularityCounts:
+    """``counts`` over ``n_items`` items (new items count nothing; a smaller size truncates)."""
+    have = counts.watched.shape[0]
+    if have == n_items:
+        return counts
+
+    def fit(x: np.ndarray) -> np.ndarray:
+        out = np.zeros((*x.shape[:-1], n_items), x.dtype)
+        keep = min(have, n_items)
+        out[..., :keep] = x[..., :keep]
+        return out
+
+    return PopularityCounts(*(fit(x) for x in counts[:-1]), counts.at)
+
+
+def add_events(
+    counts: PopularityCounts, log: EventLog, now: float, cfg: SonaConfig
+) -> PopularityCounts:
+    """``counts`` advanced to ``now`` (recent mass decays) with ``log``'s events added."""
+    n_items = counts.watched.shape[0]
+    watched = ~log.dismissed
+    item = log.item[watched].astype(np.int64)
+    window = cfg.candidates.trending_window_days
+    age_days = np.maximum(now - log.timestamp[watched], 0.0) / SECONDS_PER_DAY
+    decay = np.exp(-max(now - float(counts.at), 0.0) / SECONDS_PER_DAY / window)
+
+    def grouped(table: np.ndarray, groups: np.ndarray) -> np.ndarray:
+        table = table.copy()
         known = groups >= 0
-        table = np.zeros((n_groups, n_items))
         np.add.at(table, (groups[known], item[known]), 1.0)
-        return _smoothed_share(table, global_share, cfg.context.popularity_smoothing)
+        return table
 
-    by_tod = grouped(log.time_of_day[watched].astype(np.int64), len(TIMES_OF_DAY))
-    by_device = grouped(log.device[watched].astype(np.int64), len(DEVICE_TYPES))
-    hours = hour_of_timestamp(log.timestamp[watched])
-    per_hour = np.zeros((24, n_items))
-    np.add.at(per_hour, (hours, item), 1.0)
+    return PopularityCounts(
+        counts.watched + np.bincount(item, minlength=n_items),
+        counts.recent * decay
+        + np.bincount(item, weights=np.exp(-age_days / window), minlength=n_items),
+        grouped(counts.by_time_of_day, log.time_of_day[watched].astype(np.int64)),
+        grouped(counts.by_device, log.device[watched].astype(np.int64)),
+        grouped(counts.per_hour, hour_of_timestamp(log.timestamp[watched])),
+        np.asarray(max(float(now), float(counts.at)), np.float64),
+    )
+
+
+def popularity_counts(log: EventLog, n_items: int, now: float, cfg: SonaConfig) -> PopularityCounts:
+    """The counts of ``log`` as of ``now``."""
+    return add_events(zero_counts(n_items, now), log, now, cfg)
+
+
+def popularity_tables(
+    counts: PopularityCounts, cfg: SonaConfig, valid: np.ndarray | None = None
+) -> Popularity:
+    """Popularity tables from counts; items outside ``valid`` (items,) get no share."""
+    n_items = counts.watched.shape[0]
+    valid = np.ones(n_items, bool) if valid is None else np.asarray(valid, bool)
+    keep = valid.astype(np.float64)
+    watched = counts.watched * keep
+    global_share = (watched + keep) / (watched.sum() + keep.sum())
+    recent = counts.recent * keep
+    trending = recent / max(recent.sum(), 1e-12)
+    strength = cfg.context.popularity_smoothing
+    by_tod = _smoothed_share(counts.by_time_of_day * keep, global_share, strength)
+    by_device = _smoothed_share(counts.by_device * keep, global_share, strength)
+    per_hour = counts.per_hour * keep
     overall_hours = (per_hour.sum(1) + 1.0) / (per_hour.sum() + 24.0)
-    hour_share = (per_hour.T + cfg.context.popularity_smoothing * overall_hours[None, :]) / (
-        per_hour.sum(0)[:, None] + cfg.context.popularity_smoothing
+    hour_share = (per_hour.T + strength * overall_hours[None, :]) / (
+        per_hour.sum(0)[:, None] + strength
     )
     return Popularity(
         global_share.astype(np.float32),
@@ -196,6 +264,11 @@ def build_popularity(log: EventLog, n_items: int, now: float, cfg: SonaConfig) -
         by_device.astype(np.float32),
         hour_share.astype(np.float32),
     )
+
+
+def build_popularity(log: EventLog, n_items: int, now: float, cfg: SonaConfig) -> Popularity:
+    """Popularity tables from non-dismissed events."""
+    return popularity_tables(popularity_counts(log, n_items, now, cfg), cfg)
 
 
 def mood_genre_prior(genre_names: tuple[str, ...]) -> np.ndarray:

@@ -19,7 +19,7 @@ from sona_jax.config import SonaConfig
 from sona_jax.data.schema import Catalogue, Dataset, EventLog
 from sona_jax.features import preference
 from sona_jax.features.profile import build_profiles, event_weights
-from sona_jax.model import base_tier, lora, tables
+from sona_jax.model import base_tier, lora, metadata, tables
 from sona_jax.model.adapters import Progress, no_progress, train_adapters_of
 from sona_jax.model.version import (
     STORAGE_DTYPE,
@@ -127,26 +127,35 @@ def train_all_adapters(
 
 
 def item_tables(
-    catalogue: Catalogue, log: EventLog, weights: np.ndarray, n_users: int, now: float, cfg
+    catalogue: Catalogue,
+    log: EventLog,
+    weights: np.ndarray,
+    n_users: int,
+    now: float,
+    cfg: SonaConfig,
+    counts: tables.PopularityCounts | None = None,
 ) -> ItemTables:
     """Graph, popularity and context tables of a model version (host arrays)."""
     n_items = catalogue.n_items
     graph = tables.build_graph(log, weights, n_users, n_items, cfg)
-    popularity = tables.build_popularity(log, n_items, now, cfg)
-    moods = np.zeros((n_items, len(tables.MOODS)), np.float32)
-    if catalogue.moods is not None:
-        for column, name in enumerate(catalogue.mood_names):
-            if name in tables.MOODS:
-                moods[:, tables.MOODS.index(name)] = catalogue.moods[:, column]
+    if counts is None:
+        counts = tables.popularity_counts(log, n_items, now, cfg)
+    popularity = tables.popularity_tables(counts, cfg)
     return ItemTables(
         graph_neighbours=graph.neighbours,
         graph_weights=graph.weights,
         graph_dense=graph.dense,
         **popularity._asdict(),
-        item_moods=moods,
+        item_moods=metadata.moods_in_order(catalogue.mood_names, catalogue.moods, n_items),
         duration=np.nan_to_num(np.asarray(catalogue.duration_minutes, np.float32), nan=-1.0),
         mood_prior=tables.mood_genre_prior(catalogue.genre_names),
     )
+
+
+def fit_metadata_map(catalogue: Catalogue, item_embeddings: np.ndarray, cfg: SonaConfig):
+    """(f, d) the map new items' embeddings come from (`model.metadata`)."""
+    features = metadata.metadata_features(metadata.catalogue_metadata(catalogue), cfg.catalogue)
+    return metadata.fit_metadata_map(features, item_embeddings, cfg.catalogue.metadata_l2)
 
 
 def train_model(
@@ -184,7 +193,11 @@ def train_model(
         )
     with hooks.phase("tables"):
         weights = event_weights(log, now, cfg)
-        model_tables = item_tables(dataset.catalogue, log, weights, dataset.n_users, now, cfg)
+        counts = tables.popularity_counts(log, dataset.n_items, now, cfg)
+        model_tables = item_tables(
+            dataset.catalogue, log, weights, dataset.n_users, now, cfg, counts
+        )
+        metadata_map = fit_metadata_map(dataset.catalogue, np.asarray(base.item_embeddings), cfg)
     report |= {
         "projection_scale": float(base.projection[0, 0]),
         "bias": float(base.bias),
@@ -210,5 +223,7 @@ def train_model(
         genre_names=dataset.catalogue.genre_names,
         item_genres=dataset.catalogue.genres,
         reference_time=now,
+        popularity=counts,
+        metadata_map=metadata_map,
         report=report,
     )

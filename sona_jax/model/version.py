@@ -9,6 +9,7 @@ import numpy as np
 
 from sona_jax.config import SonaConfig
 from sona_jax.model.lora import BaseTier
+from sona_jax.model.tables import PopularityCounts
 
 STORAGE_DTYPE = np.float16  # preference vectors and adapters at rest: SPEC 3.2, <= 10 KB / user
 
@@ -65,7 +66,7 @@ class ItemTables(NamedTuple):
 
     graph_neighbours / graph_weights: (items, M) adjacency lists; graph_dense: (items, items)
     or (0, 0); global_share, trending: (items,); by_time_of_day, by_device: (4, items);
-    hour_share: (items, 24); item_moods: (items, 6) in `tables.MOODS` order; duration:
+    hour_share: (items, 24); item_moods: (items, 6) in `schema.MOODS` order; duration:
     (items,) minutes, -1 unknown; mood_prior: (6, G).
     """
 
@@ -98,6 +99,8 @@ class TrainedModel:
     genre_names: tuple[str, ...]
     item_genres: np.ndarray
     reference_time: float  # seconds since the epoch that ages were measured from
+    popularity: PopularityCounts  # the counts behind the popularity tables
+    metadata_map: np.ndarray  # (f, d) item metadata features -> embeddings (`model.metadata`)
     report: dict = field(default_factory=dict)
 
     @property

@@ -18,10 +18,12 @@ import numpy as np
 
 from sona_jax.buckets import OUTPUT_BUCKETS, SCORE_BUCKETS, bucket
 from sona_jax.config import SonaConfig
-from sona_jax.data.stored import StoredEvent, event_log
+from sona_jax.data.stored import StoredChange, StoredEvent, catalogue, event_log
 from sona_jax.features.profile import build_profiles
 from sona_jax.model.adapters import train_adapters_of
+from sona_jax.model.tables import Popularity
 from sona_jax.model.version import STORAGE_DTYPE, TrainedModel
+from sona_jax.serve import catalogue as live
 from sona_jax.serve import recommend as hybrid
 from sona_jax.serve.batch import (
     Query,
@@ -33,7 +35,14 @@ from sona_jax.serve.batch import (
     pad_users,
     query_batch,
 )
-from sona_jax.serve.state import RequestBatch, ServingState, UserBatch, serving_state
+from sona_jax.serve.state import (
+    RequestBatch,
+    ServingState,
+    UserBatch,
+    diversity_basis,
+    diversity_vectors,
+    serving_state,
+)
 
 
 class Lists(NamedTuple):
@@ -52,6 +61,16 @@ class Scores(NamedTuple):
 
     score: np.ndarray
     components: np.ndarray
+
+
+class CatalogueReport(NamedTuple):
+    """What `ServingEngine.with_catalogue` did: items added (new rows), restored, deleted,
+    and left for the next model version (their slot precedes the model's watermark)."""
+
+    added: int
+    restored: int
+    deleted: int
+    unplaced: int
 
 
 class AdapterResult(NamedTuple):
@@ -82,6 +101,10 @@ class ServingEngine:
     user_index: dict[str, int] = field(repr=False)
     item_ids: list[str] = field(repr=False)  # by item row, as Python strings for answers
     titles: list[str] = field(repr=False)
+    model_item_index: dict[str, int] = field(repr=False)  # the model's own items
+    basis: np.ndarray = field(repr=False)  # (k, d) diversity directions of the model's E
+    slot_watermark: int = 0  # the store's last item slot the model was trained with
+    revision: int = 0  # catalogue changes applied since load (part of list cache keys)
 
     @classmethod
     def load(cls, model: TrainedModel, cfg: SonaConfig | None = None) -> ServingEngine:
@@ -89,10 +112,11 @@ class ServingEngine:
         train-time setting of ``cfg`` disagrees with the model's."""
         cfg = model.config if cfg is None else cfg
         cfg.check_trained_with(model.config, f"model version {model.version}")
+        basis = diversity_basis(model.base.item_embeddings, cfg.diversity.dimensions)
         return cls(
             model,
             cfg,
-            serving_state(model, cfg.diversity.dimensions),
+            serving_state(model, basis),
             hybrid.fusion_weights(cfg),
             hybrid.compiled_config(cfg),
             list_widths(model),
@@ -100,18 +124,27 @@ class ServingEngine:
             {user_id: i for i, user_id in enumerate(model.user_ids.tolist())},
             [str(content_id) for content_id in model.item_ids.tolist()],
             [str(title) for title in model.titles.tolist()],
+            {content_id: i for i, content_id in enumerate(model.item_ids.tolist())},
+            basis,
+            int(model.report.get("store", {}).get("slot_watermark", 0)),
         )
 
     def with_config(self, cfg: SonaConfig) -> ServingEngine:
         """The same model and device arrays under other serve-time settings."""
         cfg.check_trained_with(self.model.config, f"model version {self.model.version}")
-        state = self.state
+        state, basis = self.state, self.basis
         if cfg.diversity.dimensions != self.cfg.diversity.dimensions:
-            state = serving_state(self.model, cfg.diversity.dimensions)
+            basis = diversity_basis(self.model.base.item_embeddings, cfg.diversity.dimensions)
+            state = state._replace(
+                item_diversity=jnp.asarray(
+                    diversity_vectors(np.asarray(state.base.item_embeddings), basis)
+                )
+            )
         return replace(
             self,
             cfg=cfg,
             state=state,
+            basis=basis,
             weights=hybrid.fusion_weights(cfg),
             compiled=hybrid.compiled_config(cfg),
         )
@@ -119,6 +152,85 @@ class ServingEngine:
     @property
     def version(self) -> int:
         return self.model.version
+
+    @property
+    def item_valid(self) -> np.ndarray:
+        """(capacity,) bool rows that may be served."""
+        return np.asarray(self.state.item_valid)
+
+    # ---- the live catalogue --------------------------------------------------------------
+
+    def with_catalogue(
+        self, changes: Sequence[StoredChange]
+    ) -> tuple[ServingEngine, CatalogueReport]:
+        """This engine with catalogue writes applied (SPEC 4.2), in one copy of the arrays.
+
+        A model item deleted stops being served; upserted again it is served again (with what
+        the model learned of it). An item the model has not seen gets row ``n_model + slot −
+        slot_watermark − 1`` — the same in every process, whatever order they see writes in —
+        and an embedding, ``h`` row and diversity vector from its metadata (`catalogue`).
+        """
+        n_model = self.model.n_items
+        index, ids, titles = dict(self.item_index), list(self.item_ids), list(self.titles)
+        deleted, restored, written = [], [], {}
+        unplaced = 0
+        for change in changes:
+            content_id = change.item.content_id
+            model_row = self.model_item_index.get(content_id)
+            row = (
+                model_row
+                if model_row is not None
+                else n_model + change.slot - self.slot_watermark - 1
+            )
+            if row < n_model and model_row is None:
+                unplaced += 1  # arrived while the model was reading the store: next version
+                continue
+            if change.deleted:
+                index.pop(content_id, None)
+                written.pop(row, None)
+                deleted.append(row)
+                continue
+            index[content_id] = row
+            if model_row is not None:
+                restored.append(row)
+            else:
+                written[row] = change.item
+        rows_needed = max([len(ids), *(r + 1 for r in written)])
+        capacity = live.item_capacity(n_model, rows_needed, self.cfg.catalogue)
+        state = live.grow(self.state, capacity, n_model)
+        if len(ids) < capacity:
+            ids += [""] * (capacity - len(ids))
+            titles += [""] * (capacity - len(titles))
+        if written:
+            rows = np.array(sorted(written))
+            items = catalogue(
+                [written[r] for r in rows],
+                self.model.base.item_embeddings.shape[1],
+                self.model.genre_names,
+            )
+            state = live.write_new_items(
+                state,
+                live.new_item_rows(rows, items, self.model.metadata_map, self.cfg.catalogue),
+                self.basis,
+            )
+            for r in rows.tolist():
+                ids[r], titles[r] = written[r].content_id, written[r].title
+        state = live.set_valid(state, np.array(restored, np.int64), True)
+        state = live.set_valid(state, np.array(deleted, np.int64), False)
+        engine = replace(
+            self,
+            state=state,
+            item_index=index,
+            item_ids=ids,
+            titles=titles,
+            revision=self.revision + (1 if changes else 0),
+        )
+        report = CatalogueReport(len(written), len(restored), len(deleted), unplaced)
+        return engine, report
+
+    def with_popularity(self, popularity: Popularity) -> ServingEngine:
+        """This engine with live popularity / trending / context tables (capacity-sized)."""
+        return replace(self, state=live.with_popularity(self.state, popularity))
 
     # ---- batched calls -------------------------------------------------------------------
 
@@ -194,8 +306,10 @@ class ServingEngine:
         """Items most similar to ``item`` by base-tier embedding cosine (itself excluded)."""
         vectors = self.state.base.item_embeddings
         similarity = np.array(_cosine_to(vectors, vectors[item]))
+        similarity[~self.item_valid] = -np.inf
         similarity[item] = -np.inf
         top = np.argsort(-similarity)[:limit]
+        top = top[np.isfinite(similarity[top])]
         return top, similarity[top]
 
     # ---- viewers -------------------------------------------------------------------------

@@ -17,8 +17,13 @@ from sona_jax.serve.selection import top_k_mask, top_k_unordered
 from sona_jax.serve.state import RequestBatch, ServingState, UserBatch
 
 SOURCE_NAMES: tuple[str, ...] = ("collaborative", "content_based", "graph_based", "context")
-KIND_NAMES: tuple[str, ...] = SOURCE_NAMES[:3] + ("context_aware", "cold_start", "exploration")
-COLD_START, EXPLORATION = 4, 5
+KIND_NAMES: tuple[str, ...] = SOURCE_NAMES[:3] + (
+    "context_aware",
+    "cold_start",
+    "exploration",
+    "new_content",
+)
+COLD_START, EXPLORATION, NEW_CONTENT = 4, 5, 6
 
 
 class SourceScores(NamedTuple):
@@ -79,11 +84,14 @@ def source_scores(
     return SourceScores(raw, sources.cold_start_scores(state, users, request, cfg), active)
 
 
-def excluded_items(n_items: int, users: UserBatch, request: RequestBatch) -> jnp.ndarray:
-    """(users, items) True for dismissed items always and watched ones when asked."""
+def excluded_items(state: ServingState, users: UserBatch, request: RequestBatch) -> jnp.ndarray:
+    """(users, items) True for rows that are not servable (deleted, unused capacity), for
+    dismissed items always and watched ones when asked."""
+    n_items = state.item_valid.shape[0]
     seen = jnp.where(request.exclude_watched[:, None], users.seen, -1)
     lists = jnp.concatenate([seen, users.dismissed], axis=1)
-    return sources.scatter_rows(n_items, lists, jnp.ones(lists.shape)) > 0
+    listed = sources.scatter_rows(n_items, lists, jnp.ones(lists.shape)) > 0
+    return listed | ~state.item_valid[None, :]
 
 
 def candidate_mask(
@@ -233,6 +241,44 @@ def _explore(
     return jnp.where(explore, order[pick], chosen), explore
 
 
+def _offer_new_items(
+    state: ServingState,
+    users: UserBatch,
+    excluded: jnp.ndarray,
+    items: jnp.ndarray,
+    first: jnp.ndarray,
+    stop: jnp.ndarray,
+    cfg: SonaConfig,
+) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """Put the items added since the model that fit each viewer best (cosine of preference and
+    embedding at least ``catalogue.new_item_min_fit``) in slots ``[first, stop)`` (users,) of
+    ``items`` (users, n), skipping any already listed; they have no graph edges or popularity
+    yet, so the fused score alone would rarely show them (item cold start).
+
+    Returns the items, which slots now hold a new item (users, n), and their fit (users, n).
+    """
+    rows = state.new_items
+    n_out = items.shape[1]
+    if rows.shape[0] == 0:
+        return items, jnp.zeros(items.shape, bool), jnp.zeros(items.shape)
+    fit = users.preference @ state.base.item_embeddings[rows].T  # (users, F)
+    listed = jnp.any(items[:, :, None] == rows[None, None, :], axis=1)
+    eligible = (
+        state.item_valid[rows][None, :]
+        & ~excluded[:, rows]
+        & ~listed
+        & (fit >= cfg.catalogue.new_item_min_fit)
+    )
+    k = min(n_out, rows.shape[0])
+    values, order = jax.lax.top_k(jnp.where(eligible, fit, -jnp.inf), k)
+    slot = jnp.arange(n_out)[None, :]
+    pick = jnp.clip(slot - first[:, None], 0, k - 1)
+    picked_fit = jnp.take_along_axis(values, pick, axis=1)
+    place = (slot >= first[:, None]) & (slot < stop[:, None]) & jnp.isfinite(picked_fit)
+    new_rows = rows[jnp.take_along_axis(order, pick, axis=1)]
+    return jnp.where(place, new_rows, items), place, jnp.where(place, picked_fit, 0.0)
+
+
 @partial(jax.jit, static_argnames=("cfg", "n_out"))
 def recommend(
     state: ServingState,
@@ -246,7 +292,7 @@ def recommend(
     """Top ``n_out`` recommendations per user (the caller keeps the first ``limit`` (users,))."""
     n_items = state.base.item_embeddings.shape[0]
     scores = source_scores(state, users, request, cfg)
-    excluded = excluded_items(n_items, users, request)
+    excluded = excluded_items(state, users, request)
     mask = candidate_mask(scores, state.trending, excluded, cfg)
     blend = fit_blend(scores, mask, weights, users.qualifying, cfg)
     everywhere, _ = blended(blend, scores.raw, scores.cold, mask)
@@ -280,6 +326,13 @@ def recommend(
     position = jnp.maximum(chosen, 0)
     items = jnp.where(ok, jnp.take_along_axis(pool_items, position, 1), -1)
     item_scores = jnp.where(ok, jnp.take_along_axis(pool_relevance, position, 1), 0.0)
+    n_new = jnp.round(cfg.catalogue.new_item_share * limit).astype(jnp.int32)
+    stop = limit - n_explore
+    items, offered, fit = _offer_new_items(
+        state, users, excluded, items, jnp.maximum(stop - n_new, 0), stop, cfg
+    )
+    ok = items >= 0
+    item_scores = jnp.where(offered, jnp.clip(fit, 0.0, 1.0), item_scores)
     safe_items = jnp.maximum(items, 0)
     _, contrib = blended(
         blend,
@@ -289,7 +342,7 @@ def recommend(
     )
     source_kind = jnp.argmax(contrib, axis=2)
     source_kind = jnp.where(contrib[:, :, :4].sum(axis=2) > 0, source_kind, COLD_START)
-    kind = jnp.where(explored, EXPLORATION, source_kind)
+    kind = jnp.where(offered, NEW_CONTENT, jnp.where(explored, EXPLORATION, source_kind))
 
     # based_on: the most similar of the user's most recent engaged items (diversity space).
     seeds = users.recent_items[:, : cfg.candidates.explain_from]
@@ -326,7 +379,7 @@ def score_items(
     n_items = state.base.item_embeddings.shape[0]
     scores = source_scores(state, users, request, cfg)
     everything = ~excluded_items(
-        n_items, users, request._replace(exclude_watched=jnp.zeros_like(request.exclude_watched))
+        state, users, request._replace(exclude_watched=jnp.zeros_like(request.exclude_watched))
     )
     relevance_, _ = relevance(scores, everything, weights, users.qualifying, cfg)
     normalised = normalise(scores.raw, everything[:, None, :]) * scores.active[:, :, None]

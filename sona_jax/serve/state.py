@@ -26,6 +26,11 @@ class ServingState(NamedTuple):
     pool_items / pool_weights: (P, Lh) their engaged items (-1 padded) and weights.
     item_diversity: (items, k) unit vectors for MMR and explanations: E projected on its top-k
     principal directions (cosines there approximate those of E at a fraction of the cost).
+    item_valid: (items,) bool servable rows (False: deleted, or capacity not yet used);
+    new_items: (F,) rows of items added after the model (-1 padded; F = 0 until one is).
+
+    "items" is the catalogue's capacity (`sona_jax.serve.catalogue`): the model's items, then
+    rows for items added since, grown in steps so a write rarely changes a shape.
     """
 
     base: BaseTier
@@ -45,6 +50,8 @@ class ServingState(NamedTuple):
     pool_items: jnp.ndarray
     pool_weights: jnp.ndarray
     item_diversity: jnp.ndarray
+    item_valid: jnp.ndarray
+    new_items: jnp.ndarray
 
 
 class UserBatch(NamedTuple):
@@ -80,8 +87,9 @@ class RequestBatch(NamedTuple):
     seed: jnp.ndarray
 
 
-def serving_state(model: TrainedModel, diversity_dimensions: int) -> ServingState:
-    """Shared arrays of ``model`` on device; every model user is in the kNN pool."""
+def serving_state(model: TrainedModel, basis: np.ndarray) -> ServingState:
+    """Shared arrays of ``model`` on device (its own items only); every model user is in the
+    kNN pool. ``basis`` (k, d) from `diversity_basis`."""
     t, h = model.tables, model.history
     return ServingState(
         base=BaseTier(*(jnp.asarray(x) for x in model.base)),
@@ -101,14 +109,21 @@ def serving_state(model: TrainedModel, diversity_dimensions: int) -> ServingStat
         pool_items=jnp.asarray(h.recent_items),
         pool_weights=jnp.asarray(h.recent_weights),
         item_diversity=jnp.asarray(
-            diversity_vectors(np.asarray(model.base.item_embeddings), diversity_dimensions)
+            diversity_vectors(np.asarray(model.base.item_embeddings), basis)
         ),
+        item_valid=jnp.ones(model.n_items, bool),
+        new_items=jnp.zeros(0, jnp.int32),
     )
 
 
-def diversity_vectors(item_embeddings: np.ndarray, dimensions: int) -> np.ndarray:
-    """(items, k) unit rows: E on its top-k right singular directions (uncentred)."""
-    _, _, vt = np.linalg.svd(item_embeddings, full_matrices=False)
-    projected = item_embeddings @ vt[:dimensions].T
+def diversity_basis(item_embeddings: np.ndarray, dimensions: int) -> np.ndarray:
+    """(k, d) E's top-k right singular directions (uncentred)."""
+    _, _, vt = np.linalg.svd(np.asarray(item_embeddings), full_matrices=False)
+    return vt[:dimensions].astype(np.float32)
+
+
+def diversity_vectors(item_embeddings: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """(items, k) unit rows: E projected on ``basis`` (k, d)."""
+    projected = np.asarray(item_embeddings) @ basis.T
     norm = np.linalg.norm(projected, axis=1, keepdims=True)
     return (projected / np.where(norm > 0, norm, 1.0)).astype(np.float32)

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import ServingSettings, load_config_file
+from service.settings import LearningSettings, ServingSettings, load_config_file
 from sona_jax.config import SERVE, TRAIN, ConfigError, SonaConfig, config_from_dict
 from sona_lab.files import load_config
 
@@ -14,6 +14,7 @@ def test_default_toml_holds_every_default():
     assert load_config_file(ROOT / "configs" / "default.toml") == (
         SonaConfig(),
         ServingSettings(),
+        LearningSettings(),
     )
 
 
@@ -21,11 +22,14 @@ def test_serving_settings_are_not_engine_config(tmp_path):
     assert "serving" not in SonaConfig.model_fields
     path = tmp_path / "c.toml"
     path.write_text("[lora]\nrank = 4\n[serving]\nport = 9000\nbatching = false\n")
-    cfg, serving = load_config_file(path)
+    cfg, serving, _ = load_config_file(path)
     assert cfg == SonaConfig().with_overrides({"lora": {"rank": 4}})
     assert (serving.port, serving.batching) == (9000, False)
     path.write_text("[serving]\nport = 0\n")
     with pytest.raises(ConfigError, match=r"c\.toml: serving\.port"):
+        load_config_file(path)
+    path.write_text("[learning]\nkeep_versions = 0\n")
+    with pytest.raises(ConfigError, match=r"c\.toml: learning\.keep_versions"):
         load_config_file(path)
 
 

@@ -48,6 +48,8 @@ def random_state(
         pool_items=pool_items,
         pool_weights=rng.random((pool, history)).astype(np.float32),
         item_diversity=e,
+        item_valid=np.ones(n_items, bool),
+        new_items=np.zeros(0, np.int32),
     )
 
 

@@ -1,0 +1,149 @@
+"""SPEC 4.2: catalogue writes served at once — items added after a model version get rows of
+the served arrays, deleted items stop being servable.
+
+The item arrays of a `ServingState` have a *capacity*: the model's items, then rows for items
+added since, grown in steps (`item_capacity`) so that adding items changes a shape (and
+compiles new programs) once per step, not once per item. ``item_valid`` says which rows may be
+served. A new item's row holds its embedding (supplied, or mapped from its metadata through the
+model's map, `sona_jax.model.metadata`), its adapter projection ``h = A e`` and its diversity
+vector; it has no graph edges and counts no events until some arrive.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+
+from sona_jax.config import CatalogueConfig
+from sona_jax.data.schema import Catalogue
+from sona_jax.model import metadata
+from sona_jax.model.tables import Popularity
+from sona_jax.serve.state import ServingState, diversity_vectors
+
+UNKNOWN_DURATION = -1.0
+HOURS = 24
+
+
+class NewItemRows(NamedTuple):
+    """What is written for n new items: rows (n,) int; embeddings (n, d) unit; genres (n, G);
+    moods (n, 6); duration (n,) minutes (-1 unknown)."""
+
+    rows: np.ndarray
+    embeddings: np.ndarray
+    genres: np.ndarray
+    moods: np.ndarray
+    duration: np.ndarray
+
+
+def item_capacity(n_model: int, rows_needed: int, cfg: CatalogueConfig) -> int:
+    """Rows the item arrays need to hold ``rows_needed``: the model's own items, then steps of
+    ``capacity_growth`` of them (at least ``capacity_min_step``)."""
+    if rows_needed <= n_model:
+        return n_model
+    step = max(cfg.capacity_min_step, math.ceil(n_model * cfg.capacity_growth))
+    return n_model + math.ceil((rows_needed - n_model) / step) * step
+
+
+def new_item_rows(
+    rows: np.ndarray, items: Catalogue, metadata_map: np.ndarray, cfg: CatalogueConfig
+) -> NewItemRows:
+    """Rows for ``items`` (a catalogue in the model's genre names and `MOODS` order): supplied
+    embeddings where given, else mapped from the metadata."""
+    meta = metadata.catalogue_metadata(items)
+    embeddings = metadata.mapped_embeddings(metadata.metadata_features(meta, cfg), metadata_map)
+    if items.embeddings is not None:
+        given = items.embeddings / np.maximum(
+            np.linalg.norm(items.embeddings, axis=1, keepdims=True), 1e-12
+        )
+        embeddings = np.where(items.has_embedding[:, None], given, embeddings)
+    return NewItemRows(
+        np.asarray(rows, np.int64),
+        embeddings.astype(np.float32),
+        meta.genres,
+        meta.moods,
+        np.nan_to_num(np.asarray(meta.duration, np.float32), nan=UNKNOWN_DURATION),
+    )
+
+
+def _pad_last(x: jnp.ndarray, extra: int, fill) -> jnp.ndarray:
+    return jnp.concatenate([x, jnp.full((*x.shape[:-1], extra), fill, x.dtype)], axis=-1)
+
+
+def _pad_first(x: jnp.ndarray, extra: int, fill) -> jnp.ndarray:
+    return jnp.concatenate([x, jnp.full((extra, *x.shape[1:]), fill, x.dtype)], axis=0)
+
+
+def grow(state: ServingState, capacity: int, n_model: int) -> ServingState:
+    """``state`` with item arrays of ``capacity`` rows (the new ones invalid and empty)."""
+    have = state.item_valid.shape[0]
+    extra = capacity - have
+    if extra <= 0:
+        return state
+    base = state.base
+    dense = state.graph_dense
+    if dense.shape[0] == have and have > 0:
+        dense = _pad_first(_pad_last(dense, extra, 0.0), extra, 0.0)
+    own_rows = jnp.arange(have, capacity, dtype=state.graph_neighbours.dtype)
+    return state._replace(
+        base=base._replace(
+            item_embeddings=_pad_first(base.item_embeddings, extra, 0.0),
+            item_factors=_pad_first(base.item_factors, extra, 0.0),
+        ),
+        # A row without edges points at itself with weight 0, as the model's padding does.
+        graph_neighbours=jnp.concatenate(
+            [
+                state.graph_neighbours,
+                jnp.broadcast_to(own_rows[:, None], (extra, state.graph_neighbours.shape[1])),
+            ]
+        ),
+        graph_weights=_pad_first(state.graph_weights, extra, 0.0),
+        graph_dense=dense,
+        global_share=_pad_last(state.global_share, extra, 0.0),
+        trending=_pad_last(state.trending, extra, 0.0),
+        by_time_of_day=_pad_last(state.by_time_of_day, extra, 0.0),
+        by_device=_pad_last(state.by_device, extra, 0.0),
+        hour_share=_pad_first(state.hour_share, extra, 1.0 / HOURS),
+        item_genres=_pad_first(state.item_genres, extra, 0.0),
+        item_moods=_pad_first(state.item_moods, extra, 0.0),
+        duration=_pad_last(state.duration, extra, UNKNOWN_DURATION),
+        item_diversity=_pad_first(state.item_diversity, extra, 0.0),
+        item_valid=_pad_last(state.item_valid, extra, False),
+        new_items=jnp.arange(n_model, capacity, dtype=jnp.int32),
+    )
+
+
+def write_new_items(state: ServingState, new: NewItemRows, basis: np.ndarray) -> ServingState:
+    """``state`` with ``new``'s rows written and servable (rows must fit the capacity)."""
+    if len(new.rows) == 0:
+        return state
+    rows = jnp.asarray(new.rows)
+    base = state.base
+    embeddings = jnp.asarray(new.embeddings)
+    return state._replace(
+        base=base._replace(
+            item_embeddings=base.item_embeddings.at[rows].set(embeddings),
+            item_factors=base.item_factors.at[rows].set(embeddings @ base.factor.T),
+        ),
+        item_genres=state.item_genres.at[rows].set(jnp.asarray(new.genres)),
+        item_moods=state.item_moods.at[rows].set(jnp.asarray(new.moods)),
+        duration=state.duration.at[rows].set(jnp.asarray(new.duration)),
+        item_diversity=state.item_diversity.at[rows].set(
+            jnp.asarray(diversity_vectors(new.embeddings, basis))
+        ),
+        item_valid=state.item_valid.at[rows].set(True),
+    )
+
+
+def set_valid(state: ServingState, rows: np.ndarray, valid: bool) -> ServingState:
+    """``state`` with ``rows`` servable (True) or not (False: deleted)."""
+    if len(rows) == 0:
+        return state
+    return state._replace(item_valid=state.item_valid.at[jnp.asarray(rows)].set(valid))
+
+
+def with_popularity(state: ServingState, popularity: Popularity) -> ServingState:
+    """``state`` with new popularity / trending / context tables (sized to its capacity)."""
+    return state._replace(**{k: jnp.asarray(v) for k, v in popularity._asdict().items()})
