@@ -376,7 +376,6 @@ def score_items(
     cfg: SonaConfig,
 ) -> ItemScores:
     """Personalisation scores of given items (users, C), normalised over the whole catalogue."""
-    n_items = state.base.item_embeddings.shape[0]
     scores = source_scores(state, users, request, cfg)
     everything = ~excluded_items(
         state, users, request._replace(exclude_watched=jnp.zeros_like(request.exclude_watched))
