@@ -54,4 +54,6 @@ def explanation(kind: str, history_title: str | None, context: RequestContext) -
         return f"Popular{where}{when}{mood}".strip()
     if kind == "exploration":
         return "Something different to explore"
+    if kind == "new_content":
+        return "New here, and close to what you watch"
     return "Popular right now"

@@ -1,15 +1,18 @@
-"""The engine inside the service: the served `ServingEngine` behind a lock, swapped whole when a
-new model version arrives, and the batch functions the micro-batchers run (on engine threads).
+"""The engine inside the service: the served `ServingEngine` behind a lock, replaced whole when a
+new model version arrives or the catalogue or popularity tables change, and the batch functions
+the micro-batchers run (on engine threads).
 
 Requests in flight finish on the engine they started with; everything about scoring lives in
-the engine (`sona_jax.serve.engine`).
+the engine (`sona_jax.serve.engine`). Replacements are serialised (`writer`) and, when they
+change an array shape, compiled before they are published, so no request waits on a compile.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
@@ -29,19 +32,37 @@ class Runtime:
     """The served engine (one model version under the served config) plus the functions the
     batchers call."""
 
-    def __init__(self, model: TrainedModel, cfg: SonaConfig, serving: ServingSettings):
+    def __init__(self, model: TrainedModel | None, cfg: SonaConfig, serving: ServingSettings):
+        """Serving ``model`` (or nothing until the first `publish`)."""
         self.lock = threading.Lock()
+        self.writer = asyncio.Lock()  # one replacement at a time (catalogue, tables, models)
         self.cfg, self.serving = cfg, serving
-        self.load(model)
+        self._engine: ServingEngine | None = None
+        if model is not None:
+            self.load(model)
+
+    def prepare(self, model: TrainedModel) -> ServingEngine:
+        """A model version as served (with room for new items); raises `ConfigError` when its
+        train-time config disagrees with the served config."""
+        return ServingEngine.load(model, self.cfg).with_headroom()
 
     def load(self, model: TrainedModel) -> None:
-        """Swap in a model version; raises `ConfigError` (and keeps the current one) when its
-        train-time config disagrees with the served config."""
-        engine = ServingEngine.load(model, self.cfg)
+        """Prepare, compile and publish a model version."""
+        self.publish(self.prepare(model))
+
+    def publish(self, engine: ServingEngine) -> None:
+        """Serve ``engine`` from the next batch on, compiled first when its shapes are new."""
+        current = self._engine
+        if self.serving.warm_up and (current is None or _shapes(current) != _shapes(engine)):
+            self.warm_up(engine)
         with self.lock:
             self._engine = engine
-        if self.serving.warm_up:
-            self.warm_up()
+
+    def replace(self, change: Callable[[ServingEngine], ServingEngine]) -> ServingEngine:
+        """Publish ``change(current engine)`` (call it with `writer` held); returns it."""
+        engine = change(self.engine)
+        self.publish(engine)
+        return engine
 
     @property
     def engine(self) -> ServingEngine:
@@ -52,17 +73,19 @@ class Runtime:
     def version(self) -> int:
         return self.engine.version
 
-    def warm_up(self) -> None:
+    def warm_up(self, engine: ServingEngine | None = None) -> None:
         """Compile every user bucket a batch can fill, for the default list length, before
-        serving traffic (buckets above ``serving.max_batch``, or above 1 with batching off,
-        are never used; each recommend program takes about 2.4 s to compile here)."""
+        ``engine`` (default: the served one) serves traffic (buckets above
+        ``serving.max_batch``, or above 1 with batching off, are never used; each recommend
+        program takes about 2.4 s to compile here)."""
+        engine = engine or self.engine
         largest = self.serving.max_batch if self.serving.batching else 1
-        empty = self.engine.empty_profile()
+        empty = engine.empty_profile()
         query = Query(empty, self.serving.default_limit, True, self.cfg.diversity.mmr_lambda)
         scoring = Query(empty, items=np.zeros(1, np.int32))
         for size in USER_BUCKETS:
-            self.recommend_batch([query] * size)
-            self.score_batch([scoring] * size)
+            engine.recommend_queries([query] * size)
+            engine.score_queries([scoring] * size)
             if size >= largest:
                 break
 
@@ -120,3 +143,8 @@ class Runtime:
     ) -> ViewerProfile:
         """A viewer's profile rebuilt from all their stored events, as of now."""
         return self.engine.viewer_profile(user_id, events, adapter, last_trained, time.time())
+
+
+def _shapes(engine: ServingEngine) -> list[tuple[int, ...]]:
+    """The array shapes the jitted calls are compiled for."""
+    return [tuple(x.shape) for x in jax.tree_util.tree_leaves(engine.state)]

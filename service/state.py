@@ -1,5 +1,6 @@
 """The app's typed state and its lifecycle: open storage and cache, seed the demo, load (or train)
-a model, start the batchers and the learner, watch for newer model versions, and stop it all."""
+a model, start the batchers, the learner, the catalogue feed, the live tables and the rebuild
+scheduler, watch for newer model versions and swap to them, and stop it all."""
 
 from __future__ import annotations
 
@@ -15,17 +16,21 @@ from quart import Quart, current_app
 from service.auth import KeyCheck
 from service.batcher import OVERLAP_MAX_BATCH, MicroBatcher
 from service.cache import Cache, open_cache
+from service.catalogue_sync import CatalogueSync
 from service.demo import seed_store
 from service.errors import ApiError
 from service.learner import Learner
+from service.live_tables import LiveTables
 from service.metrics import Metrics
 from service.profiles import Profiles
+from service.rebuilds import RebuildScheduler
 from service.runtime import Runtime
 from service.settings import ServingSettings, Settings
-from service.storage import Store, open_store
-from service.training import latest_model, train_from_store
+from service.storage import RebuildRecord, Store, open_store
+from service.training import NothingToTrain, TrainerBusy, latest_model, train_from_store
 from sona_jax.buckets import USER_BUCKETS
 from sona_jax.config import ConfigError, SonaConfig
+from sona_jax.model.version import TrainedModel
 
 log = logging.getLogger("sona")
 EXTENSION = "sona"
@@ -54,7 +59,11 @@ class AppState:
     score: MicroBatcher | None = None
     profiles: Profiles | None = None
     learner: Learner | None = None
+    catalogue: CatalogueSync | None = None
+    tables: LiveTables | None = None
+    rebuilds: RebuildScheduler | None = None
     watcher: asyncio.Task | None = None
+    last_rebuild: RebuildRecord | None = None
 
     def __post_init__(self) -> None:
         self.keys = KeyCheck(self.settings.api_keys, self.settings.admin_keys)
@@ -102,15 +111,52 @@ class AppState:
                 settings.demo_items,
                 self.cfg.model.seed,
             )
-        model = await latest_model(self.store)
+        model = await latest_model(self.store, settings.model_dir)
         if model is None and await self.store.count_events() > 0:
             log.info("no model yet: training one from the store")
-            model = await train_from_store(self.store, self.cfg, settings.model_dir)
+            try:
+                model = await train_from_store(
+                    self.store, self.cfg, settings.model_dir, settings.learning.keep_versions
+                )
+            except (TrainerBusy, NothingToTrain) as error:  # another process is training
+                log.info("not training at start: %s", error)
         if model is not None:
-            self.runtime = Runtime(model, self.cfg, serving)  # ConfigError: stop here
-            self._start_engine_parts()
+            await self._serve(model)  # ConfigError: stop here
+        self.rebuilds = RebuildScheduler(
+            settings, self.store, self._events_since_model, self._swap_to_latest
+        )
+        self.rebuilds.start()
+        self.last_rebuild = await self.store.last_rebuild()
         self.watcher = asyncio.get_running_loop().create_task(self._watch_models())
         _freeze_heap()
+
+    async def _serve(self, model: TrainedModel) -> None:
+        """Serve ``model`` with the live catalogue and tables (the first one, or a swap)."""
+        first = self.runtime is None
+        runtime = Runtime(None, self.cfg, self.serving) if first else self.runtime
+        if first:
+            self.catalogue = CatalogueSync(
+                self.store, runtime, self.executor, self.serving.catalogue_poll_seconds
+            )
+            self.tables = LiveTables(
+                self.store, runtime, self.executor, self.serving.tables_refresh_seconds
+            )
+        async with runtime.writer:  # catalogue writes and refreshes wait for the swap
+            engine = runtime.prepare(model)
+            engine, watermark = await self.catalogue.prepared(engine)
+            engine = await self.tables.prepared(engine)
+            await asyncio.get_running_loop().run_in_executor(self.executor, runtime.publish, engine)
+            self.catalogue.watermark = watermark
+        if first:
+            self.runtime = runtime  # requests see it only once it serves
+            self._start_engine_parts()
+            self.catalogue.start()
+            self.tables.start()
+
+    async def _events_since_model(self) -> int:
+        if self.runtime is None:
+            return await self.store.count_events()
+        return self.tables.events_since_model
 
     def _start_engine_parts(self) -> None:
         serving = self.serving
@@ -140,35 +186,37 @@ class AppState:
         self.learner.start()
 
     async def _watch_models(self) -> None:
-        """Reload a newer model version recorded in the store (another process trained it)."""
+        """Swap to a newer model version recorded in the store (a rebuild, here or elsewhere)."""
         while True:
             await asyncio.sleep(self.serving.model_poll_seconds)
             try:
-                found = await self.store.latest_model_version()
-                if found and (self.runtime is None or found[0] > self.runtime.version):
-                    await self._swap_to_latest()
+                self.last_rebuild = await self.store.last_rebuild()
+                await self._swap_to_latest()
             except Exception:  # noqa: BLE001 - keep watching
                 log.exception("model watch failed")
 
     async def _swap_to_latest(self) -> None:
-        model = await latest_model(self.store)
+        found = await self.store.latest_model_version()
+        if found is None or (self.runtime is not None and found[0] <= self.runtime.version):
+            return
+        model = await latest_model(self.store, self.settings.model_dir)
         if model is None:
             return
         try:
-            if self.runtime is None:
-                self.runtime = Runtime(model, self.cfg, self.serving)
-                self._start_engine_parts()
-            else:
-                self.runtime.load(model)
+            await self._serve(model)
         except ConfigError as error:
             log.error("not serving model version %d: %s", model.version, error)
             return
+        self.last_rebuild = await self.store.last_rebuild()
         _freeze_heap()
         log.info("serving model version %d", model.version)
 
     async def stop(self) -> None:
         if self.watcher is not None:
             self.watcher.cancel()
+        for part in (self.rebuilds, self.catalogue, self.tables):
+            if part is not None:
+                await part.stop()
         for batcher in (self.recommend, self.score):
             if batcher is not None:
                 await batcher.drain()

@@ -1,66 +1,160 @@
-"""Model versions from the store: everything it holds as a dataset (through the engine's one
-stored-record conversion), trained, saved and recorded; and the newest recorded version."""
+"""Model versions from the store (SPEC 4.1 ``--from-store``, 4.2 rebuilds): one trainer at a
+time across every process and host, a consistent snapshot of the store as a dataset (through
+the engine's one stored-record conversion), the new version packed into the database with its
+checksum so every host can load it, older versions pruned; and loading the newest version,
+from this host's folder or from the database.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
+import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
 
-from service.storage import Store
+from service.storage import RebuildRecord, Store, TrainingSnapshot
 from sona_jax.config import SonaConfig
 from sona_jax.data import Dataset
 from sona_jax.data.stored import catalogue, event_log
 from sona_jax.model.version import TrainedModel
-from sona_lab.model_store import ModelFormatError, load_model, next_version, save_model
+from sona_lab.model_store import ModelFormatError, load_model, model_versions, save_model
 from sona_lab.training import train_timed
 
 log = logging.getLogger("sona.training")
-CONTENT_PAGE = 1000  # items per store read
 
 
-async def dataset_from_store(store: Store, dim: int) -> Dataset:
-    """Everything in the store as a Dataset (users indexed in first-seen order)."""
-    content, cursor = [], None
-    while page := await store.list_content(CONTENT_PAGE, cursor):
-        content += page
-        cursor = page[-1].content_id
-    items = catalogue(content, dim)
-    index = {c.content_id: i for i, c in enumerate(content)}
-    events, user_ids = event_log(await store.all_events(), index)
+class TrainerBusy(RuntimeError):
+    """Another process holds the trainer lock."""
+
+
+class NothingToTrain(RuntimeError):
+    """The store has no events (or fewer than two items) to train on."""
+
+
+def dataset_from_snapshot(snapshot: TrainingSnapshot, dim: int) -> Dataset:
+    """A store snapshot as a Dataset (items in slot order, users in first-seen order)."""
+    items = catalogue(snapshot.content, dim)
+    index = {c.content_id: i for i, c in enumerate(snapshot.content)}
+    events, user_ids = event_log(snapshot.events, index)
     return Dataset("store", items, np.array(user_ids, dtype=object), events)
 
 
+def pack_model(folder: Path) -> bytes:
+    """A saved version folder as one uncompressed tar (the arrays are not compressible much)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name in ("arrays.npz", "manifest.json"):
+            tar.add(folder / name, arcname=f"{folder.name}/{name}")
+    return buffer.getvalue()
+
+
+def unpack_model(artifact: bytes, root: Path) -> None:
+    """Write a packed version under ``root`` (the manifest last, so a reader never sees half)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(artifact), mode="r") as tar:
+        members = sorted(tar.getmembers(), key=lambda m: m.name.endswith("manifest.json"))
+        for member in members:
+            target = root / member.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            temporary = target.with_name(target.name + ".part")
+            temporary.write_bytes(tar.extractfile(member).read())
+            temporary.rename(target)
+
+
 async def train_from_store(
-    store: Store, cfg: SonaConfig, model_dir: Path, now: float | None = None
+    store: Store, cfg: SonaConfig, model_dir: Path, keep: int = 3, now: float | None = None
 ) -> TrainedModel:
-    """Train a new model version on the store's data, save it, and record it in the store."""
-    dataset = await dataset_from_store(store, cfg.model.embedding_dim)
+    """Train a new version on a snapshot of the store, save it here and in the store (with its
+    checksum), prune all but the newest ``keep``, and record the rebuild.
+
+    Raises `TrainerBusy` when another trainer holds the lock and `NothingToTrain` on an empty
+    store. A trainer killed part-way records nothing: the previous version stays the newest.
+    """
+    async with store.trainer_lock() as held:
+        if not held:
+            raise TrainerBusy("another trainer is running (the store's trainer lock is held)")
+        started = time.time()
+        try:
+            model = await _train_locked(store, cfg, model_dir, keep, now)
+        except NothingToTrain:
+            raise
+        except Exception as error:
+            await store.record_rebuild(
+                RebuildRecord(
+                    started, time.time(), "failed", None, f"{type(error).__name__}: {error}"
+                )
+            )
+            raise
+        await store.record_rebuild(
+            RebuildRecord(started, time.time(), "succeeded", model.version, "")
+        )
+        return model
+
+
+async def _train_locked(
+    store: Store, cfg: SonaConfig, model_dir: Path, keep: int, now: float | None
+) -> TrainedModel:
+    snapshot = await store.training_snapshot()
+    dataset = dataset_from_snapshot(snapshot, cfg.model.embedding_dim)
     if len(dataset.events) == 0 or dataset.n_items < 2:
-        raise RuntimeError(
+        raise NothingToTrain(
             "the store has no events to train on: post content and viewing "
             "events first, or start with --demo"
         )
-    model = train_timed(dataset, cfg, version=next_version(model_dir), now=now)
+    local = model_versions(model_dir)
+    version = max(await store.next_model_version(), (local[-1] + 1) if local else 1)
+    model = train_timed(dataset, cfg, version=version, now=now)
+    model.report["store"] = {
+        "event_watermark": snapshot.event_watermark,
+        "content_watermark": snapshot.content_watermark,
+        "slot_watermark": snapshot.slot_watermark,
+        "events": len(snapshot.events),
+        "items": len(snapshot.content),
+        "trained_at": time.time(),
+    }
     folder = save_model(model, model_dir)
     await store.record_model_version(
-        model.version, str(folder), json.dumps(model.report, default=float)
+        model.version, str(folder), json.dumps(model.report, default=float), pack_model(folder)
     )
+    pruned = await store.prune_model_versions(keep)
+    if pruned:
+        log.info("pruned model versions %s", pruned)
     return model
 
 
-async def latest_model(store: Store) -> TrainedModel | None:
-    """The newest recorded model version whose files exist here (and are of this format)."""
+async def load_version(store: Store, version: int, model_dir: Path) -> TrainedModel | None:
+    """Version ``version``: from this host's folder when it has it, else from the store's
+    artefact (checked against its sha256, then kept here)."""
+    if version in model_versions(model_dir):
+        try:
+            return load_model(model_dir, version)
+        except ModelFormatError as error:
+            log.warning("model version %d not loadable: %s", version, error)
+            return None
+    record = await store.model_record(version)
+    artifact = await store.model_artifact(version) if record is not None else None
+    if artifact is None:
+        log.warning("model version %d is recorded but its files are on no reachable disk", version)
+        return None
+    if record.sha256 and hashlib.sha256(artifact).hexdigest() != record.sha256:
+        log.error("model version %d: artefact checksum mismatch, not loaded", version)
+        return None
+    unpack_model(artifact, model_dir)
+    try:
+        return load_model(model_dir, version)
+    except ModelFormatError as error:
+        log.warning("model version %d not loadable: %s", version, error)
+        return None
+
+
+async def latest_model(store: Store, model_dir: Path) -> TrainedModel | None:
+    """The newest recorded model version this code can load (None when there is none)."""
     found = await store.latest_model_version()
     if found is None:
         return None
-    version, folder = found
-    try:
-        return load_model(Path(folder).parent, version)
-    except FileNotFoundError:
-        log.warning("model version %d recorded at %s but not found", version, folder)
-    except ModelFormatError as error:
-        log.warning("model version %d not loadable: %s", version, error)
-    return None
+    return await load_version(store, found[0], model_dir)

@@ -1,13 +1,15 @@
-"""``sona train``: a model version from files."""
+"""``sona train``: a model version from files, or from the store (``--from-store``)."""
 
 from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import click
 
 from service.cli.common import DATA_CHOICE, config_or_exit, load_or_exit
+from service.rebuilds import EXIT_BUSY  # EX_TEMPFAIL: another trainer holds the lock
 
 
 @click.command()
@@ -19,17 +21,58 @@ from service.cli.common import DATA_CHOICE, config_or_exit, load_or_exit
     type=click.Path(),
     default="models",
     show_default=True,
-    help="Model folder; each run adds a new version.",
+    help="Model folder; each run adds a new version (files only).",
 )
 @click.option("--users", default=5_000, show_default=True, help="Synthetic viewers.")
 @click.option("--items", default=5_000, show_default=True, help="Synthetic catalogue size.")
 @click.option("--seed", default=0, show_default=True, help="Synthetic data seed.")
-def train(kind, path, config_path, out, users, items, seed) -> None:
+@click.option(
+    "--from-store",
+    is_flag=True,
+    help="Train on the store's catalogue and events; record the version in the store.",
+)
+@click.option(
+    "--data-dir",
+    envvar="SONA_DATA_DIR",
+    default="sona-data",
+    show_default=True,
+    help="With --from-store: the embedded store and this host's model folder.",
+)
+@click.option(
+    "--database-url",
+    envvar="SONA_DATABASE_URL",
+    default=None,
+    help="With --from-store: postgresql://... (default: SQLite in --data-dir).",
+)
+@click.option("--keep", type=int, default=None, help="Versions kept (default [learning]).")
+@click.option("--config-json", default=None, hidden=True, help="Engine config as JSON.")
+def train(
+    kind,
+    path,
+    config_path,
+    out,
+    users,
+    items,
+    seed,
+    from_store,
+    data_dir,
+    database_url,
+    keep,
+    config_json,
+) -> None:
     """Fit the base tier, build every preference vector, train every adapter, save a version."""
+    cfg, _, learning = config_or_exit(config_path)
+    if config_json is not None:  # the server's own config, passed to its rebuilds
+        from sona_jax.config import config_from_dict
+
+        cfg = config_from_dict(json.loads(config_json), source="--config-json")
+    if from_store:
+        keep = learning.keep_versions if keep is None else keep
+        _train_from_store(cfg, keep, Path(data_dir), database_url)
+        return
     from sona_lab.model_store import next_version, save_model
     from sona_lab.training import train_timed
 
-    cfg, _, _ = config_or_exit(config_path)
     clock = time.perf_counter()
     dataset = load_or_exit(kind, path, users, items, seed)
     click.echo(
@@ -42,4 +85,33 @@ def train(kind, path, config_path, out, users, items, seed) -> None:
     click.echo(
         f"saved model version {model.version} to {folder} "
         f"({model.users.stored_bytes_per_user():.0f} bytes per user at rest)"
+    )
+
+
+def _train_from_store(cfg, keep: int, data_dir: Path, database_url: str | None) -> None:
+    import asyncio
+
+    from service.storage import open_store
+    from service.training import NothingToTrain, TrainerBusy, train_from_store
+
+    async def run():
+        store = open_store(database_url, data_dir)
+        await store.open()
+        try:
+            return await train_from_store(store, cfg, data_dir / "models", keep)
+        finally:
+            await store.close()
+
+    clock = time.perf_counter()
+    try:
+        model = asyncio.run(run())
+    except TrainerBusy as error:
+        click.echo(f"not training: {error}", err=True)
+        raise SystemExit(EXIT_BUSY) from None
+    except NothingToTrain as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(json.dumps(model.report, indent=2, default=float))
+    click.echo(
+        f"trained model version {model.version} from the store in "
+        f"{time.perf_counter() - clock:.1f}s and recorded it there"
     )

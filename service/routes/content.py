@@ -67,6 +67,8 @@ async def upsert_content(data: schemas.ContentUpsertRequest):
             )
         )
     count = await state.store.upsert_content(rows)
+    if state.catalogue is not None:  # served from the next request on
+        await state.catalogue.write([r.content_id for r in rows])
     return schemas.ContentUpsertResponse(status="upserted", count=count)
 
 
@@ -92,6 +94,10 @@ async def get_content(content_id: str):
 
 @blueprint.delete("/api/v1/content/<content_id>")
 async def delete_content(content_id: str):
-    if not await app_state().store.delete_content(_uuid_path(content_id)):
+    state = app_state()
+    content_id = _uuid_path(content_id)
+    if not await state.store.delete_content(content_id):
         raise ApiError(404, "content_not_found", f"content_id: unknown content {content_id}")
+    if state.catalogue is not None:  # never served again, from the next request on
+        await state.catalogue.write([content_id])
     return jsonify({"status": "deleted", "content_id": content_id})

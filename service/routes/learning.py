@@ -58,6 +58,8 @@ async def profile_update(data: schemas.ProfileUpdateRequest):
             f"viewing_events.{missing[0]}.content_id: unknown content {content_ids[missing[0]]}",
             [{"field": f"viewing_events.{i}.content_id"} for i in missing[:20]],
         )
+    if any(c not in state.runtime.engine.item_index for c in existing):
+        await state.catalogue.catch_up()  # written through another process a moment ago
     events = _event_rows(user_id, data.viewing_events)
     new, since, profile = await state.profiles.record_events(user_id, events)
     state.metrics.events.inc(new)

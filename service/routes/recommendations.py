@@ -68,6 +68,7 @@ async def recommendations_body(state: AppState, data: schemas.RecommendationRequ
             user_id,
             profile.events,
             runtime.version,
+            runtime.engine.revision,  # a catalogue write changes the list
             limit,
             data.exclude_watched,
             lam,

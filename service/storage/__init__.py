@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service.storage.base import ContentRow, EventRow, Store, UserStateRow
+from service.storage.base import (
+    CatalogueEntry,
+    ContentRow,
+    EventRow,
+    ModelRecord,
+    RebuildRecord,
+    Store,
+    TrainingSnapshot,
+    UserStateRow,
+)
 
 
 def open_store(database_url: str | None, data_dir: str | Path) -> Store:
@@ -26,4 +35,14 @@ def open_store(database_url: str | None, data_dir: str | Path) -> Store:
     return SQLiteStore(Path(data_dir) / "sona.db")
 
 
-__all__ = ["ContentRow", "EventRow", "Store", "UserStateRow", "open_store"]
+__all__ = [
+    "CatalogueEntry",
+    "ContentRow",
+    "EventRow",
+    "ModelRecord",
+    "RebuildRecord",
+    "Store",
+    "TrainingSnapshot",
+    "UserStateRow",
+    "open_store",
+]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -29,6 +30,50 @@ class EventRow:
     dismissed: bool = False
     device_type: str | None = None
     time_of_day: str | None = None
+
+
+@dataclass(frozen=True)
+class CatalogueEntry:
+    """One item of the catalogue change feed: ``slot`` is given once, when the item first
+    arrives (`sona_jax.data.stored.StoredChange`); ``deleted`` items are tombstones;
+    ``revision`` orders writes (the same number in every process)."""
+
+    slot: int
+    item: ContentRow
+    deleted: bool = False
+    revision: int = 0
+
+
+@dataclass(frozen=True)
+class TrainingSnapshot:
+    """What a rebuild trains on, read in one consistent view of the store: the live catalogue
+    and every event, with the watermarks the model records (events and catalogue writes past
+    them arrived after it; slots past ``slot_watermark`` are items it has not seen)."""
+
+    content: list[ContentRow]
+    events: list[EventRow]
+    event_watermark: int
+    content_watermark: int
+    slot_watermark: int
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    version: int
+    path: str
+    created_at: float
+    report: dict
+    sha256: str | None
+    size: int | None
+
+
+@dataclass(frozen=True)
+class RebuildRecord:
+    started_at: float
+    finished_at: float
+    outcome: str  # "succeeded" | "failed" | "skipped"
+    version: int | None
+    message: str
 
 
 @dataclass(frozen=True)
@@ -67,5 +112,38 @@ class Store(Protocol):
     async def load_user_state(self, user_id: str) -> UserStateRow | None: ...
     async def add_events_since_training(self, user_id: str, n: int) -> int: ...
 
-    async def record_model_version(self, version: int, path: str, report: str) -> None: ...
+    async def content_entries(self, content_ids: list[str]) -> list[CatalogueEntry]:
+        """The entries (tombstones too) of ``content_ids``."""
+
+    async def content_changes(self, since: int) -> tuple[list[CatalogueEntry], int]:
+        """Catalogue writes committed after watermark ``since`` (0: all), and the watermark to
+        ask from next time. No committed write is ever skipped, whatever the commit order."""
+
+    async def new_events(self, since: int) -> tuple[list[EventRow], int]:
+        """Events committed after watermark ``since`` (0: all), and the next watermark."""
+
+    async def count_events_since(self, since: int) -> int: ...
+
+    async def training_snapshot(self) -> TrainingSnapshot: ...
+
+    async def record_model_version(
+        self, version: int, path: str, report: str, artifact: bytes | None = None
+    ) -> None:
+        """Record a version; ``artifact`` (the packed model) is stored in the database with
+        its sha256, so every host can load it."""
+
     async def latest_model_version(self) -> tuple[int, str] | None: ...
+    async def model_record(self, version: int) -> ModelRecord | None: ...
+    async def model_artifact(self, version: int) -> bytes | None: ...
+    async def prune_model_versions(self, keep: int) -> list[int]:
+        """Delete all but the newest ``keep`` versions (and their artefacts); returns those
+        deleted."""
+
+    async def next_model_version(self) -> int: ...
+
+    def trainer_lock(self) -> contextlib.AbstractAsyncContextManager[bool]:
+        """Held by at most one trainer across every process and host: yields False (at once)
+        when another holds it. Released when the holder exits or dies."""
+
+    async def record_rebuild(self, record: RebuildRecord) -> None: ...
+    async def last_rebuild(self) -> RebuildRecord | None: ...

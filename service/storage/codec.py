@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from service.storage.base import ContentRow, EventRow
+from service.storage.base import CatalogueEntry, ContentRow, EventRow
 
 EVENT_COLUMNS = (
     "user_id, content_id, ts, completion_rate, rating, is_rewatch, dismissed, "
@@ -36,15 +36,27 @@ def event_columns(e: EventRow, received_at: float) -> tuple:
     )
 
 
+CONTENT_COLUMNS = (
+    "content_id, title, genres, duration_minutes, release_year, moods, series_id, embedding"
+)
+ENTRY_COLUMNS = f"{CONTENT_COLUMNS}, slot, deleted, revision"
+ARTIFACT_PART_BYTES = 8 * 1024 * 1024  # model artefacts are stored in parts of this size
+
+
+def entry_from_columns(row: Sequence) -> CatalogueEntry:
+    """A `CatalogueEntry` from the columns of `ENTRY_COLUMNS`, in order."""
+    return CatalogueEntry(int(row[8]), content_from_columns(row), bool(row[9]), int(row[10]))
+
+
 def content_from_columns(row: Sequence) -> ContentRow:
-    """A `ContentRow` from ``SELECT *`` of the content table (genres and moods as JSON)."""
+    """A `ContentRow` from the columns of `CONTENT_COLUMNS` (genres and moods as JSON)."""
     return ContentRow(
         row[0], row[1], json.loads(row[2]), row[3], row[4], json.loads(row[5]), row[6], row[7]
     )
 
 
 def content_columns(c: ContentRow, updated_at: float) -> tuple:
-    """The content table's columns for one item, in table order."""
+    """`CONTENT_COLUMNS` and ``updated_at`` of one item."""
     return (
         c.content_id,
         c.title,
@@ -56,3 +68,11 @@ def content_columns(c: ContentRow, updated_at: float) -> tuple:
         c.embedding,
         updated_at,
     )
+
+
+def artifact_parts(artifact: bytes) -> list[bytes]:
+    """A packed model in parts of at most `ARTIFACT_PART_BYTES`."""
+    return [
+        artifact[start : start + ARTIFACT_PART_BYTES]
+        for start in range(0, max(len(artifact), 1), ARTIFACT_PART_BYTES)
+    ]

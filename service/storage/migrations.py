@@ -43,6 +43,38 @@ POSTGRES: list[str] = [
         report JSONB NOT NULL DEFAULT '{}'
     );
     """,
+    # 2: the learning loop — item slots and a change feed (revision = writing transaction),
+    # soft deletes, an ingestion order for events, model artefacts in the database, rebuilds
+    """
+    CREATE SEQUENCE IF NOT EXISTS content_slot_seq;
+    ALTER TABLE content ADD COLUMN IF NOT EXISTS slot BIGINT;
+    UPDATE content SET slot = nextval('content_slot_seq') WHERE slot IS NULL;
+    ALTER TABLE content ALTER COLUMN slot SET DEFAULT nextval('content_slot_seq');
+    ALTER TABLE content ALTER COLUMN slot SET NOT NULL;
+    ALTER TABLE content ADD COLUMN IF NOT EXISTS revision BIGINT NOT NULL
+        DEFAULT pg_current_xact_id()::text::bigint;
+    ALTER TABLE content ADD COLUMN IF NOT EXISTS deleted BOOLEAN NOT NULL DEFAULT FALSE;
+    CREATE INDEX IF NOT EXISTS content_revision ON content (revision);
+    ALTER TABLE events ADD COLUMN IF NOT EXISTS txid BIGINT NOT NULL
+        DEFAULT pg_current_xact_id()::text::bigint;
+    CREATE INDEX IF NOT EXISTS events_txid ON events (txid);
+    ALTER TABLE model_versions ADD COLUMN IF NOT EXISTS sha256 TEXT;
+    ALTER TABLE model_versions ADD COLUMN IF NOT EXISTS size BIGINT;
+    CREATE TABLE IF NOT EXISTS model_artifacts (
+        version INTEGER NOT NULL,
+        part INTEGER NOT NULL,
+        data BYTEA NOT NULL,
+        PRIMARY KEY (version, part)
+    );
+    CREATE TABLE IF NOT EXISTS rebuilds (
+        id BIGSERIAL PRIMARY KEY,
+        started_at DOUBLE PRECISION NOT NULL,
+        finished_at DOUBLE PRECISION NOT NULL,
+        outcome TEXT NOT NULL,
+        version INTEGER,
+        message TEXT NOT NULL DEFAULT ''
+    );
+    """,
 ]
 
 SQLITE: list[str] = [
@@ -83,6 +115,30 @@ SQLITE: list[str] = [
         path TEXT NOT NULL,
         created_at REAL NOT NULL,
         report TEXT NOT NULL DEFAULT '{}'
+    );
+    """,
+    # 2: as PostgreSQL's 2 (revisions count writes; events keep their rowid as ingestion order)
+    """
+    ALTER TABLE content ADD COLUMN slot INTEGER;
+    ALTER TABLE content ADD COLUMN revision INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE content ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+    UPDATE content SET slot = rowid, revision = rowid;
+    CREATE INDEX IF NOT EXISTS content_revision ON content (revision);
+    ALTER TABLE model_versions ADD COLUMN sha256 TEXT;
+    ALTER TABLE model_versions ADD COLUMN size INTEGER;
+    CREATE TABLE IF NOT EXISTS model_artifacts (
+        version INTEGER NOT NULL,
+        part INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (version, part)
+    );
+    CREATE TABLE IF NOT EXISTS rebuilds (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        started_at REAL NOT NULL,
+        finished_at REAL NOT NULL,
+        outcome TEXT NOT NULL,
+        version INTEGER,
+        message TEXT NOT NULL DEFAULT ''
     );
     """,
 ]

@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import json
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiosqlite
 
-from service.storage.base import ContentRow, EventRow, UserStateRow
+from service.storage.base import (
+    CatalogueEntry,
+    ContentRow,
+    EventRow,
+    ModelRecord,
+    RebuildRecord,
+    TrainingSnapshot,
+    UserStateRow,
+)
 from service.storage.codec import (
+    CONTENT_COLUMNS,
+    ENTRY_COLUMNS,
     EVENT_COLUMNS,
+    artifact_parts,
     content_columns,
     content_from_columns,
+    entry_from_columns,
     event_columns,
     event_from_columns,
 )
@@ -84,13 +101,18 @@ class SQLiteStore:
             return (await cursor.fetchone())[0]
 
     async def upsert_content(self, items: list[ContentRow]) -> int:
+        # One writer at a time (SQLite's write lock), so MAX + 1 gives every write a new
+        # revision, and every new item a new slot, in commit order.
         now = time.time()
         await self.db.executemany(
-            "INSERT INTO content VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (content_id) DO UPDATE "
+            f"INSERT INTO content ({CONTENT_COLUMNS}, updated_at, slot, revision, deleted) "
+            "VALUES (?,?,?,?,?,?,?,?,?, (SELECT COALESCE(MAX(slot), 0) + 1 FROM content), "
+            "(SELECT COALESCE(MAX(revision), 0) + 1 FROM content), 0) "
+            "ON CONFLICT (content_id) DO UPDATE "
             "SET title=excluded.title, genres=excluded.genres, "
             "duration_minutes=excluded.duration_minutes, release_year=excluded.release_year, "
             "moods=excluded.moods, series_id=excluded.series_id, embedding=excluded.embedding, "
-            "updated_at=excluded.updated_at",
+            "updated_at=excluded.updated_at, revision=excluded.revision, deleted=0",
             [content_columns(c, now) for c in items],
         )
         await self.db.commit()
@@ -98,20 +120,27 @@ class SQLiteStore:
 
     async def get_content(self, content_id: str) -> ContentRow | None:
         async with self.db.execute(
-            "SELECT * FROM content WHERE content_id = ?", (content_id,)
+            f"SELECT {CONTENT_COLUMNS} FROM content WHERE content_id = ? AND NOT deleted",
+            (content_id,),
         ) as cursor:
             row = await cursor.fetchone()
         return content_from_columns(row) if row else None
 
     async def list_content(self, limit: int, cursor: str | None) -> list[ContentRow]:
         async with self.db.execute(
-            "SELECT * FROM content WHERE content_id > ? ORDER BY content_id LIMIT ?",
+            f"SELECT {CONTENT_COLUMNS} FROM content WHERE content_id > ? AND NOT deleted "
+            "ORDER BY content_id LIMIT ?",
             (cursor or "", limit),
         ) as c:
             return [content_from_columns(row) for row in await c.fetchall()]
 
     async def delete_content(self, content_id: str) -> bool:
-        cursor = await self.db.execute("DELETE FROM content WHERE content_id = ?", (content_id,))
+        cursor = await self.db.execute(
+            "UPDATE content SET deleted = 1, updated_at = ?, "
+            "revision = (SELECT MAX(revision) + 1 FROM content) "
+            "WHERE content_id = ? AND NOT deleted",
+            (time.time(), content_id),
+        )
         await self.db.commit()
         return cursor.rowcount > 0
 
@@ -122,10 +151,64 @@ class SQLiteStore:
             part = unique[start : start + 500]
             marks = ",".join("?" * len(part))
             async with self.db.execute(
-                f"SELECT content_id FROM content WHERE content_id IN ({marks})", part
+                f"SELECT content_id FROM content WHERE content_id IN ({marks}) AND NOT deleted",
+                part,
             ) as cursor:
                 found.update(row[0] for row in await cursor.fetchall())
         return found
+
+    async def content_entries(self, content_ids: list[str]) -> list[CatalogueEntry]:
+        found = []
+        unique = list(dict.fromkeys(content_ids))
+        for start in range(0, len(unique), 500):
+            part = unique[start : start + 500]
+            marks = ",".join("?" * len(part))
+            async with self.db.execute(
+                f"SELECT {ENTRY_COLUMNS} FROM content WHERE content_id IN ({marks}) "
+                "ORDER BY revision",
+                part,
+            ) as cursor:
+                found += [entry_from_columns(row) for row in await cursor.fetchall()]
+        return found
+
+    async def content_changes(self, since: int) -> tuple[list[CatalogueEntry], int]:
+        async with self.db.execute(
+            f"SELECT {ENTRY_COLUMNS} FROM content WHERE revision > ? ORDER BY revision",
+            (since,),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [entry_from_columns(r) for r in rows], (rows[-1][-1] if rows else since)
+
+    async def new_events(self, since: int) -> tuple[list[EventRow], int]:
+        async with self.db.execute(
+            f"SELECT {EVENT_COLUMNS}, rowid FROM events WHERE rowid > ? ORDER BY rowid", (since,)
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [event_from_columns(r) for r in rows], (rows[-1][-1] if rows else since)
+
+    async def count_events_since(self, since: int) -> int:
+        async with self.db.execute("SELECT COUNT(*) FROM events WHERE rowid > ?", (since,)) as c:
+            return (await c.fetchone())[0]
+
+    async def training_snapshot(self) -> TrainingSnapshot:
+        await self.db.execute("BEGIN")  # one read transaction: one consistent view
+        try:
+            async with self.db.execute(
+                f"SELECT {CONTENT_COLUMNS} FROM content WHERE NOT deleted ORDER BY slot"
+            ) as cursor:
+                content = [content_from_columns(r) for r in await cursor.fetchall()]
+            async with self.db.execute(f"SELECT {EVENT_COLUMNS}, rowid FROM events") as cursor:
+                rows = await cursor.fetchall()
+            async with self.db.execute(
+                "SELECT COALESCE(MAX(revision), 0), COALESCE(MAX(slot), 0) FROM content"
+            ) as cursor:
+                revision, slot = await cursor.fetchone()
+        finally:
+            await self.db.commit()
+        watermark = max((r[-1] for r in rows), default=0)
+        return TrainingSnapshot(
+            content, [event_from_columns(r) for r in rows], watermark, revision, slot
+        )
 
     async def save_user_state(self, row: UserStateRow) -> None:
         await self.db.execute(
@@ -165,10 +248,28 @@ class SQLiteStore:
         ) as cursor:
             return (await cursor.fetchone())[0]
 
-    async def record_model_version(self, version: int, path: str, report: str) -> None:
+    async def record_model_version(
+        self, version: int, path: str, report: str, artifact: bytes | None = None
+    ) -> None:
+        digest = hashlib.sha256(artifact).hexdigest() if artifact is not None else None
+        await self.db.execute("DELETE FROM model_artifacts WHERE version = ?", (version,))
+        if artifact is not None:
+            await self.db.executemany(
+                "INSERT INTO model_artifacts VALUES (?,?,?)",
+                [(version, i, part) for i, part in enumerate(artifact_parts(artifact))],
+            )
+        # The version row last: a host that sees it finds the whole artefact.
         await self.db.execute(
-            "INSERT OR REPLACE INTO model_versions VALUES (?,?,?,?)",
-            (version, path, time.time(), report),
+            "INSERT OR REPLACE INTO model_versions (version, path, created_at, report, sha256, "
+            "size) VALUES (?,?,?,?,?,?)",
+            (
+                version,
+                path,
+                time.time(),
+                report,
+                digest,
+                None if artifact is None else len(artifact),
+            ),
         )
         await self.db.commit()
 
@@ -178,3 +279,66 @@ class SQLiteStore:
         ) as cursor:
             row = await cursor.fetchone()
         return (row[0], row[1]) if row else None
+
+    async def model_record(self, version: int) -> ModelRecord | None:
+        async with self.db.execute(
+            "SELECT version, path, created_at, report, sha256, size FROM model_versions "
+            "WHERE version = ?",
+            (version,),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return (
+            ModelRecord(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5]) if row else None
+        )
+
+    async def model_artifact(self, version: int) -> bytes | None:
+        async with self.db.execute(
+            "SELECT data FROM model_artifacts WHERE version = ? ORDER BY part", (version,)
+        ) as cursor:
+            parts = [row[0] for row in await cursor.fetchall()]
+        return b"".join(parts) if parts else None
+
+    async def prune_model_versions(self, keep: int) -> list[int]:
+        async with self.db.execute(
+            "SELECT version FROM model_versions ORDER BY version DESC LIMIT -1 OFFSET ?", (keep,)
+        ) as cursor:
+            old = [row[0] for row in await cursor.fetchall()]
+        for version in old:
+            await self.db.execute("DELETE FROM model_artifacts WHERE version = ?", (version,))
+            await self.db.execute("DELETE FROM model_versions WHERE version = ?", (version,))
+        await self.db.commit()
+        return old
+
+    async def next_model_version(self) -> int:
+        async with self.db.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM model_versions") as c:
+            return (await c.fetchone())[0]
+
+    @contextlib.asynccontextmanager
+    async def trainer_lock(self) -> AsyncIterator[bool]:
+        # A file lock beside the database: the OS drops it when the holder dies.
+        with open(self.path.with_name(self.path.name + ".trainer.lock"), "a+b") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    async def record_rebuild(self, record: RebuildRecord) -> None:
+        await self.db.execute(
+            "INSERT INTO rebuilds (started_at, finished_at, outcome, version, message) "
+            "VALUES (?,?,?,?,?)",
+            (record.started_at, record.finished_at, record.outcome, record.version, record.message),
+        )
+        await self.db.commit()
+
+    async def last_rebuild(self) -> RebuildRecord | None:
+        async with self.db.execute(
+            "SELECT started_at, finished_at, outcome, version, message FROM rebuilds "
+            "WHERE outcome != 'skipped' ORDER BY id DESC LIMIT 1"
+        ) as cursor:
+            row = await cursor.fetchone()
+        return RebuildRecord(*row) if row else None

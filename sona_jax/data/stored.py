@@ -58,6 +58,7 @@ class StoredChange(Protocol):
     slot: int
     item: StoredItem
     deleted: bool
+    revision: int  # orders writes; the same in every process
 
 
 def _index_of(names: tuple[str, ...], values: list[str | None]) -> np.ndarray:

@@ -38,13 +38,19 @@ class NewItemRows(NamedTuple):
     duration: np.ndarray
 
 
-def item_capacity(n_model: int, rows_needed: int, cfg: CatalogueConfig) -> int:
-    """Rows the item arrays need to hold ``rows_needed``: the model's own items, then steps of
-    ``capacity_growth`` of them (at least ``capacity_min_step``)."""
-    if rows_needed <= n_model:
-        return n_model
-    step = max(cfg.capacity_min_step, math.ceil(n_model * cfg.capacity_growth))
-    return n_model + math.ceil((rows_needed - n_model) / step) * step
+def capacity_step(n_model: int, cfg: CatalogueConfig) -> int:
+    """Rows the item arrays grow by: ``capacity_growth`` of the model's items, at least
+    ``capacity_min_step``."""
+    return max(cfg.capacity_min_step, math.ceil(n_model * cfg.capacity_growth))
+
+
+def item_capacity(current: int, n_model: int, rows_needed: int, cfg: CatalogueConfig) -> int:
+    """Rows the item arrays need to hold ``rows_needed``: ``current`` when that is enough,
+    else whole steps past the model's items with one step to spare (so the next writes fit)."""
+    if rows_needed <= current:
+        return current
+    step = capacity_step(n_model, cfg)
+    return n_model + (math.ceil((rows_needed - n_model) / step) + 1) * step
 
 
 def new_item_rows(

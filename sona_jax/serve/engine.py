@@ -104,7 +104,7 @@ class ServingEngine:
     model_item_index: dict[str, int] = field(repr=False)  # the model's own items
     basis: np.ndarray = field(repr=False)  # (k, d) diversity directions of the model's E
     slot_watermark: int = 0  # the store's last item slot the model was trained with
-    revision: int = 0  # catalogue changes applied since load (part of list cache keys)
+    revision: int = 0  # the newest catalogue write applied (part of list cache keys)
 
     @classmethod
     def load(cls, model: TrainedModel, cfg: SonaConfig | None = None) -> ServingEngine:
@@ -195,12 +195,12 @@ class ServingEngine:
                 restored.append(row)
             else:
                 written[row] = change.item
-        rows_needed = max([len(ids), *(r + 1 for r in written)])
-        capacity = live.item_capacity(n_model, rows_needed, self.cfg.catalogue)
+        capacity = live.item_capacity(
+            len(ids), n_model, max([len(ids), *(r + 1 for r in written)]), self.cfg.catalogue
+        )
         state = live.grow(self.state, capacity, n_model)
-        if len(ids) < capacity:
-            ids += [""] * (capacity - len(ids))
-            titles += [""] * (capacity - len(titles))
+        ids += [""] * (capacity - len(ids))
+        titles += [""] * (capacity - len(titles))
         if written:
             rows = np.array(sorted(written))
             items = catalogue(
@@ -223,10 +223,30 @@ class ServingEngine:
             item_index=index,
             item_ids=ids,
             titles=titles,
-            revision=self.revision + (1 if changes else 0),
+            revision=max([self.revision, *(c.revision for c in changes)]),
         )
         report = CatalogueReport(len(written), len(restored), len(deleted), unplaced)
         return engine, report
+
+    @property
+    def capacity(self) -> int:
+        """Rows of the item arrays (the model's items, then room for new ones)."""
+        return len(self.item_ids)
+
+    def with_headroom(self) -> ServingEngine:
+        """This engine with one capacity step of rows free for new items, so the first writes
+        after a model loads change no shape (what the server serves; evaluation does not)."""
+        n_model = self.model.n_items
+        if self.capacity > n_model:
+            return self
+        capacity = n_model + live.capacity_step(n_model, self.cfg.catalogue)
+        extra = capacity - self.capacity
+        return replace(
+            self,
+            state=live.grow(self.state, capacity, n_model),
+            item_ids=self.item_ids + [""] * extra,
+            titles=self.titles + [""] * extra,
+        )
 
     def with_popularity(self, popularity: Popularity) -> ServingEngine:
         """This engine with live popularity / trending / context tables (capacity-sized)."""

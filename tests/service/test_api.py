@@ -183,25 +183,95 @@ async def test_unknown_context_words_are_hints_not_errors(api):
     assert score["ignored_context"] == {"mood": "excited"} and 0 <= score["score"] <= 1
 
 
-async def test_training_counts_only_events_the_model_can_use(api):
+async def test_catalogue_writes_are_served_at_once(api):
+    """SPEC 4.2: posted items are scorable, similar and recommendable on the next request,
+    events on them count, and a deleted item is never served again."""
     client, app = api
     _, content = await _known(app)
-    new_items = [str(uuid.uuid4()) for _ in range(12)]
-    await client.post(
+    template = await (await client.get(f"/api/v1/content/{content[0]}")).get_json()
+    new_items = [str(uuid.uuid4()) for _ in range(40)]
+    posted = await client.post(
         "/api/v1/content",
-        json={"items": [{"content_id": c, "title": f"New {i}"} for i, c in enumerate(new_items)]},
+        json={
+            "items": [
+                {
+                    "content_id": c,
+                    "title": f"{template['title']} part {i + 2}",
+                    "genres": template["genres"],
+                    "moods": template["moods"],
+                    "duration_minutes": template["duration_minutes"],
+                    "series_id": "new-series",
+                }
+                for i, c in enumerate(new_items)
+            ]
+        },
     )
-    user = str(uuid.uuid4())
-    events = [_event(c, day=i + 1) for i, c in enumerate(new_items)]
-    events += [_event(content[i], day=i + 1) for i in range(3)]
+    assert posted.status_code == 200
+    viewer = str(uuid.uuid4())
+    score = await client.post(
+        "/api/v1/personalization/score", json={"user_id": viewer, "content_id": new_items[0]}
+    )
+    assert score.status_code == 200, await score.get_json()
+    similar = await client.post(
+        "/api/v1/recommendations/similar", json={"content_id": new_items[0], "limit": 10}
+    )
+    assert similar.status_code == 200
+    neighbours = [s["content_id"] for s in (await similar.get_json())["similar_content"]]
+    assert len(neighbours) == 10 and new_items[0] not in neighbours
+    assert set(neighbours) <= set(new_items)  # same metadata: the map puts them together
+
+    events = [_event(c, day=i + 1) for i, c in enumerate(new_items[:12])]
     response = await client.post(
-        "/api/v1/profile/update", json={"user_id": user, "viewing_events": events}
+        "/api/v1/profile/update", json={"user_id": viewer, "viewing_events": events}
     )
     assert response.status_code == 200
+    trained = await client.post("/api/v1/lora/train", json={"user_id": viewer, "force": True})
+    body = await trained.get_json()
+    assert trained.status_code == 200, body
+    assert body["events_used"] == 12  # every event on a new item counts
+    recs = await client.post("/api/v1/recommendations", json={"user_id": viewer, "limit": 20})
+    listed = (await recs.get_json())["recommendations"]
+    fresh = [r for r in listed if r["content_id"] in new_items]
+    assert fresh and {r["recommendation_type"] for r in fresh} & {"new_content", "content_based"}
+    assert not {r["content_id"] for r in listed} & set(new_items[:12])  # watched: excluded
+
+    gone = [r["content_id"] for r in listed[:2]]
+    for content_id in gone:
+        assert (await client.delete(f"/api/v1/content/{content_id}")).status_code == 200
+        assert (await client.get(f"/api/v1/content/{content_id}")).status_code == 404
+        for path, body in (
+            ("/api/v1/personalization/score", {"user_id": viewer, "content_id": content_id}),
+            ("/api/v1/recommendations/similar", {"content_id": content_id}),
+        ):
+            assert (await client.post(path, json=body)).status_code == 404
+    again = await client.post("/api/v1/recommendations", json={"user_id": viewer, "limit": 20})
+    assert not {r["content_id"] for r in (await again.get_json())["recommendations"]} & set(gone)
+    for other in (str(uuid.uuid4()), viewer):
+        similar = await client.post(
+            "/api/v1/recommendations/similar", json={"content_id": new_items[5], "limit": 50}
+        )
+        ids = {s["content_id"] for s in (await similar.get_json())["similar_content"]}
+        assert not ids & set(gone), other
+
+
+async def test_training_on_no_usable_events_is_a_400(api):
+    client, app = api
+    items = [str(uuid.uuid4()) for _ in range(10)]
+    await client.post(
+        "/api/v1/content",
+        json={"items": [{"content_id": c, "title": f"Gone {i}"} for i, c in enumerate(items)]},
+    )
+    user = str(uuid.uuid4())
+    events = [_event(c, day=i + 1) for i, c in enumerate(items)]
+    assert (
+        await client.post("/api/v1/profile/update", json={"user_id": user, "viewing_events": events})
+    ).status_code == 200
+    for content_id in items:
+        await client.delete(f"/api/v1/content/{content_id}")
     response = await client.post("/api/v1/lora/train", json={"user_id": user, "force": True})
     body = await response.get_json()
-    assert response.status_code == 400, body  # 15 stored, 3 usable: not "training_completed"
-    assert body["current_count"] == 3 and "12 of their 15 events" in body["message"]
+    assert response.status_code == 400, body  # 10 stored, none usable: not "training_completed"
+    assert body["current_count"] == 0 and "10 of their 10 events" in body["message"]
 
 
 async def test_unknown_user_gets_cold_start(api):

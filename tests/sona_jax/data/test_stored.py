@@ -11,7 +11,7 @@ import numpy as np
 
 from service.storage import ContentRow, EventRow
 from service.storage.sqlite import SQLiteStore
-from service.training import dataset_from_store
+from service.training import dataset_from_snapshot
 from sona_jax.config import SonaConfig
 from sona_jax.data.schema import DEVICE_TYPES, TIMES_OF_DAY
 from sona_jax.data.stored import event_log
@@ -56,8 +56,8 @@ def test_training_from_the_store_and_serving_share_the_bins(tmp_path):
         await store.upsert_content(content)
         await store.add_events(stored)
         try:
-            return await dataset_from_store(
-                store, CFG.model.embedding_dim
+            return dataset_from_snapshot(
+                await store.training_snapshot(), CFG.model.embedding_dim
             ), await store.user_events(viewers[0])
         finally:
             await store.close()
