@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 ENGINE_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.5)
+FRESHNESS = {  # gauges set from `service.freshness.freshness` on every scrape
+    "model_version": "served model version",
+    "model_age_seconds": "seconds since the served model version was trained",
+    "events_since_model": "events stored since the served model was trained",
+    "items_since_model": "servable items added since the served model was trained",
+    "last_rebuild_seconds": "duration of the last rebuild",
+    "last_rebuild_succeeded": "1 when the last rebuild succeeded, 0 when it failed",
+    "last_rebuild_finished": "when the last rebuild finished (seconds since the epoch)",
+    "tables_refreshed": "when popularity tables last took in events (seconds since the epoch)",
+}
 
 
 class Metrics:
@@ -40,6 +50,16 @@ class Metrics:
         self.overloaded = Counter(
             "sona_overloaded", "requests refused with 503", registry=self.registry
         )
+        self.listed = Counter(
+            "sona_recommended_items",
+            "items in computed recommendation lists, by recommendation_type",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.freshness = {
+            name: Gauge(f"sona_{name}", text, registry=self.registry)
+            for name, text in FRESHNESS.items()
+        }
 
     def observe_batch(self, batcher: str, size: int, seconds: float) -> None:
         self.batch.labels(batcher).observe(size)

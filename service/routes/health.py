@@ -9,6 +9,7 @@ from quart import Blueprint, Response, jsonify
 from quart_schema import validate_response
 
 from service import schemas
+from service.freshness import freshness, set_gauges
 from service.state import app_state
 
 SERVICE_NAME = "sona-personalization-engine"
@@ -37,10 +38,13 @@ async def ready():
         "storage": state.store.kind,
         "cache": state.cache.kind,
         "model_version": state.runtime.version if checks["model"] else None,
+        "model": freshness(state),
     }
     return jsonify(body), 200 if ok else 503
 
 
 @blueprint.get("/metrics")
 async def metrics():
-    return Response(generate_latest(app_state().metrics.registry), content_type=CONTENT_TYPE_LATEST)
+    state = app_state()
+    set_gauges(state)
+    return Response(generate_latest(state.metrics.registry), content_type=CONTENT_TYPE_LATEST)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from datetime import UTC, datetime
 
 import orjson
@@ -83,8 +84,11 @@ async def recommendations_body(state: AppState, data: schemas.RecommendationRequ
     result = await state.recommend.submit(
         Query(profile, limit, data.exclude_watched, lam, device, tod, mood, new_request_seed())
     )
+    items = _items(result["rows"], result["engine"], context)
+    for kind, n in Counter(item["recommendation_type"] for item in items).items():
+        state.metrics.listed.labels(kind).inc(n)  # the new-content share is read from these
     answer = {
-        "recommendations": _items(result["rows"], result["engine"], context),
+        "recommendations": items,
         "generated_at": datetime.now(UTC).isoformat(),
         "ttl_seconds": ttl,
     }

@@ -233,6 +233,11 @@ class ServingEngine:
         """Rows of the item arrays (the model's items, then room for new ones)."""
         return len(self.item_ids)
 
+    @property
+    def items_added(self) -> int:
+        """Servable items added since the model was trained."""
+        return int(self.item_valid[self.model.n_items :].sum())
+
     def with_headroom(self) -> ServingEngine:
         """This engine with one capacity step of rows free for new items, so the first writes
         after a model loads change no shape (what the server serves; evaluation does not)."""

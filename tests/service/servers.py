@@ -77,12 +77,14 @@ def free_port() -> int:
 class ServerProcess:
     """`sona serve` in a subprocess; `start()` waits until /ready answers 200."""
 
-    def __init__(self, data_dir: Path, *args: str, env: dict | None = None):
+    def __init__(
+        self, data_dir: Path, *args: str, env: dict | None = None, config_text: str = SMALL_CONFIG
+    ):
         self.port = free_port()
         self.data_dir = data_dir
-        config = data_dir / "small.toml"
+        config = data_dir / f"small-{self.port}.toml"
         data_dir.mkdir(parents=True, exist_ok=True)
-        config.write_text(SMALL_CONFIG)
+        config.write_text(config_text)
         self.command = [
             sys.executable,
             "-m",

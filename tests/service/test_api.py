@@ -264,7 +264,9 @@ async def test_training_on_no_usable_events_is_a_400(api):
     user = str(uuid.uuid4())
     events = [_event(c, day=i + 1) for i, c in enumerate(items)]
     assert (
-        await client.post("/api/v1/profile/update", json={"user_id": user, "viewing_events": events})
+        await client.post(
+            "/api/v1/profile/update", json={"user_id": user, "viewing_events": events}
+        )
     ).status_code == 200
     for content_id in items:
         await client.delete(f"/api/v1/content/{content_id}")
