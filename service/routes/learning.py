@@ -42,7 +42,6 @@ def _event_rows(user_id: str, events: list[schemas.ViewingEvent]) -> list[EventR
 @validate_response(schemas.ProfileUpdateResponse)
 async def profile_update(data: schemas.ProfileUpdateRequest):
     state = app_state()
-    state.engine()
     user_id, limit = str(data.user_id), state.serving.max_events_per_update
     if len(data.viewing_events) > limit:
         raise ApiError(
@@ -58,9 +57,20 @@ async def profile_update(data: schemas.ProfileUpdateRequest):
             f"viewing_events.{missing[0]}.content_id: unknown content {content_ids[missing[0]]}",
             [{"field": f"viewing_events.{i}.content_id"} for i in missing[:20]],
         )
+    events = _event_rows(user_id, data.viewing_events)
+    if state.runtime is None:  # no model yet: store them; the first rebuild trains on them
+        new = await state.store.add_events(events)
+        state.metrics.events.inc(new)
+        return schemas.ProfileUpdateResponse(
+            status="updated",
+            user_id=user_id,
+            events_processed=len(events),
+            events_new=new,
+            interaction_count=len(await state.store.user_events(user_id)),
+            training_scheduled=False,
+        )
     if any(c not in state.runtime.engine.item_index for c in existing):
         await state.catalogue.catch_up()  # written through another process a moment ago
-    events = _event_rows(user_id, data.viewing_events)
     new, since, profile = await state.profiles.record_events(user_id, events)
     state.metrics.events.inc(new)
     due = policy.retrain_due(since, profile.events, state.cfg)

@@ -102,7 +102,8 @@ class ServerProcess:
         self.process: subprocess.Popen | None = None
         self.url = f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 120.0) -> ServerProcess:
+    def start(self, timeout: float = 120.0, until: str = "/ready") -> ServerProcess:
+        """Start and wait until ``until`` answers 200 (``/health`` for a server with no model)."""
         log = open(self.data_dir / f"server-{self.port}.log", "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
             self.command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
@@ -114,7 +115,7 @@ class ServerProcess:
                     f"server exited: {(self.data_dir / f'server-{self.port}.log').read_text()[-3000:]}"
                 )
             try:
-                if httpx.get(self.url + "/ready", timeout=1).status_code == 200:
+                if httpx.get(self.url + until, timeout=1).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass

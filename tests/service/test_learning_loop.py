@@ -84,6 +84,7 @@ def _trainer(env, data_dir: Path, *extra) -> subprocess.Popen:
         str(data_dir / "trainer.toml"),
         *extra,
     ]
+    data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "trainer.toml").write_text(SMALL_CONFIG)
     return subprocess.Popen(
         command,
@@ -276,4 +277,83 @@ def test_scheduled_rebuild_under_load_answers_every_request(tmp_path):
         assert statuses and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
     finally:
         stop.set()
+        server.stop()
+
+
+def _habit_catalogue(rng) -> tuple[list[dict], list[str], list[str]]:
+    family = [str(uuid.UUID(int=int(rng.integers(2**62)) * 2 + 1)) for _ in range(60)]
+    dramas = [str(uuid.UUID(int=int(rng.integers(2**62)) * 2)) for _ in range(60)]
+    items = [
+        {
+            "content_id": c,
+            "title": f"Family {i}",
+            "genres": ["Children", "Animation"],
+            "moods": ["uplifting", "funny"],
+            "duration_minutes": 25,
+        }
+        for i, c in enumerate(family)
+    ] + [
+        {
+            "content_id": c,
+            "title": f"Prestige drama {i}",
+            "genres": ["Drama"],
+            "moods": ["dark"],
+            "duration_minutes": 140,
+        }
+        for i, c in enumerate(dramas)
+    ]
+    return items, family, dramas
+
+
+def test_habits_posted_through_the_api_shape_recommendations_after_one_rebuild(tmp_path):
+    """300 viewers watch family titles on mobile in the morning and long dramas on TV in the
+    evening; after the scheduled rebuild, new viewers asking from a phone in the morning get
+    more family titles than those asking from a TV in the evening (and the reverse)."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    config = FAST + "[learning]\nrebuild_interval_seconds = 1\nrebuild_min_events = 3000\n"
+    server = ServerProcess(tmp_path, config_text=config).start(until="/health")  # no model yet
+    try:
+        items, family, dramas = _habit_catalogue(rng)
+        assert _post(server, "/api/v1/content", {"items": items}).status_code == 200
+        with httpx.Client(timeout=30) as client:
+            for _ in range(300):
+                events = []
+                for day in rng.choice(np.arange(1, 29), 12, replace=False):
+                    morning = len(events) % 2 == 0
+                    events.append(
+                        {
+                            "content_id": str(rng.choice(family if morning else dramas)),
+                            "timestamp": f"2026-11-{day:02d}T{8 if morning else 20:02d}:00:00Z",
+                            "completion_rate": 0.95,
+                            "device_type": "mobile" if morning else "tv",
+                        }
+                    )
+                body = {"user_id": str(uuid.uuid4()), "viewing_events": events}
+                response = client.post(f"{server.url}/api/v1/profile/update", json=body)
+                assert response.status_code == 200, response.text
+        _eventually(lambda: _version(server) == 1, bound=180)
+
+        def family_share(device: str, daypart: str) -> float:
+            shown = []
+            for _ in range(20):
+                body = {
+                    "user_id": str(uuid.uuid4()),
+                    "limit": 10,
+                    "context": {"device_type": device, "time_of_day": daypart},
+                }
+                shown += [
+                    r["content_id"]
+                    for r in _post(server, "/api/v1/recommendations", body).json()[
+                        "recommendations"
+                    ]
+                ]
+            return float(np.mean([c in family for c in shown]))
+
+        morning_phone = family_share("mobile", "morning")
+        evening_tv = family_share("tv", "evening")
+        print(f"family share: mobile/morning {morning_phone:.3f}, tv/evening {evening_tv:.3f}")
+        assert morning_phone - evening_tv >= 0.3
+    finally:
         server.stop()
