@@ -20,7 +20,9 @@ from tests.service.servers import drop_postgres_database, fresh_postgres_databas
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 SMALL = SonaConfig().with_overrides({"model": {"embedding_dim": 32}})
-SERVING = ServingSettings(max_body_bytes=200_000, warm_up=False)
+# Tables take in new events only when a test refreshes them, so scores compared across two
+# calls see the same tables (test_learning_loop follows the live refreshes).
+SERVING = ServingSettings(max_body_bytes=200_000, warm_up=False, tables_refresh_seconds=3600)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module", params=["sqlite", "postgres+redis"])
