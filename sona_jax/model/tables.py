@@ -280,3 +280,18 @@ def mood_genre_prior(genre_names: tuple[str, ...]) -> np.ndarray:
             if any(name.startswith(stem) for stem in MOOD_GENRE_STEMS[mood]):
                 prior[m, g] = 1.0
     return prior
+
+
+def learned_mood_prior(
+    stems: np.ndarray, item_moods: np.ndarray, item_genres: np.ndarray, watched: np.ndarray
+) -> np.ndarray:
+    """(moods, G) the mood -> genre prior: the name-stem prior ``stems`` raised to what the
+    catalogue and its audience say — for each mood, the genres of the items tagged with it,
+    each item weighted by 1 + its watch count, scaled so a mood's strongest genre is 1."""
+    weight = 1.0 + np.asarray(watched, np.float64)
+    mass = (np.asarray(item_moods, np.float64) * weight[:, None]).T @ np.asarray(
+        item_genres, np.float64
+    )
+    top = mass.max(axis=1, keepdims=True)
+    learned = np.where(top > 0, mass / np.where(top > 0, top, 1.0), 0.0)
+    return np.maximum(stems, learned).astype(np.float32)

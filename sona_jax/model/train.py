@@ -141,14 +141,17 @@ def item_tables(
     if counts is None:
         counts = tables.popularity_counts(log, n_items, now, cfg)
     popularity = tables.popularity_tables(counts, cfg)
+    moods = metadata.moods_in_order(catalogue.mood_names, catalogue.moods, n_items)
     return ItemTables(
         graph_neighbours=graph.neighbours,
         graph_weights=graph.weights,
         graph_dense=graph.dense,
         **popularity._asdict(),
-        item_moods=metadata.moods_in_order(catalogue.mood_names, catalogue.moods, n_items),
+        item_moods=moods,
         duration=np.nan_to_num(np.asarray(catalogue.duration_minutes, np.float32), nan=-1.0),
-        mood_prior=tables.mood_genre_prior(catalogue.genre_names),
+        mood_prior=tables.learned_mood_prior(
+            tables.mood_genre_prior(catalogue.genre_names), moods, catalogue.genres, counts.watched
+        ),
     )
 
 

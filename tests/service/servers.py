@@ -120,7 +120,8 @@ class ServerProcess:
             except httpx.HTTPError:
                 pass
             time.sleep(0.3)
-        raise TimeoutError("server did not become ready")
+        self.kill()  # leave nothing running behind a failed start
+        raise TimeoutError(f"server did not answer {until} with 200 in {timeout:.0f}s")
 
     def kill(self) -> None:
         if self.process and self.process.poll() is None:
