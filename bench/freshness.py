@@ -17,25 +17,30 @@ process or host):
 Writes bench/results/freshness.json and freshness.md.
 """
 
+# ruff: noqa: E402
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# bench/http.py would shadow the standard library's `http`: keep this folder off sys.path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse
 import asyncio
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
-from pathlib import Path
 
 import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.service.servers import (  # noqa: E402
+from tests.service.servers import (
     REDIS_URL,
     SMALL_CONFIG,
     ServerProcess,

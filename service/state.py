@@ -141,8 +141,10 @@ class AppState:
             self.tables = LiveTables(
                 self.store, runtime, self.executor, self.serving.tables_refresh_seconds
             )
+        loop = asyncio.get_running_loop()
         async with runtime.writer:  # catalogue writes and refreshes wait for the swap
-            engine = runtime.prepare(model)
+            # Everything heavy runs on an engine thread: requests keep flowing meanwhile.
+            engine = await loop.run_in_executor(self.executor, runtime.prepare, model)
             engine, watermark = await self.catalogue.prepared(engine)
             engine = await self.tables.prepared(engine)
             await asyncio.get_running_loop().run_in_executor(self.executor, runtime.publish, engine)

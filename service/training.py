@@ -7,6 +7,7 @@ from this host's folder or from the database.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -132,7 +133,7 @@ async def load_version(store: Store, version: int, model_dir: Path) -> TrainedMo
     artefact (checked against its sha256, then kept here)."""
     if version in model_versions(model_dir):
         try:
-            return load_model(model_dir, version)
+            return await asyncio.to_thread(load_model, model_dir, version)
         except ModelFormatError as error:
             log.warning("model version %d not loadable: %s", version, error)
             return None
@@ -144,9 +145,9 @@ async def load_version(store: Store, version: int, model_dir: Path) -> TrainedMo
     if record.sha256 and hashlib.sha256(artifact).hexdigest() != record.sha256:
         log.error("model version %d: artefact checksum mismatch, not loaded", version)
         return None
-    unpack_model(artifact, model_dir)
+    await asyncio.to_thread(unpack_model, artifact, model_dir)
     try:
-        return load_model(model_dir, version)
+        return await asyncio.to_thread(load_model, model_dir, version)
     except ModelFormatError as error:
         log.warning("model version %d not loadable: %s", version, error)
         return None

@@ -39,3 +39,17 @@ def pad_rows(array: np.ndarray, size: int, fill=0) -> np.ndarray:
         return array
     pad = np.full((size - array.shape[0], *array.shape[1:]), fill, array.dtype)
     return np.concatenate([array, pad], axis=0)
+
+
+def stepped(n: int, growth: float, min_step: int) -> int:
+    """``n`` rounded up to a whole number of steps, a step being ``growth`` of ``n`` rounded up to
+    a power of two (at least ``min_step``): sizes that grow with a table (catalogue capacity,
+    the kNN pool) without changing for every row added, and that two tables of nearly the same
+    size share (so a rebuilt model version usually compiles nothing new)."""
+    step = size_step(n, growth, min_step)
+    return -(-int(n) // step) * step
+
+
+def size_step(n: int, growth: float, min_step: int) -> int:
+    """The step of `stepped` for a table of ``n`` rows."""
+    return max(int(min_step), next_power_of_two(int(np.ceil(max(n, 1) * growth))))

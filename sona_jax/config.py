@@ -226,9 +226,12 @@ class CatalogueConfig(_Section):
         0.1, ge=-1.0, le=1.0, description="least cosine of viewer and new item to offer it"
     )
     capacity_growth: float = serve(
-        0.0625, gt=0.0, le=4.0, description="catalogue arrays grow by this share of the model"
+        0.0625,
+        gt=0.0,
+        le=4.0,
+        description="growing tables (catalogue, kNN pool) are padded in steps of this share",
     )
-    capacity_min_step: int = serve(64, ge=1, description="and by at least this many items")
+    capacity_min_step: int = serve(64, ge=1, description="and in steps of at least this many rows")
 
 
 class SonaConfig(_Section):

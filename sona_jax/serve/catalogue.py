@@ -11,12 +11,12 @@ vector; it has no graph edges and counts no events until some arrive.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
 
+from sona_jax.buckets import size_step, stepped
 from sona_jax.config import CatalogueConfig
 from sona_jax.data.schema import Catalogue
 from sona_jax.model import metadata
@@ -39,18 +39,18 @@ class NewItemRows(NamedTuple):
 
 
 def capacity_step(n_model: int, cfg: CatalogueConfig) -> int:
-    """Rows the item arrays grow by: ``capacity_growth`` of the model's items, at least
-    ``capacity_min_step``."""
-    return max(cfg.capacity_min_step, math.ceil(n_model * cfg.capacity_growth))
+    """Rows the item arrays grow by (`buckets.size_step` of the model's catalogue)."""
+    return size_step(n_model, cfg.capacity_growth, cfg.capacity_min_step)
 
 
 def item_capacity(current: int, n_model: int, rows_needed: int, cfg: CatalogueConfig) -> int:
-    """Rows the item arrays need to hold ``rows_needed``: ``current`` when that is enough,
-    else whole steps past the model's items with one step to spare (so the next writes fit)."""
+    """Rows the item arrays need to hold ``rows_needed``: ``current`` when that is enough, else
+    whole steps with at least one step to spare (so the next writes fit). Two model versions of
+    nearly the same catalogue get the same capacity, so a swap usually compiles nothing."""
     if rows_needed <= current:
         return current
     step = capacity_step(n_model, cfg)
-    return n_model + (math.ceil((rows_needed - n_model) / step) + 1) * step
+    return stepped(rows_needed + step, cfg.capacity_growth, cfg.capacity_min_step)
 
 
 def new_item_rows(

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sona_jax.buckets import OUTPUT_BUCKETS, SCORE_BUCKETS, bucket
+from sona_jax.buckets import OUTPUT_BUCKETS, SCORE_BUCKETS, bucket, stepped
 from sona_jax.config import SonaConfig
 from sona_jax.data.stored import StoredChange, StoredEvent, catalogue, event_log
 from sona_jax.features.profile import build_profiles
@@ -113,10 +113,13 @@ class ServingEngine:
         cfg = model.config if cfg is None else cfg
         cfg.check_trained_with(model.config, f"model version {model.version}")
         basis = diversity_basis(model.base.item_embeddings, cfg.diversity.dimensions)
+        pool_rows = stepped(
+            model.n_users, cfg.catalogue.capacity_growth, cfg.catalogue.capacity_min_step
+        )
         return cls(
             model,
             cfg,
-            serving_state(model, basis),
+            serving_state(model, basis, pool_rows),
             hybrid.fusion_weights(cfg),
             hybrid.compiled_config(cfg),
             list_widths(model),
@@ -244,7 +247,7 @@ class ServingEngine:
         n_model = self.model.n_items
         if self.capacity > n_model:
             return self
-        capacity = n_model + live.capacity_step(n_model, self.cfg.catalogue)
+        capacity = live.item_capacity(n_model, n_model, n_model + 1, self.cfg.catalogue)
         extra = capacity - self.capacity
         return replace(
             self,

@@ -9,6 +9,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
+from sona_jax.buckets import pad_rows
 from sona_jax.model.lora import BaseTier
 from sona_jax.model.version import TrainedModel
 
@@ -87,9 +88,11 @@ class RequestBatch(NamedTuple):
     seed: jnp.ndarray
 
 
-def serving_state(model: TrainedModel, basis: np.ndarray) -> ServingState:
+def serving_state(model: TrainedModel, basis: np.ndarray, pool_rows: int) -> ServingState:
     """Shared arrays of ``model`` on device (its own items only); every model user is in the
-    kNN pool. ``basis`` (k, d) from `diversity_basis`."""
+    kNN pool, padded to ``pool_rows`` with empty viewers (no preference, no items: they vote
+    nothing) so that model versions of nearly as many viewers share shapes. ``basis`` (k, d)
+    from `diversity_basis`."""
     t, h = model.tables, model.history
     return ServingState(
         base=BaseTier(*(jnp.asarray(x) for x in model.base)),
@@ -105,9 +108,11 @@ def serving_state(model: TrainedModel, basis: np.ndarray) -> ServingState:
         item_moods=jnp.asarray(t.item_moods),
         duration=jnp.asarray(t.duration),
         mood_prior=jnp.asarray(t.mood_prior),
-        pool_preferences=jnp.asarray(model.users.preference, jnp.float32),
-        pool_items=jnp.asarray(h.recent_items),
-        pool_weights=jnp.asarray(h.recent_weights),
+        pool_preferences=jnp.asarray(
+            pad_rows(np.asarray(model.users.preference, np.float32), pool_rows)
+        ),
+        pool_items=jnp.asarray(pad_rows(h.recent_items, pool_rows, -1)),
+        pool_weights=jnp.asarray(pad_rows(h.recent_weights, pool_rows)),
         item_diversity=jnp.asarray(
             diversity_vectors(np.asarray(model.base.item_embeddings), basis)
         ),

@@ -17,7 +17,7 @@ from sona_jax.model import tables
 from sona_jax.model.train import train_model
 from sona_jax.serve import recommend as hybrid
 from sona_jax.serve.batch import Query
-from sona_jax.serve.catalogue import capacity_step
+from sona_jax.serve.catalogue import capacity_step, item_capacity
 from sona_jax.serve.engine import ServingEngine
 
 CFG = SonaConfig().with_overrides({"model": {"embedding_dim": 16}})
@@ -77,14 +77,20 @@ def test_new_items_get_the_same_rows_in_any_order_and_land_near_their_kind(data,
 
 
 def test_capacity_grows_in_steps(data, engine):
-    step = capacity_step(engine.model.n_items, CFG.catalogue)
-    assert engine.capacity == engine.model.n_items + step
-    beyond = engine.slot_watermark + step + 1
+    n = engine.model.n_items
+    step = capacity_step(n, CFG.catalogue)
+    assert engine.capacity % step == 0 and engine.capacity - n >= step  # room to spare
+    inside, _ = engine.with_catalogue([_copy_of(data, 0, "in", engine.capacity - n, 1)])
+    assert inside.capacity == engine.capacity  # the last free row: no new shape
+    beyond = engine.capacity - n + 1 + engine.slot_watermark
     grown, _ = engine.with_catalogue([_copy_of(data, 0, "far", beyond, 1)])
-    assert grown.capacity == engine.model.n_items + 3 * step  # two steps hold it, one spare
-    assert grown.item_index["far"] == engine.model.n_items + step
+    assert grown.item_index["far"] == engine.capacity
+    assert grown.capacity % step == 0 and grown.capacity - (engine.capacity + 1) >= step
     assert bool(grown.item_valid[grown.item_index["far"]])
-    assert int(grown.item_valid[engine.model.n_items :].sum()) == 1
+    assert int(grown.item_valid[n:].sum()) == 1
+    # Two versions of nearly the same catalogue share a capacity: a swap compiles nothing.
+    sizes = {item_capacity(m, m, m + 1, CFG.catalogue) for m in (1500, 1510, 1525)}
+    assert len(sizes) == 1
 
 
 def test_deleted_items_are_never_served_and_new_ones_get_their_share(data, engine):
