@@ -40,6 +40,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from service.rebuilds import lowest_priority
 from tests.service.servers import (
     REDIS_URL,
     SMALL_CONFIG,
@@ -156,17 +157,14 @@ async def _paced(url: str, users: list[str], rate: float, stop: asyncio.Event, o
 
 
 def swap_latency(server, env, folder: Path, users: list[str], rate: float) -> dict:
-    """p99 around the moment the server swaps to a rebuilt version vs steady state before the
-    rebuild started (the trainer itself runs before the measured swap window opens)."""
+    """p99 of paced requests around each of two hot swaps to a rebuilt version, against the
+    steady p99 measured just before. The first rebuild takes in the viewers and items this
+    benchmark added (its shapes may be new: the server compiles them on a background thread
+    before swapping); the second follows a few more events, as a routine rebuild does."""
     out: list = []
-    marks: dict = {}
+    marks: list[dict] = []
 
-    async def run():
-        stop = asyncio.Event()
-        load = asyncio.create_task(_paced(server.url, users, rate, stop, out))
-        await asyncio.sleep(10)
-        marks["steady_end"] = time.perf_counter()
-        version = _ready(server)["version"]
+    async def rebuild():
         trainer = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -181,38 +179,71 @@ def swap_latency(server, env, folder: Path, users: list[str], rate: float) -> di
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             cwd=ROOT,
+            preexec_fn=lowest_priority,  # as the in-server scheduler runs it
         )
         _, err = await trainer.communicate()
         assert trainer.returncode == 0, err.decode()[-2000:]
-        marks["trained"] = time.perf_counter()
-        while _ready(server)["version"] == version:
-            await asyncio.sleep(POLL)
-        marks["swapped"] = time.perf_counter()
-        await asyncio.sleep(5)
+
+    async def run():
+        stop = asyncio.Event()
+        load = asyncio.create_task(_paced(server.url, users, rate, stop, out))
+        for round_ in range(2):
+            await asyncio.sleep(10)
+            mark = {"steady_end": time.perf_counter()}
+            version = await asyncio.to_thread(lambda: _ready(server)["version"])
+            if round_ == 1:  # a few events from known viewers: a routine rebuild
+                event = {"timestamp": "2026-11-29T21:00:00Z", "completion_rate": 1.0}
+                body = {
+                    "user_id": users[0],
+                    "viewing_events": [{**event, "content_id": c} for c in users_content[:5]],
+                }
+                async with httpx.AsyncClient() as client:
+                    await client.post(f"{server.url}/api/v1/profile/update", json=body)
+            await rebuild()
+            mark["trained"] = time.perf_counter()
+            async with httpx.AsyncClient(timeout=30) as client:  # never block the load's loop
+                while (await client.get(f"{server.url}/ready")).json()["model"][
+                    "version"
+                ] == version:
+                    await asyncio.sleep(POLL)
+            mark["swapped"] = time.perf_counter()
+            marks.append(mark)
+            await asyncio.sleep(3)
         stop.set()
         await load
 
+    users_content = [
+        c["content_id"] for c in httpx.get(f"{server.url}/api/v1/content?limit=20").json()["items"]
+    ]
     (folder / "trainer.toml").write_text(SMALL_CONFIG)
     asyncio.run(run())
     t = np.array([o[0] for o in out])
     latency = np.array([o[1] for o in out]) * 1e3
     status = np.array([o[2] for o in out])
-    steady = (t > t.min() + 2) & (t < marks["steady_end"])
-    during_training = (t >= marks["steady_end"]) & (t < marks["trained"])
-    swap = (t >= marks["trained"]) & (t < marks["swapped"] + 3)
-    p99 = {
-        name: float(np.percentile(latency[mask], 99)) if mask.any() else None
-        for name, mask in (("steady", steady), ("training", during_training), ("swap", swap))
-    }
+
+    def p99(mask) -> float:
+        return float(np.percentile(latency[mask], 99))
+
+    swaps = []
+    for mark in marks:
+        steady = (t > mark["steady_end"] - 8) & (t < mark["steady_end"])
+        training = (t >= mark["steady_end"]) & (t < mark["trained"])
+        swap = (t >= mark["trained"]) & (t < mark["swapped"] + 3)
+        swaps.append(
+            {
+                "p99_ms": {"steady": p99(steady), "training": p99(training), "swap": p99(swap)},
+                "p50_steady_ms": float(np.percentile(latency[steady], 50)),
+                "swap_p99_ratio": p99(swap) / p99(steady),
+                "training_p99_ratio": p99(training) / p99(steady),
+                "seconds_from_trained_to_served": mark["swapped"] - mark["trained"],
+            }
+        )
     return {
         "rate_per_second": rate,
         "requests": len(out),
         "errors": int((status != 200).sum()),
-        "p99_ms": p99,
-        "p50_steady_ms": float(np.percentile(latency[steady], 50)),
-        "swap_p99_ratio": p99["swap"] / p99["steady"],
-        "training_p99_ratio": p99["training"] / p99["steady"],
-        "swap_detected_after_training_seconds": marks["swapped"] - marks["trained"],
+        "first": swaps[0],
+        "routine": swaps[1],
     }
 
 
@@ -345,12 +376,18 @@ def write_markdown(result: dict, path: Path) -> None:
         f"{c['other_process_seconds']['median']:.3f} s / {c['other_process_seconds']['max']:.3f} s |",
         f"| event -> other process's trending / context tables (median / max) | "
         f"{result['events']['median']:.3f} s / {result['events']['max']:.3f} s |",
-        f"| p99 during a hot swap / steady p99 ({s['rate_per_second']:.0f} req/s paced) | "
-        f"**{s['swap_p99_ratio']:.2f}** ({s['p99_ms']['swap']:.1f} ms / "
-        f"{s['p99_ms']['steady']:.1f} ms; bar <= 2) |",
-        f"| p99 while the trainer runs beside the server / steady | "
-        f"{s['training_p99_ratio']:.2f} ({s['p99_ms']['training']:.1f} ms) |",
-        f"| requests during the swap run / errors | {s['requests']} / {s['errors']} |",
+        f"| p99 during a routine hot swap / steady p99 ({s['rate_per_second']:.0f} req/s paced) | "
+        f"**{s['routine']['swap_p99_ratio']:.2f}** ({s['routine']['p99_ms']['swap']:.1f} ms / "
+        f"{s['routine']['p99_ms']['steady']:.1f} ms; bar <= 2) |",
+        f"| p99 during the first swap (new viewers and items: new shapes compiled) / steady | "
+        f"{s['first']['swap_p99_ratio']:.2f} ({s['first']['p99_ms']['swap']:.1f} ms / "
+        f"{s['first']['p99_ms']['steady']:.1f} ms) |",
+        f"| p99 while the trainer runs beside the server / steady (routine, first) | "
+        f"{s['routine']['training_p99_ratio']:.2f}, {s['first']['training_p99_ratio']:.2f} |",
+        f"| seconds from a trained version to serving it (routine, first) | "
+        f"{s['routine']['seconds_from_trained_to_served']:.1f}, "
+        f"{s['first']['seconds_from_trained_to_served']:.1f} |",
+        f"| requests during the swap runs / errors | {s['requests']} / {s['errors']} |",
         f"| share of list slots new items get / of the slots reserved for them | "
         f"{n['share_of_all_slots']:.3f} / {n['share_of_reserved_slots']:.3f} |",
         f"| `sona train --from-store` ({r['store']}, {r['users']:,} viewers x {r['items']:,} "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -18,6 +19,12 @@ from service.storage import RebuildRecord, Store
 
 log = logging.getLogger("sona.rebuilds")
 EXIT_BUSY = 75  # `sona train --from-store`: another trainer holds the lock
+TRAINER_NICE = 19
+
+
+def lowest_priority() -> None:
+    """In the trainer child, before it runs: the lowest CPU priority."""
+    os.nice(TRAINER_NICE)
 
 
 def trainer_command(settings: Settings) -> list[str]:
@@ -78,6 +85,7 @@ class RebuildScheduler:
             *trainer_command(self.settings),
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
+            preexec_fn=lowest_priority,  # the server's threads keep their cores
         )
         try:
             _, stderr = await asyncio.wait_for(

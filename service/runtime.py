@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from service.settings import ServingSettings
+from service.threads import in_background
 from sona_jax.buckets import USER_BUCKETS
 from sona_jax.config import SonaConfig
 from sona_jax.data.stored import StoredEvent
@@ -54,7 +55,7 @@ class Runtime:
         """Serve ``engine`` from the next batch on, compiled first when its shapes are new."""
         current = self._engine
         if self.serving.warm_up and (current is None or _shapes(current) != _shapes(engine)):
-            self.warm_up(engine)
+            in_background(self.warm_up, engine)  # the served engine keeps its cores meanwhile
         with self.lock:
             self._engine = engine
 

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 
 log = logging.getLogger("sona.threads")
 
@@ -57,3 +58,29 @@ def limit_xla_threads(threads: int) -> int | None:
 def set_gil_switch(milliseconds: float) -> None:
     """How long a thread may keep the GIL while another waits for it."""
     sys.setswitchinterval(milliseconds / 1000.0)
+
+
+BACKGROUND_NICE = 19  # the lowest CPU priority: serving threads always come first
+
+
+def in_background(fn, *args):
+    """``fn(*args)`` on a new thread of the lowest CPU priority, waited for; its result.
+
+    Compiling a model version's programs takes tens of seconds of CPU; on a thread at nice 19
+    the serving threads (the event loop, the engine calls) keep their cores meanwhile."""
+    result: dict = {}
+
+    def run():
+        with contextlib.suppress(OSError, AttributeError):  # not Linux: normal priority
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+        try:
+            result["value"] = fn(*args)
+        except BaseException as error:  # noqa: BLE001 - re-raised in the caller
+            result["error"] = error
+
+    thread = threading.Thread(target=run, name="sona-background", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result["value"]

@@ -158,4 +158,7 @@ async def latest_model(store: Store, model_dir: Path) -> TrainedModel | None:
     found = await store.latest_model_version()
     if found is None:
         return None
-    return await load_version(store, found[0], model_dir)
+    started = time.perf_counter()
+    model = await load_version(store, found[0], model_dir)
+    log.info("model version %d loaded in %.2fs", found[0], time.perf_counter() - started)
+    return model

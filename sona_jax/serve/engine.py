@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sona_jax.buckets import OUTPUT_BUCKETS, SCORE_BUCKETS, bucket, stepped
+from sona_jax.buckets import OUTPUT_BUCKETS, SCORE_BUCKETS, bucket, size_step, stepped
 from sona_jax.config import SonaConfig
 from sona_jax.data.stored import StoredChange, StoredEvent, catalogue, event_log
 from sona_jax.features.profile import build_profiles
@@ -113,8 +113,11 @@ class ServingEngine:
         cfg = model.config if cfg is None else cfg
         cfg.check_trained_with(model.config, f"model version {model.version}")
         basis = diversity_basis(model.base.item_embeddings, cfg.diversity.dimensions)
+        # One step of empty pool rows to spare, as for items: a rebuild with a few more viewers
+        # keeps every shape (and compiles nothing).
+        growth, min_step = cfg.catalogue.capacity_growth, cfg.catalogue.capacity_min_step
         pool_rows = stepped(
-            model.n_users, cfg.catalogue.capacity_growth, cfg.catalogue.capacity_min_step
+            model.n_users + size_step(model.n_users, growth, min_step), growth, min_step
         )
         return cls(
             model,
