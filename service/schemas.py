@@ -11,6 +11,8 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from sona_jax.serve.recommend import KIND_NAMES
+
 # Any short word: the engine uses the ones it knows (tv, mobile, desktop, tablet; morning,
 # afternoon, evening, night; uplifting, dark, relaxing, tense, funny, romantic) and answers
 # which it ignored (`service.context`).
@@ -47,7 +49,10 @@ class RecommendationRequest(_Strict):
 class Recommendation(_Strict):
     content_id: str
     confidence_score: float
-    recommendation_type: str
+    recommendation_type: Literal[KIND_NAMES] = Field(  # type: ignore[valid-type]
+        description="the source that contributed most; new_content: an item added since the "
+        "model, offered to viewers whose taste it fits"
+    )
     based_on: list[str]
     explanation: str
 
