@@ -28,7 +28,13 @@ from service.rebuilds import RebuildScheduler
 from service.runtime import Runtime
 from service.settings import ServingSettings, Settings
 from service.storage import RebuildRecord, Store, open_store
-from service.training import NothingToTrain, TrainerBusy, latest_model, train_from_store
+from service.training import (
+    NothingToTrain,
+    TrainerBusy,
+    latest_model,
+    prune_local_versions,
+    train_from_store,
+)
 from sona_jax.buckets import USER_BUCKETS
 from sona_jax.config import ConfigError, SonaConfig
 from sona_jax.model.version import TrainedModel
@@ -228,6 +234,7 @@ class AppState:
             log.error("not serving model version %d: %s", model.version, error)
             return
         self.last_rebuild = await self.store.last_rebuild()
+        prune_local_versions(self.settings.model_dir, self.settings.learning.keep_versions)
         _freeze_heap(collect=False)
         log.info("serving model version %d", model.version)
 

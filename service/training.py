@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import logging
+import shutil
 import tarfile
 import time
 from pathlib import Path
@@ -125,7 +126,16 @@ async def _train_locked(
     pruned = await store.prune_model_versions(keep)
     if pruned:
         log.info("pruned model versions %s", pruned)
+    prune_local_versions(model_dir, keep)
     return model
+
+
+def prune_local_versions(model_dir: Path, keep: int) -> list[int]:
+    """Delete all but the newest ``keep`` version folders of this host; returns those deleted."""
+    old = model_versions(model_dir)[:-keep] if keep > 0 else []
+    for version in old:
+        shutil.rmtree(Path(model_dir) / f"v{version:04d}", ignore_errors=True)
+    return old
 
 
 async def load_version(store: Store, version: int, model_dir: Path) -> TrainedModel | None:
