@@ -141,9 +141,13 @@ class Runtime:
         events: Sequence[StoredEvent],
         adapter: np.ndarray | None,
         last_trained: float,
+        engine: ServingEngine | None = None,
     ) -> ViewerProfile:
-        """A viewer's profile rebuilt from all their stored events, as of now."""
-        return self.engine.viewer_profile(user_id, events, adapter, last_trained, time.time())
+        """A viewer's profile rebuilt from all their stored events, as of now (under
+        ``engine``, default: the served one)."""
+        return (engine or self.engine).viewer_profile(
+            user_id, events, adapter, last_trained, time.time()
+        )
 
 
 def _shapes(engine: ServingEngine) -> list[tuple[int, ...]]:

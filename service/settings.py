@@ -60,6 +60,9 @@ class ServingSettings(BaseModel):
     tables_refresh_seconds: float = Field(
         2.0, gt=0.0, description="how often popularity and context tables take in new events"
     )
+    swap_prepared_profiles: int = Field(
+        1000, ge=0, description="recent viewers whose profiles a model swap rebuilds first"
+    )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "serving") -> ServingSettings:

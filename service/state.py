@@ -161,12 +161,16 @@ class AppState:
             prepared = time.perf_counter()
             engine, watermark = await self.catalogue.prepared(engine)
             engine = await self.tables.prepared(engine)
+            # Recent viewers' profiles under the new version: their next requests hit the cache.
+            profiles = [] if first else await self.profiles.prepared(engine)
             caught_up = time.perf_counter()
             await loop.run_in_executor(self.executor, runtime.publish, engine)
             self.catalogue.watermark = watermark
+            if profiles:
+                await self.profiles.put_all(profiles)
         log.info(
-            "model version %d served after %.2fs (arrays %.2fs, catalogue and tables %.2fs, "
-            "compiling and publishing %.2fs)",
+            "model version %d served after %.2fs (arrays %.2fs, catalogue, tables and recent "
+            "profiles %.2fs, compiling and publishing %.2fs)",
             model.version,
             time.perf_counter() - started,
             prepared - started,
@@ -206,7 +210,12 @@ class AppState:
             batcher.start()
             setattr(self, name, batcher)
         self.profiles = Profiles(
-            self.store, self.cache, self.runtime, self.executor, serving.profile_ttl_seconds
+            self.store,
+            self.cache,
+            self.runtime,
+            self.executor,
+            serving.profile_ttl_seconds,
+            serving.swap_prepared_profiles,
         )
         self.learner = Learner(self.profiles, serving.learner_max_batch, serving.learner_window_ms)
         self.learner.start()
