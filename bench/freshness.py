@@ -51,6 +51,7 @@ from tests.service.servers import (
 
 RESULTS = ROOT / "bench" / "results"
 POLL = 0.05  # seconds between the benchmark's own looks
+SWAP_BOUND_SECONDS = 300
 CONFIG = (
     SMALL_CONFIG.replace("warm_up = false", "warm_up = true")
     + """catalogue_poll_seconds = 1.0
@@ -202,9 +203,12 @@ def swap_latency(server, env, folder: Path, users: list[str], rate: float) -> di
             await rebuild()
             mark["trained"] = time.perf_counter()
             async with httpx.AsyncClient(timeout=30) as client:  # never block the load's loop
+                deadline = time.perf_counter() + SWAP_BOUND_SECONDS
                 while (await client.get(f"{server.url}/ready")).json()["model"][
                     "version"
                 ] == version:
+                    if time.perf_counter() > deadline:
+                        raise TimeoutError(f"no swap within {SWAP_BOUND_SECONDS}s")
                     await asyncio.sleep(POLL)
             mark["swapped"] = time.perf_counter()
             marks.append(mark)

@@ -74,7 +74,8 @@ class Profiles:
         """The recent viewers' profiles under ``engine`` (a version about to be served), so
         that their first requests after the swap find them cached."""
         self.changed = set()
-        return [(u, await self.rebuild(u, engine=engine)) for u in reversed(self.recent)]
+        viewers = list(reversed(self.recent))  # requests keep adding to it meanwhile
+        return [(u, await self.rebuild(u, engine=engine)) for u in viewers]
 
     async def put_all(self, profiles: list[tuple[str, ViewerProfile]]) -> None:
         """Cache prepared profiles, except those of viewers written meanwhile (theirs would
