@@ -240,6 +240,10 @@ def swap_latency(server, env, folder: Path, users: list[str], rate: float) -> di
                 "swap_p99_ratio": p99(swap) / p99(steady),
                 "training_p99_ratio": p99(training) / p99(steady),
                 "seconds_from_trained_to_served": mark["swapped"] - mark["trained"],
+                "slowest_in_swap_window": [  # (seconds after the trainer finished, ms)
+                    (round(float(t[i] - mark["trained"]), 3), round(float(latency[i]), 1))
+                    for i in np.flatnonzero(swap)[np.argsort(-latency[swap])[:5]]
+                ],
             }
         )
     return {

@@ -74,12 +74,22 @@ def new_item_rows(
     )
 
 
-def _pad_last(x: jnp.ndarray, extra: int, fill) -> jnp.ndarray:
-    return jnp.concatenate([x, jnp.full((*x.shape[:-1], extra), fill, x.dtype)], axis=-1)
+def _pad_last(x, extra: int, fill) -> np.ndarray:
+    x = np.asarray(x)
+    return np.concatenate([x, np.full((*x.shape[:-1], extra), fill, x.dtype)], axis=-1)
 
 
-def _pad_first(x: jnp.ndarray, extra: int, fill) -> jnp.ndarray:
-    return jnp.concatenate([x, jnp.full((extra, *x.shape[1:]), fill, x.dtype)], axis=0)
+def _pad_first(x, extra: int, fill) -> np.ndarray:
+    x = np.asarray(x)
+    return np.concatenate([x, np.full((extra, *x.shape[1:]), fill, x.dtype)], axis=0)
+
+
+def _on_device(**arrays: np.ndarray) -> dict[str, jnp.ndarray]:
+    return {name: jnp.asarray(x) for name, x in arrays.items()}
+
+
+# The updates below work on host copies and put each array on the device once: jnp updates
+# would compile a small program per new shape on the serving process's cores.
 
 
 def grow(state: ServingState, capacity: int, n_model: int) -> ServingState:
@@ -92,54 +102,65 @@ def grow(state: ServingState, capacity: int, n_model: int) -> ServingState:
     dense = state.graph_dense
     if dense.shape[0] == have and have > 0:
         dense = _pad_first(_pad_last(dense, extra, 0.0), extra, 0.0)
-    own_rows = jnp.arange(have, capacity, dtype=state.graph_neighbours.dtype)
+    neighbours = np.asarray(state.graph_neighbours)
+    own_rows = np.arange(have, capacity, dtype=neighbours.dtype)
     return state._replace(
         base=base._replace(
-            item_embeddings=_pad_first(base.item_embeddings, extra, 0.0),
-            item_factors=_pad_first(base.item_factors, extra, 0.0),
+            **_on_device(
+                item_embeddings=_pad_first(base.item_embeddings, extra, 0.0),
+                item_factors=_pad_first(base.item_factors, extra, 0.0),
+            )
         ),
-        # A row without edges points at itself with weight 0, as the model's padding does.
-        graph_neighbours=jnp.concatenate(
-            [
-                state.graph_neighbours,
-                jnp.broadcast_to(own_rows[:, None], (extra, state.graph_neighbours.shape[1])),
-            ]
+        **_on_device(
+            # A row without edges points at itself with weight 0, as the model's padding does.
+            graph_neighbours=np.concatenate(
+                [neighbours, np.repeat(own_rows[:, None], neighbours.shape[1], axis=1)]
+            ),
+            graph_weights=_pad_first(state.graph_weights, extra, 0.0),
+            graph_dense=np.asarray(dense),
+            global_share=_pad_last(state.global_share, extra, 0.0),
+            trending=_pad_last(state.trending, extra, 0.0),
+            by_time_of_day=_pad_last(state.by_time_of_day, extra, 0.0),
+            by_device=_pad_last(state.by_device, extra, 0.0),
+            hour_share=_pad_first(state.hour_share, extra, 1.0 / HOURS),
+            item_genres=_pad_first(state.item_genres, extra, 0.0),
+            item_moods=_pad_first(state.item_moods, extra, 0.0),
+            duration=_pad_last(state.duration, extra, UNKNOWN_DURATION),
+            item_diversity=_pad_first(state.item_diversity, extra, 0.0),
+            item_valid=_pad_last(state.item_valid, extra, False),
+            new_items=np.arange(n_model, capacity, dtype=np.int32),
         ),
-        graph_weights=_pad_first(state.graph_weights, extra, 0.0),
-        graph_dense=dense,
-        global_share=_pad_last(state.global_share, extra, 0.0),
-        trending=_pad_last(state.trending, extra, 0.0),
-        by_time_of_day=_pad_last(state.by_time_of_day, extra, 0.0),
-        by_device=_pad_last(state.by_device, extra, 0.0),
-        hour_share=_pad_first(state.hour_share, extra, 1.0 / HOURS),
-        item_genres=_pad_first(state.item_genres, extra, 0.0),
-        item_moods=_pad_first(state.item_moods, extra, 0.0),
-        duration=_pad_last(state.duration, extra, UNKNOWN_DURATION),
-        item_diversity=_pad_first(state.item_diversity, extra, 0.0),
-        item_valid=_pad_last(state.item_valid, extra, False),
-        new_items=jnp.arange(n_model, capacity, dtype=jnp.int32),
     )
+
+
+def _with_rows(x, rows: np.ndarray, values) -> np.ndarray:
+    out = np.array(x)  # a copy: the served arrays are never written in place
+    out[rows] = values
+    return out
 
 
 def write_new_items(state: ServingState, new: NewItemRows, basis: np.ndarray) -> ServingState:
     """``state`` with ``new``'s rows written and servable (rows must fit the capacity)."""
     if len(new.rows) == 0:
         return state
-    rows = jnp.asarray(new.rows)
-    base = state.base
-    embeddings = jnp.asarray(new.embeddings)
+    rows, base = new.rows, state.base
+    factor = np.asarray(base.factor)
     return state._replace(
         base=base._replace(
-            item_embeddings=base.item_embeddings.at[rows].set(embeddings),
-            item_factors=base.item_factors.at[rows].set(embeddings @ base.factor.T),
+            **_on_device(
+                item_embeddings=_with_rows(base.item_embeddings, rows, new.embeddings),
+                item_factors=_with_rows(base.item_factors, rows, new.embeddings @ factor.T),
+            )
         ),
-        item_genres=state.item_genres.at[rows].set(jnp.asarray(new.genres)),
-        item_moods=state.item_moods.at[rows].set(jnp.asarray(new.moods)),
-        duration=state.duration.at[rows].set(jnp.asarray(new.duration)),
-        item_diversity=state.item_diversity.at[rows].set(
-            jnp.asarray(diversity_vectors(new.embeddings, basis))
+        **_on_device(
+            item_genres=_with_rows(state.item_genres, rows, new.genres),
+            item_moods=_with_rows(state.item_moods, rows, new.moods),
+            duration=_with_rows(state.duration, rows, new.duration),
+            item_diversity=_with_rows(
+                state.item_diversity, rows, diversity_vectors(new.embeddings, basis)
+            ),
+            item_valid=_with_rows(state.item_valid, rows, True),
         ),
-        item_valid=state.item_valid.at[rows].set(True),
     )
 
 
@@ -147,7 +168,7 @@ def set_valid(state: ServingState, rows: np.ndarray, valid: bool) -> ServingStat
     """``state`` with ``rows`` servable (True) or not (False: deleted)."""
     if len(rows) == 0:
         return state
-    return state._replace(item_valid=state.item_valid.at[jnp.asarray(rows)].set(valid))
+    return state._replace(item_valid=jnp.asarray(_with_rows(state.item_valid, rows, valid)))
 
 
 def with_popularity(state: ServingState, popularity: Popularity) -> ServingState:
