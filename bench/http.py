@@ -295,8 +295,13 @@ def main() -> None:
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     }
     for batching in (True, False):
-        server = ServerProcess(data_dir, *demo, *([] if batching else ["--no-batching"]), env=env)
-        (data_dir / "small.toml").write_text(BENCH_CONFIG)  # full-size model, no list cache
+        server = ServerProcess(  # full-size model, no list cache
+            data_dir,
+            *demo,
+            *([] if batching else ["--no-batching"]),
+            env=env,
+            config_text=BENCH_CONFIG,
+        )
         server.start(timeout=600)
         try:
             contents = [
