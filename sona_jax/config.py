@@ -226,7 +226,7 @@ class CatalogueConfig(_Section):
         0.1, ge=-1.0, le=1.0, description="least cosine of viewer and new item to offer it"
     )
     capacity_growth: float = serve(
-        0.0625,
+        0.03125,
         gt=0.0,
         le=4.0,
         description="growing tables (catalogue, kNN pool) are padded in steps of this share",
