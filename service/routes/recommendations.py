@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from datetime import UTC, datetime
 
 import orjson
@@ -34,10 +33,12 @@ def item_index(state: AppState, content_id: str, field_name: str) -> int:
     return index
 
 
-def _items(rows: list, engine, context) -> list[dict]:
+def _items(rows: list, engine, context, listed: list[int]) -> list[dict]:
+    """The answer's items; counts each one's kind in ``listed`` (by `KIND_NAMES` index)."""
     ids, titles = engine.item_ids, engine.titles
     items = []
     for item, score, kind, based in rows:
+        listed[kind] += 1
         kind_name = KIND_NAMES[kind]
         history = based if based >= 0 else None
         items.append(
@@ -84,9 +85,7 @@ async def recommendations_body(state: AppState, data: schemas.RecommendationRequ
     result = await state.recommend.submit(
         Query(profile, limit, data.exclude_watched, lam, device, tod, mood, new_request_seed())
     )
-    items = _items(result["rows"], result["engine"], context)
-    for kind, n in Counter(item["recommendation_type"] for item in items).items():
-        state.metrics.listed.labels(kind).inc(n)  # the new-content share is read from these
+    items = _items(result["rows"], result["engine"], context, state.metrics.listed)
     answer = {
         "recommendations": items,
         "generated_at": datetime.now(UTC).isoformat(),

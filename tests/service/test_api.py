@@ -236,6 +236,12 @@ async def test_catalogue_writes_are_served_at_once(api):
     fresh = [r for r in listed if r["content_id"] in new_items]
     assert fresh and {r["recommendation_type"] for r in fresh} & {"new_content", "content_based"}
     assert not {r["content_id"] for r in listed} & set(new_items[:12])  # watched: excluded
+    metrics = await (await client.get("/metrics")).get_data(as_text=True)
+    offered = sum(r["recommendation_type"] == "new_content" for r in listed)
+    line = next(
+        x for x in metrics.splitlines() if 'recommended_items_total{kind="new_content"}' in x
+    )
+    assert float(line.split()[-1]) >= offered
 
     gone = [r["content_id"] for r in listed[:2]]
     for content_id in gone:
