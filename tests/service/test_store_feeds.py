@@ -65,9 +65,19 @@ async def test_event_feed_reads_each_event_once(store):
     assert (await store.new_events(snapshot.event_watermark))[0] == []  # none counted twice
 
 
-async def test_a_late_commit_is_not_skipped(store):
-    if store.kind != "postgres":
-        pytest.skip("SQLite commits one writer at a time: rowid order is commit order")
+@pytest_asyncio.fixture
+async def postgres_store(tmp_path):
+    """PostgreSQL only: SQLite commits one writer at a time, so its rowid order is commit order."""
+    url = await fresh_postgres_database()
+    store = open_store(url, tmp_path)
+    await store.open()
+    yield store
+    await store.close()
+    await drop_postgres_database(url)
+
+
+async def test_a_late_commit_is_not_skipped(postgres_store):
+    store = postgres_store
     user, item = str(uuid.uuid4()), str(uuid.uuid4())
     _, mark = await store.new_events(0)
     slow = await store.pool.acquire()
