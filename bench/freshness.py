@@ -40,7 +40,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from service.rebuilds import lowest_priority
+from service.rebuilds import lowest_priority, trainer_command
 from tests.service.servers import (
     REDIS_URL,
     SMALL_CONFIG,
@@ -167,15 +167,7 @@ def swap_latency(server, env, folder: Path, users: list[str], rate: float) -> di
 
     async def rebuild():
         trainer = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "service.cli",
-            "train",
-            "--from-store",
-            "--data-dir",
-            str(folder / "trainer"),
-            "--config",
-            str(folder / "trainer.toml"),
+            *trainer_command(folder / "trainer", config_path=folder / "trainer.toml"),
             env={**os.environ, **env},
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
@@ -319,17 +311,7 @@ def rebuild_time(users: int, items: int, force_sqlite: bool, folder: Path) -> di
     assert seed.returncode == 0, seed.stderr[-2000:]
     started = time.perf_counter()
     trained = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "service.cli",
-            "train",
-            "--from-store",
-            "--data-dir",
-            str(folder / "rebuild"),
-            "--config",
-            str(config),
-        ],
+        trainer_command(folder / "rebuild", config_path=config),
         env={**os.environ, **env},
         capture_output=True,
         text=True,

@@ -9,6 +9,7 @@ import logging
 from collections.abc import Sequence
 from concurrent.futures import Executor
 
+from service.periodic import every
 from service.runtime import Runtime
 from service.storage import CatalogueEntry, Store
 from sona_jax.serve.engine import CatalogueReport, ServingEngine
@@ -63,15 +64,7 @@ class CatalogueSync:
             self.watermark = watermark
 
     def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._run())
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.poll_seconds)
-            try:
-                await self.catch_up()
-            except Exception:  # noqa: BLE001 - keep following the feed
-                log.exception("catalogue catch-up failed")
+        self.task = every(self.poll_seconds, self.catch_up, "catalogue catch-up", log)
 
     async def stop(self) -> None:
         if self.task is not None:

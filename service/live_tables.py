@@ -10,6 +10,7 @@ import logging
 import time
 from concurrent.futures import Executor
 
+from service.periodic import every
 from service.runtime import Runtime
 from service.storage import EventRow, Store
 from sona_jax.data.stored import event_log
@@ -80,15 +81,7 @@ class LiveTables:
                 self.runtime.publish(engine)
 
     def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._run())
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.refresh_seconds)
-            try:
-                await self.refresh()
-            except Exception:  # noqa: BLE001 - keep refreshing
-                log.exception("table refresh failed")
+        self.task = every(self.refresh_seconds, self.refresh, "table refresh", log)
 
     async def stop(self) -> None:
         if self.task is not None:

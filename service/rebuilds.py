@@ -13,9 +13,12 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
+from service.periodic import every
 from service.settings import Settings
 from service.storage import RebuildRecord, Store
+from sona_jax.config import SonaConfig
 
 log = logging.getLogger("sona.rebuilds")
 EXIT_BUSY = 75  # `sona train --from-store`: another trainer holds the lock
@@ -27,23 +30,26 @@ def lowest_priority() -> None:
     os.nice(TRAINER_NICE)
 
 
-def trainer_command(settings: Settings) -> list[str]:
-    """The child process that rebuilds from this server's store under its engine config."""
-    command = [
-        sys.executable,
-        "-m",
-        "service.cli",
-        "train",
-        "--from-store",
-        "--data-dir",
-        str(settings.data_dir),
-        "--config-json",
-        json.dumps(settings.config.model_dump()),
-        "--keep",
-        str(settings.learning.keep_versions),
-    ]
-    if settings.database_url:
-        command += ["--database-url", settings.database_url]
+def trainer_command(
+    data_dir: Path,
+    *,
+    config_path: Path | None = None,
+    config: SonaConfig | None = None,
+    database_url: str | None = None,
+    keep: int | None = None,
+) -> list[str]:
+    """``sona train --from-store`` as a child process: on the store at ``database_url`` (else
+    SQLite in ``data_dir``), under a TOML file or an engine config, keeping ``keep`` versions."""
+    command = [sys.executable, "-m", "service.cli", "train", "--from-store"]
+    command += ["--data-dir", str(data_dir)]
+    if config_path is not None:
+        command += ["--config", str(config_path)]
+    if config is not None:
+        command += ["--config-json", json.dumps(config.model_dump())]
+    if keep is not None:
+        command += ["--keep", str(keep)]
+    if database_url:
+        command += ["--database-url", database_url]
     return command
 
 
@@ -61,18 +67,15 @@ class RebuildScheduler:
         self.running: asyncio.subprocess.Process | None = None
 
     def start(self) -> None:
-        if self.settings.learning.rebuild_interval_seconds > 0:
-            self.task = asyncio.get_running_loop().create_task(self._run())
-
-    async def _run(self) -> None:
         learning = self.settings.learning
-        while True:
-            await asyncio.sleep(learning.rebuild_interval_seconds)
-            try:
-                if await self.events_since_model() >= learning.rebuild_min_events:
-                    await self.rebuild()
-            except Exception:  # noqa: BLE001 - try again next interval
-                log.exception("scheduled rebuild failed")
+        if learning.rebuild_interval_seconds > 0:
+            self.task = every(
+                learning.rebuild_interval_seconds, self._due, "scheduled rebuild", log
+            )
+
+    async def _due(self) -> None:
+        if await self.events_since_model() >= self.settings.learning.rebuild_min_events:
+            await self.rebuild()
 
     async def rebuild(self) -> str:
         """Run one trainer; returns "succeeded", "skipped" (another holds the lock) or
@@ -82,7 +85,12 @@ class RebuildScheduler:
                 return "skipped"
         started = time.time()
         self.running = await asyncio.create_subprocess_exec(
-            *trainer_command(self.settings),
+            *trainer_command(
+                self.settings.data_dir,
+                config=self.settings.config,
+                database_url=self.settings.database_url,
+                keep=self.settings.learning.keep_versions,
+            ),
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             preexec_fn=lowest_priority,  # the server's threads keep their cores

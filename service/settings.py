@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -17,10 +17,25 @@ from sona_jax.config import ConfigError, SonaConfig, format_errors
 from sona_lab.files import read_toml, split_config
 
 
-class ServingSettings(BaseModel):
-    """SPEC 5 serving: the HTTP server, micro-batching, limits, caches."""
+class _HostTable(BaseModel):
+    """A host table of the config file (``[serving]``, ``[learning]``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    table: ClassVar[str]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str | None = None):
+        """Validated settings; raises `ConfigError` naming bad keys (``serving.port``)."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as error:
+            raise ConfigError(format_errors(error, f"{source or cls.table}: {cls.table}")) from None
+
+
+class ServingSettings(_HostTable):
+    """SPEC 5 serving: the HTTP server, micro-batching, limits, caches."""
+
+    table: ClassVar[str] = "serving"
 
     host: str = "127.0.0.1"
     port: int = Field(8082, ge=1, le=65535)
@@ -64,19 +79,11 @@ class ServingSettings(BaseModel):
         1000, ge=0, description="recent viewers whose profiles a model swap rebuilds first"
     )
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "serving") -> ServingSettings:
-        """Validated settings; raises `ConfigError` naming bad keys (``serving.port``)."""
-        try:
-            return cls.model_validate(data)
-        except ValidationError as error:
-            raise ConfigError(format_errors(error, f"{source}: serving")) from None
 
-
-class LearningSettings(BaseModel):
+class LearningSettings(_HostTable):
     """SPEC 4.2: rebuilding the model from the store (the ``[learning]`` table)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    table: ClassVar[str] = "learning"
 
     rebuild_interval_seconds: float = Field(
         0.0, ge=0.0, description="how often to consider a rebuild (0: never on a schedule)"
@@ -86,13 +93,6 @@ class LearningSettings(BaseModel):
     )
     keep_versions: int = Field(3, ge=1, description="model versions kept in the store")
     trainer_timeout_seconds: float = Field(3600.0, gt=0.0, description="a rebuild's longest run")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "learning") -> LearningSettings:
-        try:
-            return cls.model_validate(data)
-        except ValidationError as error:
-            raise ConfigError(format_errors(error, f"{source}: learning")) from None
 
 
 class HostConfig(NamedTuple):

@@ -23,6 +23,7 @@ from service.errors import ApiError
 from service.learner import Learner
 from service.live_tables import LiveTables
 from service.metrics import Metrics
+from service.periodic import every
 from service.profiles import Profiles
 from service.rebuilds import RebuildScheduler
 from service.runtime import Runtime
@@ -139,7 +140,9 @@ class AppState:
         )
         self.rebuilds.start()
         self.last_rebuild = await self.store.last_rebuild()
-        self.watcher = asyncio.get_running_loop().create_task(self._watch_models())
+        self.watcher = every(
+            self.serving.model_poll_seconds, self._look_for_models, "model watch", log
+        )
         _freeze_heap()
 
     async def _serve(self, model: TrainedModel) -> None:
@@ -220,15 +223,10 @@ class AppState:
         self.learner = Learner(self.profiles, serving.learner_max_batch, serving.learner_window_ms)
         self.learner.start()
 
-    async def _watch_models(self) -> None:
+    async def _look_for_models(self) -> None:
         """Swap to a newer model version recorded in the store (a rebuild, here or elsewhere)."""
-        while True:
-            await asyncio.sleep(self.serving.model_poll_seconds)
-            try:
-                self.last_rebuild = await self.store.last_rebuild()
-                await self._swap_to_latest()
-            except Exception:  # noqa: BLE001 - keep watching
-                log.exception("model watch failed")
+        self.last_rebuild = await self.store.last_rebuild()
+        await self._swap_to_latest()
 
     async def _swap_to_latest(self) -> None:
         found = await self.store.latest_model_version()

@@ -9,7 +9,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -18,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.rebuilds import EXIT_BUSY, trainer_command
 from service.storage import open_store
 from tests.service.servers import (
     ROOT,
@@ -38,7 +38,6 @@ recommendation_ttl_seconds = 0
 """
 )
 BOUND_SECONDS = 10.0  # what "within a bounded time" is held to here (polls are 0.3-0.5 s)
-EXIT_BUSY = 75
 
 
 @pytest.fixture(params=["sqlite", "postgres+redis"])
@@ -71,23 +70,11 @@ def _version(server) -> int | None:
     return httpx.get(f"{server.url}/ready", timeout=10).json()["model"]["version"]
 
 
-def _trainer(env, data_dir: Path, *extra) -> subprocess.Popen:
-    command = [
-        sys.executable,
-        "-m",
-        "service.cli",
-        "train",
-        "--from-store",
-        "--data-dir",
-        str(data_dir),
-        "--config",
-        str(data_dir / "trainer.toml"),
-        *extra,
-    ]
+def _trainer(env, data_dir: Path) -> subprocess.Popen:
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "trainer.toml").write_text(SMALL_CONFIG)
     return subprocess.Popen(
-        command,
+        trainer_command(data_dir, config_path=data_dir / "trainer.toml"),
         cwd=ROOT,
         env={**os.environ, **env},
         stdout=subprocess.PIPE,
