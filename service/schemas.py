@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 from sona_jax.serve.recommend import KIND_NAMES
 
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]  # SPEC 5: NaN / Infinity -> 400
+
 # Any short word: the engine uses the ones it knows (tv, mobile, desktop, tablet; morning,
 # afternoon, evening, night; uplifting, dark, relaxing, tense, funny, romantic) and answers
 # which it ignored (`service.context`).
@@ -181,7 +183,7 @@ class ContentItem(_Strict):
     release_year: int | None = Field(None, ge=1800, le=2200)
     moods: list[str] = Field(default_factory=list, max_length=16)
     series_id: str | None = Field(None, max_length=128)
-    embedding: list[float] | None = Field(None, max_length=4096)
+    embedding: list[FiniteFloat] | None = Field(None, max_length=4096)
 
 
 class ContentUpsertRequest(_Strict):

@@ -77,14 +77,15 @@ class SQLiteStore:
 
     async def add_events(self, events: list[EventRow]) -> int:
         now = time.time()
-        before = self.db.total_changes
-        await self.db.executemany(
+        # This statement's own row count: the connection's total_changes also counts what
+        # other writers on it inserted meanwhile.
+        cursor = await self.db.executemany(
             f"INSERT INTO events ({EVENT_COLUMNS}, received_at) VALUES (?,?,?,?,?,?,?,?,?,?) "
             "ON CONFLICT (user_id, content_id, ts) DO NOTHING",
             [event_columns(e, now) for e in events],
         )
         await self.db.commit()
-        return self.db.total_changes - before
+        return cursor.rowcount
 
     async def user_events(self, user_id: str) -> list[EventRow]:
         async with self.db.execute(

@@ -510,6 +510,18 @@ BAD_INPUTS = [
     ),
     (
         "POST",
+        "/api/v1/content",
+        '{"items": [{"content_id": "{c}", "title": "t", "embedding": [NaN, 1.0]}]}',
+        "embedding",
+    ),
+    (
+        "POST",
+        "/api/v1/content",
+        '{"items": [{"content_id": "{c}", "title": "t", "embedding": [1e309, 1.0]}]}',
+        "embedding",
+    ),
+    (
+        "POST",
         "/api/v1/profile/update",
         {
             "user_id": "{u}",

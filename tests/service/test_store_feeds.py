@@ -5,6 +5,7 @@ old versions are pruned."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import uuid
@@ -125,3 +126,16 @@ async def test_one_trainer_lock_holder(store):
             await other.close()
     async with store.trainer_lock() as again:
         assert again
+
+
+async def test_concurrent_writers_each_count_their_own_new_events(store):
+    item = str(uuid.uuid4())
+    users = [str(uuid.uuid4()) for _ in range(20)]
+    await store.add_events([_event(users[0], item, 1.0)])
+
+    async def post(i: int) -> int:  # one new event each, plus a duplicate of the first
+        return await store.add_events([_event(users[i], item, 2.0), _event(users[0], item, 1.0)])
+
+    counts = await asyncio.gather(*(post(i) for i in range(1, 20)))
+    assert list(counts) == [1] * 19
+    assert await store.add_events([_event(users[0], item, 1.0)]) == 0  # a pure duplicate
