@@ -1,11 +1,13 @@
 """API keys (SPEC 5): a valid ``Authorization: Bearer`` key on every /api route when keys are
-configured, and an admin key for catalogue writes and adapter training."""
+configured, and an admin key for catalogue writes (SPEC 5: "catalog writes need an admin key";
+adapter training is a route SPEC 5 lists for ordinary callers)."""
 
 from __future__ import annotations
 
 from service.errors import ApiError
 
-ADMIN_ROUTES = frozenset({("POST", "/api/v1/content"), ("POST", "/api/v1/lora/train")})
+ADMIN_ROUTES = frozenset({("POST", "/api/v1/content")})
+SCHEME = "bearer"  # compared case-insensitively (RFC 9110: auth schemes are case-insensitive)
 
 
 class KeyCheck:
@@ -20,7 +22,8 @@ class KeyCheck:
             return
         if not path.startswith("/api/"):
             return
-        key = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+        scheme, _, credentials = header.strip().partition(" ")
+        key = credentials.strip() if scheme.lower() == SCHEME else ""
         if key not in self.api_keys and key not in self.admin_keys:
             raise ApiError(
                 401,

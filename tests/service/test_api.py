@@ -649,4 +649,13 @@ async def test_api_keys(tmp_path):
                 "/api/v1/content", json=item, headers={"Authorization": "Bearer admin"}
             )
         ).status_code == 200
+        lower = {"Authorization": "bearer reader"}  # schemes are case-insensitive
+        assert (
+            await client.post("/api/v1/recommendations", json=body, headers=lower)
+        ).status_code == 200
+        # Adapter training is an ordinary caller's route (SPEC 5): a reader key is enough.
+        train = await client.post("/api/v1/lora/train", json=body, headers=reader)
+        assert train.status_code == 400, await train.get_json()  # no events yet, not a 403
+        delete = f"/api/v1/content/{item['items'][0]['content_id']}"
+        assert (await client.delete(delete, headers=reader)).status_code == 403
         assert (await client.get("/health")).status_code == 200
