@@ -12,7 +12,8 @@ from concurrent.futures import Executor
 from service.periodic import every
 from service.runtime import Runtime
 from service.storage import CatalogueEntry, Store
-from sona_jax.serve.engine import CatalogueReport, ServingEngine
+from sona_jax.serve.catalogue import CatalogueReport
+from sona_jax.serve.engine import ServingEngine
 
 log = logging.getLogger("sona.catalogue")
 

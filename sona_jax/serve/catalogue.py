@@ -11,6 +11,7 @@ vector; it has no graph edges and counts no events until some arrive.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax.numpy as jnp
@@ -19,8 +20,10 @@ import numpy as np
 from sona_jax.buckets import size_step, stepped
 from sona_jax.config import CatalogueConfig
 from sona_jax.data.schema import Catalogue
+from sona_jax.data.stored import StoredChange, catalogue
 from sona_jax.model import metadata
 from sona_jax.model.tables import Popularity
+from sona_jax.model.version import TrainedModel
 from sona_jax.serve.state import ServingState, diversity_vectors
 
 UNKNOWN_DURATION = -1.0
@@ -174,3 +177,85 @@ def set_valid(state: ServingState, rows: np.ndarray, valid: bool) -> ServingStat
 def with_popularity(state: ServingState, popularity: Popularity) -> ServingState:
     """``state`` with new popularity / trending / context tables (sized to its capacity)."""
     return state._replace(**{k: jnp.asarray(v) for k, v in popularity._asdict().items()})
+
+
+class CatalogueReport(NamedTuple):
+    """What `apply_changes` did: items added (new rows), restored, deleted, and left for the
+    next model version (their slot precedes the model's watermark)."""
+
+    added: int
+    restored: int
+    deleted: int
+    unplaced: int
+
+
+class ServedCatalogue(NamedTuple):
+    """The catalogue as served: device arrays, content id -> row, and by row the ids and
+    titles answers name ("" for unused capacity)."""
+
+    state: ServingState
+    item_index: dict[str, int]
+    item_ids: list[str]
+    titles: list[str]
+
+
+class CatalogueUpdate(NamedTuple):
+    catalogue: ServedCatalogue
+    report: CatalogueReport
+
+
+def apply_changes(
+    served: ServedCatalogue,
+    changes: Sequence[StoredChange],
+    model: TrainedModel,
+    model_rows: dict[str, int],
+    slot_watermark: int,
+    basis: np.ndarray,
+    cfg: CatalogueConfig,
+) -> CatalogueUpdate:
+    """``served`` with catalogue writes applied, in one copy of the arrays.
+
+    A model item deleted stops being served; upserted again it is served again (with what the
+    model learned of it). An item the model has not seen gets row ``n_model + slot −
+    slot_watermark − 1`` — the same in every process, whatever order they see writes in — and
+    an embedding, ``h`` row and diversity vector from its metadata.
+    """
+    n_model = model.n_items
+    index, ids, titles = dict(served.item_index), list(served.item_ids), list(served.titles)
+    deleted, restored, written = [], [], {}
+    unplaced = 0
+    for change in changes:
+        content_id = change.item.content_id
+        model_row = model_rows.get(content_id)
+        row = model_row if model_row is not None else n_model + change.slot - slot_watermark - 1
+        if row < n_model and model_row is None:
+            unplaced += 1  # arrived while the model was reading the store: next version
+            continue
+        if change.deleted:
+            index.pop(content_id, None)
+            written.pop(row, None)
+            deleted.append(row)
+            continue
+        index[content_id] = row
+        if model_row is not None:
+            restored.append(row)
+        else:
+            written[row] = change.item
+    capacity = item_capacity(len(ids), n_model, max([len(ids), *(r + 1 for r in written)]), cfg)
+    state = grow(served.state, capacity, n_model)
+    ids += [""] * (capacity - len(ids))
+    titles += [""] * (capacity - len(titles))
+    if written:
+        rows = np.array(sorted(written))
+        items = catalogue(
+            [written[r] for r in rows], model.base.item_embeddings.shape[1], model.genre_names
+        )
+        state = write_new_items(state, new_item_rows(rows, items, model.metadata_map, cfg), basis)
+        for r in rows.tolist():
+            ids[r], titles[r] = written[r].content_id, written[r].title
+    state = set_valid(state, np.array(restored, np.int64), True)
+    state = set_valid(state, np.array(deleted, np.int64), False)
+    return CatalogueUpdate(
+        ServedCatalogue(state, index, ids, titles),
+        CatalogueReport(len(written), len(restored), len(deleted), unplaced),
+    )

@@ -18,7 +18,7 @@ import numpy as np
 
 from sona_jax.buckets import OUTPUT_BUCKETS, SCORE_BUCKETS, bucket, size_step, stepped
 from sona_jax.config import SonaConfig
-from sona_jax.data.stored import StoredChange, StoredEvent, catalogue, event_log
+from sona_jax.data.stored import StoredChange, StoredEvent, event_log
 from sona_jax.features.profile import build_profiles
 from sona_jax.model.adapters import train_adapters_of
 from sona_jax.model.tables import Popularity
@@ -61,16 +61,6 @@ class Scores(NamedTuple):
 
     score: np.ndarray
     components: np.ndarray
-
-
-class CatalogueReport(NamedTuple):
-    """What `ServingEngine.with_catalogue` did: items added (new rows), restored, deleted,
-    and left for the next model version (their slot precedes the model's watermark)."""
-
-    added: int
-    restored: int
-    deleted: int
-    unplaced: int
 
 
 class AdapterResult(NamedTuple):
@@ -168,71 +158,26 @@ class ServingEngine:
 
     def with_catalogue(
         self, changes: Sequence[StoredChange]
-    ) -> tuple[ServingEngine, CatalogueReport]:
-        """This engine with catalogue writes applied (SPEC 4.2), in one copy of the arrays.
-
-        A model item deleted stops being served; upserted again it is served again (with what
-        the model learned of it). An item the model has not seen gets row ``n_model + slot −
-        slot_watermark − 1`` — the same in every process, whatever order they see writes in —
-        and an embedding, ``h`` row and diversity vector from its metadata (`catalogue`).
-        """
-        n_model = self.model.n_items
-        index, ids, titles = dict(self.item_index), list(self.item_ids), list(self.titles)
-        deleted, restored, written = [], [], {}
-        unplaced = 0
-        for change in changes:
-            content_id = change.item.content_id
-            model_row = self.model_item_index.get(content_id)
-            row = (
-                model_row
-                if model_row is not None
-                else n_model + change.slot - self.slot_watermark - 1
-            )
-            if row < n_model and model_row is None:
-                unplaced += 1  # arrived while the model was reading the store: next version
-                continue
-            if change.deleted:
-                index.pop(content_id, None)
-                written.pop(row, None)
-                deleted.append(row)
-                continue
-            index[content_id] = row
-            if model_row is not None:
-                restored.append(row)
-            else:
-                written[row] = change.item
-        capacity = live.item_capacity(
-            len(ids), n_model, max([len(ids), *(r + 1 for r in written)]), self.cfg.catalogue
+    ) -> tuple[ServingEngine, live.CatalogueReport]:
+        """This engine with catalogue writes applied (SPEC 4.2; `catalogue.apply_changes`)."""
+        update = live.apply_changes(
+            live.ServedCatalogue(self.state, self.item_index, self.item_ids, self.titles),
+            changes,
+            self.model,
+            self.model_item_index,
+            self.slot_watermark,
+            self.basis,
+            self.cfg.catalogue,
         )
-        state = live.grow(self.state, capacity, n_model)
-        ids += [""] * (capacity - len(ids))
-        titles += [""] * (capacity - len(titles))
-        if written:
-            rows = np.array(sorted(written))
-            items = catalogue(
-                [written[r] for r in rows],
-                self.model.base.item_embeddings.shape[1],
-                self.model.genre_names,
-            )
-            state = live.write_new_items(
-                state,
-                live.new_item_rows(rows, items, self.model.metadata_map, self.cfg.catalogue),
-                self.basis,
-            )
-            for r in rows.tolist():
-                ids[r], titles[r] = written[r].content_id, written[r].title
-        state = live.set_valid(state, np.array(restored, np.int64), True)
-        state = live.set_valid(state, np.array(deleted, np.int64), False)
         engine = replace(
             self,
-            state=state,
-            item_index=index,
-            item_ids=ids,
-            titles=titles,
+            state=update.catalogue.state,
+            item_index=update.catalogue.item_index,
+            item_ids=update.catalogue.item_ids,
+            titles=update.catalogue.titles,
             revision=max([self.revision, *(c.revision for c in changes)]),
         )
-        report = CatalogueReport(len(written), len(restored), len(deleted), unplaced)
-        return engine, report
+        return engine, update.report
 
     @property
     def capacity(self) -> int:
