@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import time
 from functools import partial
+from typing import Any
 
-from quart import Quart, Response, g, request
+from quart import Quart, Request, Response, g, request
 from quart_schema import QuartSchema
 
 from service import schemas
+from service.body import parse_json
 from service.error_handlers import refusal_of, register_error_handlers
 from service.errors import ApiError, refusal
 from service.fast_path import FastPath, HotRoute
+from service.openapi import SonaOpenAPI
 from service.routes import BLUEPRINTS
 from service.routes.health import VERSION
 from service.routes.recommendations import recommendations_body
@@ -26,16 +29,39 @@ from service.settings import Settings
 from service.state import EXTENSION, AppState
 
 
+class SonaRequest(Request):
+    """Quart's request, with JSON bodies read through the one input boundary
+    (`service.body.parse_json`): malformed bytes are a 400 naming what is wrong."""
+
+    max_json_depth: int  # set per app, from serving.max_json_depth
+
+    async def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
+        if cache and self._cached_json[silent] is not Ellipsis:
+            return self._cached_json[silent]
+        if not (force or self.is_json):
+            return None
+        result = parse_json(await self.get_data(cache=cache, as_text=False), self.max_json_depth)
+        if cache:
+            self._cached_json[silent] = result
+        return result
+
+
 def create_app(settings: Settings | None = None) -> Quart:
     """The app for ``settings`` (defaults: SQLite under ./sona-data, in-process cache)."""
     state = AppState(settings or Settings())
     app = Quart("sona")
+    app.request_class = type(
+        "SonaRequest", (SonaRequest,), {"max_json_depth": state.serving.max_json_depth}
+    )
     app.extensions[EXTENSION] = state
     app.config["MAX_CONTENT_LENGTH"] = state.serving.max_body_bytes
     QuartSchema(
         app,
         info={"title": "SONA personalization engine", "version": VERSION},
         security_schemes={"bearer": {"type": "http", "scheme": "bearer"}},
+        openapi_provider_class=type(
+            "AppOpenAPI", (SonaOpenAPI,), {"embedding_dim": state.cfg.model.embedding_dim}
+        ),
     )
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
@@ -68,6 +94,7 @@ def create_app(settings: Settings | None = None) -> Quart:
         app.asgi_app,
         {path: HotRoute(model, partial(body, state), path) for path, (model, body) in hot.items()},
         state.serving.max_body_bytes,
+        state.serving.max_json_depth,
         state.keys,
         state.metrics.observe_request,
         partial(refusal_of, metrics=state.metrics),

@@ -67,7 +67,9 @@ def register_error_handlers(app: Quart, metrics: Metrics, max_body_bytes: int) -
             404: f"no route {request.method} {request.path}",
         }.get(error.code, error.description or error.name)
         name = HTTP_ERROR_NAMES.get(error.code, "http_error")
-        return refusal(ApiError(error.code or 500, name, message))
+        allowed = getattr(error, "valid_methods", None)  # a 405 says what is allowed (RFC 9110)
+        headers = {"Allow": ", ".join(sorted(allowed))} if allowed else None
+        return refusal(ApiError(error.code or 500, name, message, headers=headers))
 
     @app.errorhandler(Exception)
     async def unexpected(error: Exception):

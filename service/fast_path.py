@@ -3,7 +3,8 @@
 Quart's request cycle (request/response objects, hooks, context locals, schema decorators) costs
 more per request than the micro-batched engine call does per user, so under load the event loop,
 not the engine, was the limit. `FastPath` wraps the Quart app: a well-formed JSON POST to a hot
-route is authenticated, validated with the *same* pydantic model, answered by the *same* handler
+route is authenticated, parsed by the *same* input boundary (`service.body`), validated with the
+*same* pydantic model, answered by the *same* handler
 function the Quart route uses, and recorded in the same metrics, without entering Quart.
 
 Anything unusual goes to Quart unchanged (its body replayed), so there is one source of truth for
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ValidationError
 
+from service.body import parse_json
 from service.errors import ApiError
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -44,11 +46,13 @@ class FastPath:
         app,
         routes: dict[str, HotRoute],
         max_body_bytes: int,
+        max_json_depth: int,
         authorise: Callable[[str, str, str], None],
         record: Callable[[str, int, float], None],
         on_error: Callable[[Exception], ApiError],
     ):
         self.app, self.routes, self.max_body = app, routes, max_body_bytes
+        self.max_depth = max_json_depth
         self.authorise, self.record, self.on_error = authorise, record, on_error
 
     async def __call__(self, scope, receive, send) -> None:
@@ -77,7 +81,7 @@ class FastPath:
             self.authorise(
                 "POST", scope["path"], headers.get(b"authorization", b"").decode("latin-1")
             )
-            data = route.model.model_validate_json(body)
+            data = route.model.model_validate(parse_json(body, self.max_depth))
         except ApiError as refused:
             return await self._refuse(send, route, started, refused)
         except ValidationError:  # Quart words the 400 (field names and messages)

@@ -9,16 +9,61 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    field_validator,
+)
 
 from sona_jax.serve.recommend import KIND_NAMES
 
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]  # SPEC 5: NaN / Infinity -> 400
+EMBEDDING_BOUND = 1e6  # |value| of a supplied embedding: float32-safe once squared and summed
+STORABLE = r"^[^\u0000]*$"  # PostgreSQL text cannot hold NUL (refused by `_storable`; pydantic
+# refuses lone surrogates itself)
+
+
+def _json_integer(value: object) -> object:
+    """JSON Schema's integer: 5 and 5.0, never `true` or "5"."""
+    if type(value) is int or (type(value) is float and value.is_integer()):
+        return int(value)
+    raise ValueError("must be an integer")
+
+
+def _storable(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("NUL characters are not allowed")
+    return value
+
+
+def integer(ge: int, le: int):
+    """An integer field in [ge, le] (bounds first, so the document states them)."""
+    return Annotated[int, Field(ge=ge, le=le), BeforeValidator(_json_integer)]
+
+
+def text(max_length: int, min_length: int = 0):
+    """A string the stores can hold, of at most ``max_length`` characters."""
+    return Annotated[
+        str,
+        Field(
+            min_length=min_length, max_length=max_length, json_schema_extra={"pattern": STORABLE}
+        ),
+        AfterValidator(_storable),
+    ]
+
+
+# Numbers are JSON numbers: `true` is not 1 and "5" is not 5, and never NaN / Infinity
+# (SPEC 5: -> 400). Flags are JSON booleans only.
+Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+Flag = Annotated[bool, Strict()]
 
 # Any short word: the engine uses the ones it knows (tv, mobile, desktop, tablet; morning,
 # afternoon, evening, night; uplifting, dark, relaxing, tense, funny, romantic) and answers
 # which it ignored (`service.context`).
-ContextWord = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+ContextWord = text(64, min_length=1)
 
 
 class _Strict(BaseModel):
@@ -39,17 +84,15 @@ class Context(_Strict):
 class RecommendationRequest(_Strict):
     user_id: UUID
     context: Context | None = None
-    limit: int | None = Field(
-        None, ge=1, le=100, description="list length; default serving.default_limit (20)"
+    limit: integer(1, 100) | None = Field(
+        None, description="list length; default serving.default_limit (20)"
     )
-    exclude_watched: bool = True
-    diversity_threshold: float | None = Field(
-        None, ge=0.0, le=1.0, allow_inf_nan=False, description="1 − λ of MMR"
-    )
+    exclude_watched: Flag = True
+    diversity_threshold: Number | None = Field(None, ge=0.0, le=1.0, description="1 − λ of MMR")
 
 
 class Recommendation(_Strict):
-    content_id: str
+    content_id: UUID
     confidence_score: float
     recommendation_type: Literal[KIND_NAMES] = Field(  # type: ignore[valid-type]
         description="the source that contributed most; new_content: an item added since the "
@@ -70,11 +113,11 @@ class RecommendationResponse(_Strict):
 
 class SimilarRequest(_Strict):
     content_id: UUID
-    limit: int = Field(10, ge=1, le=100)
+    limit: integer(1, 100) = 10
 
 
 class SimilarItem(_Strict):
-    content_id: str
+    content_id: UUID
     similarity: float
     title: str
 
@@ -98,8 +141,8 @@ class ScoreComponents(_Strict):
 
 
 class ScoreResponse(_Strict):
-    user_id: str
-    content_id: str
+    user_id: UUID
+    content_id: UUID
     score: float
     components: ScoreComponents
     ignored_context: dict[str, str] | None = Field(
@@ -116,28 +159,35 @@ class BatchScoreRequest(_Strict):
 
 
 class BatchScoreItem(_Strict):
-    content_id: str
+    content_id: UUID
     score: float
     components: ScoreComponents
 
 
 class BatchScoreResponse(_Strict):
-    user_id: str
+    user_id: UUID
     scores: list[BatchScoreItem]
-    unknown_content_ids: list[str]
+    unknown_content_ids: list[UUID]
 
 
 class ViewingEvent(_Strict):
     content_id: UUID
-    timestamp: datetime
-    completion_rate: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
-    rating: int | None = Field(None, ge=1, le=5)
-    is_rewatch: bool = False
-    dismissed: bool = False
+    timestamp: datetime = Field(description="ISO 8601; UTC when no offset is given")
+    completion_rate: Number = Field(ge=0.0, le=1.0)
+    rating: integer(1, 5) | None = None
+    is_rewatch: Flag = False
+    dismissed: Flag = False
     device_type: ContextWord | None = None
     time_of_day: ContextWord | None = Field(
         None, description="binned by the timestamp's hour (UTC) when absent or unknown"
     )
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _iso_8601(cls, value: object) -> object:
+        if not isinstance(value, str):  # not a Unix time: 0 would be 1970, silently
+            raise ValueError("must be an ISO 8601 string, e.g. 2026-10-01T21:00:00Z")
+        return value
 
     @field_validator("timestamp")
     @classmethod
@@ -154,7 +204,7 @@ class ProfileUpdateRequest(_Strict):
 
 class ProfileUpdateResponse(_Strict):
     status: Literal["updated"]
-    user_id: str
+    user_id: UUID
     events_processed: int
     events_new: int
     interaction_count: int
@@ -163,12 +213,12 @@ class ProfileUpdateResponse(_Strict):
 
 class TrainRequest(_Strict):
     user_id: UUID
-    force: bool = False
+    force: Flag = False
 
 
 class TrainResponse(_Strict):
     status: Literal["training_completed"]
-    user_id: str
+    user_id: UUID
     duration_ms: float
     training_iterations: int
     events_used: int
@@ -177,13 +227,17 @@ class TrainResponse(_Strict):
 
 class ContentItem(_Strict):
     content_id: UUID
-    title: str = Field(min_length=1, max_length=500)
-    genres: list[str] = Field(default_factory=list, max_length=32)
-    duration_minutes: float | None = Field(None, ge=0, le=100_000, allow_inf_nan=False)
-    release_year: int | None = Field(None, ge=1800, le=2200)
-    moods: list[str] = Field(default_factory=list, max_length=16)
-    series_id: str | None = Field(None, max_length=128)
-    embedding: list[FiniteFloat] | None = Field(None, max_length=4096)
+    title: text(500, min_length=1)
+    genres: list[text(64)] = Field(default_factory=list, max_length=32)
+    duration_minutes: Number | None = Field(None, ge=0, le=100_000)
+    release_year: integer(1800, 2200) | None = None
+    moods: list[text(64)] = Field(default_factory=list, max_length=16)
+    series_id: text(128) | None = None
+    embedding: list[Annotated[Number, Field(ge=-EMBEDDING_BOUND, le=EMBEDDING_BOUND)]] | None = (
+        Field(
+            None, description="exactly model.embedding_dim values (the document states the length)"
+        )
+    )
 
 
 class ContentUpsertRequest(_Strict):
@@ -196,13 +250,13 @@ class ContentUpsertResponse(_Strict):
 
 
 class ContentListQuery(_Strict):
-    limit: int = Field(50, ge=1, le=500)
-    cursor: str | None = Field(None, max_length=64)
+    limit: int = Field(50, ge=1, le=500)  # a query string: digits, converted
+    cursor: UUID | None = Field(None, description="next_cursor of the previous page")
 
 
 class ContentListResponse(_Strict):
     items: list[ContentItem]
-    next_cursor: str | None
+    next_cursor: UUID | None
 
 
 class ErrorResponse(_Strict):

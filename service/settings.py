@@ -59,6 +59,9 @@ class ServingSettings(_HostTable):
     max_queue: int = Field(1024, ge=1)
     batching: bool = True
     max_body_bytes: int = Field(1_048_576, ge=1024)
+    max_json_depth: int = Field(
+        16, ge=4, le=256, description="deepest JSON nesting a body may have (ours need 4)"
+    )
     max_events_per_update: int = Field(1000, ge=1)
     max_batch_score_ids: int = Field(1000, ge=1)
     default_limit: int = Field(20, ge=1, le=100, description="list length when none is asked")

@@ -76,7 +76,8 @@ async def upsert_content(data: schemas.ContentUpsertRequest):
 @validate_querystring(schemas.ContentListQuery)
 @validate_response(schemas.ContentListResponse)
 async def list_content(query_args: schemas.ContentListQuery):
-    rows = await app_state().store.list_content(query_args.limit, query_args.cursor)
+    cursor = None if query_args.cursor is None else str(query_args.cursor)
+    rows = await app_state().store.list_content(query_args.limit, cursor)
     next_cursor = rows[-1].content_id if len(rows) == query_args.limit else None
     return schemas.ContentListResponse(
         items=[_content_item(r) for r in rows], next_cursor=next_cursor

@@ -54,6 +54,7 @@ def _fast_path(handler, fallback_calls, records):
         fallback,
         {"/hot": HotRoute(Body, handler, "/hot")},
         1000,
+        16,
         authorise,
         lambda endpoint, status, seconds: records.append((endpoint, status)),
         lambda error: ApiError(503, "overloaded", str(error)),
