@@ -70,7 +70,7 @@ class Learner:
         runtime = self.profiles.runtime
         cfg = runtime.cfg.lora
         now = time.time()
-        user_ids, profiles, events, waiters = [], [], [], []
+        user_ids, versions, profiles, events, waiters = [], [], [], [], []
         for user_id, force, future in batch:
             if user_id in user_ids:  # one training per user per batch; share the result
                 waiters[user_ids.index(user_id)].append(future)
@@ -82,13 +82,14 @@ class Learner:
                 if future is not None and not future.done():
                     future.set_exception(InsufficientData(usable, len(stored)))
                 continue
-            profile = await self.profiles.get(user_id)
+            version, profile = await self.profiles.entry(user_id)
             wait = profile.last_trained + cfg.train_interval_seconds - now
             if wait > 0 and not force:
                 if future is not None and not future.done():
                     future.set_exception(TooSoon(wait))
                 continue
             user_ids.append(user_id)
+            versions.append(version)
             profiles.append(profile)
             events += stored
             waiters.append([future])
@@ -99,11 +100,11 @@ class Learner:
             runtime.train_batch, user_ids, profiles, events, now
         )
         duration_ms = (time.perf_counter() - started) * MILLISECONDS
-        for user_id, profile, futures, result in zip(
-            user_ids, profiles, waiters, results, strict=True
+        for user_id, version, profile, futures, result in zip(
+            user_ids, versions, profiles, waiters, results, strict=True
         ):
             trained = replace(profile, adapter=result.adapter, last_trained=now)
-            await self.profiles.save(user_id, trained, reset_counter=True)
+            await self.profiles.save_trained(user_id, version, trained)
             self.trained += 1
             info = {
                 "duration_ms": duration_ms,

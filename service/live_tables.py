@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 
 from service.periodic import every
@@ -38,6 +39,7 @@ class LiveTables:
         self.revision = -1  # the engine catalogue revision the tables were made for
         self.task: asyncio.Task | None = None
         self.refreshed_at = 0.0
+        self.on_events: Callable[[set[str]], None] | None = None  # viewers with new events
 
     async def prepared(self, engine: ServingEngine) -> ServingEngine:
         """``engine`` (not yet served) with its model's counts plus every event since."""
@@ -48,6 +50,8 @@ class LiveTables:
 
     async def _take_in(self, engine: ServingEngine) -> ServingEngine:
         events, watermark = await self.store.new_events(self.watermark)
+        if events and self.on_events is not None:
+            self.on_events({e.user_id for e in events})
         waiting = [e for _, e in self.pending]
         if not events and not waiting and engine.revision == self.revision:
             return engine

@@ -5,21 +5,30 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import Iterable
 from concurrent.futures import Executor
 
-import numpy as np
-
-from service.cache import Cache
+from service.cache import Cache, Version
 from service.codec import decode_adapter, encode_state, profile_from_bytes, profile_to_bytes
 from service.runtime import Runtime
 from service.storage import EventRow, Store, UserStateRow
 from sona_jax.serve.batch import ViewerProfile
 from sona_jax.serve.engine import ServingEngine
 
-PROFILE_KEY_VERSION = 3  # bump when the cached encoding changes
+PROFILE_KEY_VERSION = 4  # bump when the cached encoding changes
+
+
+def profile_version(profile: ViewerProfile, events: int, adapter_revision: int) -> Version:
+    """What a profile was built from: (model version, stored events, adapter revision)."""
+    return Version((profile.model_version, events, adapter_revision))
 
 
 class Profiles:
+    """Profiles that cannot go back in time: every cached profile carries the version of the
+    store's history it was built from (`profile_version`), a write never replaces a newer one
+    (`Cache.set_if_newer`), and an entry that may be stale (its viewer named by the event feed
+    since, or written under another Redis run) is checked against the store's version first."""
+
     def __init__(
         self,
         store: Store,
@@ -28,12 +37,15 @@ class Profiles:
         executor: Executor,
         ttl: float,
         remember: int = 0,
+        max_suspects: int = 100_000,
     ):
         self.store, self.cache, self.runtime, self.executor = store, cache, runtime, executor
         self.ttl = ttl
         self.remember = remember  # recent viewers whose profiles a swap rebuilds first
         self.recent: OrderedDict[str, None] = OrderedDict()
-        self.changed: set[str] | None = None  # viewers written while a swap prepares profiles
+        # Viewers the event feed named since their entry was last checked -> when (a count).
+        self.suspects: OrderedDict[str, int] = OrderedDict()
+        self.max_suspects, self.named = max_suspects, 0
 
     @staticmethod
     def key(user_id: str) -> str:
@@ -43,20 +55,48 @@ class Profiles:
         """Run ``fn(*args)`` on an engine thread, off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
+    def written(self, user_ids: Iterable[str]) -> None:
+        """The store holds new events of ``user_ids`` (written through any process): check
+        their cached profiles against the store before using them again."""
+        self.named += 1
+        for user_id in user_ids:
+            self.suspects[user_id] = self.named
+            self.suspects.move_to_end(user_id)
+        while len(self.suspects) > self.max_suspects:
+            self.suspects.popitem(last=False)
+
     async def get(self, user_id: str) -> ViewerProfile:
+        return (await self.entry(user_id))[1]
+
+    async def entry(self, user_id: str) -> tuple[Version, ViewerProfile]:
+        """The viewer's profile and its version: cache -> store -> model -> empty."""
         if self.remember:
             self.recent[user_id] = None
             self.recent.move_to_end(user_id)
             if len(self.recent) > self.remember:
                 self.recent.popitem(last=False)
-        cached = await self.cache.get(self.key(user_id))
+        named = self.suspects.get(user_id)
+        cached = await self.cache.get_versioned(self.key(user_id))
         if cached is not None:
-            profile = self._decode(cached)
+            profile = self._decode(cached.value)
             if profile is not None and profile.model_version == self.runtime.version:
-                return profile
-        profile = await self.rebuild(user_id)
-        await self._put(user_id, profile)
-        return profile
+                if cached.trusted and named is None:
+                    return cached.version, profile
+                stored = profile_version(profile, *await self.store.user_version(user_id))
+                if stored.order(cached.version) in ("same", "older"):
+                    self._checked(user_id, named)
+                    if not cached.trusted:  # stamp it as checked under this Redis run
+                        await self._put(user_id, cached.version, profile)
+                    return cached.version, profile
+        version, profile = await self.rebuild(user_id)
+        self._checked(user_id, named)
+        await self._put(user_id, version, profile)
+        return version, profile
+
+    def _checked(self, user_id: str, named: int | None) -> None:
+        """Clear the suspicion read before the check (not one raised while it ran)."""
+        if named is not None and self.suspects.get(user_id) == named:
+            del self.suspects[user_id]
 
     def _decode(self, cached) -> ViewerProfile | None:
         if isinstance(cached, ViewerProfile):  # the in-process cache keeps objects as they are
@@ -66,49 +106,42 @@ class Profiles:
         except (ValueError, KeyError, TypeError):  # unreadable entry: a miss, not an error
             return None
 
-    async def _put(self, user_id: str, profile: ViewerProfile) -> None:
+    async def _put(self, user_id: str, version: Version, profile: ViewerProfile) -> None:
         value = profile if self.cache.kind == "memory" else profile_to_bytes(profile)
-        await self.cache.set(self.key(user_id), value, self.ttl)
+        await self.cache.set_if_newer(self.key(user_id), version, value, self.ttl)
 
-    async def prepared(self, engine: ServingEngine) -> list[tuple[str, ViewerProfile]]:
+    async def prepared(self, engine: ServingEngine) -> list[tuple[str, Version, ViewerProfile]]:
         """The recent viewers' profiles under ``engine`` (a version about to be served), so
         that their first requests after the swap find them cached."""
-        self.changed = set()
         viewers = list(reversed(self.recent))  # requests keep adding to it meanwhile
-        return [(u, await self.rebuild(u, engine=engine)) for u in viewers]
+        return [(u, *await self.rebuild(u, engine=engine)) for u in viewers]
 
-    async def put_all(self, profiles: list[tuple[str, ViewerProfile]]) -> None:
-        """Cache prepared profiles, except those of viewers written meanwhile (theirs would
-        miss the write; they are rebuilt on their next request)."""
-        changed, self.changed = self.changed or set(), None
-        for user_id, profile in profiles:
-            if user_id not in changed:
-                await self._put(user_id, profile)
+    async def put_all(self, profiles: list[tuple[str, Version, ViewerProfile]]) -> None:
+        """Cache prepared profiles. One whose viewer was written meanwhile conflicts with the
+        write's (newer events, older model) and leaves no entry: it is rebuilt when next read."""
+        for user_id, version, profile in profiles:
+            await self._put(user_id, version, profile)
 
     async def rebuild(
-        self,
-        user_id: str,
-        adapter: np.ndarray | None = None,
-        last_trained: float | None = None,
-        engine: ServingEngine | None = None,
-    ) -> ViewerProfile:
+        self, user_id: str, engine: ServingEngine | None = None
+    ) -> tuple[Version, ViewerProfile]:
         """From the store when the user has live state there, else from the model (of
-        ``engine``, default: the served one)."""
+        ``engine``, default: the served one); with the version it was built from."""
         engine = engine or self.runtime.engine
         row = await self.store.load_user_state(user_id)
         if row is None:
-            return engine.model_profile(user_id) or engine.empty_profile()
+            profile = engine.model_profile(user_id) or engine.empty_profile()
+            return profile_version(profile, *await self.store.user_version(user_id)), profile
         cfg = self.runtime.cfg
-        if adapter is None:
-            adapter = decode_adapter(row.state, cfg.model.embedding_dim, cfg.lora.rank)
+        adapter = decode_adapter(row.state, cfg.model.embedding_dim, cfg.lora.rank)
         if adapter is None:  # no adapter stored yet: keep the one the model trained, if any
             known = engine.model_profile(user_id)
             adapter = known.adapter if known is not None else None
         events = await self.store.user_events(user_id)
-        trained = row.last_trained if last_trained is None else last_trained
-        return await self.in_engine(
-            self.runtime.viewer_profile, user_id, events, adapter, trained or 0.0, engine
+        profile = await self.in_engine(
+            self.runtime.viewer_profile, user_id, events, adapter, row.last_trained or 0.0, engine
         )
+        return profile_version(profile, len(events), row.adapter_revision), profile
 
     async def record_events(
         self, user_id: str, events: list[EventRow]
@@ -119,19 +152,15 @@ class Profiles:
         """
         new = await self.store.add_events(events)
         since = await self.store.add_events_since_training(user_id, new)
-        profile = await self.rebuild(user_id)  # adapter and last training come from the store
-        await self.save(user_id, profile, reset_counter=False)
+        version, profile = await self.rebuild(user_id)  # adapter and training time: the store's
+        await self._put(user_id, version, profile)
         return new, since, profile
 
-    async def save(self, user_id: str, profile: ViewerProfile, reset_counter: bool) -> None:
-        if self.changed is not None:
-            self.changed.add(user_id)
-        await self.store.save_user_state(
-            UserStateRow(
-                user_id,
-                encode_state(profile),
-                0 if reset_counter else None,
-                profile.last_trained or None,
-            )
+    async def save_trained(self, user_id: str, version: Version, profile: ViewerProfile) -> None:
+        """Store a newly trained adapter (``profile``, built from ``version`` with the adapter
+        replaced) and cache the profile under the adapter's new revision."""
+        revision = await self.store.save_user_state(
+            UserStateRow(user_id, encode_state(profile), 0, profile.last_trained or None)
         )
-        await self._put(user_id, profile)
+        model, events, _ = version.parts
+        await self._put(user_id, Version((model, events, revision)), profile)

@@ -219,7 +219,9 @@ class AppState:
             self.executor,
             serving.profile_ttl_seconds,
             serving.swap_prepared_profiles,
+            serving.cache_max_entries,
         )
+        self.tables.on_events = self.profiles.written
         self.learner = Learner(self.profiles, serving.learner_max_batch, serving.learner_window_ms)
         self.learner.start()
 

@@ -82,6 +82,7 @@ class UserStateRow:
     state: bytes
     events_since_training: int | None  # None on save: keep the stored counter
     last_trained: float | None
+    adapter_revision: int = 0  # +1 on every saved adapter (read back; ignored on save)
 
 
 class Store(Protocol):
@@ -108,9 +109,16 @@ class Store(Protocol):
     async def delete_content(self, content_id: str) -> bool: ...
     async def existing_content(self, content_ids: list[str]) -> set[str]: ...
 
-    async def save_user_state(self, row: UserStateRow) -> None: ...
+    async def save_user_state(self, row: UserStateRow) -> int:
+        """Store a trained state (preference and adapter); returns its adapter revision, one
+        more than the one it replaces."""
+
     async def load_user_state(self, user_id: str) -> UserStateRow | None: ...
     async def add_events_since_training(self, user_id: str, n: int) -> int: ...
+
+    async def user_version(self, user_id: str) -> tuple[int, int]:
+        """The version of the viewer's history: (stored events, adapter revision). Both only
+        grow, so a profile built from (e, a) is current when the store is still at (e, a)."""
 
     async def content_entries(self, content_ids: list[str]) -> list[CatalogueEntry]:
         """The entries (tombstones too) of ``content_ids``."""

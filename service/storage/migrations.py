@@ -75,6 +75,11 @@ POSTGRES: list[str] = [
         message TEXT NOT NULL DEFAULT ''
     );
     """,
+    # 3: profiles carry the version of the history they were built from (events counted, and
+    # the adapter's revision: +1 on every trained adapter saved)
+    """
+    ALTER TABLE user_state ADD COLUMN IF NOT EXISTS adapter_revision BIGINT NOT NULL DEFAULT 0;
+    """,
 ]
 
 SQLITE: list[str] = [
@@ -140,5 +145,9 @@ SQLITE: list[str] = [
         version INTEGER,
         message TEXT NOT NULL DEFAULT ''
     );
+    """,
+    # 3: as PostgreSQL's 3
+    """
+    ALTER TABLE user_state ADD COLUMN adapter_revision INTEGER NOT NULL DEFAULT 0;
     """,
 ]

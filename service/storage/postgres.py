@@ -226,12 +226,14 @@ class PostgresStore:
             int(slot),
         )
 
-    async def save_user_state(self, row: UserStateRow) -> None:
-        await self.pool.execute(
-            "INSERT INTO user_state VALUES ($1,$2,COALESCE($3::int, 0),$4,$5) ON CONFLICT "
-            "(user_id) DO UPDATE SET state=excluded.state, events_since_training="
+    async def save_user_state(self, row: UserStateRow) -> int:
+        return await self.pool.fetchval(
+            "INSERT INTO user_state (user_id, state, events_since_training, last_trained, "
+            "updated_at, adapter_revision) VALUES ($1,$2,COALESCE($3::int, 0),$4,$5,1) "
+            "ON CONFLICT (user_id) DO UPDATE SET state=excluded.state, events_since_training="
             "COALESCE($3::int, user_state.events_since_training), "
-            "last_trained=excluded.last_trained, updated_at=excluded.updated_at",
+            "last_trained=excluded.last_trained, updated_at=excluded.updated_at, "
+            "adapter_revision=user_state.adapter_revision + 1 RETURNING adapter_revision",
             row.user_id,
             row.state,
             row.events_since_training,
@@ -241,21 +243,30 @@ class PostgresStore:
 
     async def load_user_state(self, user_id: str) -> UserStateRow | None:
         row = await self.pool.fetchrow(
-            "SELECT user_id, state, events_since_training, "
-            "last_trained FROM user_state WHERE user_id = $1",
+            "SELECT user_id, state, events_since_training, last_trained, adapter_revision "
+            "FROM user_state WHERE user_id = $1",
             user_id,
         )
         return UserStateRow(*row) if row else None
 
     async def add_events_since_training(self, user_id: str, n: int) -> int:
         return await self.pool.fetchval(
-            "INSERT INTO user_state VALUES ($1, ''::bytea, $2, NULL, $3) ON CONFLICT (user_id) "
+            "INSERT INTO user_state (user_id, state, events_since_training, last_trained, "
+            "updated_at) VALUES ($1, ''::bytea, $2, NULL, $3) ON CONFLICT (user_id) "
             "DO UPDATE SET events_since_training = user_state.events_since_training + $2 "
             "RETURNING events_since_training",
             user_id,
             n,
             time.time(),
         )
+
+    async def user_version(self, user_id: str) -> tuple[int, int]:
+        row = await self.pool.fetchrow(
+            "SELECT (SELECT COUNT(*) FROM events WHERE user_id = $1), COALESCE((SELECT "
+            "adapter_revision FROM user_state WHERE user_id = $1), 0)",
+            user_id,
+        )
+        return int(row[0]), int(row[1])
 
     async def record_model_version(
         self, version: int, path: str, report: str, artifact: bytes | None = None

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
+import functools
 import hashlib
+import inspect
 import json
 import time
 from collections.abc import AsyncIterator
@@ -35,12 +38,36 @@ from service.storage.codec import (
 from service.storage.migrations import SQLITE
 
 
+def _one_at_a_time(cls):
+    """Every query method of ``cls`` holds the connection's lock for its whole run.
+
+    One aiosqlite connection runs one statement at a time, but coroutines interleave their
+    statements: another's commit could land inside a read transaction, or between an insert and
+    the row count it reads back (`sqlite3.InterfaceError` under concurrent writers). SQLite
+    writes one transaction at a time anyway, so this costs no concurrency it had."""
+    for name, method in list(vars(cls).items()):
+        if inspect.iscoroutinefunction(method) and name not in ("open", "close"):
+            setattr(cls, name, _locked(method))
+    return cls
+
+
+def _locked(method):
+    @functools.wraps(method)
+    async def locked(self, *args, **kwargs):
+        async with self.lock:
+            return await method(self, *args, **kwargs)
+
+    return locked
+
+
+@_one_at_a_time
 class SQLiteStore:
     kind = "sqlite"
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.db: aiosqlite.Connection | None = None
+        self.lock = asyncio.Lock()
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -211,12 +238,14 @@ class SQLiteStore:
             content, [event_from_columns(r) for r in rows], watermark, revision, slot
         )
 
-    async def save_user_state(self, row: UserStateRow) -> None:
-        await self.db.execute(
-            "INSERT INTO user_state VALUES (?,?,COALESCE(?, 0),?,?) ON CONFLICT (user_id) DO "
-            "UPDATE SET state=excluded.state, events_since_training=COALESCE(?, "
+    async def save_user_state(self, row: UserStateRow) -> int:
+        cursor = await self.db.execute(
+            "INSERT INTO user_state (user_id, state, events_since_training, last_trained, "
+            "updated_at, adapter_revision) VALUES (?,?,COALESCE(?, 0),?,?,1) ON CONFLICT "
+            "(user_id) DO UPDATE SET state=excluded.state, events_since_training=COALESCE(?, "
             "events_since_training), last_trained=excluded.last_trained, "
-            "updated_at=excluded.updated_at",
+            "updated_at=excluded.updated_at, adapter_revision=adapter_revision + 1 "
+            "RETURNING adapter_revision",
             (
                 row.user_id,
                 row.state,
@@ -226,11 +255,14 @@ class SQLiteStore:
                 row.events_since_training,
             ),
         )
+        (revision,) = await cursor.fetchone()
+        await cursor.close()
         await self.db.commit()
+        return revision
 
     async def load_user_state(self, user_id: str) -> UserStateRow | None:
         async with self.db.execute(
-            "SELECT user_id, state, events_since_training, last_trained "
+            "SELECT user_id, state, events_since_training, last_trained, adapter_revision "
             "FROM user_state WHERE user_id = ?",
             (user_id,),
         ) as cursor:
@@ -239,7 +271,8 @@ class SQLiteStore:
 
     async def add_events_since_training(self, user_id: str, n: int) -> int:
         await self.db.execute(
-            "INSERT INTO user_state VALUES (?, x'', ?, NULL, ?) ON CONFLICT (user_id) DO UPDATE "
+            "INSERT INTO user_state (user_id, state, events_since_training, last_trained, "
+            "updated_at) VALUES (?, x'', ?, NULL, ?) ON CONFLICT (user_id) DO UPDATE "
             "SET events_since_training = events_since_training + ?",
             (user_id, n, time.time(), n),
         )
@@ -248,6 +281,14 @@ class SQLiteStore:
             "SELECT events_since_training FROM user_state WHERE user_id = ?", (user_id,)
         ) as cursor:
             return (await cursor.fetchone())[0]
+
+    async def user_version(self, user_id: str) -> tuple[int, int]:
+        async with self.db.execute(
+            "SELECT (SELECT COUNT(*) FROM events WHERE user_id = ?), COALESCE((SELECT "
+            "adapter_revision FROM user_state WHERE user_id = ?), 0)",
+            (user_id, user_id),
+        ) as cursor:
+            return tuple(await cursor.fetchone())
 
     async def record_model_version(
         self, version: int, path: str, report: str, artifact: bytes | None = None
