@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 
 import numpy as np
 
@@ -73,9 +74,16 @@ def dataset_rows(dataset: Dataset) -> tuple[list[ContentRow], list[EventRow]]:
 
 
 async def seed_store(
-    store: Store, kind: str, path: str | None, users: int, items: int, seed: int = 0
+    store: Store,
+    kind: str,
+    path: str | None,
+    users: int,
+    items: int,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> bool:
-    """Load demo data into the store when it has no content yet; True if it did."""
+    """Load demo data into the store when it has no content yet; True if it did.
+    ``progress(done, total)`` counts items and events stored."""
     if await store.list_content(1, None):
         return False
     dataset = (
@@ -84,10 +92,15 @@ async def seed_store(
         else load_dataset(kind, path)
     )
     content, events = dataset_rows(dataset)
+    total = len(content) + len(events)
     for start in range(0, len(content), CONTENT_PAGE):
         await store.upsert_content(content[start : start + CONTENT_PAGE])
+        if progress is not None:
+            progress(min(start + CONTENT_PAGE, len(content)), total)
     for start in range(0, len(events), EVENT_PAGE):
         await store.add_events(events[start : start + EVENT_PAGE])
+        if progress is not None:
+            progress(len(content) + min(start + EVENT_PAGE, len(events)), total)
     log.info("demo: stored %d items and %d events (%s)", len(content), len(events), kind)
     return True
 

@@ -13,13 +13,17 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
 
 import jax
 import numpy as np
 
 from service.settings import ServingSettings
+from service.storage import EventRow
 from service.threads import in_background
-from sona_jax.buckets import USER_BUCKETS
+from sona_jax.buckets import EVENT_BUCKETS, SCORE_BUCKETS, USER_BUCKETS, bucket
 from sona_jax.config import SonaConfig
 from sona_jax.data.stored import StoredEvent
 from sona_jax.model.version import TrainedModel
@@ -27,6 +31,17 @@ from sona_jax.serve.batch import Query, ViewerProfile
 from sona_jax.serve.engine import AdapterResult, Scores, ServingEngine
 
 MILLISECONDS = 1000
+COMPILATION_CACHE = "xla-cache"  # under the data directory
+
+
+def use_compilation_cache(path: Path) -> None:
+    """Keep every compiled program in ``path`` (JAX's persistent compilation cache): a restart
+    of the same model and config loads its programs instead of compiling them again. Programs
+    are keyed by everything that shapes them (jax version, shapes, static config)."""
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 class Runtime:
@@ -51,11 +66,15 @@ class Runtime:
         """Prepare, compile and publish a model version."""
         self.publish(self.prepare(model))
 
-    def publish(self, engine: ServingEngine) -> None:
-        """Serve ``engine`` from the next batch on, compiled first when its shapes are new."""
+    def publish(
+        self, engine: ServingEngine, progress: Callable[[int, int], None] | None = None
+    ) -> None:
+        """Serve ``engine`` from the next batch on, compiled first when its shapes are new
+        (``progress(done, total)`` as its programs compile)."""
         current = self._engine
         if self.serving.warm_up and (current is None or _shapes(current) != _shapes(engine)):
-            in_background(self.warm_up, engine)  # the served engine keeps its cores meanwhile
+            # The served engine keeps its cores meanwhile.
+            in_background(self.warm_up, engine, progress)
         with self.lock:
             self._engine = engine
 
@@ -74,21 +93,27 @@ class Runtime:
     def version(self) -> int:
         return self.engine.version
 
-    def warm_up(self, engine: ServingEngine | None = None) -> None:
-        """Compile every user bucket a batch can fill, for the default list length, before
-        ``engine`` (default: the served one) serves traffic (buckets above
-        ``serving.max_batch``, or above 1 with batching off, are never used; each recommend
-        program takes about 2.4 s to compile here)."""
+    def warm_up(
+        self,
+        engine: ServingEngine | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        """Compile every program a valid request can run, before ``engine`` (default: the
+        served one) serves traffic; ``progress(done, total)`` after each.
+
+        That is: recommendations for every user bucket a batch can fill (every list length
+        shares one program), with the model's list widths and the wide ones; scores for every
+        bucket of items per request; profiles for every bucket of stored events up to
+        ``serving.warm_up_max_events``; adapter training for every bucket of viewers the
+        learner trains together. Buckets above ``serving.max_batch`` (or above 1 with batching
+        off) are never used. With the persistent compilation cache a warm restart loads them.
+        """
         engine = engine or self.engine
-        largest = self.serving.max_batch if self.serving.batching else 1
-        empty = engine.empty_profile()
-        query = Query(empty, self.serving.default_limit, True, self.cfg.diversity.mmr_lambda)
-        scoring = Query(empty, items=np.zeros(1, np.int32))
-        for size in USER_BUCKETS:
-            engine.recommend_queries([query] * size)
-            engine.score_queries([scoring] * size)
-            if size >= largest:
-                break
+        tasks = warm_up_tasks(engine, self.cfg, self.serving)
+        for done, task in enumerate(tasks, start=1):
+            task()
+            if progress is not None:
+                progress(done, len(tasks))
 
     # ---- what the batchers run -------------------------------------------------------------
 
@@ -148,6 +173,45 @@ class Runtime:
         return (engine or self.engine).viewer_profile(
             user_id, events, adapter, last_trained, time.time()
         )
+
+
+def warm_up_tasks(
+    engine: ServingEngine, cfg: SonaConfig, serving: ServingSettings
+) -> list[Callable[[], object]]:
+    """One call per program `Runtime.warm_up` compiles (see there)."""
+    largest = serving.max_batch if serving.batching else 1
+    sizes = [size for size in USER_BUCKETS if size <= bucket(largest, USER_BUCKETS)]
+    empty = engine.empty_profile()
+    wide = replace(empty, seen=np.arange(engine.widths.seen + 1, dtype=np.int32) % engine.capacity)
+    lam = cfg.diversity.mmr_lambda
+    most = bucket(serving.max_batch_score_ids, SCORE_BUCKETS)
+    widths = [w for w in SCORE_BUCKETS if w < most] + [most]
+    tasks: list[Callable[[], object]] = []
+    for size in sizes:
+        for profile in (empty, wide):
+            tasks.append(partial(engine.recommend_queries, [Query(profile, 1, True, lam)] * size))
+        for width in widths:
+            scoring = Query(empty, items=np.zeros(width, np.int32))
+            tasks.append(partial(engine.score_queries, [scoring] * size))
+    item = engine.item_ids[0]
+    for n_events in EVENT_BUCKETS:
+        if n_events > bucket(serving.warm_up_max_events, EVENT_BUCKETS):
+            break
+        events = [_warm_up_event(item, i) for i in range(n_events)]
+        tasks.append(partial(engine.viewer_profile, "warm-up", events, None, 0.0, time.time()))
+    training = [_warm_up_event(item, i) for i in range(cfg.lora.min_events)]
+    for n_users in USER_BUCKETS:
+        if n_users > bucket(serving.learner_max_batch, USER_BUCKETS):
+            break
+        users = [f"warm-up-{i}" for i in range(n_users)]
+        events = [replace(e, user_id=u) for u in users for e in training]
+        key = jax.random.PRNGKey(0)
+        tasks.append(partial(engine.train_viewers, users, [empty] * n_users, events, key))
+    return tasks
+
+
+def _warm_up_event(content_id: str, i: int) -> EventRow:
+    return EventRow("warm-up", content_id, float(i), 1.0, None, False, False, None, None)
 
 
 def _shapes(engine: ServingEngine) -> list[tuple[int, ...]]:

@@ -68,7 +68,13 @@ class ServingSettings(_HostTable):
     recommendation_ttl_seconds: int = Field(300, ge=0)
     profile_ttl_seconds: float = Field(3600.0, gt=0.0)
     cache_max_entries: int = Field(100_000, ge=1)
-    warm_up: bool = Field(True, description="compile every batch bucket before serving")
+    warm_up: bool = Field(True, description="compile every request shape before serving")
+    compilation_cache: bool = Field(
+        True, description="keep compiled programs under the data directory (fast restarts)"
+    )
+    warm_up_max_events: int = Field(
+        16384, ge=16, description="profiles are compiled before serving up to this many events"
+    )
     learner_max_batch: int = Field(64, ge=1, le=1024, description="viewers trained per call")
     learner_window_ms: float = Field(50.0, ge=0.0, description="how long the learner gathers")
     model_poll_seconds: float = Field(10.0, gt=0.0, description="how often to look for models")

@@ -5,9 +5,13 @@ scheduler, watch for newer model versions and swap to them, and stop it all."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
+import os
+import signal
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -26,8 +30,9 @@ from service.metrics import Metrics
 from service.periodic import every
 from service.profiles import Profiles
 from service.rebuilds import RebuildScheduler
-from service.runtime import Runtime
+from service.runtime import COMPILATION_CACHE, Runtime, use_compilation_cache
 from service.settings import ServingSettings, Settings
+from service.startup import Startup
 from service.storage import RebuildRecord, Store, open_store
 from service.training import (
     NothingToTrain,
@@ -77,6 +82,8 @@ class AppState:
     rebuilds: RebuildScheduler | None = None
     watcher: asyncio.Task | None = None
     last_rebuild: RebuildRecord | None = None
+    startup: Startup = field(default_factory=lambda: Startup())
+    bringing_up: asyncio.Task | None = None
 
     def __post_init__(self) -> None:
         self.keys = KeyCheck(self.settings.api_keys, self.settings.admin_keys)
@@ -104,9 +111,13 @@ class AppState:
     # ---- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Open storage and cache, then bring the engine up in the background: `/health`
+        answers at once, `/ready` says what start-up is doing until the engine can answer."""
         settings, serving = self.settings, self.serving
         if not settings.api_keys:
             log.warning("SONA_API_KEYS is not set: the API accepts unauthenticated requests")
+        if serving.compilation_cache:
+            use_compilation_cache(settings.data_dir / COMPILATION_CACHE)
         self.store = open_store(settings.database_url, settings.data_dir)
         await self.store.open()
         self.cache = open_cache(
@@ -115,7 +126,25 @@ class AppState:
         self.executor = ThreadPoolExecutor(
             max_workers=serving.engine_threads, thread_name_prefix="sona-engine"
         )
+        self.bringing_up = asyncio.get_running_loop().create_task(self._bring_up(), name="start-up")
+
+    async def started(self) -> None:
+        """Wait until start-up has brought the engine up (or failed)."""
+        if self.bringing_up is not None:
+            await asyncio.shield(self.bringing_up)
+
+    async def _bring_up(self) -> None:
+        try:
+            await self._bring_up_engine()
+        except Exception as error:  # a model this config cannot serve, a broken store: stop
+            log.critical("start-up failed: %s; stopping", error, exc_info=error)
+            self.startup.failed(str(error))
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    async def _bring_up_engine(self) -> None:
+        settings, startup = self.settings, self.startup
         if settings.demo:
+            startup.begin("seeding demo data")
             await seed_store(
                 self.store,
                 settings.demo,
@@ -123,10 +152,12 @@ class AppState:
                 settings.demo_users,
                 settings.demo_items,
                 self.cfg.model.seed,
+                progress=startup.advance,
             )
+        startup.begin("loading the latest model version")
         model = await latest_model(self.store, settings.model_dir)
         if model is None and await self.store.count_events() > 0:
-            log.info("no model yet: training one from the store")
+            startup.begin("training the first model version from the store")
             try:
                 model = await train_from_store(
                     self.store, self.cfg, settings.model_dir, settings.learning.keep_versions
@@ -134,7 +165,8 @@ class AppState:
             except (TrainerBusy, NothingToTrain) as error:  # another process is training
                 log.info("not training at start: %s", error)
         if model is not None:
-            await self._serve(model)  # ConfigError: stop here
+            startup.begin("compiling the engine's programs")
+            await self._serve(model, progress=startup.advance)
         self.rebuilds = RebuildScheduler(
             settings, self.store, self._events_since_model, self._swap_to_latest
         )
@@ -144,9 +176,13 @@ class AppState:
             self.serving.model_poll_seconds, self._look_for_models, "model watch", log
         )
         _freeze_heap()
+        startup.done()
 
-    async def _serve(self, model: TrainedModel) -> None:
-        """Serve ``model`` with the live catalogue and tables (the first one, or a swap)."""
+    async def _serve(
+        self, model: TrainedModel, progress: Callable[[int, int], None] | None = None
+    ) -> None:
+        """Serve ``model`` with the live catalogue and tables (the first one, or a swap);
+        ``progress(done, total)`` as its programs compile."""
         first = self.runtime is None
         runtime = Runtime(None, self.cfg, self.serving) if first else self.runtime
         if first:
@@ -167,7 +203,7 @@ class AppState:
             # Recent viewers' profiles under the new version: their next requests hit the cache.
             profiles = [] if first else await self.profiles.prepared(engine)
             caught_up = time.perf_counter()
-            await loop.run_in_executor(self.executor, runtime.publish, engine)
+            await loop.run_in_executor(self.executor, runtime.publish, engine, progress)
             self.catalogue.watermark = watermark
             if profiles:
                 await self.profiles.put_all(profiles)
@@ -248,6 +284,10 @@ class AppState:
         log.info("serving model version %d", model.version)
 
     async def stop(self) -> None:
+        if self.bringing_up is not None and not self.bringing_up.done():
+            self.bringing_up.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.bringing_up
         if self.watcher is not None:
             self.watcher.cancel()
         for part in (self.rebuilds, self.catalogue, self.tables):

@@ -2,7 +2,8 @@
 handful of programs rather than one per request.
 
 Every padded axis of the engine (users in a batch, events of a user, per-user list widths,
-items in a score request, history tables, adapter-training chunks) goes through `bucket`:
+items in a score request, history tables, adapter-training chunks) goes through `bucket`
+(recommendation lists are not padded: their length is a traced value within `OUTPUT_WIDTH`):
 the smallest listed size that holds ``n``, and past the largest listed size the next power of
 two (so an unusually large input costs one more program per doubling, never one per size).
 """
@@ -14,8 +15,8 @@ import numpy as np
 USER_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
 EVENT_BUCKETS: tuple[int, ...] = (16, 64, 256, 1024, 4096, 16384, 65536)
 LIST_BUCKETS: tuple[int, ...] = (64, 256, 1024, 4096)
-OUTPUT_BUCKETS: tuple[int, ...] = (10, 20, 50, 100)
-SCORE_BUCKETS: tuple[int, ...] = (1, 8, 32, 128, 512, 1024)
+OUTPUT_WIDTH = 100  # list columns every recommend call computes (lengths are traced, not shapes)
+SCORE_BUCKETS: tuple[int, ...] = (1, 32, 1024)
 
 
 def next_power_of_two(n: int) -> int:

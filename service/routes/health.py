@@ -39,6 +39,7 @@ async def ready():
         "cache": state.cache.kind,
         "model_version": state.runtime.version if checks["model"] else None,
         "model": freshness(state),
+        "startup": state.startup.report(),
     }
     return jsonify(body), 200 if ok else 503
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -94,24 +95,37 @@ def model_rows(model: TrainedModel, rows: np.ndarray) -> UserBatch:
     )
 
 
-def list_widths(model: TrainedModel) -> dict[str, int]:
-    """The narrowest seen / dismissed widths a batch of ``model``'s users is padded to."""
-    return {
-        name: max(
+class ListWidths(NamedTuple):
+    """Seen / dismissed widths a served batch is padded to: the model's own (narrowest), or
+    ``wide`` for both when a viewer's list is longer (so a viewer who has watched much costs
+    one known program per batch size, compiled at warm-up, never a new one)."""
+
+    seen: int
+    dismissed: int
+    wide: int
+
+
+def list_widths(model: TrainedModel, max_items: int) -> ListWidths:
+    """The widths for ``model``'s users, ``max_items`` being the longest list a profile keeps
+    (`candidates.max_seen_items`)."""
+    seen, dismissed = (
+        max(
             MIN_LIST_WIDTH,
             bucket(int((getattr(model.history, name) >= 0).sum(1).max(initial=1)), LIST_BUCKETS),
         )
         for name in ("seen", "dismissed")
-    }
+    )
+    return ListWidths(seen, dismissed, max(seen, dismissed, bucket(max_items, LIST_BUCKETS)))
 
 
-def pad_users(users: UserBatch, size: int, widths: dict[str, int]) -> UserBatch:
+def pad_users(users: UserBatch, size: int, widths: ListWidths) -> UserBatch:
     """``users`` (n rows) padded to ``size`` rows (zero rows, -1 lists and pool index) and its
-    seen / dismissed lists to bucketed widths of at least ``widths``."""
+    seen / dismissed lists to ``widths`` (both to ``widths.wide`` when either is longer)."""
+    long = users.seen.shape[1] > widths.seen or users.dismissed.shape[1] > widths.dismissed
 
     def list_column(name: str) -> np.ndarray:
         values = getattr(users, name)
-        width = max(widths[name], bucket(values.shape[1], LIST_BUCKETS))
+        width = widths.wide if long else getattr(widths, name)
         out = np.full((size, width), -1, np.int32)
         out[: values.shape[0], : min(width, values.shape[1])] = values[:, :width]
         return out

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sona_jax.buckets import OUTPUT_BUCKETS, SCORE_BUCKETS, bucket, size_step, stepped
+from sona_jax.buckets import OUTPUT_WIDTH, SCORE_BUCKETS, bucket, size_step, stepped
 from sona_jax.config import SonaConfig
 from sona_jax.data.stored import StoredChange, StoredEvent, event_log
 from sona_jax.features.profile import build_profiles
@@ -26,6 +26,7 @@ from sona_jax.model.version import STORAGE_DTYPE, TrainedModel
 from sona_jax.serve import catalogue as live
 from sona_jax.serve import recommend as hybrid
 from sona_jax.serve.batch import (
+    ListWidths,
     Query,
     ViewerProfile,
     batch_size,
@@ -72,6 +73,12 @@ class AdapterResult(NamedTuple):
     events_used: int
 
 
+def output_width(longest: int) -> int:
+    """Columns a recommend call computes: `OUTPUT_WIDTH` for every served length (one program
+    for all of them), more only for longer lists (evaluation at k > 100)."""
+    return max(OUTPUT_WIDTH, bucket(longest))
+
+
 @jax.jit
 def _cosine_to(vectors: jnp.ndarray, query: jnp.ndarray) -> jnp.ndarray:
     return vectors @ query
@@ -86,7 +93,7 @@ class ServingEngine:
     state: ServingState
     weights: jnp.ndarray  # (4,) fusion weights
     compiled: SonaConfig  # what the jitted calls see (`recommend.compiled_config`)
-    widths: dict[str, int]
+    widths: ListWidths
     item_index: dict[str, int] = field(repr=False)
     user_index: dict[str, int] = field(repr=False)
     item_ids: list[str] = field(repr=False)  # by item row, as Python strings for answers
@@ -115,7 +122,7 @@ class ServingEngine:
             serving_state(model, basis, pool_rows),
             hybrid.fusion_weights(cfg),
             hybrid.compiled_config(cfg),
-            list_widths(model),
+            list_widths(model, cfg.candidates.max_seen_items),
             {content_id: i for i, content_id in enumerate(model.item_ids.tolist())},
             {user_id: i for i, user_id in enumerate(model.user_ids.tolist())},
             [str(content_id) for content_id in model.item_ids.tolist()],
@@ -234,11 +241,12 @@ class ServingEngine:
             np.concatenate([limits, np.ones(size - n, np.int32)]),
             self.weights if weights is None else jnp.asarray(weights, jnp.float32),
             self.compiled,
-            bucket(int(limits.max()), OUTPUT_BUCKETS),
+            output_width(int(limits.max())),
         )
+        longest = int(limits.max())  # host copies of what the callers read, no more
         return Lists(
             *(
-                np.asarray(x)[:n]
+                np.asarray(x)[:n, :longest]
                 for x in (out.items, out.scores, out.kind, out.based_on, out.contributions)
             )
         )

@@ -24,10 +24,12 @@ def mmr_select_one(
     valid: jnp.ndarray,
     mmr_lambda: jnp.ndarray,
     n_select: int,
+    n_active: jnp.ndarray | None = None,
 ) -> jnp.ndarray:
     """(n_select,) pool positions for one user; relevance (n,), vectors (n, d), valid (n,).
 
-    Positions past the number of valid items repeat -1.
+    Positions past the number of valid items, or past ``n_active`` (a traced count, so one
+    program serves every list length up to ``n_select``), hold -1.
     """
     unit = unit_rows(vectors)
     similarity = unit @ unit.T
@@ -48,7 +50,8 @@ def mmr_select_one(
 
     n = relevance.shape[0]
     init = (jnp.full(n_select, -1, jnp.int32), jnp.full(n, -jnp.inf), jnp.zeros(n, bool))
-    chosen, _, _ = jax.lax.fori_loop(0, n_select, pick, init)
+    steps = n_select if n_active is None else jnp.minimum(n_active, n_select)
+    chosen, _, _ = jax.lax.fori_loop(0, steps, pick, init)
     return chosen
 
 
@@ -59,9 +62,15 @@ def mmr_select(
     valid: jnp.ndarray,
     mmr_lambda: jnp.ndarray,
     n_select: int,
+    n_active: jnp.ndarray | None = None,
 ) -> jnp.ndarray:
     """(users, n_select) pool positions; relevance (users, n), vectors (users, n, d),
-    valid (users, n) bool, mmr_lambda (users,)."""
-    return jax.vmap(mmr_select_one, in_axes=(0, 0, 0, 0, None))(
-        relevance, vectors, valid, mmr_lambda, n_select
+    valid (users, n) bool, mmr_lambda (users,); ``n_active`` (users,): picks per user (the
+    batch runs as many steps as its longest list; default all ``n_select``)."""
+    if n_active is None:
+        return jax.vmap(mmr_select_one, in_axes=(0, 0, 0, 0, None))(
+            relevance, vectors, valid, mmr_lambda, n_select
+        )
+    return jax.vmap(mmr_select_one, in_axes=(0, 0, 0, 0, None, 0))(
+        relevance, vectors, valid, mmr_lambda, n_select, n_active
     )

@@ -289,7 +289,9 @@ def recommend(
     cfg: SonaConfig,
     n_out: int,
 ) -> Recommendations:
-    """Top ``n_out`` recommendations per user (the caller keeps the first ``limit`` (users,))."""
+    """Top ``limit`` (users,) recommendations per user in ``n_out`` columns (-1 past each
+    user's limit): the list length is traced, so one program serves every length up to
+    ``n_out``."""
     n_items = state.base.item_embeddings.shape[0]
     scores = source_scores(state, users, request, cfg)
     excluded = excluded_items(state, users, request)
@@ -316,6 +318,7 @@ def recommend(
         pool_valid,
         request.mmr_lambda,
         n_out,
+        limit,
     )
 
     n_explore = jnp.round(exploration_share(users.qualifying, cfg) * limit).astype(jnp.int32)

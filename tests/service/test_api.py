@@ -43,6 +43,7 @@ async def api(request, tmp_path_factory):
     )
     app = create_app(settings)
     async with QuartTestApp(app, startup_timeout=180, shutdown_timeout=60) as test_app:
+        await app_state(app).started()
         yield test_app.test_client(), app
     if database_url:
         await drop_postgres_database(database_url)
@@ -631,6 +632,7 @@ async def test_api_keys(tmp_path):
     )
     app = create_app(settings)
     async with QuartTestApp(app, startup_timeout=180, shutdown_timeout=60) as test_app:
+        await app_state(app).started()
         client = test_app.test_client()
         body = {"user_id": str(uuid.uuid4())}
         assert (await client.post("/api/v1/recommendations", json=body)).status_code == 401
