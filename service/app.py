@@ -16,6 +16,7 @@ from quart import Quart, Request, Response, g, request
 from quart_schema import QuartSchema
 
 from service import schemas
+from service.admission import mark_started
 from service.body import parse_json
 from service.error_handlers import refusal_of, register_error_handlers
 from service.errors import ApiError, refusal
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None) -> Quart:
 
     @app.before_request
     async def authenticate():
+        mark_started()
         g.started = time.perf_counter()
         try:
             state.keys(request.method, request.path, request.headers.get("Authorization", ""))

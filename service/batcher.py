@@ -7,9 +7,14 @@ trip through the event loop (which at saturation is busy answering the batch jus
 measured, that round trip left the engine idle for about a fifth of the time). The loop only
 enqueues requests and, once per batch, hands the results to the waiting callers.
 
-The queue is bounded: `submit` raises `Overloaded` when it is full, which the API answers with
-503 + Retry-After. A waiter that was cancelled (its caller hung up) is skipped — its item is
-neither computed nor answered — and nothing it does can stop the worker.
+Admission is by waiting time, not only by length: `submit` raises `Overloaded` (the API answers
+503 + Retry-After) at once when the requests ahead would take longer than ``max_wait_ms`` to
+serve at the measured cost per request, and an engine thread answers 503 for any request that
+has waited longer than that by the time it is taken (the estimate can be wrong: a burst arrives
+faster than it is measured). So an answered request has waited at most the deadline plus one
+batch. The queue is bounded too (``max_queue``). A waiter that was cancelled (its caller hung
+up) is skipped — its item is neither computed nor answered — and nothing it does can stop the
+worker.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from service.admission import Overloaded, request_started
+
 log = logging.getLogger("sona.batcher")
 
 
@@ -32,8 +39,7 @@ FULL_WINDOW_FROM = 32  # batches this large (the last one) wait the whole window
 _STOP = object()  # queued behind everything by `drain`
 
 
-class Overloaded(RuntimeError):
-    """The batch queue is full."""
+COST_SMOOTHING = 0.2  # weight of the newest batch in the running cost per request
 
 
 class MicroBatcher:
@@ -58,17 +64,21 @@ class MicroBatcher:
         engines: int = 1,
         sizes: Sequence[int] = (),
         solo_from: int | None = OVERLAP_MAX_BATCH,
+        max_wait_ms: float = 0.0,
     ):
         self.name = name
         self.process = process
         self.max_batch = max_batch
         self.window = window_ms / 1000.0
         self.max_queue = max_queue
-        self.pending: queue.SimpleQueue = queue.SimpleQueue()  # (item, future, arrived)
+        # (item, future, arrived here, request started): monotonic seconds
+        self.pending: queue.SimpleQueue = queue.SimpleQueue()
         self.on_batch = on_batch
         self.engines = engines
         self.sizes = tuple(sizes)
         self.solo_from = solo_from
+        self.max_wait = max_wait_ms / 1000.0  # 0: admit by queue length alone
+        self.cost_per_item = 0.0  # seconds of engine time per request (running average)
         self.last_size = FULL_WINDOW_FROM
         self.loop: asyncio.AbstractEventLoop | None = None
         self.threads: list[threading.Thread] = []
@@ -89,11 +99,27 @@ class MicroBatcher:
     async def submit(self, item: Any) -> Any:
         if self.closing:
             raise Overloaded(f"{self.name} is shutting down")
-        if self.pending.qsize() >= self.max_queue:
+        waiting = self.pending.qsize()
+        if waiting >= self.max_queue:
             raise Overloaded(f"{self.name} queue is full")
+        now, started = time.monotonic(), request_started()
+        expected = (now - started) + self.expected_wait(waiting)
+        if self.max_wait and expected > self.max_wait:
+            raise Overloaded(
+                f"{self.name}: waited {(now - started) * 1000:.0f} ms, and {waiting} requests "
+                f"ahead would take about {self.expected_wait(waiting) * 1000:.0f} ms more "
+                f"(serving.max_wait_ms is {self.max_wait * 1000:.0f})",
+                retry_after=expected,
+            )
         future = (self.loop or asyncio.get_running_loop()).create_future()
-        self.pending.put((item, future, time.monotonic()))
+        self.pending.put((item, future, now, started))
         return await future
+
+    def expected_wait(self, waiting: int) -> float:
+        """Seconds ``waiting`` queued requests take to serve, at the measured cost per request
+        of full-ish batches (what a long queue is served in), spread over the engine calls
+        that overlap."""
+        return waiting * self.cost_per_item / max(1, self.engines)
 
     def _gather(self) -> tuple[list, bool]:
         """(batch, stop): the oldest waiting request, then whatever arrives until it has
@@ -152,10 +178,35 @@ class MicroBatcher:
                 batch, stop = self._gather()
             # A future is only ever completed on the loop; reading done() here can race with a
             # cancellation, which costs at most one computed-and-dropped item.
-            live = [(item, future) for item, future, _ in batch if not future.done()]
+            late, live = self._split_late(batch)
+            if late:
+                self.loop.call_soon_threadsafe(self._refuse_late, late)
             if live:
                 self._compute(live)
         self.pending.put(_STOP)  # for the next thread
+
+    def _split_late(self, batch: list) -> tuple[list, list]:
+        """(futures of requests that waited past the deadline, live (item, future) pairs)."""
+        now, late, live = time.monotonic(), [], []
+        for item, future, _, started in batch:
+            if future.done():
+                continue
+            if self.max_wait and now - started > self.max_wait:
+                late.append(future)
+            else:
+                live.append((item, future))
+        return late, live
+
+    def _refuse_late(self, futures: list) -> None:
+        for future in futures:
+            if not future.done():
+                future.set_exception(
+                    Overloaded(
+                        f"{self.name}: waited longer than serving.max_wait_ms "
+                        f"({self.max_wait * 1000:.0f})",
+                        retry_after=self.max_wait,
+                    )
+                )
 
     def _compute(self, live: list) -> None:
         """Run one batch and hand its results (or its error) to the loop, whatever happens."""
@@ -177,6 +228,9 @@ class MicroBatcher:
             raise
         finally:
             elapsed = time.perf_counter() - started
+            if len(live) * 2 >= self.max_batch or self.cost_per_item == 0.0:
+                per_item = elapsed / len(live)
+                self.cost_per_item += COST_SMOOTHING * (per_item - self.cost_per_item)
             with self.turns:
                 self.running -= 1
                 self.turns.notify_all()

@@ -4,12 +4,13 @@ HTTP errors (404, 405, 413, malformed JSON), overload (503) and anything unexpec
 from __future__ import annotations
 
 import logging
+import math
 
 from quart import Quart, request
 from quart_schema import RequestSchemaValidationError
 from werkzeug.exceptions import HTTPException
 
-from service.batcher import Overloaded
+from service.admission import Overloaded
 from service.errors import ApiError, refusal
 from service.metrics import Metrics
 
@@ -28,7 +29,8 @@ def refusal_of(error: Exception, metrics: Metrics) -> ApiError:
         return error
     if isinstance(error, Overloaded):
         metrics.overloaded.inc()
-        return ApiError(503, "overloaded", str(error), headers={"Retry-After": "1"})
+        retry = str(max(1, math.ceil(error.retry_after)))  # whole seconds (RFC 9110)
+        return ApiError(503, "overloaded", str(error), headers={"Retry-After": retry})
     log.error("unhandled error on a hot route", exc_info=error)
     return ApiError(500, "internal_error", "the server failed; this is logged")
 

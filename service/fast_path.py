@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ValidationError
 
+from service.admission import mark_started
 from service.body import parse_json
 from service.errors import ApiError
 
@@ -63,6 +64,7 @@ class FastPath:
         )
         if route is None:
             return await self.app(scope, receive, send)
+        mark_started()
         started = time.perf_counter()
         headers: dict[bytes, bytes] = {}
         for name, value in scope["headers"]:

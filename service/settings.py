@@ -57,6 +57,9 @@ class ServingSettings(_HostTable):
         description="longest a thread holds the GIL while another waits (Python's default: 5)",
     )
     max_queue: int = Field(1024, ge=1)
+    max_wait_ms: float = Field(
+        250.0, ge=0.0, description="longest a request may wait for the engine (0: no limit)"
+    )
     batching: bool = True
     max_body_bytes: int = Field(1_048_576, ge=1024)
     max_json_depth: int = Field(

@@ -245,6 +245,7 @@ class AppState:
                 engines=serving.engine_threads,
                 sizes=USER_BUCKETS,
                 solo_from=None if serving.xla_threads == 1 else OVERLAP_MAX_BATCH,
+                max_wait_ms=serving.max_wait_ms,
             )
             batcher.start()
             setattr(self, name, batcher)

@@ -2,6 +2,7 @@
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -183,4 +184,35 @@ async def test_a_batch_with_the_wrong_number_of_results_fails_its_callers_only()
     outcomes = await asyncio.gather(*first, return_exceptions=True)
     assert all(isinstance(o, RuntimeError) and "1 results for 3 items" in str(o) for o in outcomes)
     assert await batcher.submit(4) == 8  # the engine thread lives on
+    await batcher.drain()
+
+
+async def test_admission_by_waiting_time_refuses_at_once_and_answers_within_the_deadline():
+    """A burst far beyond what the deadline allows: the excess is refused at once (or when
+    its turn comes too late), and nobody answered waited more than the deadline plus a batch."""
+
+    def slow(items):  # 20 ms a call, whatever its size
+        time.sleep(0.02)
+        return list(items)
+
+    batcher = MicroBatcher("t", slow, max_batch=4, window_ms=0, max_queue=10_000, max_wait_ms=100)
+    batcher.start()
+    assert await batcher.submit(0) == 0  # one measured batch: 5 ms a request
+    loop = asyncio.get_running_loop()
+
+    async def timed(i):
+        started = loop.time()
+        try:
+            await batcher.submit(i)
+            return "answered", loop.time() - started
+        except Overloaded as refused:
+            assert refused.retry_after > 0
+            return "refused", loop.time() - started
+
+    outcomes = await asyncio.gather(*(timed(i) for i in range(400)))
+    answered = [t for kind, t in outcomes if kind == "answered"]
+    refused = [t for kind, t in outcomes if kind == "refused"]
+    assert answered and len(refused) > 300  # 100 ms holds about 20 requests at 5 ms each
+    assert max(answered) < 0.1 + 0.02 + 0.05  # deadline + one batch + scheduling slack
+    assert sorted(refused)[len(refused) // 2] < 0.01  # most refusals come at once
     await batcher.drain()
