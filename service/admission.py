@@ -9,7 +9,9 @@ it takes a request, one whose deadline has passed meanwhile.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from contextvars import ContextVar
 
 REQUEST_STARTED: ContextVar[float | None] = ContextVar("sona_request_started", default=None)
@@ -36,15 +38,39 @@ def request_started() -> float:
     return time.monotonic() if started is None else started
 
 
-def admit(max_wait_ms: float, stage: str) -> None:
-    """Raise `Overloaded` when this request has waited longer than ``max_wait_ms`` (0: never)
-    before ``stage``."""
-    if not max_wait_ms:
-        return
-    waited = time.monotonic() - request_started()
-    if waited * 1000 > max_wait_ms:
-        raise Overloaded(
-            f"waited {waited * 1000:.0f} ms before {stage} (serving.max_wait_ms is "
-            f"{max_wait_ms:.0f})",
-            retry_after=waited,
-        )
+COST_SMOOTHING = 0.1  # weight of the newest request in a stage's running cost
+
+
+class Stage:
+    """A step requests queue for (the profile lookup: store reads, profile builds): how many
+    are in it, and what one more costs. The cost is each request's time in the stage over the
+    requests it found there plus itself, so it is the cost per request whatever the stage's
+    parallelism (one SQLite connection, a PostgreSQL pool), and ``in_flight * cost`` is what a
+    newcomer would wait."""
+
+    def __init__(self, name: str):
+        self.name, self.in_flight, self.cost = name, 0, 0.0
+
+    @contextlib.contextmanager
+    def admitted(self, max_wait_ms: float) -> Iterator[None]:
+        """Enter the stage, or raise `Overloaded` when this request has waited, or would wait
+        here, longer than ``max_wait_ms`` (0: never refuse)."""
+        now = time.monotonic()
+        waited = now - request_started()
+        expected = waited + self.in_flight * self.cost
+        if max_wait_ms and expected * 1000 > max_wait_ms:
+            raise Overloaded(
+                f"waited {waited * 1000:.0f} ms, and {self.in_flight} requests ahead in "
+                f"{self.name} would take about {self.in_flight * self.cost * 1000:.0f} ms more "
+                f"(serving.max_wait_ms is {max_wait_ms:.0f})",
+                retry_after=expected,
+            )
+        ahead = self.in_flight
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            per_request = (time.monotonic() - now) / (ahead + 1)
+            smoothing = COST_SMOOTHING if self.cost else 1.0
+            self.cost += smoothing * (per_request - self.cost)

@@ -117,8 +117,9 @@ class MicroBatcher:
 
     def expected_wait(self, waiting: int) -> float:
         """Seconds ``waiting`` queued requests take to serve, at the measured cost per request
-        of full-ish batches (what a long queue is served in), spread over the engine calls
-        that overlap."""
+        of full-ish batches (what a long queue is served in; 0 until one has run, so the first
+        burst is admitted and shed only when its turn comes late), spread over the engine
+        calls that overlap."""
         return waiting * self.cost_per_item / max(1, self.engines)
 
     def _gather(self) -> tuple[list, bool]:
@@ -228,9 +229,10 @@ class MicroBatcher:
             raise
         finally:
             elapsed = time.perf_counter() - started
-            if len(live) * 2 >= self.max_batch or self.cost_per_item == 0.0:
+            if len(live) * 2 >= self.max_batch:  # small batches cost far more per request
                 per_item = elapsed / len(live)
-                self.cost_per_item += COST_SMOOTHING * (per_item - self.cost_per_item)
+                smoothing = COST_SMOOTHING if self.cost_per_item else 1.0
+                self.cost_per_item += smoothing * (per_item - self.cost_per_item)
             with self.turns:
                 self.running -= 1
                 self.turns.notify_all()

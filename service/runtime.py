@@ -26,6 +26,7 @@ from service.threads import in_background
 from sona_jax.buckets import EVENT_BUCKETS, SCORE_BUCKETS, USER_BUCKETS, bucket
 from sona_jax.config import SonaConfig
 from sona_jax.data.stored import StoredEvent
+from sona_jax.model.training_data import event_targets
 from sona_jax.model.version import TrainedModel
 from sona_jax.serve.batch import Query, ViewerProfile
 from sona_jax.serve.engine import AdapterResult, Scores, ServingEngine
@@ -103,7 +104,7 @@ class Runtime:
 
         That is: recommendations for every user bucket a batch can fill (every list length
         shares one program), with the model's list widths and the wide ones; scores for every
-        bucket of items per request; profiles for every bucket of stored events up to
+        bucket of items per request; similar items; profiles for every bucket of stored events up to
         ``serving.warm_up_max_events``; adapter training for every bucket of viewers the
         learner trains together. Buckets above ``serving.max_batch`` (or above 1 with batching
         off) are never used. With the persistent compilation cache a warm restart loads them.
@@ -183,6 +184,9 @@ def warm_up_tasks(
     sizes = [size for size in USER_BUCKETS if size <= bucket(largest, USER_BUCKETS)]
     empty = engine.empty_profile()
     wide = replace(empty, seen=np.arange(engine.widths.seen + 1, dtype=np.int32) % engine.capacity)
+    dismissing = replace(
+        empty, dismissed=np.arange(engine.widths.dismissed + 1, dtype=np.int32) % engine.capacity
+    )
     lam = cfg.diversity.mmr_lambda
     most = bucket(serving.max_batch_score_ids, SCORE_BUCKETS)
     widths = [w for w in SCORE_BUCKETS if w < most] + [most]
@@ -191,14 +195,22 @@ def warm_up_tasks(
         for profile in (empty, wide):
             tasks.append(partial(engine.recommend_queries, [Query(profile, 1, True, lam)] * size))
         for width in widths:
-            scoring = Query(empty, items=np.zeros(width, np.int32))
-            tasks.append(partial(engine.score_queries, [scoring] * size))
+            for profile in (empty, dismissing):  # seen lists do not shape scores
+                scoring = Query(profile, items=np.zeros(width, np.int32))
+                tasks.append(partial(engine.score_queries, [scoring] * size))
+    tasks.append(partial(engine.similar, 0, 1))
     item = engine.item_ids[0]
     for n_events in EVENT_BUCKETS:
         if n_events > bucket(serving.warm_up_max_events, EVENT_BUCKETS):
             break
         events = [_warm_up_event(item, i) for i in range(n_events)]
         tasks.append(partial(engine.viewer_profile, "warm-up", events, None, 0.0, time.time()))
+    # A learner batch's engagement targets: every bucket its events can fill.
+    size, most = EVENT_BUCKETS[0], serving.warm_up_max_events * serving.learner_max_batch
+    while size <= bucket(most, EVENT_BUCKETS):
+        zeros = np.zeros(size, np.float32)
+        tasks.append(partial(event_targets, zeros, zeros, zeros.astype(bool), cfg.preference))
+        size = bucket(size + 1, EVENT_BUCKETS)
     training = [_warm_up_event(item, i) for i in range(cfg.lora.min_events)]
     for n_users in USER_BUCKETS:
         if n_users > bucket(serving.learner_max_batch, USER_BUCKETS):

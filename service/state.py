@@ -18,6 +18,7 @@ from functools import partial
 
 from quart import Quart, current_app
 
+from service.admission import Stage
 from service.auth import KeyCheck
 from service.batcher import OVERLAP_MAX_BATCH, MicroBatcher
 from service.cache import Cache, open_cache
@@ -83,6 +84,7 @@ class AppState:
     watcher: asyncio.Task | None = None
     last_rebuild: RebuildRecord | None = None
     startup: Startup = field(default_factory=lambda: Startup())
+    lookups: Stage = field(default_factory=lambda: Stage("the profile lookup"))
     bringing_up: asyncio.Task | None = None
 
     def __post_init__(self) -> None:

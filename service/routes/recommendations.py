@@ -10,7 +10,6 @@ from quart import Blueprint, Response
 from quart_schema import document_response, validate_request, validate_response
 
 from service import policy, schemas
-from service.admission import admit
 from service.context import resolve
 from service.demo import new_request_seed
 from service.errors import ApiError
@@ -61,8 +60,8 @@ async def recommendations_body(state: AppState, data: schemas.RecommendationRequ
     runtime = state.engine()
     user_id = str(data.user_id)
     limit = data.limit or state.serving.default_limit
-    admit(state.serving.max_wait_ms, "the profile lookup")
-    profile = await state.profiles.get(user_id)
+    with state.lookups.admitted(state.serving.max_wait_ms):
+        profile = await state.profiles.get(user_id)
     lam = policy.mmr_lambda(data.diversity_threshold, state.cfg)
     context = resolve(data.context)
     device, tod, mood = context.indices

@@ -8,7 +8,6 @@ from quart import Blueprint, Response
 from quart_schema import document_response, validate_request, validate_response
 
 from service import schemas
-from service.admission import admit
 from service.context import resolve
 from service.errors import ApiError
 from service.routes.recommendations import item_index
@@ -28,8 +27,8 @@ def components(values: np.ndarray) -> dict[str, float]:
 async def score_body(state: AppState, data: schemas.ScoreRequest) -> bytes:
     """The personalization score answer (JSON bytes); shared by the route and the fast path."""
     index = item_index(state, str(data.content_id), "content_id")
-    admit(state.serving.max_wait_ms, "the profile lookup")
-    profile = await state.profiles.get(str(data.user_id))
+    with state.lookups.admitted(state.serving.max_wait_ms):
+        profile = await state.profiles.get(str(data.user_id))
     context = resolve(data.context)
     device, tod, mood = context.indices
     result = await state.score.submit(
@@ -69,8 +68,8 @@ async def score_batch(data: schemas.BatchScoreRequest):
     unknown = [c for c in ids if c not in index]
     scores = []
     if known:
-        admit(state.serving.max_wait_ms, "the profile lookup")
-        profile = await state.profiles.get(str(data.user_id))
+        with state.lookups.admitted(state.serving.max_wait_ms):
+            profile = await state.profiles.get(str(data.user_id))
         device, tod, mood = resolve(data.context).indices
         result = await state.score.submit(
             Query(

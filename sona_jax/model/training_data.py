@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sona_jax.buckets import EVENT_BUCKETS, bucket, pad_rows
 from sona_jax.config import LoraConfig, PreferenceConfig
 from sona_jax.features.preference import engagement_weight
 
@@ -26,9 +27,23 @@ class RecentEvents(NamedTuple):
     counts: np.ndarray
 
 
+_engagement = jax.jit(engagement_weight, static_argnames=("cfg",))
+
+
 def event_targets(completion, rating, dismissed, cfg: PreferenceConfig) -> np.ndarray:
-    """Engagement mapped to [0, 1] (weight / max_weight); dismissed events are 0."""
-    weight = np.asarray(engagement_weight(jnp.asarray(completion), jnp.asarray(rating), cfg))
+    """Engagement mapped to [0, 1] (weight / max_weight); dismissed events are 0.
+
+    Computed over the events padded to an `EVENT_BUCKETS` size: one program per bucket, not
+    one per number of events (a viewer's adapter training would otherwise compile)."""
+    n = len(completion)
+    size = bucket(n, EVENT_BUCKETS)
+    weight = np.asarray(
+        _engagement(
+            pad_rows(np.asarray(completion, np.float32), size),
+            pad_rows(np.asarray(rating, np.float32), size),
+            cfg,
+        )
+    )[:n]
     return np.where(np.asarray(dismissed), 0.0, weight / cfg.max_weight).astype(np.float32)
 
 

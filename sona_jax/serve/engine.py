@@ -76,7 +76,7 @@ class AdapterResult(NamedTuple):
 def output_width(longest: int) -> int:
     """Columns a recommend call computes: `OUTPUT_WIDTH` for every served length (one program
     for all of them), more only for longer lists (evaluation at k > 100)."""
-    return max(OUTPUT_WIDTH, bucket(longest))
+    return OUTPUT_WIDTH if longest <= OUTPUT_WIDTH else bucket(longest)
 
 
 @jax.jit
@@ -266,6 +266,9 @@ class ServingEngine:
         """Scores and components of each query's ``items`` (indices), one jitted call."""
         n = len(queries)
         users, requests, _ = query_batch(queries)
+        # Scores never exclude watched items: without their seen lists, only a viewer with
+        # more dismissals than the model's width needs the wide program.
+        users = users._replace(seen=users.seen[:, :0])
         padded, size = self._users(users)
         items = [q.items for q in queries]
         width = bucket(max(len(i) for i in items), SCORE_BUCKETS)

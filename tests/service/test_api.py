@@ -22,7 +22,9 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 SMALL = SonaConfig().with_overrides({"model": {"embedding_dim": 32}})
 # Tables take in new events only when a test refreshes them, so scores compared across two
 # calls see the same tables (test_learning_loop follows the live refreshes).
-SERVING = ServingSettings(max_body_bytes=200_000, warm_up=False, tables_refresh_seconds=3600)
+SERVING = ServingSettings(
+    max_body_bytes=200_000, warm_up=False, tables_refresh_seconds=3600, compilation_cache=False
+)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module", params=["sqlite", "postgres+redis"])
