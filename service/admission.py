@@ -1,10 +1,12 @@
 """Admission by waiting time (``serving.max_wait_ms``): a request that has already waited, or
 would wait, longer than the deadline is answered 503 + Retry-After rather than served late.
 
-A request's clock starts when the app first sees it (`mark_started`, on the fast path and in
-Quart's before-request hook) and is checked before each stage that queues: the profile lookup
-(store reads) and the engine's micro-batch queue (`service.batcher`), which also refuses, when
-it takes a request, one whose deadline has passed meanwhile.
+The deadline bounds queueing: the time from when the app first sees a request (`mark_started`,
+on the fast path and in Quart's before-request hook) to when it reaches the profile lookup, the
+lookup's own queue as predicted on entry, and the time in the engine's micro-batch queue
+(`service.batcher`, which also refuses, when it takes a request, one whose deadline has passed
+meanwhile). The time a lookup itself takes (store reads, a Redis reconnect) is not queueing and
+does not count: a slow dependency degrades a request, it does not fail it.
 """
 
 from __future__ import annotations
@@ -13,8 +15,16 @@ import contextlib
 import time
 from collections.abc import Iterator
 from contextvars import ContextVar
+from dataclasses import dataclass
 
-REQUEST_STARTED: ContextVar[float | None] = ContextVar("sona_request_started", default=None)
+
+@dataclass
+class RequestClock:
+    started: float  # monotonic seconds
+    in_stages: float = 0.0  # seconds spent inside stages (not queueing)
+
+
+REQUEST_CLOCK: ContextVar[RequestClock | None] = ContextVar("sona_request_clock", default=None)
 
 
 class Overloaded(RuntimeError):
@@ -25,17 +35,15 @@ class Overloaded(RuntimeError):
         self.retry_after = retry_after
 
 
-def mark_started() -> float:
-    """Start this request's clock (monotonic seconds); returns it."""
-    now = time.monotonic()
-    REQUEST_STARTED.set(now)
-    return now
+def mark_started() -> None:
+    """Start this request's clock."""
+    REQUEST_CLOCK.set(RequestClock(time.monotonic()))
 
 
-def request_started() -> float:
-    """When this request started (now, outside a request)."""
-    started = REQUEST_STARTED.get()
-    return time.monotonic() if started is None else started
+def queued() -> float:
+    """Seconds this request has queued so far (0 outside a request)."""
+    clock = REQUEST_CLOCK.get()
+    return 0.0 if clock is None else time.monotonic() - clock.started - clock.in_stages
 
 
 COST_SMOOTHING = 0.1  # weight of the newest request in a stage's running cost
@@ -55,8 +63,7 @@ class Stage:
     def admitted(self, max_wait_ms: float) -> Iterator[None]:
         """Enter the stage, or raise `Overloaded` when this request has waited, or would wait
         here, longer than ``max_wait_ms`` (0: never refuse)."""
-        now = time.monotonic()
-        waited = now - request_started()
+        now, waited = time.monotonic(), queued()
         expected = waited + self.in_flight * self.cost
         if max_wait_ms and expected * 1000 > max_wait_ms:
             raise Overloaded(
@@ -71,6 +78,10 @@ class Stage:
             yield
         finally:
             self.in_flight -= 1
-            per_request = (time.monotonic() - now) / (ahead + 1)
+            spent = time.monotonic() - now
+            clock = REQUEST_CLOCK.get()
+            if clock is not None:
+                clock.in_stages += spent
+            per_request = spent / (ahead + 1)
             smoothing = COST_SMOOTHING if self.cost else 1.0
             self.cost += smoothing * (per_request - self.cost)

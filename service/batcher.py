@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from service.admission import Overloaded, request_started
+from service.admission import Overloaded, queued
 
 log = logging.getLogger("sona.batcher")
 
@@ -71,7 +71,7 @@ class MicroBatcher:
         self.max_batch = max_batch
         self.window = window_ms / 1000.0
         self.max_queue = max_queue
-        # (item, future, arrived here, request started): monotonic seconds
+        # (item, future, arrived here, deadline): monotonic seconds
         self.pending: queue.SimpleQueue = queue.SimpleQueue()
         self.on_batch = on_batch
         self.engines = engines
@@ -102,17 +102,17 @@ class MicroBatcher:
         waiting = self.pending.qsize()
         if waiting >= self.max_queue:
             raise Overloaded(f"{self.name} queue is full")
-        now, started = time.monotonic(), request_started()
-        expected = (now - started) + self.expected_wait(waiting)
+        now, waited = time.monotonic(), queued()
+        expected = waited + self.expected_wait(waiting)
         if self.max_wait and expected > self.max_wait:
             raise Overloaded(
-                f"{self.name}: waited {(now - started) * 1000:.0f} ms, and {waiting} requests "
+                f"{self.name}: queued {waited * 1000:.0f} ms, and {waiting} requests "
                 f"ahead would take about {self.expected_wait(waiting) * 1000:.0f} ms more "
                 f"(serving.max_wait_ms is {self.max_wait * 1000:.0f})",
                 retry_after=expected,
             )
         future = (self.loop or asyncio.get_running_loop()).create_future()
-        self.pending.put((item, future, now, started))
+        self.pending.put((item, future, now, now + self.max_wait - waited))
         return await future
 
     def expected_wait(self, waiting: int) -> float:
@@ -189,10 +189,10 @@ class MicroBatcher:
     def _split_late(self, batch: list) -> tuple[list, list]:
         """(futures of requests that waited past the deadline, live (item, future) pairs)."""
         now, late, live = time.monotonic(), [], []
-        for item, future, _, started in batch:
+        for item, future, _, deadline in batch:
             if future.done():
                 continue
-            if self.max_wait and now - started > self.max_wait:
+            if self.max_wait and now > deadline:
                 late.append(future)
             else:
                 live.append((item, future))

@@ -196,8 +196,9 @@ def test_a_redis_restored_from_old_data_is_checked_against_the_store(tmp_path):
 
         def shown(url):
             body = {"user_id": user, "limit": 20}
-            answer = httpx.post(f"{url}/api/v1/recommendations", json=body, timeout=30).json()
-            return {r["content_id"] for r in answer["recommendations"]}
+            answer = httpx.post(f"{url}/api/v1/recommendations", json=body, timeout=30)
+            assert answer.status_code == 200, answer.text
+            return {r["content_id"] for r in answer.json()["recommendations"]}
 
         assert update(first.url, content[:3], 1).status_code == 200
         watched_next = sorted(shown(second.url))[:5]
@@ -221,3 +222,40 @@ def test_a_redis_restored_from_old_data_is_checked_against_the_store(tmp_path):
         second.stop()
         server_redis.kill()
         asyncio.run(drop_postgres_database(database))
+
+
+def test_redis_is_used_again_one_back_off_after_it_comes_back(tmp_path):
+    """Redis killed and started again while the server holds a pool of (now dead) connections:
+    one failure drops them all, so the cache is written again within one back-off (today each
+    dead connection failed in turn, a back-off apiece: up to 15 s)."""
+    import redis
+
+    port = free_port()
+    cache = _redis_server(port, tmp_path)
+    env = {"SONA_REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+    server = ServerProcess(tmp_path / "s", *DEMO, env=env).start()
+    try:
+        content = _catalogue(server)[:4]
+        with httpx.Client() as client:
+
+            def update(user: str):
+                return _update(server, client, user, content, 1)
+
+            users = [str(uuid.uuid4()) for _ in range(24)]
+            assert {
+                a.status_code for a in _at_once([functools.partial(update, u) for u in users])
+            } == {200}  # many pooled connections
+            cache.kill()
+            cache.wait(5)
+            for _ in range(3):
+                assert update(str(uuid.uuid4())).status_code == 200  # served without Redis
+            cache = _redis_server(port, tmp_path)
+            back = time.monotonic()
+            while redis.Redis(port=port).dbsize() == 0:
+                assert update(str(uuid.uuid4())).status_code == 200
+                assert time.monotonic() - back < 5.0, "the cache was not used again"
+                time.sleep(0.1)
+            assert time.monotonic() - back < 2.5  # one back-off (1 s) and a request
+    finally:
+        server.stop()
+        cache.kill()
