@@ -128,7 +128,8 @@ def _percentiles(values: list[float]) -> dict:
 
 
 def burst(folder: Path, demo: tuple[str, ...], n: int, max_wait: float) -> dict:
-    server = ServerProcess(folder, *demo, config_text=CONFIG.format(max_wait=max_wait)).start()
+    server = ServerProcess(folder, *demo, config_text=CONFIG.format(max_wait=max_wait))
+    server.start(timeout=600)
     try:
         from sona_lab.model_store import load_model
 
@@ -222,7 +223,7 @@ def main() -> None:
             prepare = ServerProcess(
                 folder / "restarts", *demo, config_text=CONFIG.format(max_wait=0)
             )
-            prepare.start().stop()  # seed, train, compile
+            prepare.start(timeout=600).stop()  # seed, train, compile
         else:
             result["restarts"] = restarts(folder / "restarts", demo)
         # Both bursts on a warm data dir (the restarts' one): same model, same programs.

@@ -1,12 +1,13 @@
 """Admission by waiting time (``serving.max_wait_ms``): a request that has already waited, or
 would wait, longer than the deadline is answered 503 + Retry-After rather than served late.
 
-The deadline bounds queueing: the time from when the app first sees a request (`mark_started`,
-on the fast path and in Quart's before-request hook) to when it reaches the profile lookup, the
-lookup's own queue as predicted on entry, and the time in the engine's micro-batch queue
-(`service.batcher`, which also refuses, when it takes a request, one whose deadline has passed
-meanwhile). The time a lookup itself takes (store reads, a Redis reconnect) is not queueing and
-does not count: a slow dependency degrades a request, it does not fail it.
+A request's clock starts when the app first sees it (`mark_started`, on the fast path and in
+Quart's before-request hook) and is checked on entry to each stage that queues: the profile
+lookup (store reads and profile builds, with its queue as predicted on entry) and the engine's
+micro-batch queue (`service.batcher`, which also refuses, when it takes a request, one whose
+deadline has passed meanwhile). Time spent waiting on the shared cache does not count
+(`excuse`): the cache is optional, and a Redis that stalls or restarts degrades requests to
+cache misses, it does not fail them.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 @dataclass
 class RequestClock:
     started: float  # monotonic seconds
-    in_stages: float = 0.0  # seconds spent inside stages (not queueing)
+    excused: float = 0.0  # seconds that do not count (waiting on the optional cache)
 
 
 REQUEST_CLOCK: ContextVar[RequestClock | None] = ContextVar("sona_request_clock", default=None)
@@ -40,10 +41,17 @@ def mark_started() -> None:
     REQUEST_CLOCK.set(RequestClock(time.monotonic()))
 
 
-def queued() -> float:
-    """Seconds this request has queued so far (0 outside a request)."""
+def waited() -> float:
+    """Seconds this request has waited so far, less what is excused (0 outside a request)."""
     clock = REQUEST_CLOCK.get()
-    return 0.0 if clock is None else time.monotonic() - clock.started - clock.in_stages
+    return 0.0 if clock is None else time.monotonic() - clock.started - clock.excused
+
+
+def excuse(seconds: float) -> None:
+    """Do not count ``seconds`` (spent on the optional cache) against this request's deadline."""
+    clock = REQUEST_CLOCK.get()
+    if clock is not None:
+        clock.excused += seconds
 
 
 COST_SMOOTHING = 0.1  # weight of the newest request in a stage's running cost
@@ -63,11 +71,11 @@ class Stage:
     def admitted(self, max_wait_ms: float) -> Iterator[None]:
         """Enter the stage, or raise `Overloaded` when this request has waited, or would wait
         here, longer than ``max_wait_ms`` (0: never refuse)."""
-        now, waited = time.monotonic(), queued()
-        expected = waited + self.in_flight * self.cost
+        now, so_far = time.monotonic(), waited()
+        expected = so_far + self.in_flight * self.cost
         if max_wait_ms and expected * 1000 > max_wait_ms:
             raise Overloaded(
-                f"waited {waited * 1000:.0f} ms, and {self.in_flight} requests ahead in "
+                f"waited {so_far * 1000:.0f} ms, and {self.in_flight} requests ahead in "
                 f"{self.name} would take about {self.in_flight * self.cost * 1000:.0f} ms more "
                 f"(serving.max_wait_ms is {max_wait_ms:.0f})",
                 retry_after=expected,
@@ -78,10 +86,6 @@ class Stage:
             yield
         finally:
             self.in_flight -= 1
-            spent = time.monotonic() - now
-            clock = REQUEST_CLOCK.get()
-            if clock is not None:
-                clock.in_stages += spent
-            per_request = spent / (ahead + 1)
+            per_request = (time.monotonic() - now) / (ahead + 1)
             smoothing = COST_SMOOTHING if self.cost else 1.0
             self.cost += smoothing * (per_request - self.cost)

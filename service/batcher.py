@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from service.admission import Overloaded, queued
+from service.admission import Overloaded, waited
 
 log = logging.getLogger("sona.batcher")
 
@@ -102,17 +102,17 @@ class MicroBatcher:
         waiting = self.pending.qsize()
         if waiting >= self.max_queue:
             raise Overloaded(f"{self.name} queue is full")
-        now, waited = time.monotonic(), queued()
-        expected = waited + self.expected_wait(waiting)
+        now, so_far = time.monotonic(), waited()
+        expected = so_far + self.expected_wait(waiting)
         if self.max_wait and expected > self.max_wait:
             raise Overloaded(
-                f"{self.name}: queued {waited * 1000:.0f} ms, and {waiting} requests "
+                f"{self.name}: waited {so_far * 1000:.0f} ms, and {waiting} requests "
                 f"ahead would take about {self.expected_wait(waiting) * 1000:.0f} ms more "
                 f"(serving.max_wait_ms is {self.max_wait * 1000:.0f})",
                 retry_after=expected,
             )
         future = (self.loop or asyncio.get_running_loop()).create_future()
-        self.pending.put((item, future, now, now + self.max_wait - waited))
+        self.pending.put((item, future, now, now + self.max_wait - so_far))
         return await future
 
     def expected_wait(self, waiting: int) -> float:

@@ -22,6 +22,8 @@ from typing import NamedTuple, Protocol
 
 from cachetools import TLRUCache
 
+from service.admission import excuse
+
 log = logging.getLogger("sona.cache")
 
 
@@ -176,11 +178,14 @@ class RedisCache:
     async def get(self, key: str) -> bytes | None:
         if not self._available():
             return None
+        started = time.monotonic()
         try:
             return await self.client.get(self.prefix + key)
         except Exception as error:  # noqa: BLE001 - any Redis failure is a miss
             await self._failed(error)
             return None
+        finally:
+            excuse(time.monotonic() - started)
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         if not self._available() or len(value) > self.max_value_bytes:
@@ -193,12 +198,15 @@ class RedisCache:
     async def get_versioned(self, key: str) -> Versioned | None:
         if not self._available():
             return None
+        started = time.monotonic()
         try:
             run = await self._current_run()
             raw = await self.client.get(self.prefix + key)
         except Exception as error:  # noqa: BLE001
             await self._failed(error)
             return None
+        finally:
+            excuse(time.monotonic() - started)
         if raw is None:
             return None
         try:
@@ -209,6 +217,7 @@ class RedisCache:
     async def set_if_newer(self, key: str, version: Version, value: bytes, ttl: float) -> None:
         if not self._available() or len(value) > self.max_value_bytes:
             return
+        started = time.monotonic()
         try:
             run = await self._current_run()
             head = "".join(f"{part:0{PART_DIGITS}d}" for part in version.parts) + "|" + run
@@ -218,6 +227,8 @@ class RedisCache:
             )
         except Exception as error:  # noqa: BLE001
             await self._failed(error)
+        finally:
+            excuse(time.monotonic() - started)
 
     async def delete(self, *keys: str) -> None:
         if not keys:
