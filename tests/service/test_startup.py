@@ -24,7 +24,6 @@ from service.state import app_state
 from sona_jax.config import SonaConfig
 from tests.service.servers import ServerProcess
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
 SMALL = SonaConfig().with_overrides({"model": {"embedding_dim": 32}})
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
@@ -57,6 +56,7 @@ class Compiles(logging.Handler):
     def __exit__(self, *_):
         self.counting = False
         jax.config.update("jax_log_compiles", False)
+        jax.config.update("jax_explain_cache_misses", False)  # it slows every later trace
 
 
 COMPILES = Compiles()
@@ -68,8 +68,8 @@ async def warmed(tmp_path_factory):
         config=SMALL,
         serving=ServingSettings(
             warm_up=True,
-            max_batch=16,
-            learner_max_batch=4,
+            max_batch=4,
+            learner_max_batch=2,
             warm_up_max_events=1024,
             compilation_cache=False,  # the process-wide JAX setting stays off in tests
             max_wait_ms=0,  # this test is about compiles, not admission
@@ -98,6 +98,7 @@ def _events(content: list[str], n: int, day: int = 1) -> list[dict]:
     ]
 
 
+@pytest.mark.asyncio(loop_scope="module")
 async def test_no_valid_request_compiles_after_ready(warmed):
     client, app = warmed
     state = app_state(app)
@@ -138,7 +139,10 @@ async def test_no_valid_request_compiles_after_ready(warmed):
 
 
 def test_health_at_once_ready_with_progress_and_a_warm_restart_loads_its_programs(tmp_path):
-    config = "[model]\nembedding_dim = 32\n[serving]\nmax_batch = 8\nlearner_max_batch = 2\n"
+    config = (
+        "[model]\nembedding_dim = 32\n[serving]\nmax_batch = 2\nlearner_max_batch = 1\n"
+        "warm_up_max_events = 64\n"
+    )
     server = ServerProcess(
         tmp_path, "--demo", "--demo-users", "80", "--demo-items", "120", config_text=config
     )
