@@ -54,7 +54,19 @@ def excuse(seconds: float) -> None:
         clock.excused += seconds
 
 
-COST_SMOOTHING = 0.1  # weight of the newest request in a stage's running cost
+STAGE_SMOOTHING = 0.1  # weight of the newest request in a stage's running cost
+
+
+class RunningCost:
+    """An exponentially weighted average of seconds per request (0 until the first sample,
+    which it then takes whole)."""
+
+    def __init__(self, smoothing: float):
+        self.smoothing, self.seconds = smoothing, 0.0
+
+    def add(self, seconds: float) -> None:
+        weight = self.smoothing if self.seconds else 1.0
+        self.seconds += weight * (seconds - self.seconds)
 
 
 class Stage:
@@ -65,18 +77,18 @@ class Stage:
     newcomer would wait."""
 
     def __init__(self, name: str):
-        self.name, self.in_flight, self.cost = name, 0, 0.0
+        self.name, self.in_flight, self.cost = name, 0, RunningCost(STAGE_SMOOTHING)
 
     @contextlib.contextmanager
     def admitted(self, max_wait_ms: float) -> Iterator[None]:
         """Enter the stage, or raise `Overloaded` when this request has waited, or would wait
         here, longer than ``max_wait_ms`` (0: never refuse)."""
         now, so_far = time.monotonic(), waited()
-        expected = so_far + self.in_flight * self.cost
+        expected = so_far + self.in_flight * self.cost.seconds
         if max_wait_ms and expected * 1000 > max_wait_ms:
             raise Overloaded(
                 f"waited {so_far * 1000:.0f} ms, and {self.in_flight} requests ahead in "
-                f"{self.name} would take about {self.in_flight * self.cost * 1000:.0f} ms more "
+                f"{self.name} would take about {self.in_flight * self.cost.seconds * 1000:.0f} ms more "
                 f"(serving.max_wait_ms is {max_wait_ms:.0f})",
                 retry_after=expected,
             )
@@ -86,6 +98,4 @@ class Stage:
             yield
         finally:
             self.in_flight -= 1
-            per_request = (time.monotonic() - now) / (ahead + 1)
-            smoothing = COST_SMOOTHING if self.cost else 1.0
-            self.cost += smoothing * (per_request - self.cost)
+            self.cost.add((time.monotonic() - now) / (ahead + 1))

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from service.admission import Overloaded, waited
+from service.admission import Overloaded, RunningCost, waited
 
 log = logging.getLogger("sona.batcher")
 
@@ -78,7 +78,7 @@ class MicroBatcher:
         self.sizes = tuple(sizes)
         self.solo_from = solo_from
         self.max_wait = max_wait_ms / 1000.0  # 0: admit by queue length alone
-        self.cost_per_item = 0.0  # seconds of engine time per request (running average)
+        self.cost_per_item = RunningCost(COST_SMOOTHING)  # engine seconds per request
         self.last_size = FULL_WINDOW_FROM
         self.loop: asyncio.AbstractEventLoop | None = None
         self.threads: list[threading.Thread] = []
@@ -120,7 +120,7 @@ class MicroBatcher:
         of full-ish batches (what a long queue is served in; 0 until one has run, so the first
         burst is admitted and shed only when its turn comes late), spread over the engine
         calls that overlap."""
-        return waiting * self.cost_per_item / max(1, self.engines)
+        return waiting * self.cost_per_item.seconds / max(1, self.engines)
 
     def _gather(self) -> tuple[list, bool]:
         """(batch, stop): the oldest waiting request, then whatever arrives until it has
@@ -230,9 +230,7 @@ class MicroBatcher:
         finally:
             elapsed = time.perf_counter() - started
             if len(live) * 2 >= self.max_batch:  # small batches cost far more per request
-                per_item = elapsed / len(live)
-                smoothing = COST_SMOOTHING if self.cost_per_item else 1.0
-                self.cost_per_item += smoothing * (per_item - self.cost_per_item)
+                self.cost_per_item.add(elapsed / len(live))
             with self.turns:
                 self.running -= 1
                 self.turns.notify_all()

@@ -198,7 +198,7 @@ async def test_admission_by_waiting_time_refuses_at_once_and_answers_within_the_
     batcher = MicroBatcher("t", slow, max_batch=4, window_ms=5, max_queue=10_000, max_wait_ms=100)
     batcher.start()
     assert await asyncio.gather(*(batcher.submit(i) for i in range(4))) == [0, 1, 2, 3]
-    assert batcher.cost_per_item > 0  # one full batch measured: 5 ms a request
+    assert batcher.cost_per_item.seconds > 0  # one full batch measured: 5 ms a request
     loop = asyncio.get_running_loop()
 
     async def timed(i):
