@@ -29,7 +29,7 @@ from sona_jax.data.stored import StoredEvent
 from sona_jax.model.training_data import event_targets
 from sona_jax.model.version import TrainedModel
 from sona_jax.serve.batch import Query, ViewerProfile
-from sona_jax.serve.engine import AdapterResult, Scores, ServingEngine
+from sona_jax.serve.engine import AdapterResult, Lists, Scores, ServingEngine
 
 MILLISECONDS = 1000
 COMPILATION_CACHE = "xla-cache"  # under the data directory
@@ -55,6 +55,8 @@ class Runtime:
         self.writer = asyncio.Lock()  # one replacement at a time (catalogue, tables, models)
         self.cfg, self.serving = cfg, serving
         self._engine: ServingEngine | None = None
+        self._canned_key: tuple[int, int] | None = None  # `serving.canned_engine` only
+        self._canned_lists: Lists | None = None
         if model is not None:
             self.load(model)
 
@@ -123,7 +125,7 @@ class Runtime:
         (item index, score, kind index, based-on item index or -1), best first, and the
         engine whose ``model`` the indices refer to."""
         engine = self.engine
-        lists = engine.recommend_queries(queries)
+        lists = self._canned(engine, queries) or engine.recommend_queries(queries)
         # One conversion per output for the whole batch: per-row numpy slicing cost more.
         items, scores, kinds, based_on = (
             x.tolist() for x in (lists.items, lists.scores, lists.kinds, lists.based_on)
@@ -148,7 +150,25 @@ class Runtime:
 
     def score_batch(self, queries: Sequence[Query]) -> list[Scores]:
         """Scores and components of each query's items (one jitted call)."""
+        if self.serving.canned_engine:
+            return [self._canned_scores(query) for query in queries]
         return self.engine.score_queries(queries)
+
+    def _canned(self, engine: ServingEngine, queries: Sequence[Query]) -> Lists | None:
+        """`serving.canned_engine`: the lists of one real call (the first query's viewer, at
+        the batch's longest limit), repeated for every query of the batch; else None."""
+        if not self.serving.canned_engine:
+            return None
+        longest = max(q.limit for q in queries)
+        key = (id(engine), longest)
+        if self._canned_key != key:
+            self._canned_lists = engine.recommend_queries([replace(queries[0], limit=longest)])
+            self._canned_key = key
+        return Lists(*(np.repeat(x, len(queries), axis=0) for x in self._canned_lists))
+
+    def _canned_scores(self, query: Query) -> Scores:
+        n = len(query.items)
+        return Scores(np.full(n, 0.5, np.float32), np.full((n, 5), 0.1, np.float32))
 
     def train_batch(
         self,

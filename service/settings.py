@@ -90,6 +90,12 @@ class ServingSettings(_HostTable):
     swap_prepared_profiles: int = Field(
         1000, ge=0, description="recent viewers whose profiles a model swap rebuilds first"
     )
+    canned_engine: bool = Field(
+        False,
+        description="benchmark ceiling only: every recommend / score batch is answered with "
+        "one precomputed result of the same shape (validation, profiles, batching and answers "
+        "stay real); never for production",
+    )
 
 
 class LearningSettings(_HostTable):
