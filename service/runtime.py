@@ -121,11 +121,15 @@ class Runtime:
     # ---- what the batchers run -------------------------------------------------------------
 
     def recommend_batch(self, queries: Sequence[Query]) -> list[dict]:
-        """Top-``limit`` lists for a batch of queries (one jitted call): per query, ``rows`` of
-        (item index, score, kind index, based-on item index or -1), best first, and the
-        engine whose ``model`` the indices refer to."""
+        """Top-``limit`` lists for a batch of queries (`ServingEngine.recommend_queries`): per
+        query, ``rows`` of (item index, score, kind index, based-on item index or -1), best
+        first; the engine whose ``model`` the indices refer to; and ``candidates``, the
+        viewer's candidates when this call retrieved them (else None)."""
         engine = self.engine
-        lists = self._canned(engine, queries) or engine.recommend_queries(queries)
+        if self.serving.canned_engine:
+            lists, found = self._canned(engine, queries), [None] * len(queries)
+        else:
+            lists, found = engine.recommend_queries(queries)
         # One conversion per output for the whole batch: per-row numpy slicing cost more.
         items, scores, kinds, based_on = (
             x.tolist() for x in (lists.items, lists.scores, lists.kinds, lists.based_on)
@@ -144,6 +148,7 @@ class Runtime:
                     if row[0] >= 0
                 ],
                 "engine": engine,
+                "candidates": found[i],
             }
             for i, q in enumerate(queries)
         ]
@@ -154,15 +159,13 @@ class Runtime:
             return [self._canned_scores(query) for query in queries]
         return self.engine.score_queries(queries)
 
-    def _canned(self, engine: ServingEngine, queries: Sequence[Query]) -> Lists | None:
+    def _canned(self, engine: ServingEngine, queries: Sequence[Query]) -> Lists:
         """`serving.canned_engine`: the lists of one real call (the first query's viewer, at
-        the batch's longest limit), repeated for every query of the batch; else None."""
-        if not self.serving.canned_engine:
-            return None
+        the batch's longest limit), repeated for every query of the batch."""
         longest = max(q.limit for q in queries)
         key = (id(engine), longest)
         if self._canned_key != key:
-            self._canned_lists = engine.recommend_queries([replace(queries[0], limit=longest)])
+            self._canned_lists, _ = engine.recommend_queries([replace(queries[0], limit=longest)])
             self._canned_key = key
         return Lists(*(np.repeat(x, len(queries), axis=0) for x in self._canned_lists))
 

@@ -90,6 +90,15 @@ class ServingSettings(_HostTable):
     swap_prepared_profiles: int = Field(
         1000, ge=0, description="recent viewers whose profiles a model swap rebuilds first"
     )
+    candidate_cache_entries: int = Field(
+        20_000,
+        ge=0,
+        description="viewers whose retrieved candidates this process keeps (about 7 KB each; "
+        "0: retrieve on every request)",
+    )
+    candidate_max_age_seconds: float = Field(
+        60.0, gt=0.0, description="longest a viewer's candidates are kept (trending moves)"
+    )
     canned_engine: bool = Field(
         False,
         description="benchmark ceiling only: every recommend / score batch is answered with "

@@ -22,6 +22,7 @@ from service.admission import Stage
 from service.auth import KeyCheck
 from service.batcher import OVERLAP_MAX_BATCH, MicroBatcher
 from service.cache import Cache, open_cache
+from service.candidates import CandidateCache
 from service.catalogue_sync import CatalogueSync
 from service.demo import seed_store
 from service.errors import ApiError
@@ -77,6 +78,7 @@ class AppState:
     recommend: MicroBatcher | None = None
     score: MicroBatcher | None = None
     profiles: Profiles | None = None
+    candidates: CandidateCache | None = None
     learner: Learner | None = None
     catalogue: CatalogueSync | None = None
     tables: LiveTables | None = None
@@ -261,6 +263,10 @@ class AppState:
             serving.cache_max_entries,
         )
         self.tables.on_events = self.profiles.written
+        if serving.candidate_cache_entries:
+            self.candidates = CandidateCache(
+                serving.candidate_cache_entries, serving.candidate_max_age_seconds
+            )
         self.learner = Learner(self.profiles, serving.learner_max_batch, serving.learner_window_ms)
         self.learner.start()
 

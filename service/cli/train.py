@@ -45,6 +45,14 @@ from service.rebuilds import EXIT_BUSY  # EX_TEMPFAIL: another trainer holds the
     help="With --from-store: postgresql://... (default: SQLite in --data-dir).",
 )
 @click.option("--keep", type=int, default=None, help="Versions kept (default [learning]).")
+@click.option(
+    "--devices",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Split adapter training by viewer over this many local devices (jax.sharding mesh); "
+    "0: all of them.",
+)
 @click.option("--config-json", default=None, hidden=True, help="Engine config as JSON.")
 def train(
     kind,
@@ -58,6 +66,7 @@ def train(
     data_dir,
     database_url,
     keep,
+    devices,
     config_json,
 ) -> None:
     """Fit the base tier, build every preference vector, train every adapter, save a version."""
@@ -79,7 +88,10 @@ def train(
         f"loaded {dataset.name}: {dataset.n_users} users, {dataset.n_items} items, "
         f"{len(dataset.events)} events in {time.perf_counter() - clock:.1f}s"
     )
-    model = train_timed(dataset, cfg, version=next_version(out), progress=True)
+    import jax
+
+    devices = devices or len(jax.devices())
+    model = train_timed(dataset, cfg, version=next_version(out), progress=True, devices=devices)
     folder = save_model(model, out)
     click.echo(json.dumps(model.report, indent=2))
     click.echo(

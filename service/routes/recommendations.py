@@ -61,7 +61,7 @@ async def recommendations_body(state: AppState, data: schemas.RecommendationRequ
     user_id = str(data.user_id)
     limit = data.limit or state.serving.default_limit
     with state.lookups.admitted(state.serving.max_wait_ms):
-        profile = await state.profiles.get(user_id)
+        version, profile = await state.profiles.entry(user_id)
     lam = policy.mmr_lambda(data.diversity_threshold, state.cfg)
     context = resolve(data.context)
     device, tod, mood = context.indices
@@ -83,9 +83,23 @@ async def recommendations_body(state: AppState, data: schemas.RecommendationRequ
         cached = await state.cache.get(key)
         if cached is not None:
             return cached
+    pool_key = (user_id, version.parts, data.exclude_watched)
+    candidates = state.candidates.get(pool_key) if state.candidates is not None else None
     result = await state.recommend.submit(
-        Query(profile, limit, data.exclude_watched, lam, device, tod, mood, new_request_seed())
+        Query(
+            profile,
+            limit,
+            data.exclude_watched,
+            lam,
+            device,
+            tod,
+            mood,
+            new_request_seed(),
+            candidates=candidates,
+        )
     )
+    if result["candidates"] is not None and state.candidates is not None:
+        state.candidates.put(pool_key, result["candidates"])
     items = _items(result["rows"], result["engine"], context, state.metrics.listed)
     answer = {
         "recommendations": items,

@@ -9,6 +9,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sona_jax.buckets import bucket
 from sona_jax.config import SonaConfig
@@ -40,6 +41,25 @@ class AdapterTraining(NamedTuple):
     events_used: np.ndarray
 
 
+VIEWERS = "viewers"  # the mesh axis adapter training splits
+
+
+def viewer_mesh(devices: int | None = None) -> Mesh:
+    """A one-axis mesh (`VIEWERS`) over the first ``devices`` local devices (None: all)."""
+    found = jax.devices()
+    if devices is not None and not 1 <= devices <= len(found):
+        raise ValueError(f"devices: {devices} asked for, {len(found)} available")
+    return Mesh(np.array(found[: devices or len(found)]), (VIEWERS,))
+
+
+def _placement(mesh: Mesh | None) -> Callable[[jax.Array], jax.Array]:
+    """Put a (users, ...) array on ``mesh`` split by viewer (unchanged without a mesh)."""
+    if mesh is None:
+        return lambda x: x
+    sharding = NamedSharding(mesh, PartitionSpec(VIEWERS))
+    return lambda x: jax.device_put(x, sharding)
+
+
 def train_adapters_of(
     base: lora.BaseTier,
     preferences: np.ndarray,
@@ -49,12 +69,16 @@ def train_adapters_of(
     cfg: SonaConfig,
     key: jax.Array,
     progress: Progress = no_progress,
+    mesh: Mesh | None = None,
 ) -> AdapterTraining:
     """Train the adapters of users ``rows`` (indices into ``preferences`` (users, d),
     ``adapters`` (users, d, r) and ``log.user``) on their most recent events.
 
     Rows go through in chunks of at most ``lora.train_chunk_users`` (a power of two, the last
     chunk padded by repeating its last user), so any number of users compiles few programs.
+    With a ``mesh`` (one axis, `VIEWERS`), every chunk is split over its devices by viewer and
+    the base tier is replicated: each device trains its own viewers (no communication; the
+    same numbers as one device).
     """
     lcfg = cfg.lora
     rows = np.asarray(rows, np.int64)
@@ -70,6 +94,10 @@ def train_adapters_of(
     targets = event_targets(log.completion, log.rating, log.dismissed, cfg.preference)
     everyone = recent_events(log.user, log.item, log.timestamp, targets, rows, lcfg.max_events)
     chunk = min(lcfg.train_chunk_users, bucket(len(rows)))
+    place = _placement(mesh)
+    if mesh is not None:
+        chunk = max(chunk, mesh.size)  # every device gets a whole share
+        base = jax.device_put(base, NamedSharding(mesh, PartitionSpec()))
     n_items = base.item_embeddings.shape[0]
     starts = range(0, len(rows), chunk)
     for start in progress(starts, "training adapters", len(starts)):
@@ -78,18 +106,17 @@ def train_adapters_of(
         recent = RecentEvents(*(part[take] for part in everyone))
         key, sub = jax.random.split(key)
         items, item_targets, mask = with_negatives(sub, recent, n_items, lcfg)
+        chunk_adapters = place(jnp.asarray(adapters[padded]))
         batch = lora.prepare_training_batch(
             base,
-            jnp.asarray(preferences[padded], jnp.float32),
-            jnp.asarray(adapters[padded]),
-            items,
-            item_targets,
-            mask,
+            place(jnp.asarray(preferences[padded], jnp.float32)),
+            chunk_adapters,
+            place(items),
+            place(item_targets),
+            place(mask),
         )
         result = lora.train_adapters(batch, lcfg)
-        trained = lora.apply_adapter_updates(
-            jnp.asarray(adapters[padded]), batch.preference, result.delta
-        )
+        trained = lora.apply_adapter_updates(chunk_adapters, batch.preference, result.delta)
         real = slice(start, min(start + chunk, len(rows)))
         n = real.stop - real.start
         out.adapters[real] = np.asarray(trained[:n]).astype(STORAGE_DTYPE)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from sona_jax.config import SonaConfig
 from sona_jax.data.schema import Catalogue, Dataset, EventLog
@@ -106,14 +107,16 @@ def train_all_adapters(
     cfg: SonaConfig,
     key: jax.Array,
     progress: Progress = no_progress,
+    mesh: Mesh | None = None,
 ) -> dict:
-    """Train the adapter of every user with at least ``lora.min_events`` events, in place.
+    """Train the adapter of every user with at least ``lora.min_events`` events, in place
+    (split over ``mesh`` by viewer, when given: `adapters.train_adapters_of`).
 
     Returns loss statistics.
     """
     eligible = np.flatnonzero(users.interaction_count >= cfg.lora.min_events)
     result = train_adapters_of(
-        base, users.preference, users.adapter, log, eligible, cfg, key, progress
+        base, users.preference, users.adapter, log, eligible, cfg, key, progress, mesh
     )
     if len(eligible) == 0:
         return {"users_trained": 0}
@@ -167,8 +170,10 @@ def train_model(
     version: int = 1,
     now: float | None = None,
     hooks: TrainHooks = TrainHooks(),
+    mesh: Mesh | None = None,
 ) -> TrainedModel:
-    """Fit the base tier, build every user profile and train every adapter."""
+    """Fit the base tier, build every user profile and train every adapter (split over the
+    devices of ``mesh`` by viewer, when given)."""
     if len(dataset.events) == 0:
         raise ValueError(f"{dataset.name}: no events to train on")
     log = dataset.events
@@ -192,7 +197,7 @@ def train_model(
         base = calibrate(base, users.preference, log, cfg)
     with hooks.phase("adapters"):
         report |= train_all_adapters(
-            base, users, log, cfg, jax.random.PRNGKey(cfg.model.seed), hooks.progress
+            base, users, log, cfg, jax.random.PRNGKey(cfg.model.seed), hooks.progress, mesh
         )
     with hooks.phase("tables"):
         weights = event_weights(log, now, cfg)

@@ -18,6 +18,7 @@ import numpy as np
 
 from sona_jax.buckets import LIST_BUCKETS, USER_BUCKETS, bucket, pad_rows
 from sona_jax.model.version import TrainedModel
+from sona_jax.serve.retrieval import Candidates
 from sona_jax.serve.state import RequestBatch, UserBatch
 
 MIN_LIST_WIDTH = 64  # narrowest seen / dismissed width a served batch compiles for
@@ -193,10 +194,21 @@ def pad_requests(requests: RequestBatch, size: int) -> RequestBatch:
     )
 
 
+class ViewerCandidates(NamedTuple):
+    """One viewer's retrieved candidates as host rows (`retrieval.Candidates` row): items
+    (P,), raw (P, 3), floor (3,)."""
+
+    items: np.ndarray
+    raw: np.ndarray
+    floor: np.ndarray
+
+
 @dataclass(frozen=True)
 class Query:
     """One request to rank or score for a viewer: context indices are -1 when absent; ``items``
-    (C,) are the items to score (None when ranking)."""
+    (C,) are the items to score (None when ranking); ``candidates`` the viewer's retrieved
+    candidates for this profile and ``exclude_watched`` when the caller holds them (None:
+    retrieve them in this call)."""
 
     profile: ViewerProfile
     limit: int = 10
@@ -207,6 +219,22 @@ class Query:
     mood: int = -1
     seed: int = 0
     items: np.ndarray | None = None
+    candidates: ViewerCandidates | None = None
+
+
+def stack_candidates(rows: Sequence[ViewerCandidates], size: int) -> Candidates:
+    """Host `retrieval.Candidates` of ``rows`` padded to ``size`` rows (no items)."""
+    return Candidates(
+        pad_rows(np.stack([r.items for r in rows]), size, -1),
+        pad_rows(np.stack([r.raw for r in rows]), size),
+        pad_rows(np.stack([r.floor for r in rows]), size),
+    )
+
+
+def split_candidates(candidates: Candidates, n: int) -> list[ViewerCandidates]:
+    """The first ``n`` rows of ``candidates`` (host or device) as one host row per viewer."""
+    items, raw, floor = (np.asarray(x) for x in candidates)
+    return [ViewerCandidates(items[i], raw[i], floor[i]) for i in range(n)]
 
 
 def query_batch(queries: Sequence[Query]) -> tuple[UserBatch, RequestBatch, np.ndarray]:

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sona_jax.buckets import OUTPUT_WIDTH, SCORE_BUCKETS, bucket, size_step, stepped
+from sona_jax.buckets import OUTPUT_WIDTH, SCORE_BUCKETS, bucket, pad_rows, size_step, stepped
 from sona_jax.config import SonaConfig
 from sona_jax.data.stored import StoredChange, StoredEvent, event_log
 from sona_jax.features.profile import build_profiles
@@ -25,9 +25,11 @@ from sona_jax.model.tables import Popularity
 from sona_jax.model.version import STORAGE_DTYPE, TrainedModel
 from sona_jax.serve import catalogue as live
 from sona_jax.serve import recommend as hybrid
+from sona_jax.serve import retrieval
 from sona_jax.serve.batch import (
     ListWidths,
     Query,
+    ViewerCandidates,
     ViewerProfile,
     batch_size,
     list_widths,
@@ -35,6 +37,8 @@ from sona_jax.serve.batch import (
     pad_requests,
     pad_users,
     query_batch,
+    split_candidates,
+    stack_candidates,
 )
 from sona_jax.serve.state import (
     RequestBatch,
@@ -79,6 +83,21 @@ def output_width(longest: int) -> int:
     return OUTPUT_WIDTH if longest <= OUTPUT_WIDTH else bucket(longest)
 
 
+def _rows_of(users: UserBatch, rows: np.ndarray) -> UserBatch:
+    """Rows ``rows`` of a host `UserBatch`."""
+    return UserBatch(*(np.asarray(x)[rows] for x in users))
+
+
+NO_CONTEXT_ITEMS = np.zeros((0, 0), np.int32)
+
+
+def with_context_items(state: ServingState, cfg: SonaConfig) -> ServingState:
+    """``state`` with its context candidates made from its own tables (after any change)."""
+    # Without the old table: it is not read, and its shape would key a second program.
+    tables = state._replace(context_items=NO_CONTEXT_ITEMS)
+    return state._replace(context_items=retrieval.context_candidates(tables, cfg))
+
+
 @jax.jit
 def _cosine_to(vectors: jnp.ndarray, query: jnp.ndarray) -> jnp.ndarray:
     return vectors @ query
@@ -116,12 +135,13 @@ class ServingEngine:
         pool_rows = stepped(
             model.n_users + size_step(model.n_users, growth, min_step), growth, min_step
         )
+        compiled = hybrid.compiled_config(cfg)
         return cls(
             model,
             cfg,
-            serving_state(model, basis, pool_rows),
+            with_context_items(serving_state(model, basis, pool_rows), compiled),
             hybrid.fusion_weights(cfg),
-            hybrid.compiled_config(cfg),
+            compiled,
             list_widths(model, cfg.candidates.max_seen_items),
             {content_id: i for i, content_id in enumerate(model.item_ids.tolist())},
             {user_id: i for i, user_id in enumerate(model.user_ids.tolist())},
@@ -143,13 +163,14 @@ class ServingEngine:
                     diversity_vectors(np.asarray(state.base.item_embeddings), basis)
                 )
             )
+        compiled = hybrid.compiled_config(cfg)
         return replace(
             self,
             cfg=cfg,
-            state=state,
+            state=with_context_items(state, compiled),
             basis=basis,
             weights=hybrid.fusion_weights(cfg),
-            compiled=hybrid.compiled_config(cfg),
+            compiled=compiled,
         )
 
     @property
@@ -178,7 +199,7 @@ class ServingEngine:
         )
         engine = replace(
             self,
-            state=update.catalogue.state,
+            state=with_context_items(update.catalogue.state, self.compiled),
             item_index=update.catalogue.item_index,
             item_ids=update.catalogue.item_ids,
             titles=update.catalogue.titles,
@@ -206,14 +227,15 @@ class ServingEngine:
         extra = capacity - self.capacity
         return replace(
             self,
-            state=live.grow(self.state, capacity, n_model),
+            state=with_context_items(live.grow(self.state, capacity, n_model), self.compiled),
             item_ids=self.item_ids + [""] * extra,
             titles=self.titles + [""] * extra,
         )
 
     def with_popularity(self, popularity: Popularity) -> ServingEngine:
         """This engine with live popularity / trending / context tables (capacity-sized)."""
-        return replace(self, state=live.with_popularity(self.state, popularity))
+        state = live.with_popularity(self.state, popularity)
+        return replace(self, state=with_context_items(state, self.compiled))
 
     # ---- batched calls -------------------------------------------------------------------
 
@@ -243,13 +265,7 @@ class ServingEngine:
             self.compiled,
             output_width(int(limits.max())),
         )
-        longest = int(limits.max())  # host copies of what the callers read, no more
-        return Lists(
-            *(
-                np.asarray(x)[:n, :longest]
-                for x in (out.items, out.scores, out.kind, out.based_on, out.contributions)
-            )
-        )
+        return self._lists(out, n, int(limits.max()))
 
     def recommend_rows(
         self, rows: np.ndarray, requests: RequestBatch, k: int, weights=None
@@ -258,9 +274,52 @@ class ServingEngine:
         limits = np.full(len(rows), k, np.int32)
         return self.recommend(model_rows(self.model, rows), requests, limits, weights)
 
-    def recommend_queries(self, queries: Sequence[Query]) -> Lists:
-        """`recommend` for viewers' queries (serving), one jitted call."""
-        return self.recommend(*query_batch(queries))
+    def recommend_queries(
+        self, queries: Sequence[Query]
+    ) -> tuple[Lists, list[ViewerCandidates | None]]:
+        """Top lists for viewers' queries (serving) and the candidates retrieved in this call
+        (None for queries that brought their own): queries without candidates are retrieved
+        first (one jitted call over them), then every query is ranked (one jitted call)."""
+        n = len(queries)
+        users, requests, limits = query_batch(queries)
+        padded, size = self._users(users)
+        missing = [i for i, q in enumerate(queries) if q.candidates is None]
+        found: list[ViewerCandidates | None] = [None] * n
+        if missing:
+            rows = np.array(missing)
+            sub, sub_size = self._users(_rows_of(users, rows))
+            exclude = pad_rows(np.asarray(requests.exclude_watched)[rows], sub_size, True)
+            retrieved = split_candidates(
+                retrieval.retrieve(self.state, sub, exclude, self.compiled), len(missing)
+            )
+            for i, row in zip(missing, retrieved, strict=True):
+                found[i] = row
+        candidates = stack_candidates(
+            [q.candidates if q.candidates is not None else found[i] for i, q in enumerate(queries)],
+            size,
+        )
+        limits = np.asarray(limits, np.int32)
+        out = hybrid.rank(
+            self.state,
+            padded,
+            pad_requests(requests, size),
+            candidates,
+            np.concatenate([limits, np.ones(size - n, np.int32)]),
+            self.weights,
+            self.compiled,
+            output_width(int(limits.max())),
+        )
+        return self._lists(out, n, int(limits.max())), found
+
+    @staticmethod
+    def _lists(out: hybrid.Recommendations, n: int, longest: int) -> Lists:
+        """Host copies of what the callers read, no more."""
+        return Lists(
+            *(
+                np.asarray(x)[:n, :longest]
+                for x in (out.items, out.scores, out.kind, out.based_on, out.contributions)
+            )
+        )
 
     def score_queries(self, queries: Sequence[Query]) -> list[Scores]:
         """Scores and components of each query's ``items`` (indices), one jitted call."""

@@ -1,5 +1,11 @@
 """SPEC 3.3-3.6 composed: candidates, per-request normalisation, fusion, cold-start blending,
-MMR, exploration and the facts explanations are made of — one jitted call per user batch.
+MMR, exploration and the facts explanations are made of.
+
+A recommendation is two jitted stages: `retrieval.retrieve` (each viewer's candidates and the
+request-independent source scores, kept by the service until the profile changes) and `rank`
+(everything a request adds, over those candidates and the context's). `recommend` runs both in
+one call (evaluation and experiments; the service runs `rank` alone for viewers it has
+candidates for).
 """
 
 from __future__ import annotations
@@ -11,9 +17,10 @@ import jax
 import jax.numpy as jnp
 
 from sona_jax.config import DiversityConfig, FusionConfig, SonaConfig
-from sona_jax.model.lora import base_queries, candidate_logits
-from sona_jax.serve import mmr, sources
-from sona_jax.serve.selection import top_k_mask, top_k_unordered
+from sona_jax.model.lora import base_queries, candidate_logits, fold_queries
+from sona_jax.serve import mmr, retrieval, sources
+from sona_jax.serve.retrieval import Candidates
+from sona_jax.serve.selection import top_k_unordered
 from sona_jax.serve.state import RequestBatch, ServingState, UserBatch
 
 SOURCE_NAMES: tuple[str, ...] = ("collaborative", "content_based", "graph_based", "context")
@@ -85,37 +92,9 @@ def source_scores(
 
 
 def excluded_items(state: ServingState, users: UserBatch, request: RequestBatch) -> jnp.ndarray:
-    """(users, items) True for rows that are not servable (deleted, unused capacity), for
-    dismissed items always and watched ones when asked."""
-    n_items = state.item_valid.shape[0]
-    seen = jnp.where(request.exclude_watched[:, None], users.seen, -1)
-    lists = jnp.concatenate([seen, users.dismissed], axis=1)
-    listed = sources.scatter_rows(n_items, lists, jnp.ones(lists.shape)) > 0
-    return listed | ~state.item_valid[None, :]
-
-
-def candidate_mask(
-    scores: SourceScores, trending: jnp.ndarray, excluded: jnp.ndarray, cfg: SonaConfig
-) -> jnp.ndarray:
-    """Union of each active source's top items, cold start's top items and trending.
-
-    The six rankings go through one stacked threshold selection (`selection.top_k_mask`).
-    (Trending is the same ranking for everyone, but sorting it once and taking each user's
-    first allowed items measured slower on the CPU than one more row here.)
-    """
-    users, n_items = excluded.shape
-    ranked = jnp.concatenate(
-        [
-            jnp.where(~scores.active[:, :, None], -jnp.inf, scores.raw),
-            scores.cold[:, None, :],
-            jnp.broadcast_to(trending, (users, 1, n_items)),
-        ],
-        axis=1,
-    )
-    ranked = jnp.where(excluded[:, None, :], -jnp.inf, ranked)
-    k = cfg.candidates.per_source
-    per_ranking = jnp.array([k] * 5 + [cfg.candidates.trending])[None, :, None]
-    return jnp.any(top_k_mask(ranked, per_ranking), axis=1) & ~excluded
+    """(users, items) True for rows that are not servable, dismissed, or watched when the
+    request excludes watched items (`retrieval.excluded_items`)."""
+    return retrieval.excluded_items(state, users, request.exclude_watched)
 
 
 class MinMax(NamedTuple):
@@ -241,32 +220,116 @@ def _explore(
     return jnp.where(explore, order[pick], chosen), explore
 
 
+def _listed(items: jnp.ndarray, lists: jnp.ndarray) -> jnp.ndarray:
+    """(users, n) whether each of ``items`` (users, n) is in the user's ``lists`` (users, m)."""
+    return jnp.any((items[:, :, None] == lists[:, None, :]) & (items[:, :, None] >= 0), axis=2)
+
+
+def excluded_at(
+    state: ServingState, users: UserBatch, request: RequestBatch, items: jnp.ndarray
+) -> jnp.ndarray:
+    """`excluded_items` at ``items`` (users, n) only: O(n · list length), not O(catalogue)."""
+    watched = _listed(items, users.seen) & request.exclude_watched[:, None]
+    return (
+        watched | _listed(items, users.dismissed) | ~state.item_valid[jnp.maximum(items, 0)]
+    ) | (items < 0)
+
+
+class RequestCandidates(NamedTuple):
+    """What `rank` ranks, by column (users, C = P + per_source + F): the viewer's retrieved
+    candidates, the context's, then the items added since the model (never candidates, only
+    offered in their own slots). items (users, C) catalogue rows (-1 none); scores: raw
+    (users, 4, C), cold (users, C), active (users, 4); mask (users, C) the candidates."""
+
+    items: jnp.ndarray
+    scores: SourceScores
+    mask: jnp.ndarray
+
+
+def request_candidates(
+    state: ServingState,
+    users: UserBatch,
+    request: RequestBatch,
+    candidates: Candidates,
+    cfg: SonaConfig,
+) -> RequestCandidates:
+    """The viewer's candidates joined with the request context's (`retrieval.context_row`),
+    with every source's raw score. A context candidate that retrieval did not keep counts each
+    retrieved source's score as the candidates' lowest (`Candidates.floor`: it ranked below
+    every kept item's own source); the items added since the model get their content score
+    (one matrix product: the same rows for everyone). Context and cold start are computed for
+    every column. (A per-viewer gather of the context candidates' embeddings for their content
+    score cost 22 of 26 ms here for 64 viewers.)"""
+    n_users = users.preference.shape[0]
+    has_context = (request.device >= 0) | (request.time_of_day >= 0) | (request.mood >= 0)
+    context_items = state.context_items[retrieval.context_row(state, request)]
+    fresh = (
+        has_context[:, None]
+        & ~excluded_at(state, users, request, context_items)
+        & ~_listed(context_items, candidates.items)
+    )
+    context_items = jnp.where(fresh, context_items, -1)
+    new_items = jnp.broadcast_to(state.new_items, (n_users, state.new_items.shape[0]))
+    items = jnp.concatenate([candidates.items, context_items, new_items], axis=1)
+    safe = jnp.maximum(items, 0)
+    n_retrieved, n_context = candidates.items.shape[1], context_items.shape[1]
+    floor = jnp.broadcast_to(candidates.floor[:, :, None], (n_users, 3, n_context))
+    more = [floor]
+    if state.new_items.shape[0]:
+        # The same rows for every viewer: one matrix product, not a per-viewer gather.
+        queries = fold_queries(state.base, users.preference, users.adapter, cfg.lora.scale)
+        new_embeddings = state.base.item_embeddings[jnp.maximum(state.new_items, 0)]
+        content_new = jax.nn.sigmoid(queries @ new_embeddings.T + state.base.bias)
+        new_floor = jnp.broadcast_to(
+            candidates.floor[:, :, None], (n_users, 3, state.new_items.shape[0])
+        )
+        more.append(new_floor.at[:, 1].set(content_new))
+    more = jnp.concatenate(more, axis=2)
+    raw = jnp.concatenate(
+        [
+            jnp.concatenate([jnp.swapaxes(candidates.raw, 1, 2), more], axis=2),
+            sources.context_scores(state, users, request, cfg, items)[:, None, :],
+        ],
+        axis=1,
+    )
+    cold = sources.cold_start_scores(state, users, request, cfg, items)
+    active = jnp.concatenate([retrieval.active_retrieved(users), has_context[:, None]], axis=1)
+    n_candidates = n_retrieved + n_context
+    mask = (
+        (items >= 0) & state.item_valid[safe] & (jnp.arange(items.shape[1]) < n_candidates)[None, :]
+    )
+    return RequestCandidates(items, SourceScores(raw, cold, active), mask)
+
+
 def _offer_new_items(
     state: ServingState,
     users: UserBatch,
-    excluded: jnp.ndarray,
-    items: jnp.ndarray,
+    request: RequestBatch,
+    positions: jnp.ndarray,
+    listed: jnp.ndarray,
     first: jnp.ndarray,
     stop: jnp.ndarray,
+    n_before: int,
     cfg: SonaConfig,
 ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """Put the items added since the model that fit each viewer best (cosine of preference and
     embedding at least ``catalogue.new_item_min_fit``) in slots ``[first, stop)`` (users,) of
-    ``items`` (users, n), skipping any already listed; they have no graph edges or popularity
-    yet, so the fused score alone would rarely show them (item cold start).
+    ``positions`` (users, n: columns of `RequestCandidates`, whose new items start at column
+    ``n_before``), skipping any already ``listed`` (users, n: catalogue rows); they have no graph edges or popularity yet, so
+    the fused score alone would rarely show them (item cold start).
 
-    Returns the items, which slots now hold a new item (users, n), and their fit (users, n).
+    Returns the positions, which slots now hold a new item (users, n), and their fit (users, n).
     """
     rows = state.new_items
-    n_out = items.shape[1]
+    n_out = positions.shape[1]
     if rows.shape[0] == 0:
-        return items, jnp.zeros(items.shape, bool), jnp.zeros(items.shape)
+        return positions, jnp.zeros(positions.shape, bool), jnp.zeros(positions.shape)
+    n_users = users.preference.shape[0]
     fit = users.preference @ state.base.item_embeddings[rows].T  # (users, F)
-    listed = jnp.any(items[:, :, None] == rows[None, None, :], axis=1)
+    new_rows = jnp.broadcast_to(rows, (n_users, rows.shape[0]))
     eligible = (
-        state.item_valid[rows][None, :]
-        & ~excluded[:, rows]
-        & ~listed
+        ~excluded_at(state, users, request, new_rows)
+        & ~_listed(new_rows, listed)
         & (fit >= cfg.catalogue.new_item_min_fit)
     )
     k = min(n_out, rows.shape[0])
@@ -275,46 +338,51 @@ def _offer_new_items(
     pick = jnp.clip(slot - first[:, None], 0, k - 1)
     picked_fit = jnp.take_along_axis(values, pick, axis=1)
     place = (slot >= first[:, None]) & (slot < stop[:, None]) & jnp.isfinite(picked_fit)
-    new_rows = rows[jnp.take_along_axis(order, pick, axis=1)]
-    return jnp.where(place, new_rows, items), place, jnp.where(place, picked_fit, 0.0)
+    new_positions = n_before + jnp.take_along_axis(order, pick, axis=1)
+    return (
+        jnp.where(place, new_positions, positions),
+        place,
+        jnp.where(place, picked_fit, 0.0),
+    )
 
 
 @partial(jax.jit, static_argnames=("cfg", "n_out"))
-def recommend(
+def rank(
     state: ServingState,
     users: UserBatch,
     request: RequestBatch,
+    candidates: Candidates,
     limit: jnp.ndarray,
     weights: jnp.ndarray,
     cfg: SonaConfig,
     n_out: int,
 ) -> Recommendations:
     """Top ``limit`` (users,) recommendations per user in ``n_out`` columns (-1 past each
-    user's limit): the list length is traced, so one program serves every length up to
-    ``n_out``."""
-    n_items = state.base.item_embeddings.shape[0]
-    scores = source_scores(state, users, request, cfg)
-    excluded = excluded_items(state, users, request)
-    mask = candidate_mask(scores, state.trending, excluded, cfg)
+    user's limit) from each viewer's retrieved ``candidates`` and the request's context: the
+    list length is traced, so one program serves every length up to ``n_out``."""
+    joined = request_candidates(state, users, request, candidates, cfg)
+    scores, mask = joined.scores, joined.mask
     blend = fit_blend(scores, mask, weights, users.qualifying, cfg)
     everywhere, _ = blended(blend, scores.raw, scores.cold, mask)
 
-    pool_size = min(max(cfg.diversity.pool_size, n_out), n_items)
-    pool_relevance, pool_items = top_k_unordered(everywhere, pool_size)
+    n_columns = joined.items.shape[1]
+    pool_size = min(max(cfg.diversity.pool_size, n_out), n_columns)
+    pool_relevance, pool_positions = top_k_unordered(everywhere, pool_size)
     # MMR breaks ties by pool position, and at λ = 0 its first choice is all ties: put the most
     # relevant item first (a swap; sorting the pool cost about 5 % of the call).
     best = jnp.argmax(pool_relevance, axis=1)[:, None]
     position = jnp.arange(pool_relevance.shape[1])[None, :]
     swap = jnp.where(position == 0, best, jnp.where(position == best, 0, position))
     pool_relevance = jnp.take_along_axis(pool_relevance, swap, axis=1)
-    pool_items = jnp.take_along_axis(pool_items, swap, axis=1)
+    pool_positions = jnp.take_along_axis(pool_positions, swap, axis=1)
+    pool_items = jnp.take_along_axis(joined.items, jnp.maximum(pool_positions, 0), axis=1)
     pool_valid = jnp.isfinite(pool_relevance)
     pool_relevance = jnp.where(pool_valid, pool_relevance, 0.0)
     # MMR weighs relevance against cosine similarity, so give relevance the full [0, 1] range
     # within the pool: λ then means the same thing whatever the spread of the fused scores.
     chosen = mmr.mmr_select(
         normalise(pool_relevance, pool_valid),
-        state.item_diversity[pool_items],
+        state.item_diversity[jnp.maximum(pool_items, 0)],
         pool_valid,
         request.mmr_lambda,
         n_out,
@@ -326,21 +394,37 @@ def recommend(
     chosen, explored = jax.vmap(_explore)(chosen, pool_valid, n_explore, limit, keys)
 
     ok = chosen >= 0
-    position = jnp.maximum(chosen, 0)
-    items = jnp.where(ok, jnp.take_along_axis(pool_items, position, 1), -1)
-    item_scores = jnp.where(ok, jnp.take_along_axis(pool_relevance, position, 1), 0.0)
+    at = jnp.maximum(chosen, 0)
+    positions = jnp.where(ok, jnp.take_along_axis(pool_positions, at, 1), -1)
+    item_scores = jnp.where(ok, jnp.take_along_axis(pool_relevance, at, 1), 0.0)
     n_new = jnp.round(cfg.catalogue.new_item_share * limit).astype(jnp.int32)
     stop = limit - n_explore
-    items, offered, fit = _offer_new_items(
-        state, users, excluded, items, jnp.maximum(stop - n_new, 0), stop, cfg
+    n_before = n_columns - state.new_items.shape[0]
+    listed = jnp.where(
+        positions >= 0,
+        jnp.take_along_axis(joined.items, jnp.maximum(positions, 0), axis=1),
+        -1,
     )
-    ok = items >= 0
+    positions, offered, fit = _offer_new_items(
+        state,
+        users,
+        request,
+        positions,
+        listed,
+        jnp.maximum(stop - n_new, 0),
+        stop,
+        n_before,
+        cfg,
+    )
+    ok = positions >= 0
+    safe_positions = jnp.maximum(positions, 0)
+    items = jnp.where(ok, jnp.take_along_axis(joined.items, safe_positions, axis=1), -1)
     item_scores = jnp.where(offered, jnp.clip(fit, 0.0, 1.0), item_scores)
     safe_items = jnp.maximum(items, 0)
     _, contrib = blended(
         blend,
-        jnp.take_along_axis(scores.raw, safe_items[:, None, :], axis=2),
-        jnp.take_along_axis(scores.cold, safe_items, axis=1),
+        jnp.take_along_axis(scores.raw, safe_positions[:, None, :], axis=2),
+        jnp.take_along_axis(scores.cold, safe_positions, axis=1),
         ok,
     )
     source_kind = jnp.argmax(contrib, axis=2)
@@ -358,6 +442,22 @@ def recommend(
     best_seed = jnp.take_along_axis(seeds, jnp.argmax(affinity, axis=2), axis=1)
     based_on = jnp.where(ok & (seeds[:, :1] >= 0), best_seed, -1)
     return Recommendations(items, item_scores, jnp.where(ok, kind, -1), based_on, contrib)
+
+
+@partial(jax.jit, static_argnames=("cfg", "n_out"))
+def recommend(
+    state: ServingState,
+    users: UserBatch,
+    request: RequestBatch,
+    limit: jnp.ndarray,
+    weights: jnp.ndarray,
+    cfg: SonaConfig,
+    n_out: int,
+) -> Recommendations:
+    """`retrieval.retrieve` then `rank`, in one call: what the service serves a viewer whose
+    candidates it does not hold (and what evaluation measures)."""
+    candidates = retrieval.retrieve(state, users, request.exclude_watched, cfg)
+    return rank(state, users, request, candidates, limit, weights, cfg, n_out)
 
 
 class ItemScores(NamedTuple):

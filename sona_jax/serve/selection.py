@@ -73,21 +73,27 @@ def top_k_mask(scores: jnp.ndarray, k) -> jnp.ndarray:
     return sure | (band & (running_count(band) <= room))
 
 
-def top_k_unordered(scores: jnp.ndarray, k: int) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """values, indices (rows, k) of each row's k largest finite entries of ``scores``
-    (rows, n), in index order; rows with fewer pad with (-inf, -1)."""
-    rows, n = scores.shape
-    k = min(k, n)
-    mask = top_k_mask(scores, k)
-    # Chosen entry j of a row goes to slot (its running count - 1); the rest to a spare slot k.
-    slot = jnp.where(mask, running_count(mask).astype(jnp.int32) - 1, k)
-    flat = (slot + (jnp.arange(rows, dtype=jnp.int32) * (k + 1))[:, None]).ravel()
+def compact(mask: jnp.ndarray, width: int) -> jnp.ndarray:
+    """(rows, width) int32: the indices where ``mask`` (rows, n) is True, in index order, -1
+    padded; a row with more than ``width`` keeps its first ``width``."""
+    rows, n = mask.shape
+    # Chosen entry j of a row goes to slot (its running count - 1); the rest to a spare slot.
+    slot = jnp.where(mask, running_count(mask).astype(jnp.int32) - 1, width)
+    slot = jnp.minimum(slot, width)
+    flat = (slot + (jnp.arange(rows, dtype=jnp.int32) * (width + 1))[:, None]).ravel()
     index = (
-        jnp.full(rows * (k + 1), -1, jnp.int32)
+        jnp.full(rows * (width + 1), -1, jnp.int32)
         .at[flat]
         .set(jnp.tile(jnp.arange(n, dtype=jnp.int32), rows), mode="drop")
     )
-    index = index.reshape(rows, k + 1)[:, :k]
+    return index.reshape(rows, width + 1)[:, :width]
+
+
+def top_k_unordered(scores: jnp.ndarray, k: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """values, indices (rows, k) of each row's k largest finite entries of ``scores``
+    (rows, n), in index order; rows with fewer pad with (-inf, -1)."""
+    k = min(k, scores.shape[1])
+    index = compact(top_k_mask(scores, k), k)
     values = jnp.where(
         index >= 0, jnp.take_along_axis(scores, jnp.maximum(index, 0), axis=1), -jnp.inf
     )

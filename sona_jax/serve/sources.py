@@ -85,58 +85,107 @@ def graph_scores(state: ServingState, users: UserBatch, cfg: SonaConfig) -> jnp.
 
 
 def _log_lift(share: jnp.ndarray, global_share: jnp.ndarray) -> jnp.ndarray:
-    return jnp.log(share) - jnp.log(global_share)[None, :]
+    return jnp.log(share) - jnp.log(global_share)
 
 
-def context_scores(
-    state: ServingState, users: UserBatch, request: RequestBatch, cfg: SonaConfig
+def _item_rows(table: jnp.ndarray, items: jnp.ndarray | None) -> jnp.ndarray:
+    """Per-item ``table`` (items, ...) for the whole catalogue (None), broadcast to one row of
+    users, or at ``items`` (users, n)."""
+    return table[None] if items is None else table[jnp.maximum(items, 0)]
+
+
+def global_context_scores(
+    state: ServingState,
+    request: RequestBatch,
+    cfg: SonaConfig,
+    items: jnp.ndarray | None = None,
 ) -> jnp.ndarray:
-    """Fit of each item to the request context; zero rows where no context is given.
-
-    Sum of: time-of-day and device popularity lift (log share in context / global share), the
-    mood -> genre prior and the item's own moods, device fit by duration (TV long, mobile
-    short), and how well the item's audience hours match the user's own hourly pattern.
-    """
+    """The part of the context score that is the same for every viewer: time-of-day and
+    device popularity lift (log share in context / global share), the mood -> genre prior and
+    the item's own moods, device fit by duration (TV long, mobile short); over the catalogue
+    (requests, items) or at ``items`` (requests, n). Absent parts count 0."""
     has_tod = request.time_of_day >= 0
     has_device = request.device >= 0
     has_mood = request.mood >= 0
-    any_context = has_tod | has_device | has_mood
-    tod_lift = _log_lift(
-        state.by_time_of_day[jnp.maximum(request.time_of_day, 0)], state.global_share
+    tod, device, mood = (
+        jnp.maximum(x, 0) for x in (request.time_of_day, request.device, request.mood)
     )
-    device_lift = _log_lift(state.by_device[jnp.maximum(request.device, 0)], state.global_share)
-    genre_share = state.item_genres / jnp.maximum(state.item_genres.sum(1, keepdims=True), 1.0)
-    mood_genres = state.mood_prior[jnp.maximum(request.mood, 0)]  # (users, G)
-    mood_fit = mood_genres @ genre_share.T + state.item_moods.T[jnp.maximum(request.mood, 0)]
-    known = state.duration >= 0
+    global_share = _item_rows(state.global_share, items)
+    if items is None:
+        tod_share, device_share = state.by_time_of_day[tod], state.by_device[device]
+        item_moods = state.item_moods.T[mood]
+    else:
+        safe = jnp.maximum(items, 0)
+        tod_share = state.by_time_of_day[tod[:, None], safe]
+        device_share = state.by_device[device[:, None], safe]
+        item_moods = state.item_moods[safe, mood[:, None]]
+    genres = _item_rows(state.item_genres, items)
+    genre_share = genres / jnp.maximum(genres.sum(-1, keepdims=True), 1.0)
+    mood_genres = state.mood_prior[mood]  # (requests, G)
+    if items is None:
+        mood_fit = mood_genres @ genre_share[0].T + item_moods
+    else:
+        mood_fit = jnp.einsum("ung,ug->un", genre_share, mood_genres) + item_moods
+    duration = _item_rows(state.duration, items)
+    known = duration >= 0
     tv, mobile = 0, 1  # DEVICE_TYPES order
-    long_fit = jnp.where(known, (state.duration >= cfg.context.tv_min_minutes) * 1.0, 0.5)
-    short_fit = jnp.where(known, (state.duration <= cfg.context.mobile_max_minutes) * 1.0, 0.5)
+    long_fit = jnp.where(known, (duration >= cfg.context.tv_min_minutes) * 1.0, 0.5)
+    short_fit = jnp.where(known, (duration <= cfg.context.mobile_max_minutes) * 1.0, 0.5)
     device_fit = jnp.where(
         (request.device == tv)[:, None],
-        long_fit[None, :],
-        jnp.where((request.device == mobile)[:, None], short_fit[None, :], 0.5),
+        long_fit,
+        jnp.where((request.device == mobile)[:, None], short_fit, 0.5),
     )
-    pattern_fit = jnp.log(users.hourly @ state.hour_share.T * 24.0)
-    score = (
-        jnp.where(has_tod[:, None], tod_lift, 0.0)
-        + jnp.where(has_device[:, None], device_lift + device_fit, 0.0)
+    return (
+        jnp.where(has_tod[:, None], _log_lift(tod_share, global_share), 0.0)
+        + jnp.where(has_device[:, None], _log_lift(device_share, global_share) + device_fit, 0.0)
         + jnp.where(has_mood[:, None], mood_fit, 0.0)
-        + pattern_fit
     )
+
+
+def context_scores(
+    state: ServingState,
+    users: UserBatch,
+    request: RequestBatch,
+    cfg: SonaConfig,
+    items: jnp.ndarray | None = None,
+) -> jnp.ndarray:
+    """Fit of each item to the request context (users, items), or of ``items`` (users, n);
+    zero rows where no context is given.
+
+    `global_context_scores` plus how well the item's audience hours match the user's own
+    hourly pattern.
+    """
+    any_context = (request.time_of_day >= 0) | (request.device >= 0) | (request.mood >= 0)
+    if items is None:
+        pattern = users.hourly @ state.hour_share.T
+    else:
+        pattern = jnp.einsum("unh,uh->un", state.hour_share[jnp.maximum(items, 0)], users.hourly)
+    score = global_context_scores(state, request, cfg, items) + jnp.log(pattern * 24.0)
     return jnp.where(any_context[:, None], score, 0.0)
 
 
 def cold_start_scores(
-    state: ServingState, users: UserBatch, request: RequestBatch, cfg: SonaConfig
+    state: ServingState,
+    users: UserBatch,
+    request: RequestBatch,
+    cfg: SonaConfig,
+    items: jnp.ndarray | None = None,
 ) -> jnp.ndarray:
-    """SPEC 3.5: popularity within the user's declared or inferred genres (log scale + fit)."""
-    genre_share = state.item_genres / jnp.maximum(state.item_genres.sum(1, keepdims=True), 1.0)
+    """SPEC 3.5: popularity within the user's declared or inferred genres (log scale + fit),
+    over the catalogue (users, items) or at ``items`` (users, n)."""
+    genres = _item_rows(state.item_genres, items)
+    genre_share = genres / jnp.maximum(genres.sum(-1, keepdims=True), 1.0)
     n_genres = state.item_genres.shape[1]
     inferred = jnp.where((users.qualifying > 0)[:, None], users.genre_affinity, 1.0 / n_genres)
     declared = state.mood_prior[jnp.maximum(request.mood, 0)]
     declared = declared / jnp.maximum(declared.sum(1, keepdims=True), 1.0)
     prior = jnp.where((request.mood >= 0)[:, None], 0.5 * inferred + 0.5 * declared, inferred)
-    genre_fit = (genre_share @ prior.T).T * n_genres  # 1 = as likely as uniform
+    if items is None:
+        genre_fit = (genre_share[0] @ prior.T).T * n_genres  # 1 = as likely as uniform
+    else:
+        genre_fit = jnp.einsum("ung,ug->un", genre_share, prior) * n_genres
     strength = cfg.cold_start.genre_strength
-    return jnp.log(state.global_share)[None, :] + strength * jnp.log(genre_fit + GENRE_FIT_FLOOR)
+    return jnp.log(_item_rows(state.global_share, items)) + strength * jnp.log(
+        genre_fit + GENRE_FIT_FLOOR
+    )

@@ -29,6 +29,9 @@ class ServingState(NamedTuple):
     principal directions (cosines there approximate those of E at a fraction of the cost).
     item_valid: (items,) bool servable rows (False: deleted, or capacity not yet used);
     new_items: (F,) rows of items added after the model (-1 padded; F = 0 until one is).
+    context_items: (combinations, K) the items that fit each context combination best, for
+    everyone (`retrieval.context_candidates`; the engine refreshes it whenever the tables it is
+    made of change).
 
     "items" is the catalogue's capacity (`sona_jax.serve.catalogue`): the model's items, then
     rows for items added since, grown in steps so a write rarely changes a shape.
@@ -53,6 +56,7 @@ class ServingState(NamedTuple):
     item_diversity: jnp.ndarray
     item_valid: jnp.ndarray
     new_items: jnp.ndarray
+    context_items: jnp.ndarray
 
 
 class UserBatch(NamedTuple):
@@ -118,6 +122,7 @@ def serving_state(model: TrainedModel, basis: np.ndarray, pool_rows: int) -> Ser
         ),
         item_valid=jnp.ones(model.n_items, bool),
         new_items=jnp.zeros(0, jnp.int32),
+        context_items=np.zeros((0, 0), np.int32),  # the engine fills it in
     )
 
 

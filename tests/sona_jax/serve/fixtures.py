@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from sona_jax.config import SonaConfig
 from sona_jax.model.lora import make_base_tier
+from sona_jax.serve import retrieval
 from sona_jax.serve.state import RequestBatch, ServingState, UserBatch
 
 D, R, G = 8, 2, 5
@@ -28,7 +30,7 @@ def random_state(
     prefs = rng.standard_normal((pool, D)).astype(np.float32)
     prefs /= np.linalg.norm(prefs, axis=1, keepdims=True)
     pool_items = rng.integers(-1, n_items, (pool, history)).astype(np.int32)
-    return ServingState(
+    state = ServingState(
         base=base,
         graph_neighbours=neighbours,
         graph_weights=rng.random((n_items, m)).astype(np.float32),
@@ -50,7 +52,9 @@ def random_state(
         item_diversity=e,
         item_valid=np.ones(n_items, bool),
         new_items=np.zeros(0, np.int32),
+        context_items=np.zeros((0, 0), np.int32),
     )
+    return state._replace(context_items=retrieval.context_candidates(state, SonaConfig()))
 
 
 def random_users(

@@ -138,7 +138,7 @@ def test_a_cold_viewer_gets_no_new_content_slots(engine):
         ]
     )
     empty = fresh.empty_profile()
-    lists = fresh.recommend_queries([Query(empty, 20, True, 0.7)])
+    lists, _ = fresh.recommend_queries([Query(empty, 20, True, 0.7)])
     assert not (lists.kinds == hybrid.NEW_CONTENT).any()
 
 

@@ -1,0 +1,44 @@
+"""Each viewer's retrieved candidates (`sona_jax.serve.retrieval`), kept on this process between
+their requests so a request only pays for ranking.
+
+An entry is keyed by what the candidates were made from: the viewer, their profile's version
+(model version, stored events, adapter revision: any event, dismissal or training changes it)
+and whether watched items were excluded. Items deleted since are masked at request time and
+items added since get their own slots, but trending and popularity move with every table
+refresh, so an entry is also retired after ``max_age`` seconds. Only the event loop touches it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Hashable
+
+from sona_jax.serve.batch import ViewerCandidates
+
+
+class CandidateCache:
+    """An LRU of at most ``max_entries`` viewers' candidates, each kept ``max_age`` seconds."""
+
+    def __init__(self, max_entries: int, max_age: float):
+        self.max_entries, self.max_age = max_entries, max_age
+        self.entries: OrderedDict[Hashable, tuple[float, ViewerCandidates]] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def get(self, key: Hashable) -> ViewerCandidates | None:
+        entry = self.entries.get(key)
+        if entry is None or time.monotonic() - entry[0] > self.max_age:
+            self.misses += 1
+            return None
+        self.entries.move_to_end(key)
+        self.hits += 1
+        return entry[1]
+
+    def put(self, key: Hashable, candidates: ViewerCandidates) -> None:
+        self.entries[key] = (time.monotonic(), candidates)
+        self.entries.move_to_end(key)
+        while len(self.entries) > self.max_entries:
+            self.entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self.entries.clear()

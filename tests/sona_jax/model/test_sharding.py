@@ -1,0 +1,66 @@
+"""Adapter training split over devices by viewer (`jax.sharding`) gives one device's numbers.
+
+Runs in a subprocess with four host devices (``XLA_FLAGS=--xla_force_host_platform_device_count
+=4``): the flag must be set before JAX starts, and the rest of the suite runs on one device.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[3]
+
+SCRIPT = textwrap.dedent(
+    """
+    import jax, numpy as np
+    from sona_jax.config import SonaConfig
+    from sona_jax.data import generate_synthetic
+    from sona_jax.model.adapters import train_adapters_of, viewer_mesh
+    from sona_jax.model.train import train_model
+
+    assert len(jax.devices()) == 4, jax.devices()
+    cfg = SonaConfig().with_overrides(
+        {"model": {"embedding_dim": 32}, "lora": {"train_chunk_users": 64}}
+    )
+    data = generate_synthetic(300, 200, events_per_user=25, seed=3)
+    model = train_model(data, cfg)
+    users = model.users
+    rows = np.flatnonzero(users.interaction_count >= cfg.lora.min_events)[:150]
+    key = jax.random.PRNGKey(7)
+    one = train_adapters_of(
+        model.base, users.preference, users.adapter, data.events, rows, cfg, key
+    )
+    mesh = viewer_mesh(4)
+    four = train_adapters_of(
+        model.base, users.preference, users.adapter, data.events, rows, cfg, key, mesh=mesh
+    )
+    assert len(rows) > 100
+    np.testing.assert_allclose(
+        one.adapters.astype(np.float32), four.adapters.astype(np.float32), rtol=1e-3, atol=1e-3
+    )
+    np.testing.assert_allclose(one.loss_after, four.loss_after, rtol=1e-5, atol=1e-6)
+    assert (one.loss_after < one.loss_before).mean() > 0.5  # it trained something
+    # the whole model too: the same adapters whether trained on one device or four
+    whole = train_model(data, cfg, mesh=mesh)
+    np.testing.assert_allclose(
+        whole.users.adapter.astype(np.float32),
+        model.users.adapter.astype(np.float32),
+        rtol=1e-3,
+        atol=1e-3,
+    )
+    print("SHARDED-OK", mesh.devices.shape)
+    """
+)
+
+
+def test_sharded_training_equals_one_device():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "SHARDED-OK (4,)" in done.stdout
