@@ -70,8 +70,29 @@ end
 delay = function()
   return pause
 end
+local threads = {}
+setup = function(thread)
+  table.insert(threads, thread)
+  thread:set("id", #threads - 1)
+end
+init = function(args)
+  failures = {}
+  -- each wrk thread starts at its own share of the viewers, so no viewer is asked twice at once
+  counter = id * math.floor(#users / 2)
+end
+response = function(status, headers, body)
+  if status >= 300 then
+    local key = tostring(status) .. " " .. string.gsub(string.sub(body, 1, 120), "%%s+", " ")
+    failures[key] = (failures[key] or 0) + 1
+  end
+end
 done = function(summary, latency, requests)
-  io.write(string.format("P95_US %%d\n", latency:percentile(95.0)))
+  io.write(string.format("P95_US %%d\\n", latency:percentile(95.0)))
+  for _, thread in ipairs(threads) do
+    for key, count in pairs(thread:get("failures")) do
+      io.write(string.format("FAILED %%d %%s\\n", count, key))
+    end
+  end
 end
 """
 
@@ -83,12 +104,15 @@ def _seconds(text: str) -> float:
 
 
 def run_wrk(url: str, script: Path, connections: int, seconds: int) -> dict:
-    out = subprocess.run(
+    done = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
         capture_output=True,
         text=True,
         check=True,
-    ).stdout
+    )
+    out = done.stdout
+    if "P95_US" not in out:  # the script did not run: wrk fell back to GET /
+        raise RuntimeError(f"wrk script {script} failed: {done.stderr[-2000:]}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
     non_2xx = 0
@@ -99,6 +123,7 @@ def run_wrk(url: str, script: Path, connections: int, seconds: int) -> dict:
         r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
     ):
         errors += sum(int(x) for x in match.groups())
+    failures = {key: int(n) for n, key in re.findall(r"FAILED (\d+) (.*)", out)}
     latency = {p: _seconds(v) * 1e3 for p, v in re.findall(r"\s+(\d+)%\s+([\d.]+\w+)", out)}
     if match := re.search(r"P95_US (\d+)", out):
         latency["95"] = int(match.group(1)) / 1e3
@@ -108,6 +133,7 @@ def run_wrk(url: str, script: Path, connections: int, seconds: int) -> dict:
         "requests": total,
         "errors": errors,
         "non_2xx": non_2xx,
+        "failures": failures,  # "status body-start" -> count
         "p50_ms": latency.get("50"),
         "p90_ms": latency.get("90"),
         "p95_ms": latency.get("95"),

@@ -40,5 +40,9 @@ class CandidateCache:
         while len(self.entries) > self.max_entries:
             self.entries.popitem(last=False)
 
+    def counts(self) -> tuple[int, int, int]:
+        """(hits, misses, entries) so far."""
+        return self.hits, self.misses, len(self.entries)
+
     def clear(self) -> None:
         self.entries.clear()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from sona_jax.serve.recommend import KIND_NAMES
 
@@ -58,6 +60,8 @@ class Metrics:
         # each scrape by `_ListedItems`.
         self.listed = [0] * len(KIND_NAMES)
         self.registry.register(_ListedItems(self.listed))
+        self.candidate_counts: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 0)
+        self.registry.register(_Candidates(lambda: self.candidate_counts()))
         self.freshness = {
             name: Gauge(f"sona_{name}", text, registry=self.registry)
             for name, text in FRESHNESS.items()
@@ -93,3 +97,24 @@ class _ListedItems:
         for kind, count in zip(KIND_NAMES, self.counts, strict=True):
             family.add_metric([kind], count)
         yield family
+
+
+class _Candidates:
+    """``sona_candidates_total{result}`` (requests that found their viewer's retrieved
+    candidates kept, or retrieved them) and ``sona_candidates_kept`` (viewers kept), read from
+    the candidate cache at each scrape."""
+
+    def __init__(self, counts: Callable[[], tuple[int, int, int]]):
+        self.counts = counts
+
+    def collect(self):
+        hits, misses, kept = self.counts()
+        family = CounterMetricFamily(
+            "sona_candidates",
+            "recommendation requests by whether their viewer's candidates were kept",
+            labels=["result"],
+        )
+        family.add_metric(["kept"], hits)
+        family.add_metric(["retrieved"], misses)
+        yield family
+        yield GaugeMetricFamily("sona_candidates_kept", "viewers whose candidates are kept", kept)

@@ -267,6 +267,7 @@ class AppState:
             self.candidates = CandidateCache(
                 serving.candidate_cache_entries, serving.candidate_max_age_seconds
             )
+            self.metrics.candidate_counts = self.candidates.counts
         self.learner = Learner(self.profiles, serving.learner_max_batch, serving.learner_window_ms)
         self.learner.start()
 

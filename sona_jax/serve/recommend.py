@@ -236,9 +236,8 @@ def excluded_at(
 
 
 class RequestCandidates(NamedTuple):
-    """What `rank` ranks, by column (users, C = P + per_source + F): the viewer's retrieved
-    candidates, the context's, then the items added since the model (never candidates, only
-    offered in their own slots). items (users, C) catalogue rows (-1 none); scores: raw
+    """What `rank` ranks, by column (users, C = P + per_source): the viewer's retrieved
+    candidates, then the context's. items (users, C) catalogue rows (-1 none); scores: raw
     (users, 4, C), cold (users, C), active (users, 4); mask (users, C) the candidates."""
 
     items: jnp.ndarray
@@ -269,36 +268,47 @@ def request_candidates(
         & ~_listed(context_items, candidates.items)
     )
     context_items = jnp.where(fresh, context_items, -1)
-    new_items = jnp.broadcast_to(state.new_items, (n_users, state.new_items.shape[0]))
-    items = jnp.concatenate([candidates.items, context_items, new_items], axis=1)
-    safe = jnp.maximum(items, 0)
-    n_retrieved, n_context = candidates.items.shape[1], context_items.shape[1]
+    items = jnp.concatenate([candidates.items, context_items], axis=1)
+    n_context = context_items.shape[1]
     floor = jnp.broadcast_to(candidates.floor[:, :, None], (n_users, 3, n_context))
-    more = [floor]
-    if state.new_items.shape[0]:
-        # The same rows for every viewer: one matrix product, not a per-viewer gather.
-        queries = fold_queries(state.base, users.preference, users.adapter, cfg.lora.scale)
-        new_embeddings = state.base.item_embeddings[jnp.maximum(state.new_items, 0)]
-        content_new = jax.nn.sigmoid(queries @ new_embeddings.T + state.base.bias)
-        new_floor = jnp.broadcast_to(
-            candidates.floor[:, :, None], (n_users, 3, state.new_items.shape[0])
-        )
-        more.append(new_floor.at[:, 1].set(content_new))
-    more = jnp.concatenate(more, axis=2)
     raw = jnp.concatenate(
         [
-            jnp.concatenate([jnp.swapaxes(candidates.raw, 1, 2), more], axis=2),
+            jnp.concatenate([jnp.swapaxes(candidates.raw, 1, 2), floor], axis=2),
             sources.context_scores(state, users, request, cfg, items)[:, None, :],
         ],
         axis=1,
     )
     cold = sources.cold_start_scores(state, users, request, cfg, items)
     active = jnp.concatenate([retrieval.active_retrieved(users), has_context[:, None]], axis=1)
-    n_candidates = n_retrieved + n_context
-    mask = (
-        (items >= 0) & state.item_valid[safe] & (jnp.arange(items.shape[1]) < n_candidates)[None, :]
-    )
+    mask = (items >= 0) & state.item_valid[jnp.maximum(items, 0)]
     return RequestCandidates(items, SourceScores(raw, cold, active), mask)
+
+
+def new_item_scores(
+    state: ServingState,
+    users: UserBatch,
+    request: RequestBatch,
+    candidates: Candidates,
+    cfg: SonaConfig,
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """raw (users, 4, F) and cold (users, F) scores of the items added since the model, for
+    the contributions of the slots they are offered in: content from one matrix product (the
+    same rows for everyone), context and cold start at them, collaborative and graph at the
+    candidates' floor (they have no engagement yet)."""
+    rows = jnp.maximum(state.new_items, 0)
+    n_users, n_new = users.preference.shape[0], rows.shape[0]
+    queries = fold_queries(state.base, users.preference, users.adapter, cfg.lora.scale)
+    content = jax.nn.sigmoid(queries @ state.base.item_embeddings[rows].T + state.base.bias)
+    at = jnp.broadcast_to(state.new_items, (n_users, n_new))
+    floor = jnp.broadcast_to(candidates.floor[:, :, None], (n_users, 3, n_new))
+    raw = jnp.concatenate(
+        [
+            floor.at[:, 1].set(content),
+            sources.context_scores(state, users, request, cfg, at)[:, None, :],
+        ],
+        axis=1,
+    )
+    return raw, sources.cold_start_scores(state, users, request, cfg, at)
 
 
 def _offer_new_items(
@@ -399,11 +409,9 @@ def rank(
     item_scores = jnp.where(ok, jnp.take_along_axis(pool_relevance, at, 1), 0.0)
     n_new = jnp.round(cfg.catalogue.new_item_share * limit).astype(jnp.int32)
     stop = limit - n_explore
-    n_before = n_columns - state.new_items.shape[0]
+    n_before = n_columns  # offered new items: columns past the candidates'
     listed = jnp.where(
-        positions >= 0,
-        jnp.take_along_axis(joined.items, jnp.maximum(positions, 0), axis=1),
-        -1,
+        positions >= 0, jnp.take_along_axis(joined.items, jnp.maximum(positions, 0), axis=1), -1
     )
     positions, offered, fit = _offer_new_items(
         state,
@@ -418,13 +426,20 @@ def rank(
     )
     ok = positions >= 0
     safe_positions = jnp.maximum(positions, 0)
-    items = jnp.where(ok, jnp.take_along_axis(joined.items, safe_positions, axis=1), -1)
+    new_rows = jnp.broadcast_to(state.new_items, (positions.shape[0], state.new_items.shape[0]))
+    every_item = jnp.concatenate([joined.items, new_rows], axis=1)
+    items = jnp.where(ok, jnp.take_along_axis(every_item, safe_positions, axis=1), -1)
     item_scores = jnp.where(offered, jnp.clip(fit, 0.0, 1.0), item_scores)
     safe_items = jnp.maximum(items, 0)
+    all_raw, all_cold = scores.raw, scores.cold
+    if state.new_items.shape[0]:
+        new_raw, new_cold = new_item_scores(state, users, request, candidates, cfg)
+        all_raw = jnp.concatenate([all_raw, new_raw], axis=2)
+        all_cold = jnp.concatenate([all_cold, new_cold], axis=1)
     _, contrib = blended(
         blend,
-        jnp.take_along_axis(scores.raw, safe_positions[:, None, :], axis=2),
-        jnp.take_along_axis(scores.cold, safe_positions, axis=1),
+        jnp.take_along_axis(all_raw, safe_positions[:, None, :], axis=2),
+        jnp.take_along_axis(all_cold, safe_positions, axis=1),
         ok,
     )
     source_kind = jnp.argmax(contrib, axis=2)
