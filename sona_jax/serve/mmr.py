@@ -2,7 +2,7 @@
 
 Greedily pick ``argmax λ·relevance − (1−λ)·max cosine to what is already picked`` from a pool
 sorted by relevance; ties go to the earlier (more relevant) pool position. λ = 1 is the plain
-ranking; λ = 0 spreads as far as the pool allows. O(n²·d) per user for a pool of n.
+ranking; λ = 0 spreads as far as the pool allows. O(m·n·d) per user for m picks from a pool of n.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ def mmr_select_one(
     program serves every list length up to ``n_select``), hold -1.
     """
     unit = unit_rows(vectors)
-    similarity = unit @ unit.T
 
     def pick(step, carry):
         chosen, max_similarity, taken = carry
@@ -42,8 +41,10 @@ def mmr_select_one(
         best = jnp.argmax(value)
         ok = jnp.isfinite(value[best])
         chosen = chosen.at[step].set(jnp.where(ok, best, -1))
+        # Only the picked item's row of the pool's similarity matrix is ever read: n·k per
+        # step instead of n²·k up front (a list is far shorter than its pool).
         max_similarity = jnp.where(
-            ok, jnp.maximum(max_similarity, similarity[best]), max_similarity
+            ok, jnp.maximum(max_similarity, unit @ unit[best]), max_similarity
         )
         taken = taken.at[best].set(taken[best] | ok)
         return chosen, max_similarity, taken

@@ -1,0 +1,226 @@
+# ruff: noqa: E402
+"""Scale benchmark: training cost over viewer counts, stored bytes per viewer, the serving
+engine's memory, approximate nearest viewers against exact search, and the computed
+recommendation p50 at a large catalogue against the default demo's, all in one run.
+
+    python bench/scale.py            # viewers 10 k -> 1 M x 100 k items (long; see the file)
+    python bench/scale.py --quick    # a couple of minutes: 5 k -> 20 k viewers x 20 k items
+
+Writes bench/results/scale.json (or --out) and a markdown table next to it; the JSON says which
+sizes made it (``sizes``).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# bench/http.py would shadow the stdlib `http` (which jax imports): keep this folder off sys.path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import argparse
+import json
+import resource
+import time
+from dataclasses import replace
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "bench" / "results"
+
+FULL = {"viewers": [10_000, 100_000, 1_000_000], "items": 100_000, "events_per_viewer": 30}
+QUICK = {"viewers": [5_000, 10_000, 20_000], "items": 20_000, "events_per_viewer": 30}
+DEMO_ITEMS, LARGE_ITEMS, P50_VIEWERS = 3_000, 100_000, 2_000
+NEIGHBOURS = 50  # collaborative.neighbours
+
+
+def train_curve(sizes: dict) -> tuple[list[dict], object]:
+    """Train a synthetic model at each viewer count; returns the curve and the largest model."""
+    from sona_jax.config import SonaConfig
+    from sona_jax.data import generate_synthetic
+    from sona_lab.training import train_timed
+
+    cfg, curve, model = SonaConfig(), [], None
+    for viewers in sizes["viewers"]:
+        data = generate_synthetic(
+            viewers, sizes["items"], events_per_user=sizes["events_per_viewer"], seed=0
+        )
+        clock = time.perf_counter()
+        model = train_timed(data, cfg)
+        seconds = time.perf_counter() - clock
+        curve.append(
+            {
+                "viewers": viewers,
+                "items": sizes["items"],
+                "events": len(data.events),
+                "train_seconds": seconds,
+                "us_per_event": seconds / len(data.events) * 1e6,
+                "bytes_per_user": model.users.stored_bytes_per_user(),
+                "timings": model.report.get("timings", {}),
+            }
+        )
+        print(json.dumps(curve[-1]), flush=True)
+        del data
+    return curve, model
+
+
+def ann_recall(preferences: np.ndarray, queries: int = 2_000, k: int = NEIGHBOURS) -> dict:
+    """faiss HNSW over viewers' preference vectors (inner product) against exact search."""
+    import faiss
+
+    vectors = np.ascontiguousarray(preferences.astype(np.float32))
+    rng = np.random.default_rng(0)
+    asked = vectors[rng.choice(len(vectors), min(queries, len(vectors)), replace=False)]
+    clock = time.perf_counter()
+    exact = np.argsort(-(asked @ vectors.T), axis=1)[:, :k]
+    exact_ms = (time.perf_counter() - clock) / len(asked) * 1e3
+    index = faiss.IndexHNSWFlat(vectors.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = 80
+    clock = time.perf_counter()
+    index.add(vectors)
+    build_s = time.perf_counter() - clock
+    out = {"ann_viewers": len(vectors), "exact_ms_per_query": exact_ms, "ann_build_s": build_s}
+    for ef in (64, 128, 256):
+        index.hnsw.efSearch = ef
+        clock = time.perf_counter()
+        _, found = index.search(asked, k)
+        ms = (time.perf_counter() - clock) / len(asked) * 1e3
+        recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(exact, found, strict=True)])
+        out[f"ef{ef}"] = {"recall_at_k": float(recall), "ms_per_query": ms}
+    best = max(
+        (v for key, v in out.items() if key.startswith("ef")), key=lambda v: v["recall_at_k"]
+    )
+    out["ann_recall_at_k"] = best["recall_at_k"]
+    return out
+
+
+def served_p50(n_items: int, repeats: int = 200) -> dict:
+    """p50 of one served recommend call for a viewer whose candidates are kept, and of one
+    that retrieves them too, at ``n_items`` (one XLA thread, as `sona serve`)."""
+    from sona_jax.config import SonaConfig
+    from sona_jax.data import generate_synthetic
+    from sona_jax.model.train import train_model
+    from sona_jax.serve.batch import Query
+    from sona_jax.serve.engine import ServingEngine
+
+    model = train_model(generate_synthetic(P50_VIEWERS, n_items, seed=1), SonaConfig())
+    engine = ServingEngine.load(model).with_headroom()
+    profiles = [engine.model_profile(u) for u in model.user_ids.tolist()[:repeats]]
+    queries = [Query(p, 20, True, 0.8, device=0, seed=i) for i, p in enumerate(profiles)]
+    engine.recommend_queries(queries[:1])
+    kept, full = [], []
+    for query in queries:
+        clock = time.perf_counter()
+        _, found = engine.recommend_queries([query])
+        full.append(time.perf_counter() - clock)
+        with_candidates = replace(query, candidates=found[0])
+        engine.recommend_queries([with_candidates])  # first call of this shape mix: warm
+        clock = time.perf_counter()
+        engine.recommend_queries([with_candidates])
+        kept.append(time.perf_counter() - clock)
+    return {
+        "items": n_items,
+        "kept_p50_ms": float(np.median(kept) * 1e3),
+        "retrieve_and_rank_p50_ms": float(np.median(full) * 1e3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS / "scale.json")
+    args = parser.parse_args()
+    from service.threads import limit_xla_threads
+
+    limit_xla_threads(1)  # as `sona serve` runs the engine
+    sizes = QUICK if args.quick else FULL
+    result = {
+        "command": "python bench/scale.py" + (" --quick" if args.quick else ""),
+        "sizes": sizes,
+    }
+    curve, model = train_curve(sizes)
+    result["curve"] = curve
+    result["train_1m_seconds"] = curve[-1]["train_seconds"]  # the largest size of `sizes`
+    result["train_largest_viewers"] = curve[-1]["viewers"]
+    per_event = [c["us_per_event"] for c in curve]
+    result["cost_per_event_ratio_largest_vs_smallest"] = per_event[-1] / per_event[0]
+    result["bytes_per_user"] = curve[-1]["bytes_per_user"]
+    from sona_jax.serve.engine import ServingEngine
+
+    engine = ServingEngine.load(model).with_headroom()
+    result["server_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result |= ann_recall(np.asarray(model.users.preference))
+    del engine, model
+    small, large = served_p50(DEMO_ITEMS), served_p50(LARGE_ITEMS if not args.quick else 30_000)
+    result["p50"] = [small, large]
+    result["p50_ratio_100k_vs_3k"] = large["kept_p50_ms"] / small["kept_p50_ms"]
+    result["retrieve_p50_ratio_100k_vs_3k"] = (
+        large["retrieve_and_rank_p50_ms"] / small["retrieve_and_rank_p50_ms"]
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    table = markdown(result)
+    args.out.with_suffix(".md").write_text(table)
+    print(table)
+
+
+def markdown(r: dict) -> str:
+    small, large = r["p50"]
+    rows = [
+        (
+            f"train {r['train_largest_viewers']:,} viewers x {r['sizes']['items']:,} items, s",
+            r["train_1m_seconds"],
+            "runs (1 M in the full run)",
+        ),
+        (
+            "cost per event, largest / smallest size",
+            r["cost_per_event_ratio_largest_vs_smallest"],
+            "~1 (linear)",
+        ),
+        ("stored bytes per viewer", r["bytes_per_user"], "<= 10240"),
+        ("engine process RSS after loading the largest model, bytes", r["server_rss_bytes"], "-"),
+        (
+            f"faiss HNSW recall@{NEIGHBOURS} of nearest viewers vs exact ({r['ann_viewers']:,})",
+            r["ann_recall_at_k"],
+            ">= 0.95",
+        ),
+        ("  exact search, ms per query", r["exact_ms_per_query"], "-"),
+        (
+            f"served p50, candidates kept: {small['items']:,} / {large['items']:,} items, ms",
+            f"{small['kept_p50_ms']:.2f} / {large['kept_p50_ms']:.2f}",
+            "-",
+        ),
+        ("  ratio", r["p50_ratio_100k_vs_3k"], "<= 2"),
+        (
+            "served p50, retrieving too, ms",
+            f"{small['retrieve_and_rank_p50_ms']:.2f} / {large['retrieve_and_rank_p50_ms']:.2f}",
+            "-",
+        ),
+    ]
+
+    def fmt(value):
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    lines = ["| measure | value | bar |", "| --- | --- | --- |"]
+    lines += [f"| {name} | {fmt(value)} | {bar} |" for name, value, bar in rows]
+    lines += ["", "| viewers | items | events | train s | us / event | bytes / viewer |"]
+    lines += ["| --- | --- | --- | --- | --- | --- |"]
+    lines += [
+        f"| {c['viewers']:,} | {c['items']:,} | {c['events']:,} | {c['train_seconds']:.1f} | "
+        f"{c['us_per_event']:.1f} | {c['bytes_per_user']:.0f} |"
+        for c in r["curve"]
+    ]
+    for name, value in r.items():
+        if name.startswith("ef"):
+            lines.append(
+                f"\nfaiss HNSW (M 32) efSearch {name[2:]}: recall {value['recall_at_k']:.4f}, "
+                f"{value['ms_per_query']:.3f} ms per query"
+            )
+    lines.append(f"\nCommand: `{r['command']}`; sizes: {json.dumps(r['sizes'])}.")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
