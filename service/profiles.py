@@ -8,6 +8,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from concurrent.futures import Executor
 
+from service.admission import Stage
 from service.cache import Cache, Version
 from service.codec import decode_adapter, encode_state, profile_from_bytes, profile_to_bytes
 from service.runtime import Runtime
@@ -38,6 +39,8 @@ class Profiles:
         ttl: float,
         remember: int = 0,
         max_suspects: int = 100_000,
+        store_stage: Stage | None = None,
+        max_wait_ms: float = 0.0,
     ):
         self.store, self.cache, self.runtime, self.executor = store, cache, runtime, executor
         self.ttl = ttl
@@ -46,6 +49,11 @@ class Profiles:
         # Viewers the event feed named since their entry was last checked -> when (a count).
         self.suspects: OrderedDict[str, int] = OrderedDict()
         self.max_suspects, self.named = max_suspects, 0
+        # Admission (`service.admission`) covers the store path only: a cached profile costs
+        # nothing to look up, and refusing those too kept a cold cache from ever warming under
+        # load (every viewer refused before its profile could be cached).
+        self.store_stage = store_stage or Stage("the profile lookup")
+        self.max_wait_ms = max_wait_ms
 
     @staticmethod
     def key(user_id: str) -> str:
@@ -82,13 +90,16 @@ class Profiles:
             if profile is not None and profile.model_version == self.runtime.version:
                 if cached.trusted and named is None:
                     return cached.version, profile
-                stored = profile_version(profile, *await self.store.user_version(user_id))
+                with self.store_stage.admitted(self.max_wait_ms):
+                    stored_parts = await self.store.user_version(user_id)
+                stored = profile_version(profile, *stored_parts)
                 if stored.order(cached.version) in ("same", "older"):
                     self._checked(user_id, named)
                     if not cached.trusted:  # stamp it as checked under this Redis run
                         await self._put(user_id, cached.version, profile)
                     return cached.version, profile
-        version, profile = await self.rebuild(user_id)
+        with self.store_stage.admitted(self.max_wait_ms):
+            version, profile = await self.rebuild(user_id)
         self._checked(user_id, named)
         await self._put(user_id, version, profile)
         return version, profile

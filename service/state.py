@@ -261,6 +261,8 @@ class AppState:
             serving.profile_ttl_seconds,
             serving.swap_prepared_profiles,
             serving.cache_max_entries,
+            self.lookups,
+            serving.max_wait_ms,
         )
         self.tables.on_events = self.profiles.written
         if serving.candidate_cache_entries:

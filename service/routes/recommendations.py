@@ -60,8 +60,7 @@ async def recommendations_body(state: AppState, data: schemas.RecommendationRequ
     runtime = state.engine()
     user_id = str(data.user_id)
     limit = data.limit or state.serving.default_limit
-    with state.lookups.admitted(state.serving.max_wait_ms):
-        version, profile = await state.profiles.entry(user_id)
+    version, profile = await state.profiles.entry(user_id)
     lam = policy.mmr_lambda(data.diversity_threshold, state.cfg)
     context = resolve(data.context)
     device, tod, mood = context.indices

@@ -27,8 +27,7 @@ def components(values: np.ndarray) -> dict[str, float]:
 async def score_body(state: AppState, data: schemas.ScoreRequest) -> bytes:
     """The personalization score answer (JSON bytes); shared by the route and the fast path."""
     index = item_index(state, str(data.content_id), "content_id")
-    with state.lookups.admitted(state.serving.max_wait_ms):
-        profile = await state.profiles.get(str(data.user_id))
+    profile = await state.profiles.get(str(data.user_id))
     context = resolve(data.context)
     device, tod, mood = context.indices
     result = await state.score.submit(
@@ -68,8 +67,7 @@ async def score_batch(data: schemas.BatchScoreRequest):
     unknown = [c for c in ids if c not in index]
     scores = []
     if known:
-        with state.lookups.admitted(state.serving.max_wait_ms):
-            profile = await state.profiles.get(str(data.user_id))
+        profile = await state.profiles.get(str(data.user_id))
         device, tod, mood = resolve(data.context).indices
         result = await state.score.submit(
             Query(

@@ -28,7 +28,7 @@ def _top(values: np.ndarray, allowed: np.ndarray, k: int) -> set[int]:
     return set(order[:k])
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(seeds, sizes)
 def test_retrieve_is_the_union_of_each_sources_top_items(seed, n):
     state = random_state(seed)
@@ -66,7 +66,7 @@ def test_retrieve_is_the_union_of_each_sources_top_items(seed, n):
         np.testing.assert_allclose(floor[u], full[u][:, kept].min(axis=1), rtol=1e-5, atol=1e-6)
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(seeds)
 def test_context_candidates_are_each_combinations_best(seed):
     state = random_state(seed)
@@ -81,7 +81,7 @@ def test_context_candidates_are_each_combinations_best(seed):
         assert set(table[row][table[row] >= 0].tolist()) == want
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(seeds, sizes)
 def test_scores_at_items_equal_the_catalogue_scores_there(seed, n):
     state = random_state(seed)
@@ -96,7 +96,7 @@ def test_scores_at_items_equal_the_catalogue_scores_there(seed, n):
         )
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(seeds, sizes)
 def test_served_split_answers_what_one_call_does(seed, n):
     """Retrieve once and rank with the kept candidates (the service) == one `recommend` call."""
@@ -112,7 +112,7 @@ def test_served_split_answers_what_one_call_does(seed, n):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(seeds, sizes)
 def test_request_candidates_join_the_contexts_without_duplicates(seed, n):
     state = random_state(seed)
