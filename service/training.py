@@ -102,7 +102,9 @@ async def _train_locked(
     store: Store, cfg: SonaConfig, model_dir: Path, keep: int, now: float | None
 ) -> TrainedModel:
     snapshot = await store.training_snapshot()
-    dataset = dataset_from_snapshot(snapshot, cfg.model.embedding_dim)
+    # Off the event loop: training held it for the whole fit (15 s at start-up for a small
+    # demo here), so /health and /ready stopped answering.
+    dataset = await asyncio.to_thread(dataset_from_snapshot, snapshot, cfg.model.embedding_dim)
     if len(dataset.events) == 0 or dataset.n_items < 2:
         raise NothingToTrain(
             "the store has no events to train on: post content and viewing "
@@ -110,7 +112,7 @@ async def _train_locked(
         )
     local = model_versions(model_dir)
     version = max(await store.next_model_version(), (local[-1] + 1) if local else 1)
-    model = train_timed(dataset, cfg, version=version, now=now)
+    model = await asyncio.to_thread(train_timed, dataset, cfg, version=version, now=now)
     model.report["store"] = {
         "event_watermark": snapshot.event_watermark,
         "content_watermark": snapshot.content_watermark,
