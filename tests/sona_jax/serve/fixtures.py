@@ -10,6 +10,15 @@ from sona_jax.serve import retrieval
 from sona_jax.serve.state import RequestBatch, ServingState, UserBatch
 
 D, R, G = 8, 2, 5
+# The hybrid's settings scaled to the 30-item random states below.
+SMALL_CFG = SonaConfig().with_overrides(
+    {
+        "collaborative": {"neighbours": 4, "vote_items": 5},
+        "graph": {"recent_items": 5, "frontier": 6, "seed_position_decay": 0.8},
+        "candidates": {"per_source": 6, "trending": 3},
+        "diversity": {"pool_size": 12},
+    }
+)
 
 
 def random_state(

@@ -7,18 +7,15 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sona_jax.config import SonaConfig
 from sona_jax.serve import recommend, retrieval, sources
-from tests.sona_jax.serve.fixtures import random_requests, random_state, random_users
-
-CFG = SonaConfig().with_overrides(
-    {
-        "collaborative": {"neighbours": 4, "vote_items": 5},
-        "graph": {"recent_items": 5, "frontier": 6, "seed_position_decay": 0.8},
-        "candidates": {"per_source": 6, "trending": 3},
-        "diversity": {"pool_size": 12},
-    }
+from tests.sona_jax.serve.fixtures import (
+    SMALL_CFG,
+    random_requests,
+    random_state,
+    random_users,
 )
+
+CFG = SMALL_CFG
 seeds = st.integers(0, 10_000)
 sizes = st.integers(1, 5)
 
