@@ -48,7 +48,7 @@ print(
 )"""
 
 DISPLAY = "from IPython.display import display\n"
-SOURCES = "from sona_jax.serve.recommend import SOURCE_NAMES, fusion_weights\n"
+SOURCES = "from sona_jax.serve.fusion import SOURCE_NAMES, fusion_weights\n"
 
 
 def setup(imports: str = "", engine_imports: str = "") -> str:
@@ -277,7 +277,7 @@ the service's `recommend` to see accuracy and where each served item comes from.
     code(setup()),
     md("## The blending schedule"),
     code("""\
-from sona_jax.serve.recommend import KIND_NAMES, SOURCE_NAMES, blend_weight, exploration_share
+from sona_jax.serve.fusion import KIND_NAMES, SOURCE_NAMES, blend_weight, exploration_share
 
 n = np.arange(0, 41)
 fig, ax = plt.subplots(figsize=(7, 3.5))

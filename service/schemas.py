@@ -19,7 +19,7 @@ from pydantic import (
     field_validator,
 )
 
-from sona_jax.serve.recommend import KIND_NAMES
+from sona_jax.serve.fusion import KIND_NAMES
 
 EMBEDDING_BOUND = 1e6  # |value| of a supplied embedding: float32-safe once squared and summed
 STORABLE = r"^[^\u0000]*$"  # PostgreSQL text cannot hold NUL (refused by `_storable`; pydantic

@@ -8,7 +8,7 @@ import numpy as np
 
 from sona_jax.config import SonaConfig
 from sona_jax.search.space import trial_config
-from sona_jax.serve.recommend import SOURCE_NAMES, fusion_weights
+from sona_jax.serve.fusion import SOURCE_NAMES, fusion_weights
 
 
 def _figure(**options):

@@ -15,7 +15,7 @@ from service.demo import new_request_seed
 from service.errors import ApiError
 from service.state import AppState, app_state
 from sona_jax.serve.batch import Query
-from sona_jax.serve.recommend import KIND_NAMES
+from sona_jax.serve.fusion import KIND_NAMES
 
 blueprint = Blueprint("recommendations", __name__)
 

@@ -29,7 +29,7 @@ from sona_jax.search.space import (
     trial_config,
 )
 from sona_jax.serve.engine import ServingEngine
-from sona_jax.serve.recommend import fusion_weights
+from sona_jax.serve.fusion import fusion_weights
 
 Clock = Callable[[], float]
 

@@ -24,8 +24,7 @@ from sona_jax.model.adapters import train_adapters_of
 from sona_jax.model.tables import Popularity
 from sona_jax.model.version import STORAGE_DTYPE, TrainedModel
 from sona_jax.serve import catalogue as live
-from sona_jax.serve import recommend as hybrid
-from sona_jax.serve import retrieval
+from sona_jax.serve import fusion, rank, recommend, retrieval
 from sona_jax.serve.batch import (
     ListWidths,
     Query,
@@ -52,7 +51,7 @@ from sona_jax.serve.state import (
 
 class Lists(NamedTuple):
     """Host arrays (users, n_out): items (-1 past the end), scores, kinds (index into
-    `recommend.KIND_NAMES`), based_on (history item or -1); contributions (users, n_out, 5)."""
+    `fusion.KIND_NAMES`), based_on (history item or -1); contributions (users, n_out, 5)."""
 
     items: np.ndarray
     scores: np.ndarray
@@ -111,7 +110,7 @@ class ServingEngine:
     cfg: SonaConfig
     state: ServingState
     weights: jnp.ndarray  # (4,) fusion weights
-    compiled: SonaConfig  # what the jitted calls see (`recommend.compiled_config`)
+    compiled: SonaConfig  # what the jitted calls see (`fusion.compiled_config`)
     widths: ListWidths
     item_index: dict[str, int] = field(repr=False)
     user_index: dict[str, int] = field(repr=False)
@@ -135,12 +134,12 @@ class ServingEngine:
         pool_rows = stepped(
             model.n_users + size_step(model.n_users, growth, min_step), growth, min_step
         )
-        compiled = hybrid.compiled_config(cfg)
+        compiled = fusion.compiled_config(cfg)
         return cls(
             model,
             cfg,
             with_context_items(serving_state(model, basis, pool_rows), compiled),
-            hybrid.fusion_weights(cfg),
+            fusion.fusion_weights(cfg),
             compiled,
             list_widths(model, cfg.candidates.max_seen_items),
             {content_id: i for i, content_id in enumerate(model.item_ids.tolist())},
@@ -163,13 +162,13 @@ class ServingEngine:
                     diversity_vectors(np.asarray(state.base.item_embeddings), basis)
                 )
             )
-        compiled = hybrid.compiled_config(cfg)
+        compiled = fusion.compiled_config(cfg)
         return replace(
             self,
             cfg=cfg,
             state=with_context_items(state, compiled),
             basis=basis,
-            weights=hybrid.fusion_weights(cfg),
+            weights=fusion.fusion_weights(cfg),
             compiled=compiled,
         )
 
@@ -256,7 +255,7 @@ class ServingEngine:
         n = users.preference.shape[0]
         padded, size = self._users(users)
         limits = np.asarray(limits, np.int32)
-        out = hybrid.recommend(
+        out = recommend.recommend(
             self.state,
             padded,
             pad_requests(requests, size),
@@ -299,7 +298,7 @@ class ServingEngine:
             size,
         )
         limits = np.asarray(limits, np.int32)
-        out = hybrid.rank(
+        out = rank.rank(
             self.state,
             padded,
             pad_requests(requests, size),
@@ -312,7 +311,7 @@ class ServingEngine:
         return self._lists(out, n, int(limits.max())), found
 
     @staticmethod
-    def _lists(out: hybrid.Recommendations, n: int, longest: int) -> Lists:
+    def _lists(out: rank.Recommendations, n: int, longest: int) -> Lists:
         """Host copies of what the callers read, no more."""
         return Lists(
             *(
@@ -334,7 +333,7 @@ class ServingEngine:
         table = np.full((size, width), -1, np.int32)
         for row, values in enumerate(items):
             table[row, : len(values)] = values
-        out = hybrid.score_items(
+        out = recommend.score_items(
             self.state,
             padded,
             pad_requests(requests, size),  # score_items never excludes watched items

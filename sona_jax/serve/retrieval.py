@@ -6,7 +6,7 @@ Collaborative kNN, the LoRA content score and the graph walk each score the whol
 together with choosing each source's top items they were about two thirds of a recommend call
 (1.2 of 2.5 ms for one viewer, 14.8 of 21 ms for 32, on 3,000 items here). What a request adds
 — its context, mood, list length, λ, exploration and new items — is cheap over a few hundred
-candidates (`recommend.rank`). The service keeps each viewer's `Candidates` until their profile
+candidates (`rank.rank`). The service keeps each viewer's `Candidates` until their profile
 changes; evaluation runs both stages back to back (`recommend.recommend`), so it measures
 exactly what is served.
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from sona_jax.config import SonaConfig
 from sona_jax.model.lora import catalogue_logits, fold_queries
-from sona_jax.serve.state import RequestBatch, ServingState, UserBatch
+from sona_jax.serve.state import RequestBatch, ServingState, UserBatch, has_context
 
 GENRE_FIT_FLOOR = 1e-3  # keeps log(genre fit) finite for items outside every known genre
 
@@ -156,13 +156,12 @@ def context_scores(
     `global_context_scores` plus how well the item's audience hours match the user's own
     hourly pattern.
     """
-    any_context = (request.time_of_day >= 0) | (request.device >= 0) | (request.mood >= 0)
     if items is None:
         pattern = users.hourly @ state.hour_share.T
     else:
         pattern = jnp.einsum("unh,uh->un", state.hour_share[jnp.maximum(items, 0)], users.hourly)
     score = global_context_scores(state, request, cfg, items) + jnp.log(pattern * 24.0)
-    return jnp.where(any_context[:, None], score, 0.0)
+    return jnp.where(has_context(request)[:, None], score, 0.0)
 
 
 def cold_start_scores(

@@ -92,6 +92,11 @@ class RequestBatch(NamedTuple):
     seed: jnp.ndarray
 
 
+def has_context(request: RequestBatch) -> jnp.ndarray:
+    """(requests,) whether a request gives any context (device, time of day or mood)."""
+    return (request.device >= 0) | (request.time_of_day >= 0) | (request.mood >= 0)
+
+
 def serving_state(model: TrainedModel, basis: np.ndarray, pool_rows: int) -> ServingState:
     """Shared arrays of ``model`` on device (its own items only); every model user is in the
     kNN pool, padded to ``pool_rows`` with empty viewers (no preference, no items: they vote

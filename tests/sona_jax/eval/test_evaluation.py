@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from service.cli import main
 from sona_jax.config import SonaConfig
 from sona_jax.eval import cold_start, metrics, protocols, report, splits
-from sona_jax.serve.recommend import fusion_weights
+from sona_jax.serve.fusion import fusion_weights
 
 SMALL = SonaConfig().with_overrides({"model": {"embedding_dim": 32}})
 

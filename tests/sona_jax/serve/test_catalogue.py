@@ -15,10 +15,10 @@ from sona_jax.config import SonaConfig
 from sona_jax.data import generate_synthetic
 from sona_jax.model import tables
 from sona_jax.model.train import train_model
-from sona_jax.serve import recommend as hybrid
 from sona_jax.serve.batch import Query
 from sona_jax.serve.catalogue import capacity_step, item_capacity
 from sona_jax.serve.engine import ServingEngine
+from sona_jax.serve.fusion import NEW_CONTENT
 
 CFG = SonaConfig().with_overrides({"model": {"embedding_dim": 16}})
 
@@ -107,7 +107,7 @@ def test_deleted_items_are_never_served_and_new_ones_get_their_share(data, engin
     assert report.deleted == len(gone)
     after = served.recommend_rows(users, _requests(served, len(users)), 20)
     assert not np.isin(after.items, gone).any()
-    offered = after.kinds == hybrid.NEW_CONTENT
+    offered = after.kinds == NEW_CONTENT
     assert offered.any() and (after.items[offered] >= n).all()
     # At most the configured share of each list, to viewers the item fits.
     share = round(CFG.catalogue.new_item_share * 20)
@@ -139,7 +139,7 @@ def test_a_cold_viewer_gets_no_new_content_slots(engine):
     )
     empty = fresh.empty_profile()
     lists, _ = fresh.recommend_queries([Query(empty, 20, True, 0.7)])
-    assert not (lists.kinds == hybrid.NEW_CONTENT).any()
+    assert not (lists.kinds == NEW_CONTENT).any()
 
 
 def _requests(engine, n):

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sona_jax.config import SonaConfig
-from sona_jax.serve import mmr, recommend, sources
+from sona_jax.serve import fusion, mmr, recommend, sources
 from tests.sona_jax.model import reference as lora_reference
 from tests.sona_jax.serve import reference
 from tests.sona_jax.serve.fixtures import (
@@ -185,7 +185,7 @@ def test_fusion_matches_reference(seed, n):
     weights = np.random.default_rng(seed).random(4).astype(np.float32) + 0.01
     scores = recommend.source_scores(state, users, request, CFG)
     mask = np.random.default_rng(seed + 1).random((n, 30)) < 0.6
-    blended, _ = recommend.relevance(
+    blended, _ = fusion.relevance(
         scores, jnp.asarray(mask), jnp.asarray(weights), jnp.asarray(users.qualifying), CFG
     )
     blended = np.asarray(blended)
@@ -242,7 +242,7 @@ def test_mmr_extremes_and_ties():
 
 
 def _recommend(state, users, request, n_out=6, weights=None, cfg=CFG):
-    weights = recommend.fusion_weights(cfg) if weights is None else weights
+    weights = fusion.fusion_weights(cfg) if weights is None else weights
     limit = np.full(len(users.qualifying), n_out, np.int32)
     return recommend.recommend(state, users, request, limit, weights, cfg, n_out)
 
@@ -265,7 +265,7 @@ def test_excluded_items_never_recommended_and_explanations_are_real(seed, n):
         for item, k, b in zip(items[u], kind[u], based_on[u], strict=True):
             if item < 0:
                 continue
-            assert 0 <= k < len(recommend.KIND_NAMES)
+            assert 0 <= k < len(fusion.KIND_NAMES)
             assert b == -1 or b in history
 
 
@@ -284,8 +284,8 @@ def test_full_diversity_still_starts_with_the_most_relevant_item(seed, n):
 
 def test_cold_start_blending_and_exploration():
     q = jnp.array([0.0, 2.0, 3.0, 10.0, 20.0, 40.0])
-    np.testing.assert_allclose(np.asarray(recommend.blend_weight(q, CFG)), [0, 0, 0.15, 0.5, 1, 1])
-    eps = np.asarray(recommend.exploration_share(q, CFG))
+    np.testing.assert_allclose(np.asarray(fusion.blend_weight(q, CFG)), [0, 0, 0.15, 0.5, 1, 1])
+    eps = np.asarray(fusion.exploration_share(q, CFG))
     np.testing.assert_allclose(
         eps[:4], np.maximum(0.05, 0.2 * 0.995 ** np.asarray(q[:4])), rtol=1e-5
     )
@@ -301,15 +301,15 @@ def test_third_event_changes_the_list_and_cold_users_get_cold_start():
     a, b = _recommend(state, two, request, 10), _recommend(state, three, request, 10)
     assert not np.array_equal(np.asarray(a.items), np.asarray(b.items))
     assert set(np.asarray(a.kind)[np.asarray(a.items) >= 0]) <= {
-        recommend.COLD_START,
-        recommend.EXPLORATION,
+        fusion.COLD_START,
+        fusion.EXPLORATION,
     }
     cold = random_users(4, state, 2, cold=True)
     wide = CFG.with_overrides({"candidates": {"per_source": 30}, "diversity": {"pool_size": 30}})
     result = _recommend(state, cold, request, 10, cfg=wide)
     kinds = np.asarray(result.kind)[np.asarray(result.items) >= 0]
-    assert set(kinds.ravel()) <= {recommend.COLD_START, recommend.EXPLORATION}
-    assert (kinds == recommend.EXPLORATION).sum() == 2 * round(0.2 * 10)
+    assert set(kinds.ravel()) <= {fusion.COLD_START, fusion.EXPLORATION}
+    assert (kinds == fusion.EXPLORATION).sum() == 2 * round(0.2 * 10)
     assert np.all(np.asarray(result.based_on) == -1)
 
 
@@ -319,7 +319,7 @@ def test_score_items_components():
     users = users._replace(qualifying=np.full(3, 30.0, np.float32))
     request = random_requests(5, 3)
     items = np.array([[0, 1, 2], [3, 4, 5], [6, 7, -1]], np.int32)
-    out = recommend.score_items(state, users, request, items, recommend.fusion_weights(CFG), CFG)
+    out = recommend.score_items(state, users, request, items, fusion.fusion_weights(CFG), CFG)
     score, comps = np.asarray(out.score), np.asarray(out.components)
     assert comps.shape == (3, 3, 5)
     assert np.all((score >= 0) & (score <= 1)) and score[2, 2] == 0
@@ -330,7 +330,7 @@ def test_score_items_components():
         users._replace(adapter=np.zeros_like(users.adapter)),
         request,
         items,
-        recommend.fusion_weights(CFG),
+        fusion.fusion_weights(CFG),
         CFG,
     )
     np.testing.assert_allclose(np.asarray(base_only.components)[..., 4], 0.0, atol=1e-6)

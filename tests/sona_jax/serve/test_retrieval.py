@@ -7,7 +7,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sona_jax.serve import recommend, retrieval, sources
+from sona_jax.serve import fusion, rank, recommend, retrieval, sources
 from tests.sona_jax.serve.fixtures import (
     SMALL_CFG,
     random_requests,
@@ -101,10 +101,10 @@ def test_served_split_answers_what_one_call_does(seed, n):
     users = random_users(seed, state, n)
     request = random_requests(seed, n)
     limit = np.full(n, 6, np.int32)
-    weights = recommend.fusion_weights(CFG)
+    weights = fusion.fusion_weights(CFG)
     one = recommend.recommend(state, users, request, limit, weights, CFG, 6)
     kept = retrieval.retrieve(state, users, request.exclude_watched, CFG)
-    split = recommend.rank(state, users, request, kept, limit, weights, CFG, 6)
+    split = rank.rank(state, users, request, kept, limit, weights, CFG, 6)
     for a, b in zip(one, split, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -116,7 +116,7 @@ def test_request_candidates_join_the_contexts_without_duplicates(seed, n):
     users = random_users(seed, state, n)
     request = random_requests(seed, n)
     kept = retrieval.retrieve(state, users, request.exclude_watched, CFG)
-    joined = recommend.request_candidates(state, users, request, kept, CFG)
+    joined = rank.request_candidates(state, users, request, kept, CFG)
     items, mask = np.asarray(joined.items), np.asarray(joined.mask)
     table = np.asarray(state.context_items)
     rows = np.asarray(retrieval.context_row(state, request))

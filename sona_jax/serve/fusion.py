@@ -1,0 +1,154 @@
+"""SPEC 3.4-3.5: how the sources' scores become one relevance — per-request min-max
+normalisation over the candidates, fusion weights renormalised over the active sources, and
+cold start blended in by β — plus the names every caller reads results by.
+
+Pure functions of score arrays; `rank` applies them to a request's candidates and
+`recommend.score_items` to the whole catalogue.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+
+from sona_jax.config import DiversityConfig, FusionConfig, SonaConfig
+
+SOURCE_NAMES: tuple[str, ...] = ("collaborative", "content_based", "graph_based", "context")
+KIND_NAMES: tuple[str, ...] = SOURCE_NAMES[:3] + (
+    "context_aware",
+    "cold_start",
+    "exploration",
+    "new_content",
+)
+COLD_START, EXPLORATION, NEW_CONTENT = 4, 5, 6
+
+
+class SourceScores(NamedTuple):
+    """raw: (users, 4, items) in SOURCE_NAMES order; cold: (users, items);
+    active: (users, 4) whether each source has anything to say for that user and request."""
+
+    raw: jnp.ndarray
+    cold: jnp.ndarray
+    active: jnp.ndarray
+
+
+def compiled_config(cfg: SonaConfig) -> SonaConfig:
+    """``cfg`` as the jitted calls are keyed on it: the settings they take as arrays (fusion
+    weights, MMR λ) set to their defaults, so changing those compiles nothing new."""
+    return cfg.with_overrides(
+        {
+            "fusion": FusionConfig().model_dump(),
+            "diversity": {"mmr_lambda": DiversityConfig().mmr_lambda},
+        }
+    )
+
+
+def fusion_weights(cfg: SonaConfig) -> jnp.ndarray:
+    """(4,) configured weights in SOURCE_NAMES order."""
+    f = cfg.fusion
+    return jnp.array([f.collaborative, f.content_based, f.graph_based, f.context], jnp.float32)
+
+
+class MinMax(NamedTuple):
+    """Per-row min-max normalisation fitted on the candidates: low, spread (..., 1)."""
+
+    low: jnp.ndarray
+    spread: jnp.ndarray
+
+    def __call__(self, scores: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+        ok = mask & jnp.isfinite(self.spread) & (self.spread > 0)
+        return jnp.where(ok, (scores - self.low) / jnp.where(ok, self.spread, 1.0), 0.0)
+
+
+def fit_min_max(scores: jnp.ndarray, mask: jnp.ndarray) -> MinMax:
+    low = jnp.min(jnp.where(mask, scores, jnp.inf), axis=-1, keepdims=True)
+    high = jnp.max(jnp.where(mask, scores, -jnp.inf), axis=-1, keepdims=True)
+    return MinMax(low, high - low)
+
+
+def normalise(scores: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+    """Min-max to [0, 1] over each row's masked entries (0 elsewhere or when constant)."""
+    return fit_min_max(scores, mask)(scores, mask)
+
+
+def blend_weight(qualifying: jnp.ndarray, cfg: SonaConfig) -> jnp.ndarray:
+    """SPEC 3.5 β: 0 below ``cold_start.min_events`` qualifying events, then min(1, n/20)."""
+    c = cfg.cold_start
+    return jnp.where(qualifying < c.min_events, 0.0, jnp.minimum(1.0, qualifying / c.blend_events))
+
+
+def exploration_share(qualifying: jnp.ndarray, cfg: SonaConfig) -> jnp.ndarray:
+    """ε = max(0.05, 0.2·0.995^n) while the user is still being blended in (β < 1), else 0."""
+    c = cfg.cold_start
+    epsilon = jnp.maximum(
+        c.exploration_floor, c.exploration_start * c.exploration_decay**qualifying
+    )
+    return jnp.where(blend_weight(qualifying, cfg) < 1.0, epsilon, 0.0)
+
+
+class Blend(NamedTuple):
+    """How one request's scores become relevance: sources (users, 4, 1) and cold (users, 1)
+    normalisers fitted on its candidates, source shares (users, 4), β (users,) and the
+    context weight that shapes cold start (users,)."""
+
+    sources: MinMax
+    cold: MinMax
+    shares: jnp.ndarray
+    beta: jnp.ndarray
+    context_weight: jnp.ndarray
+
+
+def fit_blend(
+    scores: SourceScores,
+    mask: jnp.ndarray,
+    weights: jnp.ndarray,
+    qualifying: jnp.ndarray,
+    cfg: SonaConfig,
+) -> Blend:
+    """Normalise over the request's candidates; weights renormalised over active sources."""
+    active_weights = weights[None, :] * scores.active
+    total = jnp.sum(active_weights, axis=1, keepdims=True)
+    return Blend(
+        fit_min_max(scores.raw, mask[:, None, :]),
+        fit_min_max(scores.cold, mask),
+        active_weights / jnp.where(total > 0, total, 1.0),
+        jnp.where(total[:, 0] > 0, blend_weight(qualifying, cfg), 0.0),
+        weights[3] * scores.active[:, 3],
+    )
+
+
+def blended(
+    blend: Blend, raw: jnp.ndarray, cold: jnp.ndarray, mask: jnp.ndarray
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Relevance (users, n) in [0, 1] and contributions (users, n, 5) of items whose raw
+    scores are raw (users, 4, n) and cold (users, n); mask (users, n) marks candidates."""
+    normalised = blend.sources(raw, mask[:, None, :])
+    cold_mix = (blend.cold(cold, mask) + blend.context_weight[:, None] * normalised[:, 3]) / (
+        1.0 + blend.context_weight[:, None]
+    )
+    contributions = jnp.concatenate(
+        [
+            blend.beta[:, None, None] * blend.shares[:, :, None] * normalised,
+            ((1.0 - blend.beta)[:, None] * cold_mix)[:, None, :],
+        ],
+        axis=1,
+    )
+    relevance_ = jnp.where(mask, contributions.sum(axis=1), -jnp.inf)
+    return relevance_, jnp.swapaxes(contributions, 1, 2)
+
+
+def relevance(
+    scores: SourceScores,
+    mask: jnp.ndarray,
+    weights: jnp.ndarray,
+    qualifying: jnp.ndarray,
+    cfg: SonaConfig,
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Blended relevance (users, items) and contributions (users, items, 5) over the catalogue.
+
+    Sources are normalised over the request's candidates, weighted by ``weights`` renormalised
+    over the active ones; cold start (shaped by context when given) fills in ``1 − β``.
+    """
+    blend = fit_blend(scores, mask, weights, qualifying, cfg)
+    return blended(blend, scores.raw, scores.cold, mask)
