@@ -333,8 +333,7 @@ def main() -> None:
     # programs is most of a first start.
     data_dir = folder / "store"
     env = {
-        "JAX_COMPILATION_CACHE_DIR": str(args.xla_cache),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "SONA_COMPILATION_CACHE_DIR": str(args.xla_cache),
     }
     # The servers, in this order (same config but for what the name says): SONA; the same
     # server with the engine call answered by a canned result of the same shape (the ceiling);

@@ -75,6 +75,11 @@ class ServingSettings(_HostTable):
     compilation_cache: bool = Field(
         True, description="keep compiled programs under the data directory (fast restarts)"
     )
+    compilation_cache_dir: str = Field(
+        "",
+        description="where compiled programs are kept ('': xla-cache under the data directory); "
+        "servers of one host can share one (`sona serve --compilation-cache-dir`)",
+    )
     warm_up_max_events: int = Field(
         16384, ge=16, description="profiles are compiled before serving up to this many events"
     )

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 from quart import Quart, current_app
 
@@ -121,7 +122,11 @@ class AppState:
         if not settings.api_keys:
             log.warning("SONA_API_KEYS is not set: the API accepts unauthenticated requests")
         if serving.compilation_cache:
-            use_compilation_cache(settings.data_dir / COMPILATION_CACHE)
+            use_compilation_cache(
+                Path(serving.compilation_cache_dir)
+                if serving.compilation_cache_dir
+                else settings.data_dir / COMPILATION_CACHE
+            )
         self.store = open_store(settings.database_url, settings.data_dir)
         await self.store.open()
         self.cache = open_cache(

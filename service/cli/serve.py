@@ -38,6 +38,12 @@ from service.cli.common import DATA_CHOICE, config_or_exit
 @click.option("--demo-users", default=2_000, show_default=True)
 @click.option("--demo-items", default=3_000, show_default=True)
 @click.option("--no-batching", is_flag=True, help="Serve each request alone (to measure).")
+@click.option(
+    "--compilation-cache-dir",
+    envvar="SONA_COMPILATION_CACHE_DIR",
+    default=None,
+    help="Keep compiled programs here instead of under the data dir (servers of a host share).",
+)
 def serve(
     host,
     port,
@@ -51,6 +57,7 @@ def serve(
     demo_users,
     demo_items,
     no_batching,
+    compilation_cache_dir,
 ) -> None:
     """Run the HTTP API (uvicorn, uvloop); Ctrl-C / SIGTERM drains batches and flushes writes."""
     import logging
@@ -67,6 +74,8 @@ def serve(
     set_gil_switch(serving.gil_switch_ms)
     if no_batching:
         serving = serving.model_copy(update={"batching": False})
+    if compilation_cache_dir:
+        serving = serving.model_copy(update={"compilation_cache_dir": compilation_cache_dir})
 
     def keys(name):
         return frozenset(k.strip() for k in os.environ.get(name, "").split(",") if k.strip())

@@ -10,6 +10,7 @@ from quart import Blueprint, Response
 from quart_schema import document_response, validate_request, validate_response
 
 from service import policy, schemas
+from service.candidates import candidate_key
 from service.context import resolve
 from service.demo import new_request_seed
 from service.errors import ApiError
@@ -82,7 +83,9 @@ async def recommendations_body(state: AppState, data: schemas.RecommendationRequ
         cached = await state.cache.get(key)
         if cached is not None:
             return cached
-    pool_key = (user_id, version.parts, data.exclude_watched)
+    pool_key = candidate_key(
+        user_id, version.parts, profile, data.exclude_watched, runtime.engine, state.cfg
+    )
     candidates = state.candidates.get(pool_key) if state.candidates is not None else None
     result = await state.recommend.submit(
         Query(

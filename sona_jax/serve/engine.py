@@ -120,6 +120,7 @@ class ServingEngine:
     basis: np.ndarray = field(repr=False)  # (k, d) diversity directions of the model's E
     slot_watermark: int = 0  # the store's last item slot the model was trained with
     revision: int = 0  # the newest catalogue write applied (part of list cache keys)
+    tables: int = 0  # popularity tables taken in since load (cold viewers' candidates key on it)
 
     @classmethod
     def load(cls, model: TrainedModel, cfg: SonaConfig | None = None) -> ServingEngine:
@@ -234,7 +235,7 @@ class ServingEngine:
     def with_popularity(self, popularity: Popularity) -> ServingEngine:
         """This engine with live popularity / trending / context tables (capacity-sized)."""
         state = live.with_popularity(self.state, popularity)
-        return replace(self, state=with_context_items(state, self.compiled))
+        return replace(self, state=with_context_items(state, self.compiled), tables=self.tables + 1)
 
     # ---- batched calls -------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -18,6 +19,9 @@ import pytest
 IN_CI = os.environ.get("CI", "").lower() == "true"
 PG_URL = os.environ.get("SONA_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("SONA_TEST_REDIS", "redis://127.0.0.1:6379/0")
+# One compilation cache for every server a test run starts (same shapes, same programs): each
+# start loads what an earlier one compiled instead of compiling it again.
+SHARED_XLA_CACHE = os.environ.get("SONA_TEST_XLA_CACHE") or tempfile.mkdtemp(prefix="sona-xla-")
 ROOT = Path(__file__).resolve().parents[2]
 SMALL_CONFIG = """
 [model]
@@ -75,7 +79,9 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`sona serve` in a subprocess; `start()` waits until /ready answers 200."""
+    """`sona serve` in a subprocess; `start()` waits until /ready answers 200. Its programs go
+    to the run's `SHARED_XLA_CACHE` unless ``env`` sets ``SONA_COMPILATION_CACHE_DIR`` ("": the
+    server's own, under its data dir)."""
 
     def __init__(
         self, data_dir: Path, *args: str, env: dict | None = None, config_text: str = SMALL_CONFIG
@@ -98,7 +104,7 @@ class ServerProcess:
             str(config),
             *args,
         ]
-        self.env = {**os.environ, **(env or {})}
+        self.env = {**os.environ, "SONA_COMPILATION_CACHE_DIR": SHARED_XLA_CACHE, **(env or {})}
         self.process: subprocess.Popen | None = None
         self.url = f"http://127.0.0.1:{self.port}"
 

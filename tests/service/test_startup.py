@@ -144,7 +144,14 @@ def test_health_at_once_ready_with_progress_and_a_warm_restart_loads_its_program
         "warm_up_max_events = 64\n"
     )
     server = ServerProcess(
-        tmp_path, "--demo", "--demo-users", "80", "--demo-items", "120", config_text=config
+        tmp_path,
+        "--demo",
+        "--demo-users",
+        "80",
+        "--demo-items",
+        "120",
+        config_text=config,
+        env={"SONA_COMPILATION_CACHE_DIR": ""},  # its own cache: this test is about a cold start
     )
     started = time.monotonic()
     server.start(until="/health")
