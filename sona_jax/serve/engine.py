@@ -88,13 +88,16 @@ def _rows_of(users: UserBatch, rows: np.ndarray) -> UserBatch:
 
 
 NO_CONTEXT_ITEMS = np.zeros((0, 0), np.int32)
+NO_CONTEXT_FIT = np.zeros((0, 0), np.float32)
 
 
 def with_context_items(state: ServingState, cfg: SonaConfig) -> ServingState:
-    """``state`` with its context candidates made from its own tables (after any change)."""
-    # Without the old table: it is not read, and its shape would key a second program.
-    tables = state._replace(context_items=NO_CONTEXT_ITEMS)
-    return state._replace(context_items=retrieval.context_candidates(tables, cfg))
+    """``state`` with its context table and candidates made from its own tables (after any
+    change)."""
+    # Without the old ones: they are not read, and their shapes would key a second program.
+    tables = state._replace(context_fit=NO_CONTEXT_FIT, context_items=NO_CONTEXT_ITEMS)
+    fit, items = retrieval.context_candidates(tables, cfg)
+    return state._replace(context_fit=fit, context_items=items)
 
 
 @jax.jit

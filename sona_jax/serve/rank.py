@@ -68,6 +68,16 @@ def _listed(items: jnp.ndarray, lists: jnp.ndarray) -> jnp.ndarray:
     return jnp.any((items[:, :, None] == lists[:, None, :]) & (items[:, :, None] >= 0), axis=2)
 
 
+def _in_sorted(rows: jnp.ndarray, items: jnp.ndarray) -> jnp.ndarray:
+    """(users, n) whether each of ``items`` (users, n) is in the user's row of ``rows``
+    (users, P): ascending item indices, -1 padded at the end (`Candidates.items`). A binary
+    search: O(n log P), where comparing every pair cost a third of the join."""
+    keys = jnp.where(rows >= 0, rows, jnp.iinfo(jnp.int32).max)
+    at = jax.vmap(partial(jnp.searchsorted, method="scan_unrolled"))(keys, items)
+    found = jnp.take_along_axis(keys, jnp.minimum(at, rows.shape[1] - 1), axis=1)
+    return (found == items) & (items >= 0)
+
+
 def excluded_at(
     state: ServingState, users: UserBatch, request: RequestBatch, items: jnp.ndarray
 ) -> jnp.ndarray:
@@ -95,7 +105,7 @@ def request_candidates(
     candidates: Candidates,
     cfg: SonaConfig,
 ) -> RequestCandidates:
-    """The viewer's candidates joined with the request context's (`retrieval.context_row`),
+    """The viewer's candidates joined with the request context's (`sources.context_row`),
     with every source's raw score. A context candidate that retrieval did not keep counts each
     retrieved source's score as the candidates' lowest (`Candidates.floor`: it ranked below
     every kept item's own source); the items added since the model get their content score
@@ -104,11 +114,11 @@ def request_candidates(
     score cost 22 of 26 ms here for 64 viewers.)"""
     n_users = users.preference.shape[0]
     contextual = has_context(request)
-    context_items = state.context_items[retrieval.context_row(state, request)]
+    context_items = state.context_items[sources.context_row(state, request)]
     fresh = (
         contextual[:, None]
         & ~excluded_at(state, users, request, context_items)
-        & ~_listed(context_items, candidates.items)
+        & ~_in_sorted(candidates.items, context_items)
     )
     context_items = jnp.where(fresh, context_items, -1)
     items = jnp.concatenate([candidates.items, context_items], axis=1)

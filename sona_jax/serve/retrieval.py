@@ -29,6 +29,7 @@ from sona_jax.serve.selection import compact, top_k_mask, top_k_unordered
 from sona_jax.serve.state import RequestBatch, ServingState, UserBatch
 
 RETRIEVED_SOURCES = 3  # collaborative, content-based, graph-based: SOURCE_NAMES[:3]
+NO_TABLE = jnp.zeros((0, 0))
 
 
 class Candidates(NamedTuple):
@@ -116,39 +117,15 @@ def retrieve(
     )
 
 
-def context_combinations(state: ServingState) -> RequestBatch:
-    """Every (device, time of day, mood) combination, -1 (absent) included, in the order
-    `context_row` numbers them."""
-    n_device, n_tod, n_mood = (
-        state.by_device.shape[0] + 1,
-        state.by_time_of_day.shape[0] + 1,
-        state.mood_prior.shape[0] + 1,
-    )
-    index = jnp.arange(n_device * n_tod * n_mood)
-    device, rest = jnp.divmod(index, n_tod * n_mood)
-    tod, mood = jnp.divmod(rest, n_mood)
-    rows = index.shape[0]
-    return RequestBatch(
-        (device - 1).astype(jnp.int32),
-        (tod - 1).astype(jnp.int32),
-        (mood - 1).astype(jnp.int32),
-        jnp.ones(rows, bool),
-        jnp.ones(rows),
-        jnp.zeros(rows, jnp.int32),
-    )
-
-
-def context_row(state: ServingState, request: RequestBatch) -> jnp.ndarray:
-    """(requests,) the row of `context_candidates` for each request's context."""
-    n_tod, n_mood = state.by_time_of_day.shape[0] + 1, state.mood_prior.shape[0] + 1
-    return ((request.device + 1) * n_tod + request.time_of_day + 1) * n_mood + request.mood + 1
-
-
 @partial(jax.jit, static_argnames=("cfg",))
-def context_candidates(state: ServingState, cfg: SonaConfig) -> jnp.ndarray:
-    """(combinations, per_source) servable items with the best `sources.global_context_scores`
-    for each context combination (-1 padded; the row of no context is never read)."""
-    scores = sources.global_context_scores(state, context_combinations(state), cfg)
-    scores = jnp.where(state.item_valid[None, :], scores, -jnp.inf)
-    _, items = top_k_unordered(scores, cfg.candidates.per_source)
-    return items
+def context_candidates(state: ServingState, cfg: SonaConfig) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """``context_fit`` (combinations, items): `sources.global_context_scores` of every context
+    combination over the catalogue; and (combinations, per_source) the servable items that fit
+    each best (-1 padded; the row of no context is never read)."""
+    fit = sources.global_context_scores(
+        state._replace(context_fit=NO_TABLE), sources.context_combinations(state), cfg
+    )
+    _, items = top_k_unordered(
+        jnp.where(state.item_valid[None, :], fit, -jnp.inf), cfg.candidates.per_source
+    )
+    return fit, items

@@ -94,6 +94,34 @@ def _item_rows(table: jnp.ndarray, items: jnp.ndarray | None) -> jnp.ndarray:
     return table[None] if items is None else table[jnp.maximum(items, 0)]
 
 
+def context_combinations(state: ServingState) -> RequestBatch:
+    """Every (device, time of day, mood) combination, -1 (absent) included, in the order
+    `context_row` numbers them."""
+    n_device, n_tod, n_mood = (
+        state.by_device.shape[0] + 1,
+        state.by_time_of_day.shape[0] + 1,
+        state.mood_prior.shape[0] + 1,
+    )
+    index = jnp.arange(n_device * n_tod * n_mood)
+    device, rest = jnp.divmod(index, n_tod * n_mood)
+    tod, mood = jnp.divmod(rest, n_mood)
+    rows = index.shape[0]
+    return RequestBatch(
+        (device - 1).astype(jnp.int32),
+        (tod - 1).astype(jnp.int32),
+        (mood - 1).astype(jnp.int32),
+        jnp.ones(rows, bool),
+        jnp.ones(rows),
+        jnp.zeros(rows, jnp.int32),
+    )
+
+
+def context_row(state: ServingState, request: RequestBatch) -> jnp.ndarray:
+    """(requests,) the row of `context_candidates` for each request's context."""
+    n_tod, n_mood = state.by_time_of_day.shape[0] + 1, state.mood_prior.shape[0] + 1
+    return ((request.device + 1) * n_tod + request.time_of_day + 1) * n_mood + request.mood + 1
+
+
 def global_context_scores(
     state: ServingState,
     request: RequestBatch,
@@ -103,7 +131,16 @@ def global_context_scores(
     """The part of the context score that is the same for every viewer: time-of-day and
     device popularity lift (log share in context / global share), the mood -> genre prior and
     the item's own moods, device fit by duration (TV long, mobile short); over the catalogue
-    (requests, items) or at ``items`` (requests, n). Absent parts count 0."""
+    (requests, items) or at ``items`` (requests, n). Absent parts count 0.
+
+    Read from ``state.context_fit`` (every combination over the catalogue, made whenever its
+    tables change) when the state has it: one gather instead of six.
+    """
+    if state.context_fit.shape[0]:
+        row = context_row(state, request)
+        if items is None:
+            return state.context_fit[row]
+        return state.context_fit[row[:, None], jnp.maximum(items, 0)]
     has_tod = request.time_of_day >= 0
     has_device = request.device >= 0
     has_mood = request.mood >= 0

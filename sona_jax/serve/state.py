@@ -29,9 +29,11 @@ class ServingState(NamedTuple):
     principal directions (cosines there approximate those of E at a fraction of the cost).
     item_valid: (items,) bool servable rows (False: deleted, or capacity not yet used);
     new_items: (F,) rows of items added after the model (-1 padded; F = 0 until one is).
-    context_items: (combinations, K) the items that fit each context combination best, for
-    everyone (`retrieval.context_candidates`; the engine refreshes it whenever the tables it is
-    made of change).
+    context_fit: (combinations, items) the everyone-part of the context score of every
+    combination of device, time of day and mood (`sources.global_context_scores`);
+    context_items: (combinations, K) the items that fit each combination best
+    (`retrieval.context_candidates`; the engine refreshes both whenever the tables they are
+    made of change; (0, 0) until it does).
 
     "items" is the catalogue's capacity (`sona_jax.serve.catalogue`): the model's items, then
     rows for items added since, grown in steps so a write rarely changes a shape.
@@ -56,6 +58,7 @@ class ServingState(NamedTuple):
     item_diversity: jnp.ndarray
     item_valid: jnp.ndarray
     new_items: jnp.ndarray
+    context_fit: jnp.ndarray
     context_items: jnp.ndarray
 
 
@@ -127,7 +130,8 @@ def serving_state(model: TrainedModel, basis: np.ndarray, pool_rows: int) -> Ser
         ),
         item_valid=jnp.ones(model.n_items, bool),
         new_items=jnp.zeros(0, jnp.int32),
-        context_items=np.zeros((0, 0), np.int32),  # the engine fills it in
+        context_fit=np.zeros((0, 0), np.float32),  # the engine fills these in
+        context_items=np.zeros((0, 0), np.int32),
     )
 
 

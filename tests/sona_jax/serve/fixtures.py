@@ -61,9 +61,11 @@ def random_state(
         item_diversity=e,
         item_valid=np.ones(n_items, bool),
         new_items=np.zeros(0, np.int32),
+        context_fit=np.zeros((0, 0), np.float32),
         context_items=np.zeros((0, 0), np.int32),
     )
-    return state._replace(context_items=retrieval.context_candidates(state, SonaConfig()))
+    fit, items = retrieval.context_candidates(state, SonaConfig())
+    return state._replace(context_fit=fit, context_items=items)
 
 
 def random_users(

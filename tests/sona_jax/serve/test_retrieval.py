@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sona_jax.serve import fusion, rank, recommend, retrieval, sources
+from sona_jax.serve.selection import BISECTION_STEPS
 from tests.sona_jax.serve.fixtures import (
     SMALL_CFG,
     random_requests,
@@ -68,14 +69,33 @@ def test_retrieve_is_the_union_of_each_sources_top_items(seed, n):
 def test_context_candidates_are_each_combinations_best(seed):
     state = random_state(seed)
     state = state._replace(item_valid=np.random.default_rng(seed).random(30) < 0.8)
-    table = np.asarray(retrieval.context_candidates(state, CFG))
-    combos = retrieval.context_combinations(state)
+    fit, table = (np.asarray(x) for x in retrieval.context_candidates(state, CFG))
+    combos = sources.context_combinations(state)
     scores = np.asarray(sources.global_context_scores(state, combos, CFG))
-    rows = np.asarray(retrieval.context_row(state, combos))
+    np.testing.assert_allclose(fit, scores, rtol=1e-5, atol=1e-5)
+    # with the table in the state, the scores are read from it, for the catalogue or at items
+    with_table = state._replace(context_fit=fit)
+    np.testing.assert_array_equal(
+        np.asarray(sources.global_context_scores(with_table, combos, CFG)), fit
+    )
+    some = np.random.default_rng(seed).integers(-1, 30, (len(fit), 7)).astype(np.int32)
+    at = np.asarray(sources.global_context_scores(with_table, combos, CFG, jnp.asarray(some)))
+    np.testing.assert_array_equal(
+        at[some >= 0], np.take_along_axis(fit, np.maximum(some, 0), axis=1)[some >= 0]
+    )
+    rows = np.asarray(sources.context_row(state, combos))
     assert list(rows) == list(range(len(rows)))  # `context_row` numbers them in this order
+    valid = np.asarray(state.item_valid)
     for row in range(len(rows)):
-        want = _top(scores[row], np.asarray(state.item_valid), CFG.candidates.per_source)
-        assert set(table[row][table[row] >= 0].tolist()) == want
+        want = _top(scores[row], valid, CFG.candidates.per_source)
+        got = set(table[row][table[row] >= 0].tolist())
+        assert len(got) == len(want)
+        # the threshold search is exact up to a band of (max - min) / 2**BISECTION_STEPS
+        finite = scores[row][valid & np.isfinite(scores[row])]
+        band = 2 * (finite.max() - finite.min()) / 2**BISECTION_STEPS if len(finite) else 0.0
+        kth = min(scores[row][sorted(want)]) if want else 0.0
+        for item in got ^ want:
+            assert abs(scores[row][item] - kth) <= band + 1e-6, (item, scores[row][item], kth)
 
 
 @settings(max_examples=12, deadline=None)
@@ -119,7 +139,7 @@ def test_request_candidates_join_the_contexts_without_duplicates(seed, n):
     joined = rank.request_candidates(state, users, request, kept, CFG)
     items, mask = np.asarray(joined.items), np.asarray(joined.mask)
     table = np.asarray(state.context_items)
-    rows = np.asarray(retrieval.context_row(state, request))
+    rows = np.asarray(sources.context_row(state, request))
     for u in range(n):
         chosen = items[u][mask[u]]
         assert len(set(chosen.tolist())) == len(chosen)
