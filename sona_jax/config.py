@@ -125,6 +125,15 @@ class CollaborativeConfig(_Section):
         le=4096,
         description="a neighbour's most recent engaged items that vote (at most history_items)",
     )
+    approximate_from: int = serve(
+        200_000,
+        ge=0,
+        description="pool viewers from which nearest viewers are searched approximately (faiss "
+        "HNSW, then scored exactly); 0: always exact",
+    )
+    hnsw_links: int = serve(32, ge=4, le=256, description="HNSW links per viewer (faiss M)")
+    hnsw_build_depth: int = serve(80, ge=8, le=2048, description="HNSW efConstruction")
+    hnsw_search_depth: int = serve(128, ge=8, le=4096, description="HNSW efSearch")
 
 
 class GraphConfig(_Section):

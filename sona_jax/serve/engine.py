@@ -39,6 +39,7 @@ from sona_jax.serve.batch import (
     split_candidates,
     stack_candidates,
 )
+from sona_jax.serve.neighbours import ViewerIndex, viewer_index
 from sona_jax.serve.state import (
     RequestBatch,
     ServingState,
@@ -80,6 +81,11 @@ def output_width(longest: int) -> int:
     """Columns a recommend call computes: `OUTPUT_WIDTH` for every served length (one program
     for all of them), more only for longer lists (evaluation at k > 100)."""
     return OUTPUT_WIDTH if longest <= OUTPUT_WIDTH else bucket(longest)
+
+
+def _search_settings(cfg: SonaConfig) -> tuple:
+    c = cfg.collaborative
+    return c.approximate_from, c.hnsw_links, c.hnsw_build_depth, c.hnsw_search_depth
 
 
 def _rows_of(users: UserBatch, rows: np.ndarray) -> UserBatch:
@@ -124,6 +130,8 @@ class ServingEngine:
     slot_watermark: int = 0  # the store's last item slot the model was trained with
     revision: int = 0  # the newest catalogue write applied (part of list cache keys)
     tables: int = 0  # popularity tables taken in since load (cold viewers' candidates key on it)
+    # nearest-viewer search over the kNN pool when it is large (`neighbours.viewer_index`)
+    viewer_search: ViewerIndex | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls, model: TrainedModel, cfg: SonaConfig | None = None) -> ServingEngine:
@@ -153,6 +161,7 @@ class ServingEngine:
             {content_id: i for i, content_id in enumerate(model.item_ids.tolist())},
             basis,
             int(model.report.get("store", {}).get("slot_watermark", 0)),
+            viewer_search=viewer_index(np.asarray(model.users.preference), cfg.collaborative),
         )
 
     def with_config(self, cfg: SonaConfig) -> ServingEngine:
@@ -167,6 +176,9 @@ class ServingEngine:
                 )
             )
         compiled = fusion.compiled_config(cfg)
+        search = self.viewer_search
+        if _search_settings(cfg) != _search_settings(self.cfg):
+            search = viewer_index(np.asarray(self.model.users.preference), cfg.collaborative)
         return replace(
             self,
             cfg=cfg,
@@ -174,6 +186,7 @@ class ServingEngine:
             basis=basis,
             weights=fusion.fusion_weights(cfg),
             compiled=compiled,
+            viewer_search=search,
         )
 
     @property
@@ -267,8 +280,18 @@ class ServingEngine:
             self.weights if weights is None else jnp.asarray(weights, jnp.float32),
             self.compiled,
             output_width(int(limits.max())),
+            self._neighbours(padded),
         )
         return self._lists(out, n, int(limits.max()))
+
+    def _neighbours(self, users: UserBatch) -> np.ndarray | None:
+        """(users, K + 1) pool rows an approximate search finds for ``users`` (one more than
+        the source keeps: a model viewer finds themself), or None: every pool viewer is read."""
+        if self.viewer_search is None:
+            return None
+        return self.viewer_search.search(
+            np.asarray(users.preference), self.cfg.collaborative.neighbours + 1
+        )
 
     def recommend_rows(
         self, rows: np.ndarray, requests: RequestBatch, k: int, weights=None
@@ -293,7 +316,8 @@ class ServingEngine:
             sub, sub_size = self._users(_rows_of(users, rows))
             exclude = pad_rows(np.asarray(requests.exclude_watched)[rows], sub_size, True)
             retrieved = split_candidates(
-                retrieval.retrieve(self.state, sub, exclude, self.compiled), len(missing)
+                retrieval.retrieve(self.state, sub, exclude, self.compiled, self._neighbours(sub)),
+                len(missing),
             )
             for i, row in zip(missing, retrieved, strict=True):
                 found[i] = row
@@ -344,6 +368,7 @@ class ServingEngine:
             table,
             self.weights,
             self.compiled,
+            self._neighbours(padded),
         )
         score, components = np.asarray(out.score), np.asarray(out.components)
         return [

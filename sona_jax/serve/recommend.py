@@ -22,12 +22,17 @@ from sona_jax.serve.state import RequestBatch, ServingState, UserBatch, has_cont
 
 
 def source_scores(
-    state: ServingState, users: UserBatch, request: RequestBatch, cfg: SonaConfig
+    state: ServingState,
+    users: UserBatch,
+    request: RequestBatch,
+    cfg: SonaConfig,
+    neighbours: jnp.ndarray | None = None,
 ) -> SourceScores:
-    """Every source over the whole catalogue for a batch of users."""
+    """Every source over the whole catalogue for a batch of users (``neighbours`` as
+    `sources.collaborative_scores`)."""
     raw = jnp.stack(
         [
-            sources.collaborative_scores(state, users, cfg),
+            sources.collaborative_scores(state, users, cfg, neighbours),
             sources.content_scores(state, users, cfg),
             sources.graph_scores(state, users, cfg),
             sources.context_scores(state, users, request, cfg),
@@ -55,10 +60,11 @@ def recommend(
     weights: jnp.ndarray,
     cfg: SonaConfig,
     n_out: int,
+    neighbours: jnp.ndarray | None = None,
 ) -> Recommendations:
     """`retrieval.retrieve` then `rank`, in one call: what the service serves a viewer whose
-    candidates it does not hold (and what evaluation measures)."""
-    candidates = retrieval.retrieve(state, users, request.exclude_watched, cfg)
+    candidates it does not hold (and what evaluation measures); ``neighbours`` as `retrieve`'s."""
+    candidates = retrieval.retrieve(state, users, request.exclude_watched, cfg, neighbours)
     return rank(state, users, request, candidates, limit, weights, cfg, n_out)
 
 
@@ -79,9 +85,10 @@ def score_items(
     items: jnp.ndarray,
     weights: jnp.ndarray,
     cfg: SonaConfig,
+    neighbours: jnp.ndarray | None = None,
 ) -> ItemScores:
     """Personalisation scores of given items (users, C), normalised over the whole catalogue."""
-    scores = source_scores(state, users, request, cfg)
+    scores = source_scores(state, users, request, cfg, neighbours)
     everything = ~excluded_items(
         state, users, request._replace(exclude_watched=jnp.zeros_like(request.exclude_watched))
     )

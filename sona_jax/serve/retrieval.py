@@ -78,15 +78,20 @@ def active_retrieved(users: UserBatch) -> jnp.ndarray:
 
 @partial(jax.jit, static_argnames=("cfg",))
 def retrieve(
-    state: ServingState, users: UserBatch, exclude_watched: jnp.ndarray, cfg: SonaConfig
+    state: ServingState,
+    users: UserBatch,
+    exclude_watched: jnp.ndarray,
+    cfg: SonaConfig,
+    neighbours: jnp.ndarray | None = None,
 ) -> Candidates:
     """Each viewer's candidates: the union of the top ``candidates.per_source`` items of each
     active source, of cold start (no mood) and the top ``candidates.trending`` trending items,
-    none of them excluded (`excluded_items`)."""
+    none of them excluded (`excluded_items`). ``neighbours`` (users, N): pool rows an
+    approximate search found for each viewer (default: search every pool viewer)."""
     n_users, n_items = users.preference.shape[0], state.item_valid.shape[0]
     raw = jnp.stack(
         [
-            sources.collaborative_scores(state, users, cfg),
+            sources.collaborative_scores(state, users, cfg, neighbours),
             sources.content_scores(state, users, cfg),
             sources.graph_scores(state, users, cfg),
         ],

@@ -33,13 +33,28 @@ def scatter_rows(n_items: int, items: jnp.ndarray, values: jnp.ndarray) -> jnp.n
     return total.at[slots.ravel()].add(flat_values.ravel(), mode="drop").reshape(users, n_items)
 
 
-def collaborative_scores(state: ServingState, users: UserBatch, cfg: SonaConfig) -> jnp.ndarray:
-    """User kNN: the top-K most similar pool viewers' engagement, weighted by similarity."""
-    similarity = users.preference @ state.pool_preferences.T  # (users, P)
-    pool = jnp.arange(state.pool_preferences.shape[0])
-    similarity = jnp.where(pool[None, :] == users.pool_index[:, None], -jnp.inf, similarity)
-    k = min(cfg.collaborative.neighbours, state.pool_preferences.shape[0])
-    top_similarity, top_rows = jax.lax.top_k(similarity, k)
+def collaborative_scores(
+    state: ServingState,
+    users: UserBatch,
+    cfg: SonaConfig,
+    neighbours: jnp.ndarray | None = None,
+) -> jnp.ndarray:
+    """User kNN: the top-K most similar pool viewers' engagement, weighted by similarity.
+
+    The K are searched among every pool viewer, or among ``neighbours`` (users, N) pool rows
+    found by an approximate search (`neighbours.ViewerIndex`, -1 none), scored exactly."""
+    if neighbours is None:
+        rows = jnp.arange(state.pool_preferences.shape[0])[None, :]
+        similarity = users.preference @ state.pool_preferences.T  # (users, P)
+    else:
+        rows = neighbours
+        found = state.pool_preferences[jnp.maximum(neighbours, 0)]  # (users, N, d)
+        similarity = jnp.einsum("und,ud->un", found, users.preference)
+        similarity = jnp.where(neighbours >= 0, similarity, -jnp.inf)
+    similarity = jnp.where(rows == users.pool_index[:, None], -jnp.inf, similarity)
+    k = min(cfg.collaborative.neighbours, similarity.shape[1])
+    top_similarity, top = jax.lax.top_k(similarity, k)
+    top_rows = jnp.take_along_axis(jnp.broadcast_to(rows, similarity.shape), top, axis=1)
     top_similarity = jnp.maximum(top_similarity, 0.0)  # dissimilar viewers vote nothing
     width = cfg.collaborative.vote_items  # the pool's rows are most recent first
     items = state.pool_items[:, :width][top_rows]  # (users, K, width)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import strategies as st
 
 from sona_jax.config import SonaConfig
 from sona_jax.model.lora import make_base_tier
@@ -11,6 +12,9 @@ from sona_jax.serve.state import RequestBatch, ServingState, UserBatch
 
 D, R, G = 8, 2, 5
 # The hybrid's settings scaled to the 30-item random states below.
+seeds = st.integers(0, 10_000)  # random states and viewers (property tests)
+sizes = st.integers(1, 5)  # viewers in a batch
+
 SMALL_CFG = SonaConfig().with_overrides(
     {
         "collaborative": {"neighbours": 4, "vote_items": 5},

@@ -15,11 +15,11 @@ from tests.sona_jax.serve.fixtures import (
     random_requests,
     random_state,
     random_users,
+    seeds,
+    sizes,
 )
 
 CFG = SMALL_CFG
-seeds = st.integers(0, 10_000)
-sizes = st.integers(1, 5)
 
 
 @settings(max_examples=25, deadline=None)

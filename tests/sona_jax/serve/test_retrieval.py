@@ -5,7 +5,6 @@ each request) answering exactly what one call does."""
 import jax.numpy as jnp
 import numpy as np
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from sona_jax.serve import fusion, rank, recommend, retrieval, sources
 from sona_jax.serve.selection import BISECTION_STEPS
@@ -14,11 +13,11 @@ from tests.sona_jax.serve.fixtures import (
     random_requests,
     random_state,
     random_users,
+    seeds,
+    sizes,
 )
 
 CFG = SMALL_CFG
-seeds = st.integers(0, 10_000)
-sizes = st.integers(1, 5)
 
 
 def _top(values: np.ndarray, allowed: np.ndarray, k: int) -> set[int]:
