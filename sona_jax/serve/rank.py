@@ -177,9 +177,10 @@ def _offer_new_items(
 ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """Put the items added since the model that fit each viewer best (cosine of preference and
     embedding at least ``catalogue.new_item_min_fit``) in slots ``[first, stop)`` (users,) of
-    ``positions`` (users, n: columns of `RequestCandidates`, whose new items start at column
-    ``n_before``), skipping any already ``listed`` (users, n: catalogue rows); they have no graph edges or popularity yet, so
-    the fused score alone would rarely show them (item cold start).
+    ``positions`` (users, n: columns of `RequestCandidates`; new item j is column
+    ``n_before + j``), skipping any already ``listed`` (users, n: catalogue rows). They have no
+    graph edges or popularity yet, so the fused score alone would rarely show them (item cold
+    start).
 
     Returns the positions, which slots now hold a new item (users, n), and their fit (users, n).
     """
