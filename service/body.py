@@ -42,7 +42,7 @@ def parse_json(raw: bytes, max_depth: int) -> Any:
     if text.count("[") + text.count("{") > max_depth and _depth(text, max_depth) > max_depth:
         raise invalid_body(f"JSON nested deeper than {max_depth} levels")
     try:
-        value = json.loads(text, object_pairs_hook=_unique_keys)
+        value = _DECODER.decode(text)
     except _DuplicateKey as duplicate:
         raise invalid_body(f"duplicate key {duplicate.key!r} in one object") from None
     except (ValueError, RecursionError) as error:
@@ -70,6 +70,9 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
                 raise _DuplicateKey(key)
             seen.add(key)
     return found
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)  # one, not one per request
 
 
 def _depth(text: str, limit: int) -> int:
