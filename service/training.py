@@ -69,10 +69,16 @@ def unpack_model(artifact: bytes, root: Path) -> None:
 
 
 async def train_from_store(
-    store: Store, cfg: SonaConfig, model_dir: Path, keep: int = 3, now: float | None = None
+    store: Store,
+    cfg: SonaConfig,
+    model_dir: Path,
+    keep: int = 3,
+    now: float | None = None,
+    devices: int = 1,
 ) -> TrainedModel:
     """Train a new version on a snapshot of the store, save it here and in the store (with its
-    checksum), prune all but the newest ``keep``, and record the rebuild.
+    checksum), prune all but the newest ``keep``, and record the rebuild; adapter training is
+    split by viewer over ``devices`` local devices (`train_timed`).
 
     Raises `TrainerBusy` when another trainer holds the lock and `NothingToTrain` on an empty
     store. A trainer killed part-way records nothing: the previous version stays the newest.
@@ -82,7 +88,7 @@ async def train_from_store(
             raise TrainerBusy("another trainer is running (the store's trainer lock is held)")
         started = time.time()
         try:
-            model = await _train_locked(store, cfg, model_dir, keep, now)
+            model = await _train_locked(store, cfg, model_dir, keep, now, devices)
         except NothingToTrain:
             raise
         except Exception as error:
@@ -99,7 +105,7 @@ async def train_from_store(
 
 
 async def _train_locked(
-    store: Store, cfg: SonaConfig, model_dir: Path, keep: int, now: float | None
+    store: Store, cfg: SonaConfig, model_dir: Path, keep: int, now: float | None, devices: int
 ) -> TrainedModel:
     snapshot = await store.training_snapshot()
     # Off the event loop: training held it for the whole fit (15 s at start-up for a small
@@ -112,7 +118,9 @@ async def _train_locked(
         )
     local = model_versions(model_dir)
     version = max(await store.next_model_version(), (local[-1] + 1) if local else 1)
-    model = await asyncio.to_thread(train_timed, dataset, cfg, version=version, now=now)
+    model = await asyncio.to_thread(
+        train_timed, dataset, cfg, version=version, now=now, devices=devices
+    )
     model.report["store"] = {
         "event_watermark": snapshot.event_watermark,
         "content_watermark": snapshot.content_watermark,

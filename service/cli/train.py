@@ -77,7 +77,7 @@ def train(
         cfg = config_from_dict(json.loads(config_json), source="--config-json")
     if from_store:
         keep = learning.keep_versions if keep is None else keep
-        _train_from_store(cfg, keep, Path(data_dir), database_url)
+        _train_from_store(cfg, keep, Path(data_dir), database_url, devices)
         return
     from sona_lab.model_store import next_version, save_model
     from sona_lab.training import train_timed
@@ -100,8 +100,12 @@ def train(
     )
 
 
-def _train_from_store(cfg, keep: int, data_dir: Path, database_url: str | None) -> None:
+def _train_from_store(
+    cfg, keep: int, data_dir: Path, database_url: str | None, devices: int
+) -> None:
     import asyncio
+
+    import jax
 
     from service.storage import open_store
     from service.training import NothingToTrain, TrainerBusy, train_from_store
@@ -110,7 +114,9 @@ def _train_from_store(cfg, keep: int, data_dir: Path, database_url: str | None) 
         store = open_store(database_url, data_dir)
         await store.open()
         try:
-            return await train_from_store(store, cfg, data_dir / "models", keep)
+            return await train_from_store(
+                store, cfg, data_dir / "models", keep, devices=devices or len(jax.devices())
+            )
         finally:
             await store.close()
 

@@ -57,6 +57,51 @@ SCRIPT = textwrap.dedent(
 )
 
 
+def test_train_from_store_over_four_devices(tmp_path):
+    """`sona train --from-store --devices 4` on an embedded store seeded with a small demo."""
+    seed = textwrap.dedent(
+        f"""
+        import asyncio
+        from service.demo import seed_store
+        from service.storage import open_store
+
+        async def main():
+            store = open_store(None, __import__("pathlib").Path({str(tmp_path)!r}))
+            await store.open()
+            assert await seed_store(store, "synthetic", None, 120, 90)
+            await store.close()
+
+        asyncio.run(main())
+        """
+    )
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    subprocess.run([sys.executable, "-c", seed], cwd=ROOT, env=env, check=True)
+    config = tmp_path / "small.toml"
+    config.write_text("[model]\nembedding_dim = 16\n")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "train",
+            "--from-store",
+            "--data-dir",
+            str(tmp_path),
+            "--config",
+            str(config),
+            "--devices",
+            "4",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "trained model version 1 from the store" in done.stdout
+    assert '"devices": 4' in done.stdout
+
+
 def test_sharded_training_equals_one_device():
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     done = subprocess.run(
