@@ -2,11 +2,12 @@
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sona_jax.config import PreferenceConfig
-from sona_jax.features import preference
+from sona_jax.features import preference, profile
 from sona_jax.features.events import Events
 from tests.sona_jax.features import reference
 
@@ -150,3 +151,23 @@ def test_a_recent_event_pulls_harder_than_an_old_one():
         preference.build_preference_vectors(_flatten(users), jnp.asarray(embeddings), 1, cfg)
     )[0]
     assert vector[0] > vector[1] > 0
+
+
+@settings(max_examples=30, deadline=None)
+@given(histories, st.integers(0, 1_000), st.sampled_from([1, 2, 4]))
+def test_chunked_preferences_in_any_event_order_match_reference(users, seed, chunk):
+    """The training path for large logs: a few events at a time, each chunk adding into the
+    window of users it names, whatever order the events come in."""
+    cfg = PreferenceConfig()
+    embeddings = _embeddings()
+    events = _flatten(users)
+    order = jnp.asarray(np.random.default_rng(seed).permutation(events.user.shape[0]))
+    shuffled = Events(*(jnp.take(column, order, axis=0) for column in events))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(profile, "EVENT_CHUNK", chunk)
+        got = np.asarray(
+            profile._chunked_preferences(shuffled, jnp.asarray(embeddings), len(users), cfg)
+        )
+    for u, history in enumerate(users):
+        want = reference.preference_vector(history, embeddings, cfg)
+        np.testing.assert_allclose(got[u], want, atol=2e-4)
