@@ -23,7 +23,6 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
 import subprocess
@@ -45,6 +44,7 @@ from bench.load import (  # noqa: E402
     saturated_runs,
     write_script,
 )
+from bench.report import write_results  # noqa: E402
 from tests.service.servers import ServerProcess  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -298,11 +298,7 @@ def main() -> None:
     )
     result["batching_speedup"] = result["recs_saturated_rps"] / result["recs_no_batching_rps"]
     result["wrk_output"] = {"_".join(key): run["raw"] for key, run in runs.items()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    table = markdown(result)
-    args.out.with_suffix(".md").write_text(table)
-    print(table)
+    write_results(args.out, result, markdown(result))
     shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -41,6 +41,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.load import model_users, prime, run_wrk, write_script
+from bench.report import write_results  # noqa: E402
 from tests.service.servers import (
     REDIS_URL,
     ServerProcess,
@@ -220,11 +221,7 @@ def main() -> None:
             server.stop()
         asyncio.run(drop_postgres_database(database))
         shutil.rmtree(folder, ignore_errors=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    table = markdown(result)
-    args.out.with_suffix(".md").write_text(table)
-    print(table)
+    write_results(args.out, result, markdown(result))
 
 
 def markdown(r: dict) -> str:

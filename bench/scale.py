@@ -28,6 +28,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.report import write_results  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results"
 
 FULL = {"viewers": [10_000, 100_000, 1_000_000], "items": 100_000, "events_per_viewer": 30}
@@ -208,11 +210,7 @@ def main() -> None:
     result["retrieve_p50_ratio_100k_vs_3k"] = (
         large["retrieve_and_rank_p50_ms"] / small["retrieve_and_rank_p50_ms"]
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    table = markdown(result)
-    args.out.with_suffix(".md").write_text(table)
-    print(table)
+    write_results(args.out, result, markdown(result))
 
 
 def markdown(r: dict) -> str:

@@ -280,18 +280,20 @@ class ServingEngine:
             self.weights if weights is None else jnp.asarray(weights, jnp.float32),
             self.compiled,
             output_width(int(limits.max())),
-            self._neighbours(padded),
+            self._neighbours(users, size),
         )
         return self._lists(out, n, int(limits.max()))
 
-    def _neighbours(self, users: UserBatch) -> np.ndarray | None:
-        """(users, K + 1) pool rows an approximate search finds for ``users`` (one more than
-        the source keeps: a model viewer finds themself), or None: every pool viewer is read."""
+    def _neighbours(self, users: UserBatch, size: int) -> np.ndarray | None:
+        """(size, K + 1) pool rows an approximate search finds for the host ``users`` (one more
+        than the source keeps: a model viewer finds themself), padding rows -1 (not searched);
+        or None: every pool viewer is read."""
         if self.viewer_search is None:
             return None
-        return self.viewer_search.search(
+        found = self.viewer_search.search(
             np.asarray(users.preference), self.cfg.collaborative.neighbours + 1
         )
+        return pad_rows(found, size, -1)
 
     def recommend_rows(
         self, rows: np.ndarray, requests: RequestBatch, k: int, weights=None
@@ -313,10 +315,13 @@ class ServingEngine:
         found: list[ViewerCandidates | None] = [None] * n
         if missing:
             rows = np.array(missing)
-            sub, sub_size = self._users(_rows_of(users, rows))
+            viewers = _rows_of(users, rows)
+            sub, sub_size = self._users(viewers)
             exclude = pad_rows(np.asarray(requests.exclude_watched)[rows], sub_size, True)
             retrieved = split_candidates(
-                retrieval.retrieve(self.state, sub, exclude, self.compiled, self._neighbours(sub)),
+                retrieval.retrieve(
+                    self.state, sub, exclude, self.compiled, self._neighbours(viewers, sub_size)
+                ),
                 len(missing),
             )
             for i, row in zip(missing, retrieved, strict=True):
@@ -368,7 +373,7 @@ class ServingEngine:
             table,
             self.weights,
             self.compiled,
-            self._neighbours(padded),
+            self._neighbours(users, size),
         )
         score, components = np.asarray(out.score), np.asarray(out.components)
         return [
