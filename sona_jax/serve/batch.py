@@ -1,11 +1,11 @@
 """THE batch builder: per-user rows and per-request options in, padded `UserBatch` and
 `RequestBatch` out, for `sona serve`, `sona eval` and `sona experiment` alike.
 
-Users come either as viewer profiles (serving: one `ViewerProfile` per request) or as rows of a
-model's user tables (evaluation); both become a host `UserBatch` of n rows, which `pad_users`
-pads to a bucketed number of rows (`buckets.USER_BUCKETS`) and bucketed list widths
-(`buckets.LIST_BUCKETS`, never below the model's own widths), so the jitted calls see a handful
-of shapes.
+Users come either as viewer profiles (serving: one `ViewerProfile` per request, written straight
+into the padded batch by `profile_batch`) or as rows of a model's user tables (evaluation: a host
+`UserBatch` of n rows that `pad_users` pads). Both pad to a bucketed number of rows
+(`buckets.USER_BUCKETS`) and bucketed list widths (`buckets.LIST_BUCKETS`, never below the
+model's own widths, one rule: `_list_widths`), so the jitted calls see a handful of shapes.
 """
 
 from __future__ import annotations
@@ -51,34 +51,6 @@ class ViewerProfile:
     model_version: int = 0
 
 
-def _lists(values: Sequence[np.ndarray]) -> np.ndarray:
-    """(n, longest) int32 item lists, -1 padded."""
-    out = np.full((len(values), max([len(v) for v in values] + [1])), -1, np.int32)
-    for row, items in enumerate(values):
-        out[row, : len(items)] = items
-    return out
-
-
-def stack_profiles(profiles: Sequence[ViewerProfile]) -> UserBatch:
-    """Host `UserBatch` of ``profiles`` (one row each, lists as wide as the longest)."""
-
-    def stack(name: str, dtype=None) -> np.ndarray:
-        return np.asarray([getattr(p, name) for p in profiles], dtype)
-
-    return UserBatch(
-        preference=stack("preference"),
-        adapter=stack("adapter"),
-        recent_items=stack("recent_items"),
-        recent_weights=stack("recent_weights"),
-        seen=_lists([p.seen for p in profiles]),
-        dismissed=_lists([p.dismissed for p in profiles]),
-        genre_affinity=stack("genre_affinity"),
-        hourly=stack("hourly"),
-        qualifying=stack("qualifying", np.float32),
-        pool_index=stack("pool_index", np.int32),
-    )
-
-
 def model_rows(model: TrainedModel, rows: np.ndarray) -> UserBatch:
     """Host `UserBatch` of model users ``rows`` (their own pool rows are masked in kNN)."""
     h, u = model.history, model.users
@@ -119,29 +91,82 @@ def list_widths(model: TrainedModel, max_items: int) -> ListWidths:
     return ListWidths(seen, dismissed, max(seen, dismissed, bucket(max_items, LIST_BUCKETS)))
 
 
+def _list_widths(seen: int, dismissed: int, widths: ListWidths) -> tuple[int, int]:
+    """The (seen, dismissed) widths lists of these longest lengths are padded to: the model's
+    own, or ``widths.wide`` for both when either is longer."""
+    if seen > widths.seen or dismissed > widths.dismissed:
+        return widths.wide, widths.wide
+    return widths.seen, widths.dismissed
+
+
+def _fill_lists(lists: np.ndarray | Sequence[np.ndarray], size: int, width: int) -> np.ndarray:
+    """(size, width) int32 of ``lists`` (one per row, cut at ``width``; a 2-D array or a
+    sequence of 1-D ones), -1 padded."""
+    out = np.full((size, width), -1, np.int32)
+    if isinstance(lists, np.ndarray):
+        out[: lists.shape[0], : min(width, lists.shape[1])] = lists[:, :width]
+        return out
+    for row, items in enumerate(lists):
+        out[row, : min(width, len(items))] = items[:width]
+    return out
+
+
 def pad_users(users: UserBatch, size: int, widths: ListWidths) -> UserBatch:
     """``users`` (n rows) padded to ``size`` rows (zero rows, -1 lists and pool index) and its
     seen / dismissed lists to ``widths`` (both to ``widths.wide`` when either is longer)."""
-    long = users.seen.shape[1] > widths.seen or users.dismissed.shape[1] > widths.dismissed
-
-    def list_column(name: str) -> np.ndarray:
-        values = getattr(users, name)
-        width = widths.wide if long else getattr(widths, name)
-        out = np.full((size, width), -1, np.int32)
-        out[: values.shape[0], : min(width, values.shape[1])] = values[:, :width]
-        return out
-
+    seen, dismissed = _list_widths(users.seen.shape[1], users.dismissed.shape[1], widths)
     return UserBatch(
         preference=pad_rows(users.preference, size),
         adapter=pad_rows(users.adapter, size),
         recent_items=pad_rows(users.recent_items, size, -1),
         recent_weights=pad_rows(users.recent_weights, size),
-        seen=list_column("seen"),
-        dismissed=list_column("dismissed"),
+        seen=_fill_lists(users.seen, size, seen),
+        dismissed=_fill_lists(users.dismissed, size, dismissed),
         genre_affinity=pad_rows(users.genre_affinity, size),
         hourly=pad_rows(users.hourly, size),
         qualifying=pad_rows(np.asarray(users.qualifying, np.float32), size),
         pool_index=pad_rows(np.asarray(users.pool_index, np.int32), size, -1),
+    )
+
+
+# What a padding row of a `UserBatch` built from profiles holds, by field (the rest are 0).
+_PADDING_USER = {"recent_items": -1, "pool_index": -1}
+
+
+def profile_batch(
+    profiles: Sequence[ViewerProfile], size: int, widths: ListWidths, with_seen: bool = True
+) -> UserBatch:
+    """Host `UserBatch` of ``profiles`` padded to ``size`` rows and ``widths`` (as
+    `pad_users`), each value copied once into its row: stacking the profiles first and padding
+    after cost a quarter of a served batch's host time. ``with_seen`` False leaves every seen
+    list empty (scores never exclude watched items)."""
+    n, first = len(profiles), profiles[0]
+
+    def column(name: str, dtype) -> np.ndarray:
+        shape = np.shape(getattr(first, name))
+        out = np.full((size, *shape), _PADDING_USER.get(name, 0), dtype)
+        if shape:
+            np.stack([getattr(p, name) for p in profiles], out=out[:n], casting="unsafe")
+        else:
+            out[:n] = [getattr(p, name) for p in profiles]
+        return out
+
+    seen = [p.seen for p in profiles] if with_seen else []
+    dismissed = [p.dismissed for p in profiles]
+    widths_now = _list_widths(
+        max(map(len, seen), default=0), max(map(len, dismissed), default=0), widths
+    )
+    return UserBatch(
+        preference=column("preference", np.float32),
+        adapter=column("adapter", first.adapter.dtype),
+        recent_items=column("recent_items", np.int32),
+        recent_weights=column("recent_weights", np.float32),
+        seen=_fill_lists(seen, size, widths_now[0]),
+        dismissed=_fill_lists(dismissed, size, widths_now[1]),
+        genre_affinity=column("genre_affinity", np.float32),
+        hourly=column("hourly", np.float32),
+        qualifying=column("qualifying", np.float32),
+        pool_index=column("pool_index", np.int32),
     )
 
 
@@ -224,11 +249,14 @@ class Query:
 
 def stack_candidates(rows: Sequence[ViewerCandidates], size: int) -> Candidates:
     """Host `retrieval.Candidates` of ``rows`` padded to ``size`` rows (no items)."""
-    return Candidates(
-        pad_rows(np.stack([r.items for r in rows]), size, -1),
-        pad_rows(np.stack([r.raw for r in rows]), size),
-        pad_rows(np.stack([r.floor for r in rows]), size),
-    )
+
+    def column(name: str, fill) -> np.ndarray:
+        first = getattr(rows[0], name)
+        out = np.full((size, *first.shape), fill, first.dtype)
+        np.stack([getattr(r, name) for r in rows], out=out[: len(rows)], casting="unsafe")
+        return out
+
+    return Candidates(column("items", -1), column("raw", 0), column("floor", 0))
 
 
 def split_candidates(candidates: Candidates, n: int) -> list[ViewerCandidates]:
@@ -237,22 +265,26 @@ def split_candidates(candidates: Candidates, n: int) -> list[ViewerCandidates]:
     return [ViewerCandidates(items[i], raw[i], floor[i]) for i in range(n)]
 
 
-def query_batch(queries: Sequence[Query]) -> tuple[UserBatch, RequestBatch, np.ndarray]:
-    """Host `UserBatch`, `RequestBatch` and limits (n,) of n queries."""
+def query_batch(
+    queries: Sequence[Query], size: int, widths: ListWidths, with_seen: bool = True
+) -> tuple[UserBatch, RequestBatch, np.ndarray]:
+    """Host `UserBatch` (`profile_batch`), `RequestBatch` and limits (size,) of n queries,
+    padded to ``size`` rows (padding requests as `pad_requests`, limit 1)."""
+    padding = [None] * (size - len(queries))
 
-    def column(name: str) -> np.ndarray:
-        return np.array([getattr(q, name) for q in queries])
+    def column(name: str, dtype, fill) -> np.ndarray:
+        return np.array([getattr(q, name) for q in queries] + [fill] * len(padding), dtype)
 
-    requests = request_rows(
-        len(queries),
-        column("mmr_lambda"),
-        column("exclude_watched"),
-        column("device"),
-        column("time_of_day"),
-        column("mood"),
-        column("seed"),
+    requests = RequestBatch(
+        device=column("device", np.int32, _PADDING_REQUEST["device"]),
+        time_of_day=column("time_of_day", np.int32, _PADDING_REQUEST["time_of_day"]),
+        mood=column("mood", np.int32, _PADDING_REQUEST["mood"]),
+        exclude_watched=column("exclude_watched", bool, _PADDING_REQUEST["exclude_watched"]),
+        mmr_lambda=column("mmr_lambda", np.float32, _PADDING_REQUEST["mmr_lambda"]),
+        seed=column("seed", np.int32, _PADDING_REQUEST["seed"]),
     )
-    return stack_profiles([q.profile for q in queries]), requests, column("limit")
+    users = profile_batch([q.profile for q in queries], size, widths, with_seen)
+    return users, requests, column("limit", np.int32, 1)
 
 
 def batch_size(n: int) -> int:

@@ -280,18 +280,18 @@ class ServingEngine:
             self.weights if weights is None else jnp.asarray(weights, jnp.float32),
             self.compiled,
             output_width(int(limits.max())),
-            self._neighbours(users, size),
+            self._neighbours(users.preference, size),
         )
         return self._lists(out, n, int(limits.max()))
 
-    def _neighbours(self, users: UserBatch, size: int) -> np.ndarray | None:
-        """(size, K + 1) pool rows an approximate search finds for the host ``users`` (one more
-        than the source keeps: a model viewer finds themself), padding rows -1 (not searched);
-        or None: every pool viewer is read."""
+    def _neighbours(self, preference: np.ndarray, size: int) -> np.ndarray | None:
+        """(size, K + 1) pool rows an approximate search finds for the host ``preference``
+        (n, d) rows of a batch (one more than the source keeps: a model viewer finds themself),
+        padding rows -1 (not searched); or None: every pool viewer is read."""
         if self.viewer_search is None:
             return None
         found = self.viewer_search.search(
-            np.asarray(users.preference), self.cfg.collaborative.neighbours + 1
+            np.asarray(preference), self.cfg.collaborative.neighbours + 1
         )
         return pad_rows(found, size, -1)
 
@@ -309,18 +309,22 @@ class ServingEngine:
         (None for queries that brought their own): queries without candidates are retrieved
         first (one jitted call over them), then every query is ranked (one jitted call)."""
         n = len(queries)
-        users, requests, limits = query_batch(queries)
-        padded, size = self._users(users)
+        size = batch_size(n)
+        padded, requests, limits = query_batch(queries, size, self.widths)
         missing = [i for i, q in enumerate(queries) if q.candidates is None]
         found: list[ViewerCandidates | None] = [None] * n
         if missing:
             rows = np.array(missing)
-            viewers = _rows_of(users, rows)
+            viewers = _rows_of(padded, rows)
             sub, sub_size = self._users(viewers)
             exclude = pad_rows(np.asarray(requests.exclude_watched)[rows], sub_size, True)
             retrieved = split_candidates(
                 retrieval.retrieve(
-                    self.state, sub, exclude, self.compiled, self._neighbours(viewers, sub_size)
+                    self.state,
+                    sub,
+                    exclude,
+                    self.compiled,
+                    self._neighbours(viewers.preference, sub_size),
                 ),
                 len(missing),
             )
@@ -330,18 +334,18 @@ class ServingEngine:
             [q.candidates if q.candidates is not None else found[i] for i, q in enumerate(queries)],
             size,
         )
-        limits = np.asarray(limits, np.int32)
+        longest = int(limits[:n].max())
         out = rank.rank(
             self.state,
             padded,
-            pad_requests(requests, size),
+            requests,
             candidates,
-            np.concatenate([limits, np.ones(size - n, np.int32)]),
+            limits,
             self.weights,
             self.compiled,
-            output_width(int(limits.max())),
+            output_width(longest),
         )
-        return self._lists(out, n, int(limits.max())), found
+        return self._lists(out, n, longest), found
 
     @staticmethod
     def _lists(out: rank.Recommendations, n: int, longest: int) -> Lists:
@@ -356,11 +360,10 @@ class ServingEngine:
     def score_queries(self, queries: Sequence[Query]) -> list[Scores]:
         """Scores and components of each query's ``items`` (indices), one jitted call."""
         n = len(queries)
-        users, requests, _ = query_batch(queries)
+        size = batch_size(n)
         # Scores never exclude watched items: without their seen lists, only a viewer with
         # more dismissals than the model's width needs the wide program.
-        users = users._replace(seen=users.seen[:, :0])
-        padded, size = self._users(users)
+        padded, requests, _ = query_batch(queries, size, self.widths, with_seen=False)
         items = [q.items for q in queries]
         width = bucket(max(len(i) for i in items), SCORE_BUCKETS)
         table = np.full((size, width), -1, np.int32)
@@ -369,11 +372,11 @@ class ServingEngine:
         out = recommend.score_items(
             self.state,
             padded,
-            pad_requests(requests, size),  # score_items never excludes watched items
+            requests,  # score_items never excludes watched items
             table,
             self.weights,
             self.compiled,
-            self._neighbours(users, size),
+            self._neighbours(padded.preference[:n], size),
         )
         score, components = np.asarray(out.score), np.asarray(out.components)
         return [

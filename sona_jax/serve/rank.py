@@ -8,6 +8,7 @@ returning viewer costs a few hundred candidates' work, not the catalogue's.
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import NamedTuple
 
@@ -50,17 +51,28 @@ def _explore(
     n_explore: jnp.ndarray,
     limit: jnp.ndarray,
     key: jax.Array,
+    most: int,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Replace the last ``n_explore`` of the first ``limit`` slots by random unchosen pool items."""
+    """Replace the last ``n_explore`` (at most ``most``) of the first ``limit`` slots by random
+    unchosen pool items."""
     n_out, pool = chosen.shape[0], pool_valid.shape[0]
     taken = jnp.zeros(pool, bool).at[jnp.where(chosen >= 0, chosen, pool)].set(True, mode="drop")
     noise = jnp.where(taken | ~pool_valid, -jnp.inf, jax.random.uniform(key, (pool,)))
-    values, order = jax.lax.top_k(noise, n_out)
+    # The first ``most`` of the noise's order are the same whatever k: drawing no more than
+    # can be used cut this step from a fifth of a call to a tenth.
+    values, order = jax.lax.top_k(noise, min(most, pool))
     slot = jnp.arange(n_out)
     first = limit - n_explore
-    pick = jnp.clip(slot - first, 0, n_out - 1)
+    pick = jnp.clip(slot - first, 0, values.shape[0] - 1)
     explore = (slot >= first) & (slot < limit) & jnp.isfinite(values[pick])
     return jnp.where(explore, order[pick], chosen), explore
+
+
+def most_explored(n_out: int, cfg: SonaConfig) -> int:
+    """The most exploration slots a list of up to ``n_out`` items can have: ε never exceeds
+    its start or its floor (the decay is at most 1)."""
+    c = cfg.cold_start
+    return max(1, math.ceil(max(c.exploration_floor, c.exploration_start) * n_out))
 
 
 def _listed(items: jnp.ndarray, lists: jnp.ndarray) -> jnp.ndarray:
@@ -255,7 +267,9 @@ def rank(
 
     n_explore = jnp.round(exploration_share(users.qualifying, cfg) * limit).astype(jnp.int32)
     keys = jax.vmap(jax.random.PRNGKey)(request.seed)
-    chosen, explored = jax.vmap(_explore)(chosen, pool_valid, n_explore, limit, keys)
+    chosen, explored = jax.vmap(partial(_explore, most=most_explored(n_out, cfg)))(
+        chosen, pool_valid, n_explore, limit, keys
+    )
 
     ok = chosen >= 0
     at = jnp.maximum(chosen, 0)
