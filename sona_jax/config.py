@@ -172,6 +172,12 @@ class GraphConfig(_Section):
     block_items: int = train(
         2048, ge=1, description="item rows of the co-engagement matrix computed at once"
     )
+    block_cells: int = train(
+        1 << 24,
+        ge=1,
+        description="most cells (item rows x items) of that matrix at once: fewer rows per "
+        "block at a large catalogue, so its memory does not grow with the catalogue",
+    )
 
 
 class ContextConfig(_Section):

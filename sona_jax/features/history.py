@@ -25,6 +25,16 @@ class UserHistory(NamedTuple):
     dismissed: np.ndarray
 
 
+def ranked_within_user(user: np.ndarray, order_key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """order (events,): the events sorted by user, then ``order_key`` ascending; rank
+    (events,): each sorted event's position within its user's events (0 first)."""
+    order = np.lexsort((order_key, user))
+    user = user[order]
+    counts = np.bincount(user)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    return order, np.arange(len(user)) - starts[user]
+
+
 def per_user_table(
     user: np.ndarray,
     item: np.ndarray,
@@ -40,12 +50,13 @@ def per_user_table(
     Without ``width`` the table is as wide as the longest user's list (at most ``cap``),
     bucketed (`sona_jax.buckets.bucket`).
     """
-    order = np.lexsort((order_key, user))
+    if len(user) == 0:
+        width = width or MIN_TABLE_WIDTH
+        empty = np.full((n_users, width), -1, np.int32)
+        return empty, None if values is None else np.zeros((n_users, width), np.float32)
+    order, rank = ranked_within_user(user, order_key)
     user, item = user[order], item[order]
-    counts = np.bincount(user, minlength=n_users)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    rank = np.arange(len(user)) - starts[user]
-    longest = int(counts.max(initial=0))
+    longest = int(rank.max()) + 1
     if cap is not None:
         longest = min(longest, cap)
     width = width or bucket(longest, (MIN_TABLE_WIDTH,))

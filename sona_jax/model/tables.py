@@ -24,7 +24,7 @@ from sona_jax.data.schema import (
     EventLog,
     hour_of_timestamp,
 )
-from sona_jax.features.history import recent_engaged
+from sona_jax.features.history import ranked_within_user
 
 # Genre name stems each mood favours; matched case-insensitively against a catalogue's genres.
 MOOD_GENRE_STEMS: dict[str, tuple[str, ...]] = {
@@ -67,11 +67,16 @@ class Popularity(NamedTuple):
 def _engagement_sets(
     log: EventLog, weights: np.ndarray, n_users: int, n_items: int, per_user: int
 ) -> sp.csr_matrix:
-    """(users, items) binary: each user's ``per_user`` most recent engaged items."""
-    items, _ = recent_engaged(log, weights, n_users, per_user)
-    rows, cols = np.nonzero(items >= 0)
+    """(users, items) binary: each user's ``per_user`` most recent engaged items. Built from
+    the ranked events, not a padded (users, per_user) table: that was 8 GB at a million
+    viewers and 1,000 items each."""
+    engaged = weights > 0
+    user, item = log.user[engaged], log.item[engaged]
+    order, rank = ranked_within_user(user, -log.timestamp[engaged])
+    keep = rank < per_user
     x = sp.csr_matrix(
-        (np.ones(len(rows), np.float32), (rows, items[rows, cols])), shape=(n_users, n_items)
+        (np.ones(int(keep.sum()), np.float32), (user[order][keep], item[order][keep])),
+        shape=(n_users, n_items),
     )
     x.sum_duplicates()
     x.data[:] = 1.0  # repeated engagement counts once
@@ -79,13 +84,43 @@ def _engagement_sets(
 
 
 def _cosine_rows(x: sp.csr_matrix, block: int):
-    """Yield (start, rows) of cosine co-engagement ``C_ij / sqrt(d_i d_j)``, ``block`` at a time."""
-    inv_sqrt = 1.0 / np.sqrt(np.maximum(np.asarray(x.sum(axis=0)).ravel(), 1.0))
+    """Yield (start, rows) of cosine co-engagement ``C_ij / sqrt(d_i d_j)``, ``block`` item rows
+    at a time, as a sparse (block, items) matrix without its diagonal: a large catalogue's
+    rows are nearly all zero, and densifying them cost items x items work and memory."""
+    inv_sqrt = (1.0 / np.sqrt(np.maximum(np.asarray(x.sum(axis=0)).ravel(), 1.0))).astype(
+        np.float32
+    )
     xt = x.T.tocsr()
     for start in range(0, x.shape[1], block):
         stop = min(start + block, x.shape[1])
-        co = (xt[start:stop] @ x).toarray()
-        yield start, co * inv_sqrt[start:stop, None] * inv_sqrt[None, :]
+        co = (xt[start:stop] @ x).tocoo()
+        co.data *= inv_sqrt[start + co.row] * inv_sqrt[co.col]
+        co.data[co.col == start + co.row] = 0.0
+        yield start, co
+
+
+def _top_of_sparse(co: sp.coo_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, k) columns and weights of each row's k largest positive entries, largest first
+    (ties by column), -1 / 0 where a row has fewer."""
+    positive = co.data > 0
+    row, col, value = co.row[positive], co.col[positive], co.data[positive]
+    order = np.lexsort((col, -value, row))
+    row, col, value = row[order], col[order], value[order]
+    rank = np.arange(len(row)) - np.searchsorted(row, row)
+    keep = rank < k
+    top = np.full((co.shape[0], k), -1, np.int32)
+    top_w = np.zeros((co.shape[0], k), np.float32)
+    top[row[keep], rank[keep]] = col[keep]
+    top_w[row[keep], rank[keep]] = value[keep]
+    return top, top_w
+
+
+def _top_of_dense(co: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, k) columns and weights of each row's k largest entries, largest first."""
+    top = np.argpartition(-co, k - 1, axis=1)[:, :k]
+    top_w = np.take_along_axis(co, top, axis=1)
+    order = np.argsort(-top_w, axis=1)
+    return np.take_along_axis(top, order, 1), np.take_along_axis(top_w, order, 1)
 
 
 def item_regression(x: sp.csr_matrix, l2: float) -> np.ndarray:
@@ -121,14 +156,16 @@ def build_graph(
 
     Each user contributes at most ``graph.max_user_items`` of their most recent engaged items.
     Edge weights are cosine co-engagement (``graph.weighting = "cosine"``, rows computed
-    ``graph.block_items`` at a time: memory O(block x items), never items x items) or the item-item
+    ``graph.block_items`` at a time, fewer when that would pass ``graph.block_cells``: memory
+    O(block x items), never items x items) or the item-item
     regression (``"regression"``, catalogues up to ``graph.max_regression_items``; larger ones
     fall back to cosine). Only positive edges are kept in the lists; with
     ``graph.first_hop = "dense"`` small catalogues (up to ``graph.max_dense_items``) also keep
     the whole regression matrix.
     """
     gcfg = cfg.graph
-    m, block = gcfg.neighbours, gcfg.block_items
+    m = gcfg.neighbours
+    block = max(1, min(gcfg.block_items, gcfg.block_cells // max(n_items, 1)))
     x = _engagement_sets(log, weights, n_users, n_items, gcfg.max_user_items)
     use_regression = gcfg.weighting == "regression" and n_items <= gcfg.max_regression_items
     rows = (
@@ -141,16 +178,18 @@ def build_graph(
     k = min(m, n_items - 1)
     for start, co in rows:
         stop = start + co.shape[0]
-        co = np.array(co, np.float32)
-        co[np.arange(stop - start), np.arange(start, stop)] = 0.0
-        if keep_dense:
-            dense[start:stop] = co
-        if k == 0:
+        if k == 0 and not keep_dense:
             continue
-        top = np.argpartition(-co, k - 1, axis=1)[:, :k]
-        top_w = np.take_along_axis(co, top, axis=1)
-        order = np.argsort(-top_w, axis=1)
-        top, top_w = np.take_along_axis(top, order, 1), np.take_along_axis(top_w, order, 1)
+        if sp.issparse(co):
+            top, top_w = _top_of_sparse(co, k)
+        else:
+            co = np.array(co, np.float32)
+            co[np.arange(stop - start), np.arange(start, stop)] = 0.0
+            if keep_dense:
+                dense[start:stop] = co
+            if k == 0:
+                continue
+            top, top_w = _top_of_dense(co, k)
         positive = top_w > 0
         neighbours[start:stop, :k] = np.where(positive, top, neighbours[start:stop, :k])
         out_weights[start:stop, :k] = np.where(positive, top_w, 0.0)
