@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse
+import gc
 import json
 import resource
 import time
@@ -37,6 +38,12 @@ QUICK = {"viewers": [5_000, 10_000, 20_000], "items": 20_000, "events_per_viewer
 DEMO_ITEMS, LARGE_ITEMS, P50_VIEWERS = 3_000, 100_000, 2_000
 NEIGHBOURS = 50  # collaborative.neighbours
 EXACT_CHUNK = 50_000_000  # query x viewer scores per chunk of exact search (200 MB)
+
+
+def current_rss() -> int:
+    """This process's resident bytes now."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
 
 
 def train_curve(sizes: dict) -> tuple[list[dict], object]:
@@ -62,6 +69,7 @@ def train_curve(sizes: dict) -> tuple[list[dict], object]:
                 "us_per_event": seconds / len(data.events) * 1e6,
                 "bytes_per_user": model.users.stored_bytes_per_user(),
                 "timings": model.report.get("timings", {}),
+                "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             }
         )
         print(json.dumps(curve[-1]), flush=True)
@@ -69,8 +77,12 @@ def train_curve(sizes: dict) -> tuple[list[dict], object]:
     return curve, model
 
 
-def ann_recall(preferences: np.ndarray, queries: int = 2_000, k: int = NEIGHBOURS) -> dict:
-    """faiss HNSW over viewers' preference vectors (inner product) against exact search."""
+def ann_recall(
+    preferences: np.ndarray, index=None, queries: int = 2_000, k: int = NEIGHBOURS
+) -> dict:
+    """faiss HNSW over viewers' preference vectors (inner product) against exact search:
+    ``index`` is the serving engine's own when it has one (built from the same vectors and
+    settings), else one is built here."""
     import faiss
 
     vectors = np.ascontiguousarray(preferences.astype(np.float32))
@@ -84,12 +96,14 @@ def ann_recall(preferences: np.ndarray, queries: int = 2_000, k: int = NEIGHBOUR
         ]
     )
     exact_ms = (time.perf_counter() - clock) / len(asked) * 1e3
-    index = faiss.IndexHNSWFlat(vectors.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efConstruction = 80
-    clock = time.perf_counter()
-    index.add(vectors)
-    build_s = time.perf_counter() - clock
-    out = {"ann_viewers": len(vectors), "exact_ms_per_query": exact_ms, "ann_build_s": build_s}
+    out = {"ann_viewers": len(vectors), "exact_ms_per_query": exact_ms}
+    if index is None:
+        index = faiss.IndexHNSWFlat(vectors.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = 80
+        clock = time.perf_counter()
+        index.add(vectors)
+        out["ann_build_s"] = time.perf_counter() - clock
+    served_ef = index.hnsw.efSearch
     for ef in (64, 128, 256):
         index.hnsw.efSearch = ef
         clock = time.perf_counter()
@@ -101,6 +115,7 @@ def ann_recall(preferences: np.ndarray, queries: int = 2_000, k: int = NEIGHBOUR
         (v for key, v in out.items() if key.startswith("ef")), key=lambda v: v["recall_at_k"]
     )
     out["ann_recall_at_k"] = best["recall_at_k"]
+    index.hnsw.efSearch = served_ef
     return out
 
 
@@ -135,23 +150,25 @@ def served_p50(n_items: int, repeats: int = 200) -> dict:
     }
 
 
-def pool_p50(model, repeats: int = 50) -> dict:
+def pool_p50(model, engine, repeats: int = 50) -> dict:
     """p50 of retrieving and ranking one first-seen viewer against the largest model's whole
     kNN pool: the exact search, and the HNSW index the engine switches to past
     ``collaborative.approximate_from`` viewers; and how many of the exact lists' items the
     approximate ones keep."""
     from sona_jax.serve.batch import Query
-    from sona_jax.serve.engine import ServingEngine
 
     cfg = model.config
-    exact = ServingEngine.load(
-        model, cfg.with_overrides({"collaborative": {"approximate_from": 0}})
-    )
-    clock = time.perf_counter()
-    approximate = exact.with_config(cfg.with_overrides({"collaborative": {"approximate_from": 1}}))
-    build_s = time.perf_counter() - clock
+    # One engine's device state for both: the exact one is the same engine without its index.
+    exact = engine.with_config(cfg.with_overrides({"collaborative": {"approximate_from": 0}}))
+    out = {"pool_viewers": model.n_users}
+    approximate = engine
+    if engine.viewer_search is None:  # a pool below approximate_from: build one to compare
+        clock = time.perf_counter()
+        approximate = engine.with_config(
+            cfg.with_overrides({"collaborative": {"approximate_from": 1}})
+        )
+        out["index_build_s"] = time.perf_counter() - clock
     users = model.user_ids.tolist()[:repeats]
-    out = {"pool_viewers": model.n_users, "index_build_s": build_s}
     lists = {}
     for name, engine in (("exact", exact), ("hnsw", approximate)):
         queries = [
@@ -181,13 +198,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS / "scale.json")
+    parser.add_argument(
+        "--viewers", type=int, nargs="+", help="the curve's viewer counts (default: the mode's)"
+    )
     args = parser.parse_args()
     from service.threads import limit_xla_threads
 
     limit_xla_threads(1)  # as `sona serve` runs the engine
-    sizes = QUICK if args.quick else FULL
+    sizes = dict(QUICK if args.quick else FULL)
+    if args.viewers:
+        sizes["viewers"] = sorted(args.viewers)
     result = {
-        "command": "python bench/scale.py" + (" --quick" if args.quick else ""),
+        "command": "python bench/scale.py"
+        + (" --quick" if args.quick else "")
+        + (" --viewers " + " ".join(map(str, args.viewers)) if args.viewers else ""),
         "sizes": sizes,
     }
     curve, model = train_curve(sizes)
@@ -199,10 +223,21 @@ def main() -> None:
     result["bytes_per_user"] = curve[-1]["bytes_per_user"]
     from sona_jax.serve.engine import ServingEngine
 
+    clock = time.perf_counter()
     engine = ServingEngine.load(model).with_headroom()
-    result["server_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    result |= ann_recall(np.asarray(model.users.preference))
-    result["served_pool"] = pool_p50(model)
+    result["engine_load_s"] = time.perf_counter() - clock  # with its HNSW index, if any
+    gc.collect()
+    # What serving the largest model holds (the model's tables and the engine's), not the
+    # training peak before it (that is `train_peak_rss_bytes`).
+    result["server_rss_bytes"] = current_rss()
+    result["train_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    search = engine.viewer_search
+    result |= ann_recall(
+        np.asarray(model.users.preference), None if search is None else search.index
+    )
+    if search is not None:
+        result["ann_build_s"] = result["engine_load_s"]
+    result["served_pool"] = pool_p50(model, engine)
     del engine, model
     small, large = served_p50(DEMO_ITEMS), served_p50(LARGE_ITEMS if not args.quick else 30_000)
     result["p50"] = [small, large]
@@ -228,6 +263,8 @@ def markdown(r: dict) -> str:
         ),
         ("stored bytes per viewer", r["bytes_per_user"], "<= 10240"),
         ("engine process RSS after loading the largest model, bytes", r["server_rss_bytes"], "-"),
+        ("  peak RSS while training, bytes", r["train_peak_rss_bytes"], "-"),
+        ("  engine load (with its HNSW index when the pool needs one), s", r["engine_load_s"], "-"),
         (
             f"faiss HNSW recall@{NEIGHBOURS} of nearest viewers vs exact ({r['ann_viewers']:,})",
             r["ann_recall_at_k"],
