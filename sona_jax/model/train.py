@@ -116,11 +116,10 @@ def train_all_adapters(
     """
     eligible = np.flatnonzero(users.interaction_count >= cfg.lora.min_events)
     result = train_adapters_of(
-        base, users.preference, users.adapter, log, eligible, cfg, key, progress, mesh
+        base, users.preference, users.adapter, log, eligible, cfg, key, progress, mesh, True
     )
     if len(eligible) == 0:
         return {"users_trained": 0}
-    users.adapter[eligible] = result.adapters
     return {
         "users_trained": int(len(eligible)),
         "bce_before": float(result.loss_before.mean()),

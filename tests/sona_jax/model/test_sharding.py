@@ -44,6 +44,16 @@ SCRIPT = textwrap.dedent(
     )
     np.testing.assert_allclose(one.loss_after, four.loss_after, rtol=1e-5, atol=1e-6)
     assert (one.loss_after < one.loss_before).mean() > 0.5  # it trained something
+    # written in place: the same rows, nothing else touched, no copy returned
+    written = users.adapter.copy()
+    inplace = train_adapters_of(
+        model.base, users.preference, written, data.events, rows, cfg, key, in_place=True
+    )
+    assert inplace.adapters.shape[0] == 0
+    np.testing.assert_array_equal(written[rows], one.adapters)
+    others = np.setdiff1d(np.arange(len(written)), rows)
+    np.testing.assert_array_equal(written[others], users.adapter[others])
+    np.testing.assert_array_equal(inplace.loss_after, one.loss_after)
     # the whole model too: the same adapters whether trained on one device or four
     whole = train_model(data, cfg, mesh=mesh)
     np.testing.assert_allclose(
