@@ -54,6 +54,7 @@ def train_curve(sizes: dict) -> tuple[list[dict], object]:
 
     cfg, curve, model = SonaConfig(), [], None
     for viewers in sizes["viewers"]:
+        model = None  # the previous size's model is not kept while the next one trains
         data = generate_synthetic(
             viewers, sizes["items"], events_per_user=sizes["events_per_viewer"], seed=0
         )
