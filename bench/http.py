@@ -338,6 +338,7 @@ def engine_throughput(data_dir: Path, users: list[str], seconds: int) -> dict:
     from service.threads import limit_xla_threads
 
     limit_xla_threads(1)
+    from sona_jax.serve import viewers
     from sona_jax.serve.batch import Query
     from sona_jax.serve.engine import ServingEngine
     from sona_lab.model_store import load_model
@@ -346,7 +347,9 @@ def engine_throughput(data_dir: Path, users: list[str], seconds: int) -> dict:
     engine = ServingEngine.load(model).with_headroom()
     batch = 64
     queries = [
-        Query(engine.model_profile(u), 20, True, engine.cfg.diversity.mmr_lambda, 0, seed=i)
+        Query(
+            viewers.model_profile(engine, u), 20, True, engine.cfg.diversity.mmr_lambda, 0, seed=i
+        )
         for i, u in enumerate(model.user_ids.tolist())
     ][: (len(model.user_ids) // batch) * batch]
 

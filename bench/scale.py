@@ -126,12 +126,13 @@ def served_p50(n_items: int, repeats: int = 200) -> dict:
     from sona_jax.config import SonaConfig
     from sona_jax.data import generate_synthetic
     from sona_jax.model.train import train_model
+    from sona_jax.serve import viewers
     from sona_jax.serve.batch import Query
     from sona_jax.serve.engine import ServingEngine
 
     model = train_model(generate_synthetic(P50_VIEWERS, n_items, seed=1), SonaConfig())
     engine = ServingEngine.load(model).with_headroom()
-    profiles = [engine.model_profile(u) for u in model.user_ids.tolist()[:repeats]]
+    profiles = [viewers.model_profile(engine, u) for u in model.user_ids.tolist()[:repeats]]
     queries = [Query(p, 20, True, 0.8, device=0, seed=i) for i, p in enumerate(profiles)]
     engine.recommend_queries(queries[:1])
     kept, full = [], []
@@ -156,6 +157,7 @@ def pool_p50(model, engine, repeats: int = 50) -> dict:
     kNN pool: the exact search, and the HNSW index the engine switches to past
     ``collaborative.approximate_from`` viewers; and how many of the exact lists' items the
     approximate ones keep."""
+    from sona_jax.serve import viewers
     from sona_jax.serve.batch import Query
 
     cfg = model.config
@@ -173,7 +175,8 @@ def pool_p50(model, engine, repeats: int = 50) -> dict:
     lists = {}
     for name, engine in (("exact", exact), ("hnsw", approximate)):
         queries = [
-            Query(engine.model_profile(u), 20, True, 1.0, seed=i) for i, u in enumerate(users)
+            Query(viewers.model_profile(engine, u), 20, True, 1.0, seed=i)
+            for i, u in enumerate(users)
         ]
         engine.recommend_queries(queries[:1])
         times, items = [], []

@@ -13,6 +13,7 @@ from service.cache import Cache, Version
 from service.codec import decode_adapter, encode_state, profile_from_bytes, profile_to_bytes
 from service.runtime import Runtime
 from service.storage import EventRow, Store, UserStateRow
+from sona_jax.serve import viewers
 from sona_jax.serve.batch import ViewerProfile
 from sona_jax.serve.engine import ServingEngine
 
@@ -124,8 +125,8 @@ class Profiles:
     async def prepared(self, engine: ServingEngine) -> list[tuple[str, Version, ViewerProfile]]:
         """The recent viewers' profiles under ``engine`` (a version about to be served), so
         that their first requests after the swap find them cached."""
-        viewers = list(reversed(self.recent))  # requests keep adding to it meanwhile
-        return [(u, *await self.rebuild(u, engine=engine)) for u in viewers]
+        recent = list(reversed(self.recent))  # requests keep adding to it meanwhile
+        return [(u, *await self.rebuild(u, engine=engine)) for u in recent]
 
     async def put_all(self, profiles: list[tuple[str, Version, ViewerProfile]]) -> None:
         """Cache prepared profiles. One whose viewer was written meanwhile conflicts with the
@@ -141,12 +142,12 @@ class Profiles:
         engine = engine or self.runtime.engine
         row = await self.store.load_user_state(user_id)
         if row is None:
-            profile = engine.model_profile(user_id) or engine.empty_profile()
+            profile = viewers.model_profile(engine, user_id) or viewers.empty_profile(engine)
             return profile_version(profile, *await self.store.user_version(user_id)), profile
         cfg = self.runtime.cfg
         adapter = decode_adapter(row.state, cfg.model.embedding_dim, cfg.lora.rank)
         if adapter is None:  # no adapter stored yet: keep the one the model trained, if any
-            known = engine.model_profile(user_id)
+            known = viewers.model_profile(engine, user_id)
             adapter = known.adapter if known is not None else None
         events = await self.store.user_events(user_id)
         profile = await self.in_engine(

@@ -28,8 +28,10 @@ from sona_jax.config import SonaConfig
 from sona_jax.data.stored import StoredEvent
 from sona_jax.model.training_data import event_targets
 from sona_jax.model.version import TrainedModel
+from sona_jax.serve import viewers
 from sona_jax.serve.batch import Query, ViewerProfile
-from sona_jax.serve.engine import AdapterResult, Lists, Scores, ServingEngine
+from sona_jax.serve.engine import Lists, Scores, ServingEngine
+from sona_jax.serve.viewers import AdapterResult
 
 MILLISECONDS = 1000
 COMPILATION_CACHE = "xla-cache"  # under the data directory
@@ -182,7 +184,7 @@ class Runtime:
     ) -> list[AdapterResult]:
         """Retrain the adapters of several viewers in one vmapped call (SPEC 3.2)."""
         key = jax.random.PRNGKey(int(now * MILLISECONDS) % (2**31))
-        return self.engine.train_viewers(user_ids, profiles, events, key)
+        return viewers.train_viewers(self.engine, user_ids, profiles, events, key)
 
     def viewer_profile(
         self,
@@ -194,8 +196,8 @@ class Runtime:
     ) -> ViewerProfile:
         """A viewer's profile rebuilt from all their stored events, as of now (under
         ``engine``, default: the served one)."""
-        return (engine or self.engine).viewer_profile(
-            user_id, events, adapter, last_trained, time.time()
+        return viewers.viewer_profile(
+            engine or self.engine, user_id, events, adapter, last_trained, time.time()
         )
 
 
@@ -205,7 +207,7 @@ def warm_up_tasks(
     """One call per program `Runtime.warm_up` compiles (see there)."""
     largest = serving.max_batch if serving.batching else 1
     sizes = [size for size in USER_BUCKETS if size <= bucket(largest, USER_BUCKETS)]
-    empty = engine.empty_profile()
+    empty = viewers.empty_profile(engine)
     wide = replace(empty, seen=np.arange(engine.widths.seen + 1, dtype=np.int32) % engine.capacity)
     dismissing = replace(
         empty, dismissed=np.arange(engine.widths.dismissed + 1, dtype=np.int32) % engine.capacity
@@ -227,7 +229,9 @@ def warm_up_tasks(
         if n_events > bucket(serving.warm_up_max_events, EVENT_BUCKETS):
             break
         events = [_warm_up_event(item, i) for i in range(n_events)]
-        tasks.append(partial(engine.viewer_profile, "warm-up", events, None, 0.0, time.time()))
+        tasks.append(
+            partial(viewers.viewer_profile, engine, "warm-up", events, None, 0.0, time.time())
+        )
     # A learner batch's engagement targets: every bucket its events can fill.
     size, most = EVENT_BUCKETS[0], serving.warm_up_max_events * serving.learner_max_batch
     while size <= bucket(most, EVENT_BUCKETS):
@@ -241,7 +245,7 @@ def warm_up_tasks(
         users = [f"warm-up-{i}" for i in range(n_users)]
         events = [replace(e, user_id=u) for u in users for e in training]
         key = jax.random.PRNGKey(0)
-        tasks.append(partial(engine.train_viewers, users, [empty] * n_users, events, key))
+        tasks.append(partial(viewers.train_viewers, engine, users, [empty] * n_users, events, key))
     return tasks
 
 

@@ -111,26 +111,29 @@ def _fill_lists(lists: np.ndarray | Sequence[np.ndarray], size: int, width: int)
     return out
 
 
+# What a padding row of a `UserBatch` holds, by field (the rest are 0).
+_PADDING_USER = {"recent_items": -1, "pool_index": -1}
+_USER_DTYPES = {"qualifying": np.float32, "pool_index": np.int32}
+
+
 def pad_users(users: UserBatch, size: int, widths: ListWidths) -> UserBatch:
-    """``users`` (n rows) padded to ``size`` rows (zero rows, -1 lists and pool index) and its
-    seen / dismissed lists to ``widths`` (both to ``widths.wide`` when either is longer)."""
+    """``users`` (n rows) padded to ``size`` rows (`_PADDING_USER`) and its seen / dismissed
+    lists to ``widths`` (both to ``widths.wide`` when either is longer)."""
     seen, dismissed = _list_widths(users.seen.shape[1], users.dismissed.shape[1], widths)
+    rows = {
+        name: pad_rows(
+            np.asarray(getattr(users, name), _USER_DTYPES.get(name)),
+            size,
+            _PADDING_USER.get(name, 0),
+        )
+        for name in UserBatch._fields
+        if name not in ("seen", "dismissed")
+    }
     return UserBatch(
-        preference=pad_rows(users.preference, size),
-        adapter=pad_rows(users.adapter, size),
-        recent_items=pad_rows(users.recent_items, size, -1),
-        recent_weights=pad_rows(users.recent_weights, size),
+        **rows,
         seen=_fill_lists(users.seen, size, seen),
         dismissed=_fill_lists(users.dismissed, size, dismissed),
-        genre_affinity=pad_rows(users.genre_affinity, size),
-        hourly=pad_rows(users.hourly, size),
-        qualifying=pad_rows(np.asarray(users.qualifying, np.float32), size),
-        pool_index=pad_rows(np.asarray(users.pool_index, np.int32), size, -1),
     )
-
-
-# What a padding row of a `UserBatch` built from profiles holds, by field (the rest are 0).
-_PADDING_USER = {"recent_items": -1, "pool_index": -1}
 
 
 def profile_batch(
@@ -268,23 +271,23 @@ def split_candidates(candidates: Candidates, n: int) -> list[ViewerCandidates]:
 def query_batch(
     queries: Sequence[Query], size: int, widths: ListWidths, with_seen: bool = True
 ) -> tuple[UserBatch, RequestBatch, np.ndarray]:
-    """Host `UserBatch` (`profile_batch`), `RequestBatch` and limits (size,) of n queries,
-    padded to ``size`` rows (padding requests as `pad_requests`, limit 1)."""
-    padding = [None] * (size - len(queries))
+    """Host `UserBatch` (`profile_batch`), `RequestBatch` (`pad_requests`) and limits (size,
+    padding rows 1) of n queries, padded to ``size`` rows."""
 
-    def column(name: str, dtype, fill) -> np.ndarray:
-        return np.array([getattr(q, name) for q in queries] + [fill] * len(padding), dtype)
+    def column(name: str) -> np.ndarray:
+        return np.array([getattr(q, name) for q in queries])
 
-    requests = RequestBatch(
-        device=column("device", np.int32, _PADDING_REQUEST["device"]),
-        time_of_day=column("time_of_day", np.int32, _PADDING_REQUEST["time_of_day"]),
-        mood=column("mood", np.int32, _PADDING_REQUEST["mood"]),
-        exclude_watched=column("exclude_watched", bool, _PADDING_REQUEST["exclude_watched"]),
-        mmr_lambda=column("mmr_lambda", np.float32, _PADDING_REQUEST["mmr_lambda"]),
-        seed=column("seed", np.int32, _PADDING_REQUEST["seed"]),
+    requests = request_rows(
+        len(queries),
+        column("mmr_lambda"),
+        column("exclude_watched"),
+        column("device"),
+        column("time_of_day"),
+        column("mood"),
+        column("seed"),
     )
     users = profile_batch([q.profile for q in queries], size, widths, with_seen)
-    return users, requests, column("limit", np.int32, 1)
+    return users, pad_requests(requests, size), pad_rows(column("limit").astype(np.int32), size, 1)
 
 
 def batch_size(n: int) -> int:

@@ -1,6 +1,6 @@
 """The engine facade every caller serves through: one loaded model version under one served
-config, with batched recommend / score / similar calls, viewer profiles built from stored
-events, and adapter training for a few viewers.
+config, with batched recommend / score / similar calls (viewers' profiles and their adapter
+training: `sona_jax.serve.viewers`).
 
 `sona serve` (through `service.runtime`), `sona eval` and `sona experiment` all rank with
 `ServingEngine.recommend`, which goes through the one batch builder (`sona_jax.serve.batch`).
@@ -18,18 +18,15 @@ import numpy as np
 
 from sona_jax.buckets import OUTPUT_WIDTH, SCORE_BUCKETS, bucket, pad_rows, size_step, stepped
 from sona_jax.config import SonaConfig
-from sona_jax.data.stored import StoredChange, StoredEvent, event_log
-from sona_jax.features.profile import build_profiles
-from sona_jax.model.adapters import train_adapters_of
+from sona_jax.data.stored import StoredChange
 from sona_jax.model.tables import Popularity
-from sona_jax.model.version import STORAGE_DTYPE, TrainedModel
+from sona_jax.model.version import TrainedModel
 from sona_jax.serve import catalogue as live
 from sona_jax.serve import fusion, rank, recommend, retrieval
 from sona_jax.serve.batch import (
     ListWidths,
     Query,
     ViewerCandidates,
-    ViewerProfile,
     batch_size,
     list_widths,
     model_rows,
@@ -66,15 +63,6 @@ class Scores(NamedTuple):
 
     score: np.ndarray
     components: np.ndarray
-
-
-class AdapterResult(NamedTuple):
-    """One viewer's trained adapter (d, r) float16, its loss before / after and events used."""
-
-    adapter: np.ndarray
-    loss_before: float
-    loss: float
-    events_used: int
 
 
 def output_width(longest: int) -> int:
@@ -316,8 +304,11 @@ class ServingEngine:
         if missing:
             rows = np.array(missing)
             viewers = _rows_of(padded, rows)
-            sub, sub_size = self._users(viewers)
-            exclude = pad_rows(np.asarray(requests.exclude_watched)[rows], sub_size, True)
+            if len(missing) == n:  # all first-seen: the ranked batch is the retrieved one
+                sub, sub_size, exclude = padded, size, requests.exclude_watched
+            else:
+                sub, sub_size = self._users(viewers)
+                exclude = pad_rows(np.asarray(requests.exclude_watched)[rows], sub_size, True)
             retrieved = split_candidates(
                 retrieval.retrieve(
                     self.state,
@@ -393,113 +384,3 @@ class ServingEngine:
         top = np.argsort(-similarity)[:limit]
         top = top[np.isfinite(similarity[top])]
         return top, similarity[top]
-
-    # ---- viewers -------------------------------------------------------------------------
-
-    def empty_profile(self) -> ViewerProfile:
-        """A viewer the engine knows nothing about (cold start)."""
-        d = self.model.base.item_embeddings.shape[1]
-        g = len(self.model.genre_names)
-        width = self.cfg.collaborative.history_items
-        return ViewerProfile(
-            preference=np.zeros(d, np.float32),
-            adapter=np.zeros((d, self.cfg.lora.rank), STORAGE_DTYPE),
-            recent_items=np.full(width, -1, np.int32),
-            recent_weights=np.zeros(width, np.float32),
-            seen=np.zeros(0, np.int32),
-            dismissed=np.zeros(0, np.int32),
-            genre_affinity=np.full(g, 1.0 / max(g, 1), np.float32),
-            hourly=np.full(24, 1 / 24, np.float32),
-            qualifying=0.0,
-            events=0,
-            pool_index=-1,
-            model_version=self.version,
-        )
-
-    def model_profile(self, user_id: str) -> ViewerProfile | None:
-        """The viewer as of the model's training, or None if the model never saw them."""
-        row = self.user_index.get(user_id)
-        if row is None:
-            return None
-        batch = model_rows(self.model, np.array([row]))
-        return ViewerProfile(
-            preference=batch.preference[0],
-            adapter=batch.adapter[0],
-            recent_items=batch.recent_items[0],
-            recent_weights=batch.recent_weights[0],
-            seen=batch.seen[0][batch.seen[0] >= 0],
-            dismissed=batch.dismissed[0][batch.dismissed[0] >= 0],
-            genre_affinity=batch.genre_affinity[0],
-            hourly=batch.hourly[0],
-            qualifying=float(batch.qualifying[0]),
-            events=int(self.model.users.interaction_count[row]),
-            pool_index=row,
-            model_version=self.version,
-        )
-
-    def viewer_profile(
-        self,
-        user_id: str,
-        events: Sequence[StoredEvent],
-        adapter: np.ndarray | None,
-        last_trained: float,
-        now: float,
-    ) -> ViewerProfile:
-        """One viewer's profile from all their stored events (SPEC 3.1, O(events)); events on
-        items outside the model's catalogue count toward ``events`` only."""
-        log, _ = event_log(events, self.item_index)
-        profile = replace(
-            self.empty_profile(),
-            events=len(events),
-            last_trained=last_trained,
-            pool_index=self.user_index.get(user_id, -1),
-        )
-        if adapter is not None:
-            profile.adapter = adapter.astype(STORAGE_DTYPE)
-        if len(log) == 0:
-            return profile
-        built = build_profiles(
-            log, self.state.base.item_embeddings, self.state.item_genres, 1, now, self.cfg
-        )
-        seen, dismissed = built.seen[0], built.dismissed[0]
-        return replace(
-            profile,
-            preference=built.preference[0],
-            genre_affinity=built.genre_affinity[0],
-            hourly=built.hourly[0],
-            recent_items=built.recent_items[0],
-            recent_weights=built.recent_weights[0],
-            seen=seen[seen >= 0],
-            dismissed=dismissed[dismissed >= 0],
-            qualifying=float(built.qualifying[0]),
-        )
-
-    def train_viewers(
-        self,
-        user_ids: Sequence[str],
-        profiles: Sequence[ViewerProfile],
-        events: Sequence[StoredEvent],
-        key: jax.Array,
-    ) -> list[AdapterResult]:
-        """Retrain the adapters of a few viewers (``events``: all of theirs) in vmapped calls
-        (SPEC 3.2); row i of the result is ``user_ids[i]``."""
-        rows = {user_id: row for row, user_id in enumerate(user_ids)}
-        log, _ = event_log(events, self.item_index, rows)
-        result = train_adapters_of(
-            self.state.base,
-            np.stack([p.preference for p in profiles]).astype(np.float32),
-            np.stack([p.adapter for p in profiles]),
-            log,
-            np.arange(len(profiles)),
-            self.cfg,
-            key,
-        )
-        return [
-            AdapterResult(
-                result.adapters[row],
-                float(result.loss_before[row]),
-                float(result.loss_after[row]),
-                int(result.events_used[row]),
-            )
-            for row in range(len(profiles))
-        ]

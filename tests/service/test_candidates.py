@@ -14,6 +14,7 @@ from sona_jax.config import SonaConfig
 from sona_jax.data import generate_synthetic
 from sona_jax.model.tables import popularity_tables
 from sona_jax.model.train import train_model
+from sona_jax.serve import viewers
 from sona_jax.serve.batch import ViewerCandidates
 from sona_jax.serve.engine import ServingEngine
 
@@ -49,7 +50,7 @@ def test_a_table_refresh_retires_cold_viewers_candidates_only(engine):
         popularity_tables(engine.model.popularity, CFG, engine.item_valid)
     )
     assert refreshed.tables == engine.tables + 1
-    cold = engine.empty_profile()
+    cold = viewers.empty_profile(engine)
     warm = dataclasses.replace(cold, qualifying=float(CFG.cold_start.blend_events))
     for profile, retired in ((cold, True), (warm, False)):
         before = candidate_key("v", (1, 2), profile, True, engine, CFG)

@@ -17,6 +17,7 @@ from sona_jax.data.schema import DEVICE_TYPES, TIMES_OF_DAY
 from sona_jax.data.stored import event_log
 from sona_jax.model.train import train_model
 from sona_jax.serve.engine import ServingEngine
+from sona_jax.serve.viewers import viewer_profile
 
 CFG = SonaConfig().with_overrides({"model": {"embedding_dim": 16}, "lora": {"rank": 2}})
 
@@ -72,7 +73,7 @@ def test_training_from_the_store_and_serving_share_the_bins(tmp_path):
     assert sorted(served.time_of_day.tolist()) == sorted(trained_bins.tolist())
     # The served profile comes from that same log through the same builder as training's.
     row = engine.user_index[viewers[0]]
-    profile = engine.viewer_profile(viewers[0], first_viewer, None, 0.0, model.reference_time)
+    profile = viewer_profile(engine, viewers[0], first_viewer, None, 0.0, model.reference_time)
     assert profile.events == len(first_viewer) == model.users.interaction_count[row]
     np.testing.assert_allclose(profile.preference, model.users.preference[row], atol=1e-6)
     np.testing.assert_allclose(profile.hourly, model.users.hourly[row], atol=1e-7)

@@ -15,6 +15,7 @@ from sona_jax.config import SonaConfig
 from sona_jax.data import generate_synthetic
 from sona_jax.model import tables
 from sona_jax.model.train import train_model
+from sona_jax.serve import viewers
 from sona_jax.serve.batch import Query
 from sona_jax.serve.catalogue import capacity_step, item_capacity
 from sona_jax.serve.engine import ServingEngine
@@ -137,7 +138,7 @@ def test_a_cold_viewer_gets_no_new_content_slots(engine):
             )
         ]
     )
-    empty = fresh.empty_profile()
+    empty = viewers.empty_profile(fresh)
     lists, _ = fresh.recommend_queries([Query(empty, 20, True, 0.7)])
     assert not (lists.kinds == NEW_CONTENT).any()
 

@@ -13,6 +13,7 @@ from service.settings import ServingSettings
 from sona_jax.config import ConfigError, SonaConfig
 from sona_jax.data import generate_synthetic
 from sona_jax.model.train import train_model
+from sona_jax.serve import viewers
 from sona_jax.serve.batch import Query, request_rows
 from sona_jax.serve.engine import ServingEngine
 
@@ -66,7 +67,7 @@ def test_fusion_weights_and_mmr_lambda_compile_nothing(model, compiles):
 
 def test_serving_settings_compile_nothing(model, compiles):
     first = Runtime(model, CFG, ServingSettings(port=8082, warm_up=False))
-    query = Query(first.engine.empty_profile(), 10, True, 0.7)
+    query = Query(viewers.empty_profile(first.engine), 10, True, 0.7)
     first.recommend_batch([query] * 3)
     compiles.clear()
     other = Runtime(

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from sona_jax.config import SonaConfig
 from sona_jax.data import generate_synthetic
 from sona_jax.model.train import train_model
-from sona_jax.serve import retrieval, sources
+from sona_jax.serve import retrieval, sources, viewers
 from sona_jax.serve.batch import Query
 from sona_jax.serve.engine import ServingEngine
 from sona_jax.serve.neighbours import ViewerIndex, viewer_index
@@ -71,7 +71,7 @@ def test_an_engine_past_the_threshold_serves_through_the_index():
     approximate = exact.with_config(cfg.with_overrides({"collaborative": {"approximate_from": 1}}))
     assert exact.viewer_search is None and approximate.viewer_search is not None
     queries = [
-        Query(exact.model_profile(u), 10, True, 1.0, seed=i)
+        Query(viewers.model_profile(exact, u), 10, True, 1.0, seed=i)
         for i, u in enumerate(model.user_ids.tolist()[:32])
     ]
     lists_exact, _ = exact.recommend_queries(queries)
