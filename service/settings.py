@@ -42,7 +42,7 @@ class ServingSettings(_HostTable):
     batch_window_ms: float = Field(1.0, ge=0.0, le=1000.0)
     max_batch: int = Field(128, ge=1, le=128)
     engine_threads: int = Field(
-        2, ge=1, le=64, description="engine calls in flight at once (per batcher)"
+        1, ge=1, le=64, description="engine calls in flight at once (per batcher)"
     )
     xla_threads: int = Field(
         1,
