@@ -155,11 +155,15 @@ class Runtime:
             for i, q in enumerate(queries)
         ]
 
-    def score_batch(self, queries: Sequence[Query]) -> list[Scores]:
-        """Scores and components of each query's items (one jitted call)."""
+    def score_batch(self, queries: Sequence[Query]) -> list[dict]:
+        """Per query, ``scores`` (`Scores` of its items, one jitted call) and ``candidates``,
+        the viewer's candidates when this call retrieved them (else None)."""
         if self.serving.canned_engine:
-            return [self._canned_scores(query) for query in queries]
-        return self.engine.score_queries(queries)
+            return [{"scores": self._canned_scores(q), "candidates": None} for q in queries]
+        scores, found = self.engine.score_queries(queries)
+        return [
+            {"scores": row, "candidates": kept} for row, kept in zip(scores, found, strict=True)
+        ]
 
     def _canned(self, engine: ServingEngine, queries: Sequence[Query]) -> Lists:
         """`serving.canned_engine`: the lists of one real call (the first query's viewer, at

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Hashable
 from datetime import UTC, datetime
 
 import orjson
@@ -10,12 +11,14 @@ from quart import Blueprint, Response
 from quart_schema import document_response, validate_request, validate_response
 
 from service import policy, schemas
+from service.cache import Version
 from service.candidates import candidate_key
 from service.context import resolve
 from service.demo import new_request_seed
 from service.errors import ApiError
+from service.runtime import Runtime
 from service.state import AppState, app_state
-from sona_jax.serve.batch import Query
+from sona_jax.serve.batch import Query, ViewerCandidates, ViewerProfile
 from sona_jax.serve.fusion import KIND_NAMES
 
 blueprint = Blueprint("recommendations", __name__)
@@ -56,6 +59,26 @@ def _items(rows: list, engine, context, listed: list[int]) -> list[dict]:
     return items
 
 
+def kept_candidates(
+    state: AppState,
+    runtime: Runtime,
+    user_id: str,
+    version: Version,
+    profile: ViewerProfile,
+    exclude_watched: bool,
+) -> tuple[Hashable, ViewerCandidates | None]:
+    """The key of a viewer's candidates for this profile and exclusion, and the candidates
+    this process keeps under it (None: the engine call retrieves them)."""
+    key = candidate_key(user_id, version.parts, profile, exclude_watched, runtime.engine, state.cfg)
+    return key, state.candidates.get(key) if state.candidates is not None else None
+
+
+def keep_candidates(state: AppState, key: Hashable, found: ViewerCandidates | None) -> None:
+    """Keep the candidates an engine call retrieved (None: it used the kept ones)."""
+    if found is not None and state.candidates is not None:
+        state.candidates.put(key, found)
+
+
 async def recommendations_body(state: AppState, data: schemas.RecommendationRequest) -> bytes:
     """The recommendations answer (JSON bytes); shared by the Quart route and the fast path."""
     runtime = state.engine()
@@ -83,10 +106,9 @@ async def recommendations_body(state: AppState, data: schemas.RecommendationRequ
         cached = await state.cache.get(key)
         if cached is not None:
             return cached
-    pool_key = candidate_key(
-        user_id, version.parts, profile, data.exclude_watched, runtime.engine, state.cfg
+    pool_key, candidates = kept_candidates(
+        state, runtime, user_id, version, profile, data.exclude_watched
     )
-    candidates = state.candidates.get(pool_key) if state.candidates is not None else None
     result = await state.recommend.submit(
         Query(
             profile,
@@ -100,8 +122,7 @@ async def recommendations_body(state: AppState, data: schemas.RecommendationRequ
             candidates=candidates,
         )
     )
-    if result["candidates"] is not None and state.candidates is not None:
-        state.candidates.put(pool_key, result["candidates"])
+    keep_candidates(state, pool_key, result["candidates"])
     items = _items(result["rows"], result["engine"], context, state.metrics.listed)
     answer = {
         "recommendations": items,

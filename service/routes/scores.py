@@ -10,9 +10,10 @@ from quart_schema import document_response, validate_request, validate_response
 from service import schemas
 from service.context import resolve
 from service.errors import ApiError
-from service.routes.recommendations import item_index
+from service.routes.recommendations import item_index, keep_candidates, kept_candidates
 from service.state import AppState, app_state
 from sona_jax.serve.batch import Query
+from sona_jax.serve.engine import Scores
 
 COMPONENT_NAMES = ("collaborative", "content_based", "graph_based", "context", "lora_boost")
 
@@ -24,15 +25,35 @@ def components(values: np.ndarray) -> dict[str, float]:
     return dict(zip(COMPONENT_NAMES, values.tolist(), strict=True))
 
 
+async def scored(
+    state: AppState, user_id: str, context: tuple[int, int, int], items: np.ndarray
+) -> Scores:
+    """Scores of ``items`` (catalogue rows) for a viewer in a context (device, time of day and
+    mood indices), from the candidates this process keeps for them (the ones a default
+    recommendation uses) or retrieved in the engine call and kept."""
+    runtime = state.engine()
+    version, profile = await state.profiles.entry(user_id)
+    key, candidates = kept_candidates(state, runtime, user_id, version, profile, True)
+    device, tod, mood = context
+    result = await state.score.submit(
+        Query(
+            profile,
+            device=device,
+            time_of_day=tod,
+            mood=mood,
+            items=items,
+            candidates=candidates,
+        )
+    )
+    keep_candidates(state, key, result["candidates"])
+    return result["scores"]
+
+
 async def score_body(state: AppState, data: schemas.ScoreRequest) -> bytes:
     """The personalization score answer (JSON bytes); shared by the route and the fast path."""
     index = item_index(state, str(data.content_id), "content_id")
-    profile = await state.profiles.get(str(data.user_id))
     context = resolve(data.context)
-    device, tod, mood = context.indices
-    result = await state.score.submit(
-        Query(profile, device=device, time_of_day=tod, mood=mood, items=np.array([index]))
-    )
+    result = await scored(state, str(data.user_id), context.indices, np.array([index]))
     answer = {
         "user_id": str(data.user_id),
         "content_id": str(data.content_id),
@@ -67,16 +88,11 @@ async def score_batch(data: schemas.BatchScoreRequest):
     unknown = [c for c in ids if c not in index]
     scores = []
     if known:
-        profile = await state.profiles.get(str(data.user_id))
-        device, tod, mood = resolve(data.context).indices
-        result = await state.score.submit(
-            Query(
-                profile,
-                device=device,
-                time_of_day=tod,
-                mood=mood,
-                items=np.array([i for _, i in known]),
-            )
+        result = await scored(
+            state,
+            str(data.user_id),
+            resolve(data.context).indices,
+            np.array([i for _, i in known]),
         )
         scores = [
             schemas.BatchScoreItem(content_id=c, score=float(s), components=components(comp))

@@ -224,11 +224,13 @@ def pad_requests(requests: RequestBatch, size: int) -> RequestBatch:
 
 class ViewerCandidates(NamedTuple):
     """One viewer's retrieved candidates as host rows (`retrieval.Candidates` row): items
-    (P,), raw (P, 3), floor (3,)."""
+    (P,), raw (P, 3), floor (3,), neighbours (K,), content_span (2,)."""
 
     items: np.ndarray
     raw: np.ndarray
     floor: np.ndarray
+    neighbours: np.ndarray
+    content_span: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -259,13 +261,19 @@ def stack_candidates(rows: Sequence[ViewerCandidates], size: int) -> Candidates:
         np.stack([getattr(r, name) for r in rows], out=out[: len(rows)], casting="unsafe")
         return out
 
-    return Candidates(column("items", -1), column("raw", 0), column("floor", 0))
+    return Candidates(
+        column("items", -1),
+        column("raw", 0),
+        column("floor", 0),
+        column("neighbours", -1),
+        column("content_span", 0),
+    )
 
 
 def split_candidates(candidates: Candidates, n: int) -> list[ViewerCandidates]:
     """The first ``n`` rows of ``candidates`` (host or device) as one host row per viewer."""
-    items, raw, floor = (np.asarray(x) for x in candidates)
-    return [ViewerCandidates(items[i], raw[i], floor[i]) for i in range(n)]
+    columns = [np.asarray(x) for x in candidates]
+    return [ViewerCandidates(*(x[i] for x in columns)) for i in range(n)]
 
 
 def query_batch(

@@ -295,32 +295,12 @@ class ServingEngine:
     ) -> tuple[Lists, list[ViewerCandidates | None]]:
         """Top lists for viewers' queries (serving) and the candidates retrieved in this call
         (None for queries that brought their own): queries without candidates are retrieved
-        first (one jitted call over them), then every query is ranked (one jitted call)."""
+        first (one jitted call over them, `_retrieve_missing`), then every query is ranked
+        (one jitted call)."""
         n = len(queries)
         size = batch_size(n)
         padded, requests, limits = query_batch(queries, size, self.widths)
-        missing = [i for i, q in enumerate(queries) if q.candidates is None]
-        found: list[ViewerCandidates | None] = [None] * n
-        if missing:
-            rows = np.array(missing)
-            viewers = _rows_of(padded, rows)
-            if len(missing) == n:  # all first-seen: the ranked batch is the retrieved one
-                sub, sub_size, exclude = padded, size, requests.exclude_watched
-            else:
-                sub, sub_size = self._users(viewers)
-                exclude = pad_rows(np.asarray(requests.exclude_watched)[rows], sub_size, True)
-            retrieved = split_candidates(
-                retrieval.retrieve(
-                    self.state,
-                    sub,
-                    exclude,
-                    self.compiled,
-                    self._neighbours(viewers.preference, sub_size),
-                ),
-                len(missing),
-            )
-            for i, row in zip(missing, retrieved, strict=True):
-                found[i] = row
+        found = self._retrieve_missing(queries, padded, requests.exclude_watched)
         candidates = stack_candidates(
             [q.candidates if q.candidates is not None else found[i] for i, q in enumerate(queries)],
             size,
@@ -338,6 +318,38 @@ class ServingEngine:
         )
         return self._lists(out, n, longest), found
 
+    def _retrieve_missing(
+        self, queries: Sequence[Query], padded: UserBatch, exclude_watched: np.ndarray
+    ) -> list[ViewerCandidates | None]:
+        """The candidates of the queries that bring none, retrieved in one jitted call over
+        their rows of the host batch ``padded`` (all of it when none brings any); None for the
+        others."""
+        n = len(queries)
+        missing = [i for i, q in enumerate(queries) if q.candidates is None]
+        found: list[ViewerCandidates | None] = [None] * n
+        if not missing:
+            return found
+        rows = np.array(missing)
+        viewers = _rows_of(padded, rows)
+        if len(missing) == n:  # all first-seen: the batch is the retrieved one
+            sub, sub_size, exclude = padded, padded.preference.shape[0], exclude_watched
+        else:
+            sub, sub_size = self._users(viewers)
+            exclude = pad_rows(np.asarray(exclude_watched)[rows], sub_size, True)
+        retrieved = split_candidates(
+            retrieval.retrieve(
+                self.state,
+                sub,
+                exclude,
+                self.compiled,
+                self._neighbours(viewers.preference, sub_size),
+            ),
+            len(missing),
+        )
+        for i, row in zip(missing, retrieved, strict=True):
+            found[i] = row
+        return found
+
     @staticmethod
     def _lists(out: rank.Recommendations, n: int, longest: int) -> Lists:
         """Host copies of what the callers read, no more."""
@@ -348,13 +360,25 @@ class ServingEngine:
             )
         )
 
-    def score_queries(self, queries: Sequence[Query]) -> list[Scores]:
-        """Scores and components of each query's ``items`` (indices), one jitted call."""
+    def score_queries(
+        self, queries: Sequence[Query]
+    ) -> tuple[list[Scores], list[ViewerCandidates | None]]:
+        """Scores and components of each query's ``items`` (indices), one jitted call, from the
+        viewers' candidates (retrieved first for queries that bring none, excluding watched
+        items as a default recommendation does, so both share them); and the candidates
+        retrieved in this call (None for queries that brought their own)."""
         n = len(queries)
         size = batch_size(n)
-        # Scores never exclude watched items: without their seen lists, only a viewer with
-        # more dismissals than the model's width needs the wide program.
-        padded, requests, _ = query_batch(queries, size, self.widths, with_seen=False)
+        # Seen lists shape only retrieval (scores never exclude watched items): the scoring
+        # call gets none, so only a viewer with more dismissals than the model's width needs
+        # its wide program.
+        retrieving = any(q.candidates is None for q in queries)
+        padded, requests, _ = query_batch(queries, size, self.widths, with_seen=retrieving)
+        found = self._retrieve_missing(queries, padded, np.ones(size, bool))
+        candidates = stack_candidates(
+            [q.candidates if q.candidates is not None else found[i] for i, q in enumerate(queries)],
+            size,
+        )
         items = [q.items for q in queries]
         width = bucket(max(len(i) for i in items), SCORE_BUCKETS)
         table = np.full((size, width), -1, np.int32)
@@ -362,18 +386,19 @@ class ServingEngine:
             table[row, : len(values)] = values
         out = recommend.score_items(
             self.state,
-            padded,
-            requests,  # score_items never excludes watched items
+            padded._replace(seen=np.zeros((size, 0), np.int32)),
+            requests,
+            candidates,
             table,
             self.weights,
             self.compiled,
-            self._neighbours(padded.preference[:n], size),
         )
         score, components = np.asarray(out.score), np.asarray(out.components)
-        return [
+        scores = [
             Scores(score[row, : len(items[row])], components[row, : len(items[row])])
             for row in range(n)
         ]
+        return scores, found
 
     def similar(self, item: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
         """Items most similar to ``item`` by base-tier embedding cosine (itself excluded)."""

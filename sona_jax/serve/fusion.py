@@ -3,7 +3,7 @@ normalisation over the candidates, fusion weights renormalised over the active s
 cold start blended in by β — plus the names every caller reads results by.
 
 Pure functions of score arrays; `rank` applies them to a request's candidates and
-`recommend.score_items` to the whole catalogue.
+`recommend.score_items` to given items, normalised over the whole catalogue.
 """
 
 from __future__ import annotations
@@ -107,14 +107,35 @@ def fit_blend(
     cfg: SonaConfig,
 ) -> Blend:
     """Normalise over the request's candidates; weights renormalised over active sources."""
-    active_weights = weights[None, :] * scores.active
-    total = jnp.sum(active_weights, axis=1, keepdims=True)
-    return Blend(
+    return blend_with(
         fit_min_max(scores.raw, mask[:, None, :]),
         fit_min_max(scores.cold, mask),
+        scores.active,
+        weights,
+        qualifying,
+        cfg,
+    )
+
+
+def blend_with(
+    sources: MinMax,
+    cold: MinMax,
+    active: jnp.ndarray,
+    weights: jnp.ndarray,
+    qualifying: jnp.ndarray,
+    cfg: SonaConfig,
+) -> Blend:
+    """The `Blend` of normalisers already fitted (sources (users, 4, 1), cold (users, 1)) for
+    sources ``active`` (users, 4): weights renormalised over the active ones, β, and the
+    context weight."""
+    active_weights = weights[None, :] * active
+    total = jnp.sum(active_weights, axis=1, keepdims=True)
+    return Blend(
+        sources,
+        cold,
         active_weights / jnp.where(total > 0, total, 1.0),
         jnp.where(total[:, 0] > 0, blend_weight(qualifying, cfg), 0.0),
-        weights[3] * scores.active[:, 3],
+        weights[3] * active[:, 3],
     )
 
 
@@ -136,19 +157,3 @@ def blended(
     )
     relevance_ = jnp.where(mask, contributions.sum(axis=1), -jnp.inf)
     return relevance_, jnp.swapaxes(contributions, 1, 2)
-
-
-def relevance(
-    scores: SourceScores,
-    mask: jnp.ndarray,
-    weights: jnp.ndarray,
-    qualifying: jnp.ndarray,
-    cfg: SonaConfig,
-) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Blended relevance (users, items) and contributions (users, items, 5) over the catalogue.
-
-    Sources are normalised over the request's candidates, weighted by ``weights`` renormalised
-    over the active ones; cold start (shaped by context when given) fills in ``1 − β``.
-    """
-    blend = fit_blend(scores, mask, weights, qualifying, cfg)
-    return blended(blend, scores.raw, scores.cold, mask)

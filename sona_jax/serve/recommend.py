@@ -2,7 +2,8 @@
 
 `recommend` is `retrieval.retrieve` then `rank.rank` in one jitted call: what the service
 serves a viewer whose candidates it does not hold, and what evaluation and experiments measure.
-`score_items` scores given items against the whole catalogue's normalisation (re-ranking).
+`score_items` scores given items against the whole catalogue's normalisation (re-ranking),
+from the viewer's retrieved candidates as ranking does.
 """
 
 from __future__ import annotations
@@ -14,41 +15,12 @@ import jax
 import jax.numpy as jnp
 
 from sona_jax.config import SonaConfig
-from sona_jax.model.lora import base_queries, candidate_logits
+from sona_jax.model.lora import base_queries, candidate_logits, fold_queries
 from sona_jax.serve import retrieval, sources
-from sona_jax.serve.fusion import SourceScores, normalise, relevance
+from sona_jax.serve.fusion import MinMax, blend_with, blended, fit_min_max
 from sona_jax.serve.rank import Recommendations, rank
+from sona_jax.serve.retrieval import Candidates
 from sona_jax.serve.state import RequestBatch, ServingState, UserBatch, has_context
-
-
-def source_scores(
-    state: ServingState,
-    users: UserBatch,
-    request: RequestBatch,
-    cfg: SonaConfig,
-    neighbours: jnp.ndarray | None = None,
-) -> SourceScores:
-    """Every source over the whole catalogue for a batch of users (``neighbours`` as
-    `sources.collaborative_scores`)."""
-    raw = jnp.stack(
-        [
-            sources.collaborative_scores(state, users, cfg, neighbours),
-            sources.content_scores(state, users, cfg),
-            sources.graph_scores(state, users, cfg),
-            sources.context_scores(state, users, request, cfg),
-        ],
-        axis=1,
-    )
-    active = jnp.concatenate(
-        [retrieval.active_retrieved(users), has_context(request)[:, None]], axis=1
-    )
-    return SourceScores(raw, sources.cold_start_scores(state, users, request, cfg), active)
-
-
-def excluded_items(state: ServingState, users: UserBatch, request: RequestBatch) -> jnp.ndarray:
-    """(users, items) True for rows that are not servable, dismissed, or watched when the
-    request excludes watched items (`retrieval.excluded_items`)."""
-    return retrieval.excluded_items(state, users, request.exclude_watched)
 
 
 @partial(jax.jit, static_argnames=("cfg", "n_out"))
@@ -82,25 +54,58 @@ def score_items(
     state: ServingState,
     users: UserBatch,
     request: RequestBatch,
+    candidates: Candidates,
     items: jnp.ndarray,
     weights: jnp.ndarray,
     cfg: SonaConfig,
-    neighbours: jnp.ndarray | None = None,
 ) -> ItemScores:
-    """Personalisation scores of given items (users, C), normalised over the whole catalogue."""
-    scores = source_scores(state, users, request, cfg, neighbours)
-    everything = ~excluded_items(
-        state, users, request._replace(exclude_watched=jnp.zeros_like(request.exclude_watched))
-    )
-    relevance_, _ = relevance(scores, everything, weights, users.qualifying, cfg)
-    normalised = normalise(scores.raw, everything[:, None, :]) * scores.active[:, :, None]
+    """Personalisation scores of given ``items`` (users, C; -1 padding), each source normalised
+    over every servable, undismissed item of the catalogue (watched ones included), from the
+    viewer's retrieved ``candidates``: collaborative from their kept nearest viewers, content
+    at the items only against its kept catalogue span (the two sources that read the whole
+    pool or multiply the whole catalogue), graph, context and cold start over the catalogue
+    (each a gather or a scatter). An item added after retrieval scoring above or below the kept
+    span counts as its end."""
+    scorable = ~retrieval.excluded_items(state, users, jnp.zeros(items.shape[0], bool))
+    catalogue = jnp.stack(
+        [
+            sources.collaborative_scores(state, users, cfg, candidates.neighbours),
+            sources.graph_scores(state, users, cfg),
+            sources.context_scores(state, users, request, cfg),
+        ],
+        axis=1,
+    )  # (users, 3, items): collaborative, graph, context
+    cold = sources.cold_start_scores(state, users, request, cfg)
+    low, high = candidates.content_span[:, 0], candidates.content_span[:, 1]
     safe = jnp.maximum(items, 0)
-    picked = jnp.take_along_axis(normalised, safe[:, None, :], axis=2)  # (users, 4, C)
-    with_adapter = jnp.take_along_axis(scores.raw[:, 1], safe, axis=1)
+    queries = fold_queries(state.base, users.preference, users.adapter, cfg.lora.scale)
+    with_adapter = jax.nn.sigmoid(candidate_logits(state.base, queries, safe))
+    others = fit_min_max(catalogue, scorable[:, None, :])
+    normalisers = MinMax(
+        _with_content(others.low, low[:, None]), _with_content(others.spread, (high - low)[:, None])
+    )
+    active = jnp.concatenate(
+        [retrieval.active_retrieved(users), has_context(request)[:, None]], axis=1
+    )
+    blend = blend_with(
+        normalisers, fit_min_max(cold, scorable), active, weights, users.qualifying, cfg
+    )
+    raw = _with_content(
+        jnp.take_along_axis(catalogue, safe[:, None, :], axis=2),
+        jnp.clip(with_adapter, low[:, None], high[:, None]),
+    )
+    mask = jnp.take_along_axis(scorable, safe, axis=1) & (items >= 0)
+    score, _ = blended(blend, raw, jnp.take_along_axis(cold, safe, axis=1), mask)
+    normalised = blend.sources(raw, mask[:, None, :]) * active[:, :, None]
     without = jax.nn.sigmoid(
         candidate_logits(state.base, base_queries(state.base, users.preference), safe)
     )
-    boost = jnp.where(scores.active[:, 1:2], with_adapter - without, 0.0)
-    components = jnp.concatenate([jnp.swapaxes(picked, 1, 2), boost[:, :, None]], axis=2)
-    score = jnp.take_along_axis(jnp.where(jnp.isfinite(relevance_), relevance_, 0.0), safe, axis=1)
-    return ItemScores(jnp.where(items >= 0, score, 0.0), components)
+    boost = jnp.where(active[:, 1:2], with_adapter - without, 0.0)
+    components = jnp.concatenate([jnp.swapaxes(normalised, 1, 2), boost[:, :, None]], axis=2)
+    return ItemScores(jnp.where(mask, score, 0.0), components)
+
+
+def _with_content(others: jnp.ndarray, content: jnp.ndarray) -> jnp.ndarray:
+    """(users, 4, n) in SOURCE_NAMES order from collaborative, graph and context (users, 3, n)
+    and content (users, n)."""
+    return jnp.concatenate([others[:, :1], content[:, None], others[:, 1:]], axis=1)

@@ -35,11 +35,18 @@ NO_TABLE = jnp.zeros((0, 0))
 class Candidates(NamedTuple):
     """Per-viewer candidates (users, P): items in index order (-1 padded), raw scores of the
     request-independent sources (users, P, 3) in SOURCE_NAMES order, and floor (users, 3)
-    the lowest raw score of each among the candidates: what an item outside them counts as."""
+    the lowest raw score of each among the candidates: what an item outside them counts as.
+
+    What scoring given items needs besides (`recommend.score_items`), so that it never reads
+    the whole pool or multiplies the whole catalogue again: neighbours (users, K) the nearest
+    pool viewers' rows (-1 none; `sources.nearest_viewers`) and content_span (users, 2) the
+    lowest and highest content score over every servable, undismissed item."""
 
     items: jnp.ndarray
     raw: jnp.ndarray
     floor: jnp.ndarray
+    neighbours: jnp.ndarray
+    content_span: jnp.ndarray
 
 
 def candidate_width(cfg: SonaConfig) -> int:
@@ -89,11 +96,21 @@ def retrieve(
     none of them excluded (`excluded_items`). ``neighbours`` (users, N): pool rows an
     approximate search found for each viewer (default: search every pool viewer)."""
     n_users, n_items = users.preference.shape[0], state.item_valid.shape[0]
+    nearest = sources.nearest_viewers(state, users, cfg, neighbours)
+    content = sources.content_scores(state, users, cfg)
     raw = jnp.stack(
         [
-            sources.collaborative_scores(state, users, cfg, neighbours),
-            sources.content_scores(state, users, cfg),
+            sources.collaborative_votes(state, *nearest, cfg),
+            content,
             sources.graph_scores(state, users, cfg),
+        ],
+        axis=1,
+    )
+    scorable = ~excluded_items(state, users, jnp.zeros(n_users, bool))
+    content_span = jnp.stack(
+        [
+            jnp.min(jnp.where(scorable, content, jnp.inf), axis=1),
+            jnp.max(jnp.where(scorable, content, -jnp.inf), axis=1),
         ],
         axis=1,
     )
@@ -119,6 +136,8 @@ def retrieve(
         items,
         jnp.swapaxes(jnp.where(inside[:, None, :], picked, 0.0), 1, 2),
         jnp.where(jnp.isfinite(floor), floor, 0.0),
+        nearest[0],
+        jnp.where(jnp.isfinite(content_span), content_span, 0.0),
     )
 
 

@@ -33,16 +33,18 @@ def scatter_rows(n_items: int, items: jnp.ndarray, values: jnp.ndarray) -> jnp.n
     return total.at[slots.ravel()].add(flat_values.ravel(), mode="drop").reshape(users, n_items)
 
 
-def collaborative_scores(
+def nearest_viewers(
     state: ServingState,
     users: UserBatch,
     cfg: SonaConfig,
     neighbours: jnp.ndarray | None = None,
-) -> jnp.ndarray:
-    """User kNN: the top-K most similar pool viewers' engagement, weighted by similarity.
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """The top-K most similar pool viewers: rows (users, K) (-1 none) and their cosine
+    similarity (users, K), most similar first, the viewer's own row excluded.
 
     The K are searched among every pool viewer, or among ``neighbours`` (users, N) pool rows
-    found by an approximate search (`neighbours.ViewerIndex`, -1 none), scored exactly."""
+    found by an approximate search (`neighbours.ViewerIndex`, -1 none, or rows kept from an
+    earlier search: `retrieval.Candidates.neighbours`), scored exactly."""
     if neighbours is None:
         rows = jnp.arange(state.pool_preferences.shape[0])[None, :]
         similarity = users.preference @ state.pool_preferences.T  # (users, P)
@@ -55,10 +57,31 @@ def collaborative_scores(
     k = min(cfg.collaborative.neighbours, similarity.shape[1])
     top_similarity, top = jax.lax.top_k(similarity, k)
     top_rows = jnp.take_along_axis(jnp.broadcast_to(rows, similarity.shape), top, axis=1)
-    top_similarity = jnp.maximum(top_similarity, 0.0)  # dissimilar viewers vote nothing
+    found_any = jnp.isfinite(top_similarity)
+    return jnp.where(found_any, top_rows, -1), jnp.where(found_any, top_similarity, 0.0)
+
+
+def collaborative_scores(
+    state: ServingState,
+    users: UserBatch,
+    cfg: SonaConfig,
+    neighbours: jnp.ndarray | None = None,
+) -> jnp.ndarray:
+    """User kNN (users, items): the `nearest_viewers`' engagement weighted by similarity
+    (``neighbours`` as there)."""
+    return collaborative_votes(state, *nearest_viewers(state, users, cfg, neighbours), cfg)
+
+
+def collaborative_votes(
+    state: ServingState, rows: jnp.ndarray, similarity: jnp.ndarray, cfg: SonaConfig
+) -> jnp.ndarray:
+    """(users, items) the engagement of pool viewers ``rows`` (users, K; -1 none) weighted by
+    their ``similarity`` (users, K)."""
+    similarity = jnp.maximum(similarity, 0.0)  # dissimilar viewers vote nothing
     width = cfg.collaborative.vote_items  # the pool's rows are most recent first
-    items = state.pool_items[:, :width][top_rows]  # (users, K, width)
-    votes = top_similarity[:, :, None] * state.pool_weights[:, :width][top_rows]
+    safe = jnp.maximum(rows, 0)
+    items = jnp.where(rows[:, :, None] >= 0, state.pool_items[:, :width][safe], -1)
+    votes = similarity[:, :, None] * state.pool_weights[:, :width][safe]
     return scatter_rows(state.base.item_embeddings.shape[0], items, votes)
 
 

@@ -28,7 +28,11 @@ def engine() -> ServingEngine:
 
 def _candidates(marker: int) -> ViewerCandidates:
     return ViewerCandidates(
-        np.full(4, marker, np.int32), np.zeros((4, 3), np.float32), np.zeros(3, np.float32)
+        np.full(4, marker, np.int32),
+        np.zeros((4, 3), np.float32),
+        np.zeros(3, np.float32),
+        np.full(5, -1, np.int32),
+        np.zeros(2, np.float32),
     )
 
 

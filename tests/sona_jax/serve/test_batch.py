@@ -17,6 +17,7 @@ from sona_jax.serve.batch import (
     pad_users,
     profile_batch,
     query_batch,
+    split_candidates,
     stack_candidates,
 )
 from sona_jax.serve.state import UserBatch
@@ -163,6 +164,8 @@ def test_query_batch_pads_requests_and_candidates(seed, n):
             rng.integers(-1, 30, 6).astype(np.int32),
             rng.random((6, 3)).astype(np.float32),
             rng.random(3).astype(np.float32),
+            rng.integers(-1, 30, 5).astype(np.int32),
+            rng.random(2).astype(np.float32),
         )
         for _ in range(n)
     ]
@@ -178,3 +181,13 @@ def test_query_batch_pads_requests_and_candidates(seed, n):
         np.testing.assert_array_equal(
             candidates.floor[row], expected.floor if expected else np.zeros(3)
         )
+        np.testing.assert_array_equal(
+            candidates.neighbours[row], expected.neighbours if expected else np.full(5, -1)
+        )
+        np.testing.assert_array_equal(
+            candidates.content_span[row], expected.content_span if expected else np.zeros(2)
+        )
+    assert [
+        [np.array_equal(a, b) for a, b in zip(row, want, strict=True)]
+        for row, want in zip(split_candidates(candidates, n), found, strict=True)
+    ] == [[True] * 5] * n

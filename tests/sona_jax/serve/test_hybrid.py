@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sona_jax.config import SonaConfig
-from sona_jax.serve import fusion, mmr, recommend, sources
+from sona_jax.serve import fusion, mmr, recommend, retrieval, sources
+from sona_jax.serve.state import has_context
 from tests.sona_jax.model import reference as lora_reference
 from tests.sona_jax.serve import reference
 from tests.sona_jax.serve.fixtures import (
@@ -20,6 +21,23 @@ from tests.sona_jax.serve.fixtures import (
 )
 
 CFG = SMALL_CFG
+
+
+def catalogue_scores(state, users, request, cfg=CFG) -> fusion.SourceScores:
+    """Every source over the whole catalogue (the reference the two stages are checked by)."""
+    raw = jnp.stack(
+        [
+            sources.collaborative_scores(state, users, cfg),
+            sources.content_scores(state, users, cfg),
+            sources.graph_scores(state, users, cfg),
+            sources.context_scores(state, users, request, cfg),
+        ],
+        axis=1,
+    )
+    active = jnp.concatenate(
+        [retrieval.active_retrieved(users), has_context(request)[:, None]], axis=1
+    )
+    return fusion.SourceScores(raw, sources.cold_start_scores(state, users, request, cfg), active)
 
 
 @settings(max_examples=25, deadline=None)
@@ -183,11 +201,11 @@ def test_fusion_matches_reference(seed, n):
     users = random_users(seed, state, n)
     request = random_requests(seed, n)
     weights = np.random.default_rng(seed).random(4).astype(np.float32) + 0.01
-    scores = recommend.source_scores(state, users, request, CFG)
-    mask = np.random.default_rng(seed + 1).random((n, 30)) < 0.6
-    blended, _ = fusion.relevance(
-        scores, jnp.asarray(mask), jnp.asarray(weights), jnp.asarray(users.qualifying), CFG
-    )
+    scores = catalogue_scores(state, users, request)
+    mask = jnp.asarray(np.random.default_rng(seed + 1).random((n, 30)) < 0.6)
+    blend = fusion.fit_blend(scores, mask, jnp.asarray(weights), users.qualifying, CFG)
+    blended, _ = fusion.blended(blend, scores.raw, scores.cold, mask)
+    mask = np.asarray(mask)
     blended = np.asarray(blended)
     raw, cold, active = (np.asarray(x) for x in scores)
     for u in range(n):
@@ -313,25 +331,56 @@ def test_third_event_changes_the_list_and_cold_users_get_cold_start():
     assert np.all(np.asarray(result.based_on) == -1)
 
 
+def _score(state, users, request, items, cfg=CFG):
+    """`recommend.score_items` from the viewers' retrieved candidates, as the engine serves it."""
+    candidates = retrieval.retrieve(state, users, np.ones(len(items), bool), cfg)
+    return recommend.score_items(
+        state, users, request, candidates, items, fusion.fusion_weights(cfg), cfg
+    )
+
+
 def test_score_items_components():
     state = random_state(5)
     users = random_users(5, state, 3)
     users = users._replace(qualifying=np.full(3, 30.0, np.float32))
     request = random_requests(5, 3)
     items = np.array([[0, 1, 2], [3, 4, 5], [6, 7, -1]], np.int32)
-    out = recommend.score_items(state, users, request, items, fusion.fusion_weights(CFG), CFG)
+    out = _score(state, users, request, items)
     score, comps = np.asarray(out.score), np.asarray(out.components)
     assert comps.shape == (3, 3, 5)
     assert np.all((score >= 0) & (score <= 1)) and score[2, 2] == 0
     assert np.all((comps[..., :4] >= 0) & (comps[..., :4] <= 1))
     # The LoRA boost is the adapter's effect on the content score.
-    base_only = recommend.score_items(
-        state,
-        users._replace(adapter=np.zeros_like(users.adapter)),
-        request,
-        items,
-        fusion.fusion_weights(CFG),
-        CFG,
-    )
+    no_adapter = users._replace(adapter=np.zeros_like(users.adapter))
+    base_only = _score(state, no_adapter, request, items)
     np.testing.assert_allclose(np.asarray(base_only.components)[..., 4], 0.0, atol=1e-6)
     assert np.abs(comps[..., 4]).max() > 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(seeds, sizes)
+def test_scores_from_candidates_equal_the_catalogue_wide_scores(seed, n):
+    """What the kept candidates stand in for (nearest viewers, the content score's catalogue
+    span) gives the scores of normalising every source over the whole catalogue."""
+    state = random_state(seed)
+    users = random_users(seed, state, n)
+    request = random_requests(seed, n)
+    n_items = state.item_valid.shape[0]
+    items = np.random.default_rng(seed).integers(-1, n_items, (n, 7)).astype(np.int32)
+    got = _score(state, users, request, items)
+    scores = catalogue_scores(state, users, request)
+    scorable = ~retrieval.excluded_items(state, users, jnp.zeros(n, bool))
+    weights = fusion.fusion_weights(CFG)
+    blend = fusion.fit_blend(scores, scorable, weights, users.qualifying, CFG)
+    relevance, _ = fusion.blended(blend, scores.raw, scores.cold, scorable)
+    normalised = np.asarray(
+        blend.sources(scores.raw, scorable[:, None, :]) * scores.active[..., None]
+    )
+    relevance, scorable = np.asarray(relevance), np.asarray(scorable)
+    for u in range(n):
+        for c, item in enumerate(items[u]):
+            if item < 0 or not scorable[u, item]:
+                assert got.score[u, c] == 0
+                continue
+            assert got.score[u, c] == pytest.approx(relevance[u, item], abs=1e-5)
+            np.testing.assert_allclose(got.components[u, c, :4], normalised[u, :, item], atol=1e-5)

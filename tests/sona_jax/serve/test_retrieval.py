@@ -32,7 +32,7 @@ def test_retrieve_is_the_union_of_each_sources_top_items(seed, n):
     users = random_users(seed, state, n)
     exclude = np.random.default_rng(seed).random(n) < 0.5
     got = retrieval.retrieve(state, users, jnp.asarray(exclude), CFG)
-    items, raw, floor = (np.asarray(x) for x in got)
+    items, raw, floor, neighbours, content_span = (np.asarray(x) for x in got)
     absent = retrieval.no_context(n)
     full = np.stack(
         [
@@ -61,6 +61,25 @@ def test_retrieve_is_the_union_of_each_sources_top_items(seed, n):
         assert list(kept) == sorted(kept)  # index order
         np.testing.assert_allclose(raw[u, : len(kept)], full[u][:, kept].T, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(floor[u], full[u][:, kept].min(axis=1), rtol=1e-5, atol=1e-6)
+        # what scoring given items reads instead of the pool and the catalogue's product
+        scorable = np.asarray(state.item_valid) & np.array(
+            [i not in set(users.dismissed[u].tolist()) for i in range(full.shape[2])]
+        )
+        content = full[u, 1][scorable]
+        np.testing.assert_allclose(content_span[u], [content.min(), content.max()], rtol=1e-6)
+        similarity = np.asarray(state.pool_preferences) @ users.preference[u]
+        rows = neighbours[u][neighbours[u] >= 0]
+        assert users.pool_index[u] not in rows.tolist()
+        assert len(rows) == min(
+            CFG.collaborative.neighbours, (np.arange(len(similarity)) != users.pool_index[u]).sum()
+        )
+        others = np.delete(similarity, [users.pool_index[u]] if users.pool_index[u] >= 0 else [])
+        np.testing.assert_allclose(
+            np.sort(similarity[rows])[::-1],
+            np.sort(others)[::-1][: len(rows)],
+            rtol=1e-5,
+            atol=1e-6,
+        )
 
 
 @settings(max_examples=8, deadline=None)
