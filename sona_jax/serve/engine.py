@@ -43,6 +43,7 @@ from sona_jax.serve.state import (
     UserBatch,
     diversity_basis,
     diversity_vectors,
+    pool_arrays,
     serving_state,
 )
 
@@ -138,7 +139,9 @@ class ServingEngine:
         return cls(
             model,
             cfg,
-            with_context_items(serving_state(model, basis, pool_rows), compiled),
+            with_context_items(
+                serving_state(model, basis, pool_rows, cfg.collaborative.vote_items), compiled
+            ),
             fusion.fusion_weights(cfg),
             compiled,
             list_widths(model, cfg.candidates.max_seen_items),
@@ -162,6 +165,13 @@ class ServingEngine:
                 item_diversity=jnp.asarray(
                     diversity_vectors(np.asarray(state.base.item_embeddings), basis)
                 )
+            )
+        if cfg.collaborative.vote_items != self.cfg.collaborative.vote_items:
+            preferences, items, weights = pool_arrays(
+                self.model, self.state.pool_preferences.shape[0], cfg.collaborative.vote_items
+            )
+            state = state._replace(
+                pool_preferences=preferences, pool_items=items, pool_weights=weights
             )
         compiled = fusion.compiled_config(cfg)
         search = self.viewer_search

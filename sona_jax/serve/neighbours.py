@@ -16,10 +16,14 @@ import numpy as np
 
 from sona_jax.config import CollaborativeConfig
 
+ADD_CHUNK = 65_536  # viewers added to the index at a time (a float32 copy of this many only)
+
 
 @dataclass
 class ViewerIndex:
-    """An HNSW index over ``n`` pool rows' preference vectors (faiss ``IndexHNSWFlat``)."""
+    """An HNSW index over ``n`` pool rows' preference vectors, kept as float16 (faiss
+    ``IndexHNSWSQ``, ``QT_fp16``): half the bytes of float32 vectors (1 GB at a million 512-d
+    viewers, which are stored as float16 anyway), the same neighbours in `bench/scale.py`."""
 
     index: object
     n: int
@@ -29,12 +33,15 @@ class ViewerIndex:
         """Index ``preferences`` (n, d): the pool's real viewers, not its padding rows."""
         import faiss  # only servers with a large pool need it loaded
 
-        vectors = np.ascontiguousarray(preferences, np.float32)
-        index = faiss.IndexHNSWFlat(vectors.shape[1], cfg.hnsw_links, faiss.METRIC_INNER_PRODUCT)
+        n, d = preferences.shape
+        index = faiss.IndexHNSWSQ(
+            d, faiss.ScalarQuantizer.QT_fp16, cfg.hnsw_links, faiss.METRIC_INNER_PRODUCT
+        )
         index.hnsw.efConstruction = cfg.hnsw_build_depth
         index.hnsw.efSearch = cfg.hnsw_search_depth
-        index.add(vectors)
-        return cls(index, len(vectors))
+        for start in range(0, n, ADD_CHUNK):
+            index.add(np.ascontiguousarray(preferences[start : start + ADD_CHUNK], np.float32))
+        return cls(index, n)
 
     def search(self, queries: np.ndarray, k: int) -> np.ndarray:
         """(users, k) int32 pool rows nearest each of ``queries`` (users, d), -1 where fewer."""

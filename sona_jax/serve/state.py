@@ -24,7 +24,8 @@ class ServingState(NamedTuple):
     item_genres: (items, G) multi-hot; item_moods: (items, 6) flags in `tables.MOODS` order;
     duration: (items,) minutes, -1 unknown; mood_prior: (6, G).
     pool_preferences: (P, d) preference vectors of the viewers kNN searches;
-    pool_items / pool_weights: (P, Lh) their engaged items (-1 padded) and weights.
+    pool_items / pool_weights: (P, V) their most recent engaged items (-1 padded) and weights,
+    as many as vote (`CollaborativeConfig.vote_items`).
     item_diversity: (items, k) unit vectors for MMR and explanations: E projected on its top-k
     principal directions (cosines there approximate those of E at a fraction of the cost).
     item_valid: (items,) bool servable rows (False: deleted, or capacity not yet used);
@@ -100,12 +101,13 @@ def has_context(request: RequestBatch) -> jnp.ndarray:
     return (request.device >= 0) | (request.time_of_day >= 0) | (request.mood >= 0)
 
 
-def serving_state(model: TrainedModel, basis: np.ndarray, pool_rows: int) -> ServingState:
+def serving_state(
+    model: TrainedModel, basis: np.ndarray, pool_rows: int, vote_items: int
+) -> ServingState:
     """Shared arrays of ``model`` on device (its own items only); every model user is in the
-    kNN pool, padded to ``pool_rows`` with empty viewers (no preference, no items: they vote
-    nothing) so that model versions of nearly as many viewers share shapes. ``basis`` (k, d)
-    from `diversity_basis`."""
-    t, h = model.tables, model.history
+    kNN pool (`pool_arrays`). ``basis`` (k, d) from `diversity_basis`."""
+    t = model.tables
+    preferences, items, weights = pool_arrays(model, pool_rows, vote_items)
     return ServingState(
         base=BaseTier(*(jnp.asarray(x) for x in model.base)),
         graph_neighbours=jnp.asarray(t.graph_neighbours),
@@ -120,11 +122,9 @@ def serving_state(model: TrainedModel, basis: np.ndarray, pool_rows: int) -> Ser
         item_moods=jnp.asarray(t.item_moods),
         duration=jnp.asarray(t.duration),
         mood_prior=jnp.asarray(t.mood_prior),
-        pool_preferences=jnp.asarray(
-            pad_rows(np.asarray(model.users.preference, np.float32), pool_rows)
-        ),
-        pool_items=jnp.asarray(pad_rows(h.recent_items, pool_rows, -1)),
-        pool_weights=jnp.asarray(pad_rows(h.recent_weights, pool_rows)),
+        pool_preferences=preferences,
+        pool_items=items,
+        pool_weights=weights,
         item_diversity=jnp.asarray(
             diversity_vectors(np.asarray(model.base.item_embeddings), basis)
         ),
@@ -132,6 +132,23 @@ def serving_state(model: TrainedModel, basis: np.ndarray, pool_rows: int) -> Ser
         new_items=jnp.zeros(0, jnp.int32),
         context_fit=np.zeros((0, 0), np.float32),  # the engine fills these in
         context_items=np.zeros((0, 0), np.int32),
+    )
+
+
+def pool_arrays(
+    model: TrainedModel, pool_rows: int, vote_items: int
+) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """The kNN pool on device: preferences (pool_rows, d), and each viewer's ``vote_items``
+    most recent engaged items and weights (pool_rows, V), the only columns a vote reads (half
+    the model's history width by default: 1 GB less at a million viewers). Rows past the
+    model's users are empty viewers (no preference, no items: they vote nothing), so that
+    model versions of nearly as many viewers share shapes."""
+    h = model.history
+    width = min(vote_items, h.recent_items.shape[1])
+    return (
+        jnp.asarray(pad_rows(np.asarray(model.users.preference, np.float32), pool_rows)),
+        jnp.asarray(pad_rows(h.recent_items[:, :width], pool_rows, -1)),
+        jnp.asarray(pad_rows(h.recent_weights[:, :width], pool_rows)),
     )
 
 
