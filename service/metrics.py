@@ -111,7 +111,7 @@ class _Candidates:
         hits, misses, kept = self.counts()
         family = CounterMetricFamily(
             "sona_candidates",
-            "recommendation requests by whether their viewer's candidates were kept",
+            "recommendation and score requests by whether their viewer's candidates were kept",
             labels=["result"],
         )
         family.add_metric(["kept"], hits)

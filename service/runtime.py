@@ -224,7 +224,7 @@ def warm_up_tasks(
         for profile in (empty, wide):
             tasks.append(partial(engine.recommend_queries, [Query(profile, 1, True, lam)] * size))
         for width in widths:
-            for profile in (empty, dismissing):  # seen lists do not shape scores
+            for profile in (empty, dismissing):  # seen lists shape only the retrieval inside
                 scoring = Query(profile, items=np.zeros(width, np.int32))
                 tasks.append(partial(engine.score_queries, [scoring] * size))
     tasks.append(partial(engine.similar, 0, 1))

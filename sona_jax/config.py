@@ -94,6 +94,9 @@ class LoraConfig(_Section):
     train_interval_seconds: float = serve(300.0, ge=0.0)
     retrain_every_events: int = serve(10, ge=1)
     train_chunk_users: int = train(1024, ge=1, le=65536, description="users per vmapped call")
+    users_per_step: int = serve(
+        64, ge=1, le=65536, description="users a training call vmaps over at a time (cache-sized)"
+    )
 
     @property
     def scale(self) -> float:

@@ -186,7 +186,7 @@ def make_adapter_trainer(cfg: LoraConfig):
     """Build ``train_user(p, u, H, z0, y, mask) -> (delta, loss_before, loss_after)``.
 
     One user's whole training (``cfg.iterations`` clipped Adam steps) on (L, r) arrays; pure and
-    unbatched — `train_adapters` is its jitted vmap, `apply_adapter_updates` writes B_u.
+    unbatched — `train_adapters` vmaps it over steps of users, `apply_adapter_updates` writes B_u.
     """
     scale = cfg.scale
     optimizer = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), optax.adam(cfg.learning_rate))
@@ -217,8 +217,34 @@ def make_adapter_trainer(cfg: LoraConfig):
 
 @partial(jax.jit, static_argnames=("cfg",))
 def train_adapters(batch: TrainingBatch, cfg: LoraConfig) -> TrainingResult:
-    """Train every user's adapter of a padded batch in one vmapped call."""
-    return TrainingResult(*jax.vmap(make_adapter_trainer(cfg))(*batch))
+    """Train every user's adapter of a padded batch in one call: vmapped over steps of at least
+    ``cfg.users_per_step`` users, the steps one after another (`lax.map`).
+
+    Every Adam iteration rereads each user's (r, L) item factors; within a step of a few dozen
+    users they stay in cache, where one vmap over 1,000 users streamed them from memory on
+    every pass (2.45 -> 1.66 ms here). Step s takes users s, s + m, s + 2m, ... (m steps), so a
+    batch split over devices by viewer (`adapters.viewer_mesh`) splits every step alike.
+    """
+    train = jax.vmap(make_adapter_trainer(cfg))
+    n = batch.preference.shape[0]
+    steps = training_steps(n, cfg.users_per_step)
+    if steps == 1:
+        return TrainingResult(*train(*batch))
+
+    def strided(x: jnp.ndarray) -> jnp.ndarray:  # (n, ...) -> (steps, n / steps, ...)
+        return jnp.swapaxes(x.reshape(n // steps, steps, *x.shape[1:]), 0, 1)
+
+    out = jax.lax.map(lambda step: train(*step), tuple(strided(x) for x in batch))
+    return TrainingResult(*(jnp.swapaxes(x, 0, 1).reshape(n, *x.shape[2:]) for x in out))
+
+
+def training_steps(n_users: int, users_per_step: int) -> int:
+    """Steps `train_adapters` splits ``n_users`` into: the most that divide them evenly with at
+    least ``users_per_step`` users each (1: one vmap over all)."""
+    return max(
+        [steps for steps in range(1, n_users // users_per_step + 1) if n_users % steps == 0],
+        default=1,
+    )
 
 
 @jax.jit

@@ -18,7 +18,7 @@ import numpy as np
 
 from sona_jax.buckets import LIST_BUCKETS, USER_BUCKETS, bucket, pad_rows
 from sona_jax.model.version import TrainedModel
-from sona_jax.serve.retrieval import Candidates
+from sona_jax.serve.retrieval import Candidates, KeptForScores
 from sona_jax.serve.state import RequestBatch, UserBatch
 
 MIN_LIST_WIDTH = 64  # narrowest seen / dismissed width a served batch compiles for
@@ -254,20 +254,31 @@ class Query:
 
 def stack_candidates(rows: Sequence[ViewerCandidates], size: int) -> Candidates:
     """Host `retrieval.Candidates` of ``rows`` padded to ``size`` rows (no items)."""
-
-    def column(name: str, fill) -> np.ndarray:
-        first = getattr(rows[0], name)
-        out = np.full((size, *first.shape), fill, first.dtype)
-        np.stack([getattr(r, name) for r in rows], out=out[: len(rows)], casting="unsafe")
-        return out
-
     return Candidates(
-        column("items", -1),
-        column("raw", 0),
-        column("floor", 0),
-        column("neighbours", -1),
-        column("content_span", 0),
+        *(
+            _stacked(rows, name, size, fill)
+            for name, fill in zip(Candidates._fields, _FILLS, strict=True)
+        )
     )
+
+
+def stack_kept_for_scores(rows: Sequence[ViewerCandidates], size: int) -> KeptForScores:
+    """Host `retrieval.KeptForScores` of ``rows`` padded to ``size`` rows: only what scoring
+    reads goes to the device."""
+    return KeptForScores(
+        _stacked(rows, "neighbours", size, -1), _stacked(rows, "content_span", size, 0)
+    )
+
+
+_FILLS = (-1, 0, 0, -1, 0)  # padding of each `Candidates` field: no items, no neighbours
+
+
+def _stacked(rows: Sequence[ViewerCandidates], name: str, size: int, fill) -> np.ndarray:
+    """(size, ...) field ``name`` of ``rows``, padding rows ``fill``."""
+    first = getattr(rows[0], name)
+    out = np.full((size, *first.shape), fill, first.dtype)
+    np.stack([getattr(r, name) for r in rows], out=out[: len(rows)], casting="unsafe")
+    return out
 
 
 def split_candidates(candidates: Candidates, n: int) -> list[ViewerCandidates]:

@@ -35,6 +35,7 @@ from sona_jax.serve.batch import (
     query_batch,
     split_candidates,
     stack_candidates,
+    stack_kept_for_scores,
 )
 from sona_jax.serve.neighbours import ViewerIndex, viewer_index
 from sona_jax.serve.state import (
@@ -43,7 +44,7 @@ from sona_jax.serve.state import (
     UserBatch,
     diversity_basis,
     diversity_vectors,
-    pool_arrays,
+    pool_votes,
     serving_state,
 )
 
@@ -167,12 +168,10 @@ class ServingEngine:
                 )
             )
         if cfg.collaborative.vote_items != self.cfg.collaborative.vote_items:
-            preferences, items, weights = pool_arrays(
+            items, weights = pool_votes(
                 self.model, self.state.pool_preferences.shape[0], cfg.collaborative.vote_items
             )
-            state = state._replace(
-                pool_preferences=preferences, pool_items=items, pool_weights=weights
-            )
+            state = state._replace(pool_items=items, pool_weights=weights)
         compiled = fusion.compiled_config(cfg)
         search = self.viewer_search
         if _search_settings(cfg) != _search_settings(self.cfg):
@@ -380,12 +379,13 @@ class ServingEngine:
         n = len(queries)
         size = batch_size(n)
         # Seen lists shape only retrieval (scores never exclude watched items): the scoring
-        # call gets none, so only a viewer with more dismissals than the model's width needs
-        # its wide program.
+        # call gets none. Its wide program runs for a viewer with more dismissals than the
+        # model's width, or in a batch that retrieves a viewer with a long seen list (both
+        # lists of a batch go wide together).
         retrieving = any(q.candidates is None for q in queries)
         padded, requests, _ = query_batch(queries, size, self.widths, with_seen=retrieving)
         found = self._retrieve_missing(queries, padded, np.ones(size, bool))
-        candidates = stack_candidates(
+        kept = stack_kept_for_scores(
             [q.candidates if q.candidates is not None else found[i] for i, q in enumerate(queries)],
             size,
         )
@@ -398,7 +398,7 @@ class ServingEngine:
             self.state,
             padded._replace(seen=np.zeros((size, 0), np.int32)),
             requests,
-            candidates,
+            kept,
             table,
             self.weights,
             self.compiled,

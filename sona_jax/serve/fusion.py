@@ -51,7 +51,8 @@ def fusion_weights(cfg: SonaConfig) -> jnp.ndarray:
 
 
 class MinMax(NamedTuple):
-    """Per-row min-max normalisation fitted on the candidates: low, spread (..., 1)."""
+    """Per-row min-max normalisation: low, spread (..., 1), fitted on a request's candidates
+    (`fit_min_max`) or, for scores, on the catalogue and the content score's kept span."""
 
     low: jnp.ndarray
     spread: jnp.ndarray
@@ -89,8 +90,8 @@ def exploration_share(qualifying: jnp.ndarray, cfg: SonaConfig) -> jnp.ndarray:
 
 class Blend(NamedTuple):
     """How one request's scores become relevance: sources (users, 4, 1) and cold (users, 1)
-    normalisers fitted on its candidates, source shares (users, 4), β (users,) and the
-    context weight that shapes cold start (users,)."""
+    normalisers (`MinMax`), source shares (users, 4), β (users,) and the context weight that
+    shapes cold start (users,)."""
 
     sources: MinMax
     cold: MinMax

@@ -93,7 +93,8 @@ def _in_sorted(rows: jnp.ndarray, items: jnp.ndarray) -> jnp.ndarray:
 def excluded_at(
     state: ServingState, users: UserBatch, request: RequestBatch, items: jnp.ndarray
 ) -> jnp.ndarray:
-    """`excluded_items` at ``items`` (users, n) only: O(n · list length), not O(catalogue)."""
+    """Whether each of ``items`` (users, n) is excluded as retrieval excludes items over the
+    catalogue (`retrieval.retrieve`): O(n · list length), not O(catalogue)."""
     watched = _listed(items, users.seen) & request.exclude_watched[:, None]
     return (
         watched | _listed(items, users.dismissed) | ~state.item_valid[jnp.maximum(items, 0)]

@@ -15,11 +15,11 @@ import jax
 import jax.numpy as jnp
 
 from sona_jax.config import SonaConfig
-from sona_jax.model.lora import base_queries, candidate_logits, fold_queries
+from sona_jax.model.lora import base_queries, candidate_logits, personalised_scores
 from sona_jax.serve import retrieval, sources
 from sona_jax.serve.fusion import MinMax, blend_with, blended, fit_min_max
 from sona_jax.serve.rank import Recommendations, rank
-from sona_jax.serve.retrieval import Candidates
+from sona_jax.serve.retrieval import KeptForScores
 from sona_jax.serve.state import RequestBatch, ServingState, UserBatch, has_context
 
 
@@ -54,32 +54,34 @@ def score_items(
     state: ServingState,
     users: UserBatch,
     request: RequestBatch,
-    candidates: Candidates,
+    kept: KeptForScores,
     items: jnp.ndarray,
     weights: jnp.ndarray,
     cfg: SonaConfig,
 ) -> ItemScores:
     """Personalisation scores of given ``items`` (users, C; -1 padding), each source normalised
-    over every servable, undismissed item of the catalogue (watched ones included), from the
-    viewer's retrieved ``candidates``: collaborative from their kept nearest viewers, content
-    at the items only against its kept catalogue span (the two sources that read the whole
-    pool or multiply the whole catalogue), graph, context and cold start over the catalogue
-    (each a gather or a scatter). An item added after retrieval scoring above or below the kept
-    span counts as its end."""
-    scorable = ~retrieval.excluded_items(state, users, jnp.zeros(items.shape[0], bool))
+    over every servable, undismissed item of the catalogue (watched ones included), from what
+    retrieval ``kept`` of each viewer: collaborative from their nearest viewers and content at
+    the items only, against its catalogue span (the two sources that read the whole pool or
+    multiply the whole catalogue); graph, context and cold start over the catalogue (a walk and
+    small products). An item added or deleted since retrieval can leave the kept span wider or
+    narrower than the catalogue's: a content score outside it counts as its end, until the
+    viewer's candidates are retrieved again."""
+    scorable = ~retrieval.unscorable_items(state, users)
     catalogue = jnp.stack(
         [
-            sources.collaborative_scores(state, users, cfg, candidates.neighbours),
+            sources.collaborative_scores(state, users, cfg, kept.neighbours),
             sources.graph_scores(state, users, cfg),
             sources.context_scores(state, users, request, cfg),
         ],
         axis=1,
     )  # (users, 3, items): collaborative, graph, context
     cold = sources.cold_start_scores(state, users, request, cfg)
-    low, high = candidates.content_span[:, 0], candidates.content_span[:, 1]
+    low, high = kept.content_span[:, 0], kept.content_span[:, 1]
     safe = jnp.maximum(items, 0)
-    queries = fold_queries(state.base, users.preference, users.adapter, cfg.lora.scale)
-    with_adapter = jax.nn.sigmoid(candidate_logits(state.base, queries, safe))
+    with_adapter = personalised_scores(
+        state.base, users.preference, users.adapter, safe, cfg.lora.scale
+    )
     others = fit_min_max(catalogue, scorable[:, None, :])
     normalisers = MinMax(
         _with_content(others.low, low[:, None]), _with_content(others.spread, (high - low)[:, None])

@@ -49,6 +49,14 @@ class Candidates(NamedTuple):
     content_span: jnp.ndarray
 
 
+class KeptForScores(NamedTuple):
+    """The part of `Candidates` that scoring given items reads (`recommend.score_items`):
+    neighbours (users, K) and content_span (users, 2)."""
+
+    neighbours: jnp.ndarray
+    content_span: jnp.ndarray
+
+
 def candidate_width(cfg: SonaConfig) -> int:
     """P: room for the union of every retrieved ranking's top items (three sources, cold
     start without a mood, trending), so none is ever dropped."""
@@ -64,16 +72,15 @@ def no_context(users: int) -> RequestBatch:
     )
 
 
-def excluded_items(
-    state: ServingState, users: UserBatch, exclude_watched: jnp.ndarray
-) -> jnp.ndarray:
-    """(users, items) True for rows that are not servable (deleted, unused capacity), for
-    dismissed items always and watched ones where ``exclude_watched`` (users,)."""
+def unscorable_items(state: ServingState, users: UserBatch) -> jnp.ndarray:
+    """(users, items) True for rows that are not servable or that the viewer dismissed."""
+    return _listed(state, users.dismissed) | ~state.item_valid[None, :]
+
+
+def _listed(state: ServingState, lists: jnp.ndarray) -> jnp.ndarray:
+    """(users, items) True at the items of each row of ``lists`` (users, n; -1 none)."""
     n_items = state.item_valid.shape[0]
-    seen = jnp.where(exclude_watched[:, None], users.seen, -1)
-    lists = jnp.concatenate([seen, users.dismissed], axis=1)
-    listed = sources.scatter_rows(n_items, lists, jnp.ones(lists.shape)) > 0
-    return listed | ~state.item_valid[None, :]
+    return sources.scatter_rows(n_items, lists, jnp.ones(lists.shape)) > 0
 
 
 def active_retrieved(users: UserBatch) -> jnp.ndarray:
@@ -93,8 +100,9 @@ def retrieve(
 ) -> Candidates:
     """Each viewer's candidates: the union of the top ``candidates.per_source`` items of each
     active source, of cold start (no mood) and the top ``candidates.trending`` trending items,
-    none of them excluded (`excluded_items`). ``neighbours`` (users, N): pool rows an
-    approximate search found for each viewer (default: search every pool viewer)."""
+    none of them excluded (`unscorable_items`, or watched where ``exclude_watched``).
+    ``neighbours`` (users, N): pool rows an approximate search found for each viewer (default:
+    search every pool viewer)."""
     n_users, n_items = users.preference.shape[0], state.item_valid.shape[0]
     nearest = sources.nearest_viewers(state, users, cfg, neighbours)
     content = sources.content_scores(state, users, cfg)
@@ -106,7 +114,8 @@ def retrieve(
         ],
         axis=1,
     )
-    scorable = ~excluded_items(state, users, jnp.zeros(n_users, bool))
+    unscorable = unscorable_items(state, users)
+    scorable = ~unscorable
     content_span = jnp.stack(
         [
             jnp.min(jnp.where(scorable, content, jnp.inf), axis=1),
@@ -115,7 +124,7 @@ def retrieve(
         axis=1,
     )
     cold = sources.cold_start_scores(state, users, no_context(n_users), cfg)
-    excluded = excluded_items(state, users, exclude_watched)
+    excluded = unscorable | _listed(state, jnp.where(exclude_watched[:, None], users.seen, -1))
     ranked = jnp.concatenate(
         [
             jnp.where(~active_retrieved(users)[:, :, None], -jnp.inf, raw),

@@ -105,9 +105,9 @@ def serving_state(
     model: TrainedModel, basis: np.ndarray, pool_rows: int, vote_items: int
 ) -> ServingState:
     """Shared arrays of ``model`` on device (its own items only); every model user is in the
-    kNN pool (`pool_arrays`). ``basis`` (k, d) from `diversity_basis`."""
+    kNN pool (`pool_preferences`, `pool_votes`). ``basis`` (k, d) from `diversity_basis`."""
     t = model.tables
-    preferences, items, weights = pool_arrays(model, pool_rows, vote_items)
+    items, weights = pool_votes(model, pool_rows, vote_items)
     return ServingState(
         base=BaseTier(*(jnp.asarray(x) for x in model.base)),
         graph_neighbours=jnp.asarray(t.graph_neighbours),
@@ -122,7 +122,7 @@ def serving_state(
         item_moods=jnp.asarray(t.item_moods),
         duration=jnp.asarray(t.duration),
         mood_prior=jnp.asarray(t.mood_prior),
-        pool_preferences=preferences,
+        pool_preferences=pool_preferences(model, pool_rows),
         pool_items=items,
         pool_weights=weights,
         item_diversity=jnp.asarray(
@@ -135,18 +135,22 @@ def serving_state(
     )
 
 
-def pool_arrays(
+def pool_preferences(model: TrainedModel, pool_rows: int) -> jnp.ndarray:
+    """(pool_rows, d) the kNN pool's preference vectors on device: every model user, then empty
+    viewers (no preference: they vote nothing), so that model versions of nearly as many
+    viewers share shapes."""
+    return jnp.asarray(pad_rows(np.asarray(model.users.preference, np.float32), pool_rows))
+
+
+def pool_votes(
     model: TrainedModel, pool_rows: int, vote_items: int
-) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
-    """The kNN pool on device: preferences (pool_rows, d), and each viewer's ``vote_items``
-    most recent engaged items and weights (pool_rows, V), the only columns a vote reads (half
-    the model's history width by default: 1 GB less at a million viewers). Rows past the
-    model's users are empty viewers (no preference, no items: they vote nothing), so that
-    model versions of nearly as many viewers share shapes."""
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(pool_rows, V) each pool viewer's ``vote_items`` most recent engaged items (-1 padded)
+    and their weights on device: the only columns a vote reads (half the model's history width
+    by default: 1 GB less at a million viewers)."""
     h = model.history
     width = min(vote_items, h.recent_items.shape[1])
     return (
-        jnp.asarray(pad_rows(np.asarray(model.users.preference, np.float32), pool_rows)),
         jnp.asarray(pad_rows(h.recent_items[:, :width], pool_rows, -1)),
         jnp.asarray(pad_rows(h.recent_weights[:, :width], pool_rows)),
     )

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -126,11 +127,13 @@ def test_rank_one_gradient_matches_jax_grad_of_reference_loss():
         )
 
 
-def test_vmapped_training_equals_per_user_training_and_lowers_loss():
+@pytest.mark.parametrize("users_per_step", [64, 2, 1])  # one vmap; 3 steps of 2; 6 of 1
+def test_vmapped_training_equals_per_user_training_and_lowers_loss(users_per_step):
     base = _base()
     p, b = _users(6)
     items, targets, mask = _training_rows(6, 12)
-    cfg = LoraConfig(rank=RANK)
+    cfg = LoraConfig(rank=RANK, users_per_step=users_per_step)
+    assert lora.training_steps(6, users_per_step) == {64: 1, 2: 3, 1: 6}[users_per_step]
     batch = lora.prepare_training_batch(base, *map(jnp.asarray, (p, b, items, targets, mask)))
     np.testing.assert_allclose(
         np.asarray(batch.user_factor), np.einsum("udr,ud->ur", b, p), atol=1e-5

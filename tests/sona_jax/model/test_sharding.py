@@ -24,8 +24,10 @@ SCRIPT = textwrap.dedent(
 
     assert len(jax.devices()) == 4, jax.devices()
     cfg = SonaConfig().with_overrides(
-        {"model": {"embedding_dim": 32}, "lora": {"train_chunk_users": 64}}
+        {"model": {"embedding_dim": 32}, "lora": {"train_chunk_users": 64, "users_per_step": 16}}
     )
+    from sona_jax.model.lora import training_steps
+    assert training_steps(64, 16) == 4  # every device's share of each chunk in steps
     data = generate_synthetic(300, 200, events_per_user=25, seed=3)
     model = train_model(data, cfg)
     users = model.users

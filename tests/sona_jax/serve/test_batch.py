@@ -19,6 +19,7 @@ from sona_jax.serve.batch import (
     query_batch,
     split_candidates,
     stack_candidates,
+    stack_kept_for_scores,
 )
 from sona_jax.serve.state import UserBatch
 
@@ -187,6 +188,9 @@ def test_query_batch_pads_requests_and_candidates(seed, n):
         np.testing.assert_array_equal(
             candidates.content_span[row], expected.content_span if expected else np.zeros(2)
         )
+    kept = stack_kept_for_scores(found, size)  # what scoring reads: the same rows
+    np.testing.assert_array_equal(kept.neighbours, candidates.neighbours)
+    np.testing.assert_array_equal(kept.content_span, candidates.content_span)
     assert [
         [np.array_equal(a, b) for a, b in zip(row, want, strict=True)]
         for row, want in zip(split_candidates(candidates, n), found, strict=True)

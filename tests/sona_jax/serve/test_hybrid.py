@@ -334,8 +334,9 @@ def test_third_event_changes_the_list_and_cold_users_get_cold_start():
 def _score(state, users, request, items, cfg=CFG):
     """`recommend.score_items` from the viewers' retrieved candidates, as the engine serves it."""
     candidates = retrieval.retrieve(state, users, np.ones(len(items), bool), cfg)
+    kept = retrieval.KeptForScores(candidates.neighbours, candidates.content_span)
     return recommend.score_items(
-        state, users, request, candidates, items, fusion.fusion_weights(cfg), cfg
+        state, users, request, kept, items, fusion.fusion_weights(cfg), cfg
     )
 
 
@@ -369,7 +370,7 @@ def test_scores_from_candidates_equal_the_catalogue_wide_scores(seed, n):
     items = np.random.default_rng(seed).integers(-1, n_items, (n, 7)).astype(np.int32)
     got = _score(state, users, request, items)
     scores = catalogue_scores(state, users, request)
-    scorable = ~retrieval.excluded_items(state, users, jnp.zeros(n, bool))
+    scorable = ~retrieval.unscorable_items(state, users)
     weights = fusion.fusion_weights(CFG)
     blend = fusion.fit_blend(scores, scorable, weights, users.qualifying, CFG)
     relevance, _ = fusion.blended(blend, scores.raw, scores.cold, scorable)
