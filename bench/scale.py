@@ -48,6 +48,19 @@ def current_rss() -> int:
         return int(statm.read().split()[1]) * resource.getpagesize()
 
 
+def resident_parts() -> dict:
+    """This process's resident bytes now by kind: ``anon`` (its own heap: what it needs) and
+    ``file`` (pages of memory-mapped files, the model's viewer tables: the kernel's cache,
+    dropped under memory pressure and read again on use)."""
+    parts = {}
+    with open("/proc/self/status") as status:
+        for line in status:
+            name, _, value = line.partition(":")
+            if name in ("RssAnon", "RssFile"):
+                parts[name[3:].lower()] = int(value.split()[0]) * 1024
+    return parts
+
+
 def train_curve(sizes: dict) -> tuple[list[dict], object]:
     """Train a synthetic model at each viewer count; returns the curve and the largest model."""
     from sona_jax.config import SonaConfig
@@ -231,11 +244,14 @@ def serve_phase(model_dir: Path) -> dict:
     model = load_model(model_dir)
     gc.collect()
     out = {"model_load_s": time.perf_counter() - clock, "model_rss_bytes": current_rss()}
+    out["model_rss_parts"] = resident_parts()
     clock = time.perf_counter()
     engine = ServingEngine.load(model).with_headroom()
     out["engine_load_s"] = time.perf_counter() - clock  # with its HNSW index, if any
     gc.collect()
     out["server_rss_bytes"] = current_rss()
+    out["server_rss_parts"] = resident_parts()
+    print(json.dumps(out), flush=True)
     out["serve_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     search = engine.viewer_search
     out |= ann_recall(np.asarray(model.users.preference), None if search is None else search.index)
@@ -263,6 +279,12 @@ def main() -> None:
         "--viewers", type=int, nargs="+", help="the curve's viewer counts (default: the mode's)"
     )
     parser.add_argument("--items", type=int, help="catalogue size (default: the mode's)")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="keep the largest model and the phases' results in this folder (default: a "
+        "temporary one); when it holds a finished training phase, that one is reused",
+    )
     # internal: one phase in a child process (`in_child`)
     parser.add_argument("--phase", choices=("train", "serve"), help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
@@ -285,12 +307,18 @@ def main() -> None:
         "command": "python bench/scale.py"
         + (" --quick" if args.quick else "")
         + (" --viewers " + " ".join(map(str, args.viewers)) if args.viewers else "")
-        + (f" --items {args.items}" if args.items else ""),
+        + (f" --items {args.items}" if args.items else "")
+        + (f" --keep {args.keep}" if args.keep else "")
+        + (f" --out {args.out}" if args.out != RESULTS / "scale.json" else ""),
         "sizes": sizes,
     }
     with tempfile.TemporaryDirectory(prefix="sona-scale-") as folder:
-        model_dir = Path(folder) / "models"
-        result |= in_child("train", sizes, model_dir)
+        model_dir = (args.keep or Path(folder)) / "models"
+        trained = model_dir.parent / "train.json"
+        if args.keep and trained.is_file():
+            result |= json.loads(trained.read_text()) | {"train_reused_from": str(trained)}
+        else:
+            result |= in_child("train", sizes, model_dir)
         result |= in_child("serve", sizes, model_dir)
     small, large = served_p50(DEMO_ITEMS), served_p50(LARGE_ITEMS if not args.quick else 30_000)
     result["p50"] = [small, large]
@@ -321,6 +349,11 @@ def markdown(r: dict) -> str:
             "fits the box",
         ),
         ("  of which the model's tables (RSS after loading it), bytes", r["model_rss_bytes"], "-"),
+        (
+            "  of which its own heap / pages of the memory-mapped model files, bytes",
+            " / ".join(str(r.get("server_rss_parts", {}).get(k, "-")) for k in ("anon", "file")),
+            "-",
+        ),
         ("  its peak while loading, bytes", r["serve_peak_rss_bytes"], "-"),
         ("  peak RSS while training (its own process), bytes", r["train_peak_rss_bytes"], "-"),
         (

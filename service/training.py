@@ -47,11 +47,16 @@ def dataset_from_snapshot(snapshot: TrainingSnapshot, dim: int) -> Dataset:
 
 
 def pack_model(folder: Path) -> bytes:
-    """A saved version folder as one uncompressed tar (the arrays are not compressible much)."""
+    """A saved version folder as one uncompressed tar (the arrays are not compressible much):
+    every file of it (either model format), the manifest last."""
     buffer = io.BytesIO()
+    files = sorted(
+        (path for path in folder.rglob("*") if path.is_file()),
+        key=lambda path: (path.name == "manifest.json", str(path)),
+    )
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name in ("arrays.npz", "manifest.json"):
-            tar.add(folder / name, arcname=f"{folder.name}/{name}")
+        for path in files:
+            tar.add(path, arcname=f"{folder.name}/{path.relative_to(folder)}")
     return buffer.getvalue()
 
 

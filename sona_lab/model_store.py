@@ -1,8 +1,11 @@
-"""Versioned model files: ``<root>/v0001/{arrays.npz, manifest.json}``.
+"""Versioned model files: ``<root>/v0001/{arrays/<part>.<name>.npy, manifest.json}``.
 
-numpy's ``.npz`` holds the arrays (standard, memory-light, no pickle); the manifest holds the
-version, the full config, its train-time digest and the training report, so a later run
-restores exactly what was saved.
+One standard ``.npy`` file per array (no pickle); the manifest holds the version, the full
+config, its train-time digest and the training report, so a later run restores exactly what was
+saved. The per-viewer tables (``users.*``, ``history.*``: ~9 KB a viewer, 9 GB at a million)
+are memory-mapped read-only on load, so a server holds in memory only the rows it reads (the
+kernel pages the rest in and out); item tables are read into memory. Versions of the previous
+format (one ``arrays.npz``) still load, wholly into memory.
 """
 
 from __future__ import annotations
@@ -25,7 +28,10 @@ from sona_jax.model.version import (
     UserState,
 )
 
-FORMAT = "sona-model/3"  # 3: popularity counts and the metadata map
+FORMAT = "sona-model/4"  # 4: one .npy per array, viewers' tables memory-mapped
+READABLE_FORMATS = ("sona-model/3", FORMAT)  # 3: one arrays.npz
+ARRAYS_DIR = "arrays"
+MAPPED_PARTS = ("users.", "history.")  # per-viewer tables: memory-mapped on load
 _VERSION_DIR = re.compile(r"^v(\d{4,})$")
 
 
@@ -69,7 +75,8 @@ def save_model(model: TrainedModel, root: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=False)
     users = dict(vars(model.users))
     for name in ("preference", "adapter"):
-        users[name] = np.asarray(users[name]).astype(STORAGE_DTYPE)
+        # no copy when already stored as such (the adapters: 8 GB at a million viewers)
+        users[name] = np.asarray(users[name]).astype(STORAGE_DTYPE, copy=False)
     arrays = (
         _prefixed("base", model.base._asdict())
         | _prefixed("users", users)
@@ -84,7 +91,9 @@ def save_model(model: TrainedModel, root: str | Path) -> Path:
         "item_genres": np.asarray(model.item_genres, np.float32),
         "metadata_map": np.asarray(model.metadata_map, np.float32),
     }
-    np.savez(folder / "arrays.npz", **arrays)
+    (folder / ARRAYS_DIR).mkdir()
+    for name, value in arrays.items():
+        np.save(folder / ARRAYS_DIR / f"{name}.npy", value, allow_pickle=False)
     manifest = {
         "format": FORMAT,
         "version": model.version,
@@ -101,6 +110,19 @@ def save_model(model: TrainedModel, root: str | Path) -> Path:
     return folder
 
 
+def _read_arrays(folder: Path) -> dict[str, np.ndarray]:
+    """Every array of the version in ``folder`` by name, the per-viewer ones memory-mapped."""
+    if (folder / "arrays.npz").is_file():  # format 3
+        with np.load(folder / "arrays.npz") as data:
+            return {name: data[name] for name in data.files}
+    return {
+        path.stem: np.load(
+            path, mmap_mode="r" if path.stem.startswith(MAPPED_PARTS) else None, allow_pickle=False
+        )
+        for path in sorted((folder / ARRAYS_DIR).glob("*.npy"))
+    }
+
+
 def load_model(root: str | Path, version: int | None = None) -> TrainedModel:
     """Load ``version`` (default: the newest) from ``root``."""
     versions = model_versions(root)
@@ -109,15 +131,13 @@ def load_model(root: str | Path, version: int | None = None) -> TrainedModel:
     version = versions[-1] if version is None else version
     folder = Path(root) / f"v{version:04d}"
     manifest = json.loads((folder / "manifest.json").read_text())
-    if manifest.get("format") != FORMAT:
+    if manifest.get("format") not in READABLE_FORMATS:
         raise ModelFormatError(
-            f"{folder}: model format {manifest.get('format')!r}, this code reads {FORMAT!r} "
-            "(train a new version)"
+            f"{folder}: model format {manifest.get('format')!r}, this code reads "
+            f"{', '.join(READABLE_FORMATS)} (train a new version)"
         )
-    with np.load(folder / "arrays.npz") as data:
-        arrays = {name: data[name] for name in data.files}
+    arrays = _read_arrays(folder)
     users = _parts(arrays, "users")
-    users["preference"] = users["preference"].astype(np.float32)
     return TrainedModel(
         version=manifest["version"],
         config=config_from_dict(manifest["config"], source=str(folder / "manifest.json")),

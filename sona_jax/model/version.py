@@ -18,7 +18,8 @@ STORAGE_DTYPE = np.float16  # preference vectors and adapters at rest: SPEC 3.2,
 class UserState:
     """Per-user state at rest, row u is user u.
 
-    preference: (users, d) float32 unit vectors (zero rows: no qualifying events).
+    preference: (users, d) unit vectors (zero rows: no qualifying events), float32 after
+    training and float16 (their stored dtype, memory-mapped) when loaded from disk.
     adapter: (users, d, r) B_u (float16 at rest, zero = untrained).
     genre_affinity: (users, G); hourly: (users, 24); weekday: (users, 7); recency: (users,).
     interaction_count: (users,) int32 events seen (all kinds).

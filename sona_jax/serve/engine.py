@@ -44,6 +44,8 @@ from sona_jax.serve.state import (
     UserBatch,
     diversity_basis,
     diversity_vectors,
+    pool_dtype,
+    pool_preferences,
     pool_votes,
     serving_state,
 )
@@ -137,12 +139,14 @@ class ServingEngine:
             model.n_users + size_step(model.n_users, growth, min_step), growth, min_step
         )
         compiled = fusion.compiled_config(cfg)
+        search = viewer_index(model.users.preference, cfg.collaborative)
+        state = serving_state(
+            model, basis, pool_rows, cfg.collaborative.vote_items, pool_dtype(search is not None)
+        )
         return cls(
             model,
             cfg,
-            with_context_items(
-                serving_state(model, basis, pool_rows, cfg.collaborative.vote_items), compiled
-            ),
+            with_context_items(state, compiled),
             fusion.fusion_weights(cfg),
             compiled,
             list_widths(model, cfg.candidates.max_seen_items),
@@ -153,7 +157,7 @@ class ServingEngine:
             {content_id: i for i, content_id in enumerate(model.item_ids.tolist())},
             basis,
             int(model.report.get("store", {}).get("slot_watermark", 0)),
-            viewer_search=viewer_index(np.asarray(model.users.preference), cfg.collaborative),
+            viewer_search=search,
         )
 
     def with_config(self, cfg: SonaConfig) -> ServingEngine:
@@ -175,7 +179,11 @@ class ServingEngine:
         compiled = fusion.compiled_config(cfg)
         search = self.viewer_search
         if _search_settings(cfg) != _search_settings(self.cfg):
-            search = viewer_index(np.asarray(self.model.users.preference), cfg.collaborative)
+            search = viewer_index(self.model.users.preference, cfg.collaborative)
+            dtype = pool_dtype(search is not None)
+            if state.pool_preferences.dtype != dtype:  # from the model: no float16 rounding
+                pool = pool_preferences(self.model, state.pool_preferences.shape[0], dtype)
+                state = state._replace(pool_preferences=pool)
         return replace(
             self,
             cfg=cfg,

@@ -50,7 +50,7 @@ def nearest_viewers(
         similarity = users.preference @ state.pool_preferences.T  # (users, P)
     else:
         rows = neighbours
-        found = state.pool_preferences[jnp.maximum(neighbours, 0)]  # (users, N, d)
+        found = state.pool_preferences[jnp.maximum(neighbours, 0)].astype(jnp.float32)
         similarity = jnp.einsum("und,ud->un", found, users.preference)
         similarity = jnp.where(neighbours >= 0, similarity, -jnp.inf)
     similarity = jnp.where(rows == users.pool_index[:, None], -jnp.inf, similarity)

@@ -23,7 +23,9 @@ class ServingState(NamedTuple):
     global_share, trending: (items,); by_time_of_day, by_device: (4, items); hour_share: (items, 24).
     item_genres: (items, G) multi-hot; item_moods: (items, 6) flags in `tables.MOODS` order;
     duration: (items,) minutes, -1 unknown; mood_prior: (6, G).
-    pool_preferences: (P, d) preference vectors of the viewers kNN searches;
+    pool_preferences: (P, d) preference vectors of the viewers kNN searches: float32 when
+    every query scores them all, float16 (their stored dtype) when an index finds the rows
+    scored (`pool_dtype`);
     pool_items / pool_weights: (P, V) their most recent engaged items (-1 padded) and weights,
     as many as vote (`CollaborativeConfig.vote_items`).
     item_diversity: (items, k) unit vectors for MMR and explanations: E projected on its top-k
@@ -102,10 +104,11 @@ def has_context(request: RequestBatch) -> jnp.ndarray:
 
 
 def serving_state(
-    model: TrainedModel, basis: np.ndarray, pool_rows: int, vote_items: int
+    model: TrainedModel, basis: np.ndarray, pool_rows: int, vote_items: int, pool_dtype: type
 ) -> ServingState:
     """Shared arrays of ``model`` on device (its own items only); every model user is in the
-    kNN pool (`pool_preferences`, `pool_votes`). ``basis`` (k, d) from `diversity_basis`."""
+    kNN pool (`pool_preferences` of ``pool_dtype``, `pool_votes`). ``basis`` (k, d) from
+    `diversity_basis`."""
     t = model.tables
     items, weights = pool_votes(model, pool_rows, vote_items)
     return ServingState(
@@ -122,7 +125,7 @@ def serving_state(
         item_moods=jnp.asarray(t.item_moods),
         duration=jnp.asarray(t.duration),
         mood_prior=jnp.asarray(t.mood_prior),
-        pool_preferences=pool_preferences(model, pool_rows),
+        pool_preferences=pool_preferences(model, pool_rows, pool_dtype),
         pool_items=items,
         pool_weights=weights,
         item_diversity=jnp.asarray(
@@ -135,11 +138,19 @@ def serving_state(
     )
 
 
-def pool_preferences(model: TrainedModel, pool_rows: int) -> jnp.ndarray:
+def pool_dtype(searched_by_index: bool) -> type:
+    """The pool's preference dtype: float16 when an index finds the rows a query scores (only
+    those rows are read, and converted; half the bytes: 1 GB less at a million viewers, with the
+    values the model stores), float32 when every query scores the whole pool (converting it
+    each call would cost more than the product)."""
+    return np.float16 if searched_by_index else np.float32
+
+
+def pool_preferences(model: TrainedModel, pool_rows: int, dtype: type) -> jnp.ndarray:
     """(pool_rows, d) the kNN pool's preference vectors on device: every model user, then empty
     viewers (no preference: they vote nothing), so that model versions of nearly as many
     viewers share shapes."""
-    return jnp.asarray(pad_rows(np.asarray(model.users.preference, np.float32), pool_rows))
+    return jnp.asarray(pad_rows(np.asarray(model.users.preference, dtype), pool_rows))
 
 
 def pool_votes(

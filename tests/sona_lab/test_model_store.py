@@ -1,5 +1,7 @@
 """Saving and loading model versions, and the `sona train` command."""
 
+import json
+
 import numpy as np
 from click.testing import CliRunner
 
@@ -21,6 +23,27 @@ def test_round_trip_and_versions(tmp_path, synthetic_small, small_config):
     np.testing.assert_allclose(loaded.users.preference, model.users.preference, atol=1e-3)
     np.testing.assert_array_equal(loaded.base.item_embeddings, model.base.item_embeddings)
     assert list(loaded.item_ids) == list(model.item_ids)
+    # the per-viewer tables are memory-mapped read-only, the item tables in memory
+    assert isinstance(loaded.users.adapter, np.memmap) and not loaded.users.adapter.flags.writeable
+    assert isinstance(loaded.history.seen, np.memmap)
+    assert not isinstance(loaded.base.item_embeddings, np.memmap)
+
+
+def test_the_previous_format_still_loads(tmp_path, synthetic_small, small_config):
+    """A version saved as one arrays.npz (format 3) loads into memory with the same arrays."""
+    model = train_model(synthetic_small, small_config)
+    folder = save_model(model, tmp_path)
+    arrays = {path.stem: np.load(path) for path in (folder / "arrays").glob("*.npy")}
+    np.savez(folder / "arrays.npz", **arrays)
+    for path in (folder / "arrays").glob("*.npy"):
+        path.unlink()
+    (folder / "arrays").rmdir()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps(manifest | {"format": "sona-model/3"}))
+    loaded = load_model(tmp_path)
+    assert not isinstance(loaded.users.adapter, np.memmap)
+    np.testing.assert_array_equal(loaded.users.adapter, model.users.adapter)
+    np.testing.assert_array_equal(loaded.history.recent_items, model.history.recent_items)
 
 
 def test_cli_train_saves_a_loadable_version(tmp_path):

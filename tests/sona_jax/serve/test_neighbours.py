@@ -70,6 +70,12 @@ def test_an_engine_past_the_threshold_serves_through_the_index():
     exact = ServingEngine.load(model, cfg)
     approximate = exact.with_config(cfg.with_overrides({"collaborative": {"approximate_from": 1}}))
     assert exact.viewer_search is None and approximate.viewer_search is not None
+    # only found rows are read: the pool keeps the stored float16 (half the bytes)
+    assert exact.state.pool_preferences.dtype == np.float32
+    assert approximate.state.pool_preferences.dtype == np.float16
+    back = approximate.with_config(cfg)
+    assert back.viewer_search is None
+    np.testing.assert_array_equal(back.state.pool_preferences, exact.state.pool_preferences)
     queries = [
         Query(viewers.model_profile(exact, u), 10, True, 1.0, seed=i)
         for i, u in enumerate(model.user_ids.tolist()[:32])
