@@ -1,7 +1,14 @@
 """SPEC 7: one protocol end to end — the side-by-side rows of `sona eval`.
 
 * P1 next-watch / P2 random split (`sona_jax.eval.splits`); items seen in train are never
-  ranked; every rating counts as a positive.
+  ranked; every rating counts as a positive. Same-second events are ordered by
+  `EvalOptions.tie_break` before anything else; P1 adds a robustness pass where they are
+  ordered at random (seeded), with the settings chosen on the main validation split.
+* Baselines: popularity, EASE, implicit-ALS, RP3beta (each setting from its grid chosen on
+  validation, then refit on train) and SASRec (`sona_jax.eval.sasrec`: epochs chosen by early
+  stopping on validation; its test lists read each viewer's whole train sequence).
+* Every row carries a paired bootstrap 95 % interval of the hybrid's per-viewer NDCG minus
+  that row's (`hybrid_minus_95ci`).
 * Validation splits are carved from train with the same protocol; EASE's λ, ALS's settings and
   (optionally) the fusion weights, graph walk, MMR λ and cold start's genre strength are chosen
   there, never on test. Settings that differ in a train-time key get their own trained model
@@ -18,11 +25,12 @@ import numpy as np
 
 from sona_jax.config import SonaConfig
 from sona_jax.data.schema import Dataset
-from sona_jax.eval import baselines
+from sona_jax.eval.baseline_rows import baseline_rows, hybrid_intervals, matrix_of
 from sona_jax.eval.cold_start import cold_start_curve, tune_cold_start
-from sona_jax.eval.metrics import list_metrics, ranking_metrics, top_from_scores
+from sona_jax.eval.metrics import list_metrics, per_user_ndcg, ranking_metrics, top_from_scores
 from sona_jax.eval.ranking import rank
-from sona_jax.eval.splits import Split, make_split, subset
+from sona_jax.eval.sasrec import SASRec, SASRecSettings, user_sequences
+from sona_jax.eval.splits import Split, make_split, order_ties, subset
 from sona_jax.model.train import train_model
 from sona_jax.serve.engine import ServingEngine
 from sona_jax.serve.fusion import SOURCE_NAMES, fusion_weights
@@ -67,6 +75,18 @@ class EvalOptions:
     cold_tune_points: tuple[int, ...] = (1, 3, 5)
     ease_l2_grid: tuple[float, ...] = (50.0, 100.0, 200.0, 500.0, 1000.0)
     als_grid: tuple[tuple[int, float], ...] = ((32, 0.05), (64, 0.05), (128, 0.1))
+    # RP3beta (alpha, beta, neighbours per item)
+    rp3beta_grid: tuple[tuple[float, float, int], ...] = tuple(
+        (alpha, beta, neighbours)
+        for alpha in (0.5, 1.0)
+        for beta in (0.0, 0.25, 0.5)
+        for neighbours in (100, 400)
+    )
+    sasrec: SASRecSettings = SASRecSettings()
+    # how same-second events are ordered (`splits.order_ties`); P1's robustness pass orders
+    # them at random with each of these seeds
+    tie_break: str = "hashed"
+    random_tie_seeds: tuple[int, ...] = (1,)
 
     @property
     def ndcg(self) -> str:
@@ -106,44 +126,6 @@ def context_arrays(split: Split, users: np.ndarray, use_context: bool):
     if not use_context:
         return None, None
     return split.test_time_of_day[users], split.test_device[users]
-
-
-def _baseline_rows(
-    train_matrix, val_train, val_split, split, users, vectors, options, log_fn, clock
-):
-    rows = []
-    val_users, k = val_split.users, options.k
-
-    def val_ndcg(model):
-        model.fit(val_train)
-        top = top_from_scores(model.scores(val_users), val_train, val_users, k)
-        return ranking_metrics(top, val_split.test, val_users)[options.ndcg]
-
-    candidates = [
-        ("popularity", [baselines.Popularity()]),
-        ("ease", [baselines.EASE(l2) for l2 in options.ease_l2_grid]),
-        (
-            "implicit-als",
-            [baselines.ImplicitALS(f, r, seed=options.seed) for f, r in options.als_grid],
-        ),
-    ]
-    for name, models in candidates:
-        started = clock()
-        scores = [val_ndcg(model) for model in models] if len(models) > 1 else [0.0]
-        best = models[int(np.argmax(scores))]
-        best.fit(train_matrix)
-        top = top_from_scores(best.scores(users), train_matrix, users, k)
-        rows.append(
-            {
-                "name": name,
-                "kind": "baseline",
-                "metrics": list_metrics(top, split.test, users, vectors),
-                "chosen_on_validation": best.settings(),
-                "seconds": clock() - started,
-            }
-        )
-        log_fn(f"{name}: {rows[-1]['metrics'][options.ndcg]:.4f} NDCG@{k}")
-    return rows
 
 
 def tune_on_validation(
@@ -207,6 +189,60 @@ def tune_on_validation(
     return best_cfg, weights, headline_lambda, tuned
 
 
+def protocol_splits(dataset: Dataset, options: EvalOptions) -> tuple[Split, Split]:
+    """The test split over every event and the validation split carved from its train."""
+    log, n_users, n_items = dataset.events, dataset.n_users, dataset.n_items
+    everything = np.ones(len(log), bool)
+    split = make_split(options.protocol, log, everything, n_users, n_items, options.seed)
+    val_split = make_split(options.protocol, log, split.train, n_users, n_items, options.seed + 1)
+    return split, val_split
+
+
+def random_tie_pass(
+    dataset: Dataset,
+    cfg: SonaConfig,
+    weights: np.ndarray,
+    mmr_lambda: float,
+    chosen: dict,
+    seed: int,
+    options: EvalOptions,
+    log_fn: LogFn,
+) -> dict:
+    """The hybrid, its graph source and every baseline with the settings already chosen,
+    refit after same-second events are put in a random (seeded) order: NDCG per row and the
+    hybrid's paired interval against each. Nothing is re-tuned."""
+    shuffled = order_ties(dataset, "random", seed)
+    split, _ = protocol_splits(shuffled, options)
+    users, k = split.users, options.k
+    engine = TrainedEngines(subset(shuffled, split.train))(cfg)
+    tod, device = context_arrays(split, users, True)
+    lists = {
+        "sona-hybrid": rank(engine, users, weights, mmr_lambda, tod, device, k),
+        "graph_based": rank(
+            engine, users, one_hot_weights(SOURCE_NAMES.index("graph_based")), 1.0, tod, device, k
+        ),
+    }
+    train_matrix = matrix_of(shuffled, split.train)
+    for name, model in chosen.items():
+        if isinstance(model, SASRec):
+            model = SASRec(model.config, epochs=model.epochs).fit(
+                user_sequences(shuffled.events, split.train, shuffled.n_users), shuffled.n_items
+            )
+        else:
+            model = model.fit(train_matrix)
+        lists[name] = top_from_scores(model.scores(users), train_matrix, users, k)
+    per_user = {name: per_user_ndcg(top, split.test, users)[0] for name, top in lists.items()}
+    rows = [
+        {"name": name, "metrics": {options.ndcg: float(v.mean())}} for name, v in per_user.items()
+    ]
+    hybrid_intervals(rows[1:], per_user, per_user["sona-hybrid"], options.seed)
+    log_fn(
+        f"random ties (seed {seed}): "
+        + ", ".join(f"{row['name']} {row['metrics'][options.ndcg]:.4f}" for row in rows)
+    )
+    return {"seed": seed, "rows": rows}
+
+
 def evaluate(
     dataset: Dataset,
     cfg: SonaConfig,
@@ -217,17 +253,9 @@ def evaluate(
     """Run one protocol end to end and return the `sona eval` JSON document (``clock``, when
     given, times each row: seconds as a float)."""
     started = clock()
-    log, n_users, n_items = dataset.events, dataset.n_users, dataset.n_items
-    everything = np.ones(len(log), bool)
-    split = make_split(options.protocol, log, everything, n_users, n_items, options.seed)
-    val_split = make_split(options.protocol, log, split.train, n_users, n_items, options.seed + 1)
-    users, k = split.users, options.k
-    train_matrix = baselines.interaction_matrix(
-        log.user[split.train], log.item[split.train], n_users, n_items
-    )
-    val_train = baselines.interaction_matrix(
-        log.user[val_split.train], log.item[val_split.train], n_users, n_items
-    )
+    dataset = order_ties(dataset, options.tie_break, options.seed)
+    split, val_split = protocol_splits(dataset, options)
+    users, k, n_items = split.users, options.k, dataset.n_items
     use_context = options.protocol == "p1"
 
     configured_cfg = cfg
@@ -251,6 +279,7 @@ def evaluate(
         return rank(engine_, users, weights_, lam, tod_, device_, k)
 
     plain = top(weights, 1.0)
+    per_user = {}
     diverse = top(weights, cfg.diversity.mmr_lambda)
     headline = plain if headline_lambda == 1.0 else top(weights, headline_lambda)
     # The headline row ranks with the λ chosen on validation; _plain (λ = 1, no MMR) against
@@ -273,16 +302,22 @@ def evaluate(
     for s, name in enumerate(SOURCE_NAMES):
         if name == "context" and not use_context:
             continue
+        source_top = top(one_hot_weights(s), 1.0)
+        per_user[name] = per_user_ndcg(source_top, split.test, users)[0]
         rows.append(
             {
                 "name": name,
                 "kind": "source",
-                "metrics": list_metrics(top(one_hot_weights(s), 1.0), split.test, users, vectors),
+                "metrics": list_metrics(source_top, split.test, users, vectors),
             }
         )
     log_fn(f"hybrid: {hybrid_metrics[options.ndcg]:.4f} NDCG@{k}")
-    rows += _baseline_rows(
-        train_matrix, val_train, val_split, split, users, vectors, options, log_fn, clock
+    more_rows, more_per_user, chosen = baseline_rows(
+        dataset, val_split, split, vectors, options, log_fn, clock
+    )
+    rows += more_rows
+    hybrid_intervals(
+        rows, per_user | more_per_user, per_user_ndcg(headline, split.test, users)[0], options.seed
     )
 
     result = {
@@ -294,7 +329,13 @@ def evaluate(
         "items": int(n_items),
         "fusion": fusion,
         "mmr_lambda": cfg.diversity.mmr_lambda,
+        "tie_break": options.tie_break,
     }
+    if options.protocol == "p1" and options.random_tie_seeds:
+        result["random_ties"] = [
+            random_tie_pass(dataset, cfg, weights, headline_lambda, chosen, seed, options, log_fn)
+            for seed in options.random_tie_seeds
+        ]
     if use_context:
         no_context = top(weights, 1.0, tod_=None, device_=None)  # as `plain`, no context
         result["context"] = {

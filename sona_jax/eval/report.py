@@ -9,14 +9,18 @@ def format_table(result: dict) -> str:
     columns = (
         [f"hr@{k}", f"ndcg@{k}"] if result["protocol"] == "p1" else [f"precision@{k}", f"ndcg@{k}"]
     ) + ["coverage", f"ild@{k}"]
+    ties = result.get("tie_break")
     lines = [
-        f"{result['data']} {result['protocol'].upper()} ({result['users']} users)",
+        f"{result['data']} {result['protocol'].upper()} ({result['users']} users"
+        + (f"; same-second events ordered: {ties}" if ties else "")
+        + ")",
         "",
-        "| model | kind | " + " | ".join(columns) + " |",
-        "| --- | --- |" + " --- |" * len(columns),
+        "| model | kind | " + " | ".join(columns) + f" | hybrid − model NDCG@{k}, 95 % CI |",
+        "| --- | --- |" + " --- |" * (len(columns) + 1),
     ]
     for row in result["rows"]:
         values = " | ".join(f"{row['metrics'][c]:.4f}" for c in columns)
+        values += " | " + _interval(row)
         name = row["name"] + (
             f" (λ={row['mmr_lambda']}, tuned on validation)"
             if row.get("mmr_lambda", 1.0) != 1.0
@@ -31,7 +35,21 @@ def format_table(result: dict) -> str:
                 if row["metrics"].get(f"ndcg@{k}" + suffix) is None:
                     continue
                 values = " | ".join(f"{row['metrics'][c + suffix]:.4f}" for c in columns)
+                values += " | "
                 lines.append(f"| {row['name']} {label} | hybrid variant | {values} |")
+    for tie_pass in result.get("random_ties", []):
+        lines += [
+            "",
+            f"same-second events in random order (seed {tie_pass['seed']}), settings as above, "
+            "nothing re-tuned:",
+            "",
+            f"| model | ndcg@{k} | hybrid − model, 95 % CI |",
+            "| --- | --- | --- |",
+        ]
+        lines += [
+            f"| {row['name']} | {row['metrics'][f'ndcg@{k}']:.4f} | {_interval(row)} |"
+            for row in tie_pass["rows"]
+        ]
     if "context" in result:
         c = result["context"]
         lines += [
@@ -69,3 +87,11 @@ def format_table(result: dict) -> str:
             for p in result["cold_start"]
         ]
     return "\n".join(lines)
+
+
+def _interval(row: dict) -> str:
+    """The hybrid's mean difference to ``row`` and its 95 % interval, or blank."""
+    if "hybrid_minus_95ci" not in row:
+        return ""
+    low, high = row["hybrid_minus_95ci"]
+    return f"{row['hybrid_minus']:+.4f} [{low:+.4f}, {high:+.4f}]"

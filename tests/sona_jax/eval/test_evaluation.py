@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from service.cli import main
 from sona_jax.config import SonaConfig
 from sona_jax.eval import cold_start, metrics, protocols, report, splits
+from sona_jax.eval.sasrec import SASRecSettings
 from sona_jax.serve.fusion import fusion_weights
 
 SMALL = SonaConfig().with_overrides({"model": {"embedding_dim": 32}})
@@ -64,11 +65,22 @@ def test_small_end_to_end_eval_beats_popularity(synthetic_small):
         cold_start_users=150,
         ease_l2_grid=(50.0, 200.0),
         als_grid=((16, 0.05),),
+        rp3beta_grid=((1.0, 0.0, 50), (0.5, 0.5, 50)),
+        sasrec=SASRecSettings(dim=16, max_len=16, max_epochs=4),
     )
     result = protocols.evaluate(synthetic_small, SMALL, options)
     rows = {row["name"]: row for row in result["rows"]}
     assert [row["kind"] for row in result["rows"]].count("hybrid") == 1
-    assert {"popularity", "ease", "implicit-als"} <= set(rows)
+    assert {"popularity", "ease", "implicit-als", "rp3beta", "sasrec"} <= set(rows)
+    assert 2 <= rows["sasrec"]["chosen_on_validation"]["epochs"] <= 4
+    for row in result["rows"][1:]:  # every row against the hybrid, paired over viewers
+        low, high = row["hybrid_minus_95ci"]
+        difference = rows["sona-hybrid"]["metrics"]["ndcg@10"] - row["metrics"]["ndcg@10"]
+        assert low <= row["hybrid_minus"] <= high
+        assert row["hybrid_minus"] == pytest.approx(difference, abs=1e-6)
+    assert result["tie_break"] == "hashed"
+    (tie_pass,) = result["random_ties"]
+    assert {row["name"] for row in tie_pass["rows"]} >= {"sona-hybrid", "sasrec", "ease"}
     hybrid = rows["sona-hybrid"]["metrics"]
     print({name: round(row["metrics"]["ndcg@10"], 4) for name, row in rows.items()})
     assert hybrid["ndcg@10"] > rows["popularity"]["metrics"]["ndcg@10"]
