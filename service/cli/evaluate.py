@@ -36,9 +36,19 @@ from service.cli.common import DATA_CHOICE, config_or_exit, load_or_exit
     "validation split carved from train.",
 )
 @click.option("--seed", default=0, show_default=True)
+@click.option(
+    "--ties",
+    type=click.Choice(["hashed", "random", "file"]),
+    default="hashed",
+    show_default=True,
+    help="Order of a viewer's same-second events (P1's test item is the last): a fixed hash of "
+    "(viewer, item), seeded random, or the file's line order.",
+)
 @click.option("--users", default=2_000, show_default=True, help="Synthetic viewers.")
 @click.option("--items", default=3_000, show_default=True, help="Synthetic catalogue size.")
-def evaluate_command(kind, path, protocol, config_path, out, tune, seed, users, items) -> None:
+def evaluate_command(
+    kind, path, protocol, config_path, out, tune, seed, ties, users, items
+) -> None:
     """Evaluate the hybrid, each source and the baselines side by side (SPEC 7)."""
     from sona_lab.blas import single_threaded_blas
 
@@ -50,7 +60,7 @@ def evaluate_command(kind, path, protocol, config_path, out, tune, seed, users, 
     dataset = load_or_exit(kind, path, users, items, seed)
     protocols = ["p1", "p2"] if protocol == "all" else [protocol]
     for name in protocols:
-        options = EvalOptions(protocol=name, seed=seed, tune_fusion=tune)
+        options = EvalOptions(protocol=name, seed=seed, tune_fusion=tune, tie_break=ties)
         result = evaluate(
             dataset,
             cfg,

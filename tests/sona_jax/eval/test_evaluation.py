@@ -140,6 +140,8 @@ def test_eval_command_writes_the_json_other_tools_read(tmp_path):
             "--protocol",
             "p2",
             "--no-tune",
+            "--ties",
+            "random",
             "--config",
             str(config),
             "--out",
@@ -149,6 +151,7 @@ def test_eval_command_writes_the_json_other_tools_read(tmp_path):
     assert result.exit_code == 0, result.output
     document = json.loads(out.read_text())
     assert document["data"] == "synthetic" and document["protocol"] == "p2"
+    assert document["tie_break"] == "random"
     assert [row["kind"] for row in document["rows"]].count("hybrid") == 1
     assert all({"name", "kind", "metrics"} <= set(row) for row in document["rows"])
     assert "precision@10" in document["rows"][0]["metrics"]
