@@ -104,13 +104,23 @@ class LoraConfig(_Section):
         return self.alpha / self.rank
 
 
+Gate = tuple[float, float, float, float]
+
+
 class FusionConfig(_Section):
-    """SPEC 3.3 weights; they need not sum to one, they are renormalised over present sources."""
+    """SPEC 3.3 weights; they need not sum to one, they are renormalised over present sources.
+
+    The learned fusion (`sona_jax.serve.fusion.viewer_weights`) scales each weight per viewer
+    by exp(gate_history · h + gate_context · c): h = log(1 + qualifying events) / log(1 +
+    cold_start.blend_events), c = 1 when the request has a context. All-zero gates are the
+    fixed-weight fusion; `sona eval` learns them (and the weights) on validation."""
 
     collaborative: float = serve(0.35, ge=0.0)
     content_based: float = serve(0.25, ge=0.0)
     graph_based: float = serve(0.30, ge=0.0)
     context: float = serve(0.10, ge=0.0)
+    gate_history: Gate = serve((0.0, 0.0, 0.0, 0.0), description="per source, SOURCE_NAMES order")
+    gate_context: Gate = serve((0.0, 0.0, 0.0, 0.0), description="per source, SOURCE_NAMES order")
 
     @model_validator(mode="after")
     def _some_weight(self) -> FusionConfig:

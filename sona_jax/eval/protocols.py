@@ -27,6 +27,7 @@ from sona_jax.config import SonaConfig
 from sona_jax.data.schema import Dataset
 from sona_jax.eval.baseline_rows import baseline_rows, hybrid_intervals, matrix_of
 from sona_jax.eval.cold_start import cold_start_curve, tune_cold_start
+from sona_jax.eval.learned_fusion import FusionFitSettings, learn_on_validation
 from sona_jax.eval.metrics import list_metrics, per_user_ndcg, ranking_metrics, top_from_scores
 from sona_jax.eval.ranking import rank
 from sona_jax.eval.sasrec import SASRec, SASRecSettings, user_sequences
@@ -62,6 +63,10 @@ class EvalOptions:
             ("hops", 1),
         ),
     )
+    # the learned fusion (`learned_fusion`): fitted on validation, used when its cross-fitted
+    # validation NDCG is at least the fixed weights'
+    learned_fusion: bool = True
+    fusion_fit: FusionFitSettings = FusionFitSettings()
     # MMR λ tried on validation for the headline row (with the best weights and seeds)
     mmr_lambdas: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
     # then this many points drawn close to the best weights (Dirichlet around them)
@@ -110,6 +115,18 @@ def one_hot_weights(source: int) -> np.ndarray:
     weights = np.zeros(len(SOURCE_NAMES), np.float32)
     weights[source] = 1.0
     return weights
+
+
+def fusion_record(weights) -> dict:
+    """The JSON of fusion weights (4,) or a learned fusion matrix (3, 4), by source name."""
+    rows = np.atleast_2d(np.asarray(weights, np.float64))
+    record = dict(zip(SOURCE_NAMES, map(float, rows[0]), strict=True))
+    if len(rows) > 1:
+        record |= {
+            "gate_history": dict(zip(SOURCE_NAMES, map(float, rows[1]), strict=True)),
+            "gate_context": dict(zip(SOURCE_NAMES, map(float, rows[2]), strict=True)),
+        }
+    return record
 
 
 def candidate_weights(cfg: SonaConfig, n_random: int, seed: int) -> list[np.ndarray]:
@@ -166,9 +183,35 @@ def tune_on_validation(
     engine = engines(best_cfg)
     lambdas = [(ndcg(engine, weights, lam), lam) for lam in options.mmr_lambdas]
     best_ndcg, headline_lambda = max(lambdas, key=lambda trial: trial[0])
+    fixed_weights = weights
+    learned = None
+    if options.learned_fusion:
+        matrix, learned = learn_on_validation(
+            engine,
+            val_split.test,
+            val_users,
+            tod,
+            device,
+            weights,
+            best_cfg,
+            options.fusion_fit,
+            options.k,
+        )
+        # Learned or fixed, chosen on validation: the learned fusion's NDCG is cross-fitted
+        # (scored on viewers it was not fitted on); the fixed weights' is their own search's.
+        learned["used"] = max(learned["cross_fitted_ndcg"].values()) >= learned["fixed_ndcg"]
+        if learned["used"]:
+            weights = matrix
+        log_fn(
+            f"learned fusion: cross-fitted validation NDCG@{options.k} "
+            f"{max(learned['cross_fitted_ndcg'].values()):.4f} vs fixed {learned['fixed_ndcg']:.4f}"
+            f" ({'used' if learned['used'] else 'not used'}; L2 {learned['l2']}, matrix "
+            f"{np.round(matrix, 3).tolist()})"
+        )
     graph_keys = ("seed_position_decay", "recent_items", "seed_weighting", "hops", "first_hop")
     tuned = {
-        "tuned": weights.tolist(),
+        "tuned": fixed_weights.tolist(),
+        "learned": learned,
         f"validation_{options.ndcg}": best_ndcg,
         "tuned_mmr_lambda": headline_lambda,
         f"validation_configured_{options.ndcg}": configured_ndcg,
@@ -181,7 +224,7 @@ def tune_on_validation(
     }
     g = best_cfg.graph
     log_fn(
-        f"fusion weights {np.round(weights, 3).tolist()}, graph seeds {g.recent_items} "
+        f"fusion weights {np.round(fixed_weights, 3).tolist()}, graph seeds {g.recent_items} "
         f"x{g.seed_position_decay}/position ({g.seed_weighting}, {g.hops} hops, "
         f"{g.first_hop} first hop), MMR λ {headline_lambda} (validation NDCG@{options.k} "
         f"{best_ndcg:.4f} vs configured {configured_ndcg:.4f})"
@@ -292,10 +335,20 @@ def evaluate(
             "name": "sona-hybrid",
             "kind": "hybrid",
             "metrics": hybrid_metrics,
-            "weights": dict(zip(SOURCE_NAMES, map(float, weights), strict=True)),
+            "weights": fusion_record(weights),
             "mmr_lambda": headline_lambda,
         }
     ]
+    if np.ndim(weights) == 2:  # learned fusion headline: the fixed weights beside it
+        fixed = top(np.asarray(fusion["tuned"], np.float32), headline_lambda)
+        per_user["sona-hybrid fixed weights"] = per_user_ndcg(fixed, split.test, users)[0]
+        rows.append(
+            {
+                "name": "sona-hybrid fixed weights",
+                "kind": "hybrid variant",
+                "metrics": list_metrics(fixed, split.test, users, vectors),
+            }
+        )
     if options.tune_fusion:  # the configured setting on its own trained model
         configured = top(fusion_weights(configured_cfg), 1.0, engines(configured_cfg))
         fusion["test_configured_metrics"] = list_metrics(configured, split.test, users, vectors)

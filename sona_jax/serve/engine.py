@@ -110,7 +110,7 @@ class ServingEngine:
     model: TrainedModel
     cfg: SonaConfig
     state: ServingState
-    weights: jnp.ndarray  # (4,) fusion weights
+    weights: jnp.ndarray  # (3, 4) fusion matrix (`fusion.fusion_matrix`)
     compiled: SonaConfig  # what the jitted calls see (`fusion.compiled_config`)
     widths: ListWidths
     item_index: dict[str, int] = field(repr=False)
@@ -147,7 +147,7 @@ class ServingEngine:
             model,
             cfg,
             with_context_items(state, compiled),
-            fusion.fusion_weights(cfg),
+            fusion.fusion_matrix(cfg),
             compiled,
             list_widths(model, cfg.candidates.max_seen_items),
             {content_id: i for i, content_id in enumerate(model.item_ids.tolist())},
@@ -189,7 +189,7 @@ class ServingEngine:
             cfg=cfg,
             state=with_context_items(state, compiled),
             basis=basis,
-            weights=fusion.fusion_weights(cfg),
+            weights=fusion.fusion_matrix(cfg),
             compiled=compiled,
             viewer_search=search,
         )
@@ -273,7 +273,7 @@ class ServingEngine:
     ) -> Lists:
         """Top lists of n users (host `UserBatch` of n rows, `RequestBatch` of n rows, limits
         (n,)): one jitted call over a bucketed batch; ``weights`` override the configured
-        fusion weights (4,)."""
+        fusion: a (3, 4) matrix or weights (4,) (gates zero)."""
         n = users.preference.shape[0]
         padded, size = self._users(users)
         limits = np.asarray(limits, np.int32)
@@ -282,7 +282,7 @@ class ServingEngine:
             padded,
             pad_requests(requests, size),
             np.concatenate([limits, np.ones(size - n, np.int32)]),
-            self.weights if weights is None else jnp.asarray(weights, jnp.float32),
+            self.weights if weights is None else fusion.as_fusion(weights),
             self.compiled,
             output_width(int(limits.max())),
             self._neighbours(users.preference, size),
@@ -306,6 +306,22 @@ class ServingEngine:
         """`recommend` for model users ``rows`` (evaluation)."""
         limits = np.full(len(rows), k, np.int32)
         return self.recommend(model_rows(self.model, rows), requests, limits, weights)
+
+    def candidate_rows(
+        self, rows: np.ndarray, requests: RequestBatch
+    ) -> tuple[rank.RequestCandidates, np.ndarray]:
+        """`recommend.candidate_table` of model users ``rows`` (n,) and their qualifying
+        event counts (n,); the table keeps its bucketed batch's padding rows past n."""
+        users = model_rows(self.model, rows)
+        padded, size = self._users(users)
+        table = recommend.candidate_table(
+            self.state,
+            padded,
+            pad_requests(requests, size),
+            self.compiled,
+            self._neighbours(users.preference, size),
+        )
+        return table, np.asarray(users.qualifying)
 
     def recommend_queries(
         self, queries: Sequence[Query]

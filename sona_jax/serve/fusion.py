@@ -44,10 +44,50 @@ def compiled_config(cfg: SonaConfig) -> SonaConfig:
     )
 
 
+FUSION_ROWS = 3  # a fusion matrix's rows: weights, history gate, context gate
+EXPONENT_LIMIT = 30.0  # |gate exponent| kept where exp() stays finite in float32
+
+
 def fusion_weights(cfg: SonaConfig) -> jnp.ndarray:
     """(4,) configured weights in SOURCE_NAMES order."""
     f = cfg.fusion
     return jnp.array([f.collaborative, f.content_based, f.graph_based, f.context], jnp.float32)
+
+
+def fusion_matrix(cfg: SonaConfig) -> jnp.ndarray:
+    """(3, 4) the configured fusion matrix: weights, gate_history, gate_context, each in
+    SOURCE_NAMES order (see `FusionConfig`)."""
+    f = cfg.fusion
+    gates = jnp.array([f.gate_history, f.gate_context], jnp.float32)
+    return jnp.concatenate([fusion_weights(cfg)[None, :], gates], axis=0)
+
+
+def as_fusion(weights) -> jnp.ndarray:
+    """(3, 4) fusion matrix from a matrix or from plain weights (4,) (gates zero: fixed)."""
+    weights = jnp.asarray(weights, jnp.float32)
+    if weights.ndim == 1:
+        return jnp.concatenate([weights[None, :], jnp.zeros((FUSION_ROWS - 1, 4))], axis=0)
+    return weights
+
+
+def history_feature(qualifying: jnp.ndarray, cfg: SonaConfig) -> jnp.ndarray:
+    """(users,) log(1 + qualifying events) / log(1 + cold_start.blend_events): 0 for a new
+    viewer, 1 where cold start's blend ends."""
+    return jnp.log1p(qualifying.astype(jnp.float32)) / jnp.log1p(cfg.cold_start.blend_events)
+
+
+def viewer_weights(
+    fusion: jnp.ndarray, qualifying: jnp.ndarray, contextual: jnp.ndarray, cfg: SonaConfig
+) -> jnp.ndarray:
+    """(users, 4) each viewer's source weights: the fusion matrix's (3, 4) weights scaled by
+    exp(gate_history · h + gate_context · c) (`history_feature`, c: (users,) the request has a
+    context)."""
+    fusion = as_fusion(fusion)
+    exponent = (
+        fusion[1][None, :] * history_feature(qualifying, cfg)[:, None]
+        + fusion[2][None, :] * contextual.astype(jnp.float32)[:, None]
+    )
+    return fusion[0][None, :] * jnp.exp(jnp.clip(exponent, -EXPONENT_LIMIT, EXPONENT_LIMIT))
 
 
 class MinMax(NamedTuple):
@@ -107,7 +147,8 @@ def fit_blend(
     qualifying: jnp.ndarray,
     cfg: SonaConfig,
 ) -> Blend:
-    """Normalise over the request's candidates; weights renormalised over active sources."""
+    """Normalise over the request's candidates; weights ((3, 4) fusion matrix or (4,))
+    renormalised over active sources."""
     return blend_with(
         fit_min_max(scores.raw, mask[:, None, :]),
         fit_min_max(scores.cold, mask),
@@ -127,16 +168,18 @@ def blend_with(
     cfg: SonaConfig,
 ) -> Blend:
     """The `Blend` of normalisers already fitted (sources (users, 4, 1), cold (users, 1)) for
-    sources ``active`` (users, 4): weights renormalised over the active ones, β, and the
-    context weight."""
-    active_weights = weights[None, :] * active
+    sources ``active`` (users, 4): each viewer's weights (`viewer_weights` of the fusion
+    matrix ``weights`` (3, 4), or plain weights (4,)) renormalised over the active ones, β,
+    and the context weight."""
+    per_viewer = viewer_weights(weights, qualifying, active[:, 3], cfg)
+    active_weights = per_viewer * active
     total = jnp.sum(active_weights, axis=1, keepdims=True)
     return Blend(
         sources,
         cold,
         active_weights / jnp.where(total > 0, total, 1.0),
         jnp.where(total[:, 0] > 0, blend_weight(qualifying, cfg), 0.0),
-        weights[3] * active[:, 3],
+        per_viewer[:, 3] * active[:, 3],
     )
 
 

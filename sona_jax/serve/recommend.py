@@ -18,7 +18,7 @@ from sona_jax.config import SonaConfig
 from sona_jax.model.lora import base_queries, candidate_logits, personalised_scores
 from sona_jax.serve import retrieval, sources
 from sona_jax.serve.fusion import MinMax, blend_with, blended, fit_min_max
-from sona_jax.serve.rank import Recommendations, rank
+from sona_jax.serve.rank import Recommendations, RequestCandidates, rank, request_candidates
 from sona_jax.serve.retrieval import KeptForScores
 from sona_jax.serve.state import RequestBatch, ServingState, UserBatch, has_context
 
@@ -38,6 +38,21 @@ def recommend(
     candidates it does not hold (and what evaluation measures); ``neighbours`` as `retrieve`'s."""
     candidates = retrieval.retrieve(state, users, request.exclude_watched, cfg, neighbours)
     return rank(state, users, request, candidates, limit, weights, cfg, n_out)
+
+
+@partial(jax.jit, static_argnames=("cfg",))
+def candidate_table(
+    state: ServingState,
+    users: UserBatch,
+    request: RequestBatch,
+    cfg: SonaConfig,
+    neighbours: jnp.ndarray | None = None,
+) -> RequestCandidates:
+    """What `recommend` fuses, before fusion: each viewer's candidates (retrieved and the
+    context's) with every source's raw score. Fitting the learned fusion reads it and fuses
+    with `fusion.fit_blend` / `fusion.blended`, as ranking does."""
+    candidates = retrieval.retrieve(state, users, request.exclude_watched, cfg, neighbours)
+    return request_candidates(state, users, request, candidates, cfg)
 
 
 class ItemScores(NamedTuple):

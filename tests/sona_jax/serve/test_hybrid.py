@@ -200,21 +200,27 @@ def test_fusion_matches_reference(seed, n):
     state = random_state(seed)
     users = random_users(seed, state, n)
     request = random_requests(seed, n)
-    weights = np.random.default_rng(seed).random(4).astype(np.float32) + 0.01
+    rng = np.random.default_rng(seed)
+    weights = rng.random(4).astype(np.float32) + 0.01
+    # the learned fusion's per-viewer gates (history, context); closed on odd seeds
+    gates = rng.uniform(-1, 1, (2, 4)).astype(np.float32) * (seed % 2 == 0)
     scores = catalogue_scores(state, users, request)
     mask = jnp.asarray(np.random.default_rng(seed + 1).random((n, 30)) < 0.6)
-    blend = fusion.fit_blend(scores, mask, jnp.asarray(weights), users.qualifying, CFG)
+    matrix = jnp.asarray(np.concatenate([weights[None], gates]))
+    blend = fusion.fit_blend(scores, mask, matrix, users.qualifying, CFG)
     blended, _ = fusion.blended(blend, scores.raw, scores.cold, mask)
     mask = np.asarray(mask)
     blended = np.asarray(blended)
     raw, cold, active = (np.asarray(x) for x in scores)
     for u in range(n):
-        w = weights * active[u]
-        normed = [reference.minmax(raw[u, s], mask[u]) for s in range(4)]
         q = users.qualifying[u]
+        history = np.log1p(q) / np.log1p(CFG.cold_start.blend_events)
+        viewer = weights * np.exp(gates[0] * history + gates[1] * active[u, 3])
+        w = viewer * active[u]
+        normed = [reference.minmax(raw[u, s], mask[u]) for s in range(4)]
         beta = 0.0 if q < 3 or w.sum() == 0 else min(1.0, q / 20)
         fused = sum(w[s] * normed[s] for s in range(4)) / max(w.sum(), 1e-30)
-        cw = weights[3] * active[u, 3]
+        cw = viewer[3] * active[u, 3]
         cold_mix = (reference.minmax(cold[u], mask[u]) + cw * normed[3]) / (1 + cw)
         want = beta * fused + (1 - beta) * cold_mix
         np.testing.assert_allclose(blended[u][mask[u]], want[mask[u]], rtol=1e-4, atol=1e-5)
