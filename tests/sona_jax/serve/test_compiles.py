@@ -44,7 +44,10 @@ def test_fusion_weights_and_mmr_lambda_compile_nothing(model, compiles):
     engine = ServingEngine.load(model, CFG)
     first = _recommend(engine)
     compiles.clear()
-    for weights, lam in (((0.9, 0.0, 0.1, 0.0), 0.2), ((0.1, 0.5, 0.3, 0.1), 1.0)):
+    for weights, lam, gate in (
+        ((0.9, 0.0, 0.1, 0.0), 0.2, (0.0, 0.0, 0.0, 0.0)),
+        ((0.1, 0.5, 0.3, 0.1), 1.0, (0.5, -1.0, 0.0, 2.0)),
+    ):
         cfg = CFG.with_overrides(
             {
                 "fusion": dict(
@@ -52,7 +55,9 @@ def test_fusion_weights_and_mmr_lambda_compile_nothing(model, compiles):
                         ("collaborative", "content_based", "graph_based", "context"),
                         weights,
                         strict=True,
-                    )
+                    ),
+                    gate_history=gate,
+                    gate_context=gate,
                 ),
                 "diversity": {"mmr_lambda": lam},
             }
@@ -63,6 +68,26 @@ def test_fusion_weights_and_mmr_lambda_compile_nothing(model, compiles):
     # a serve-time setting that shapes the program does compile (the counter is live)
     _recommend(engine.with_config(CFG.with_overrides({"diversity": {"pool_size": 40}})))
     assert len(compiles) >= 1
+
+
+def test_a_configured_learned_fusion_is_what_the_engine_serves(model):
+    gates = {"gate_history": (-2.0, 1.5, 0.5, 0.0), "gate_context": (0.0, 0.0, 0.0, 0.0)}
+    learned = CFG.with_overrides({"fusion": gates})
+    engine = ServingEngine.load(model, CFG)
+    served = _recommend(engine.with_config(learned), 40)
+    matrix = np.array([[0.35, 0.25, 0.30, 0.10], gates["gate_history"], gates["gate_context"]])
+    requests = request_rows(40, CFG.diversity.mmr_lambda)
+    by_matrix = engine.recommend_rows(np.arange(40), requests, 10, matrix)
+    np.testing.assert_array_equal(served.items, by_matrix.items)
+    fixed = _recommend(engine, 40)
+    assert (served.items != fixed.items).any()  # the gates change some viewer's list
+    closed = CFG.with_overrides({"fusion": {"gate_history": (0.0,) * 4}})
+    np.testing.assert_array_equal(_recommend(engine.with_config(closed), 40).items, fixed.items)
+    # an item explained by a source is explained by its largest per-viewer contribution
+    by_source = (served.items >= 0) & (served.kinds < 4)
+    assert by_source.any()
+    top_share = served.contributions.argmax(axis=2)
+    np.testing.assert_array_equal(served.kinds[by_source], top_share[by_source])
 
 
 def test_serving_settings_compile_nothing(model, compiles):
