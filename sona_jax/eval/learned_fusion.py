@@ -27,7 +27,7 @@ from sona_jax.eval.metrics import per_user_ndcg
 from sona_jax.eval.ranking import rank
 from sona_jax.serve.batch import request_rows
 from sona_jax.serve.engine import ServingEngine
-from sona_jax.serve.fusion import blended, fit_blend
+from sona_jax.serve.fusion import SOURCE_NAMES, blended, fit_blend
 from sona_jax.serve.rank import RequestCandidates
 
 WEIGHT_FLOOR = 1e-4  # fixed weights of zero start their log here
@@ -193,5 +193,18 @@ def learn_on_validation(
         "fixed_ndcg": float(held_out_ndcg(np.asarray(fixed_weights), np.arange(n)).mean()),
         "candidates_holding_a_held_out_item": float(positives.any(axis=1).mean()),
         "matrix": matrix.tolist(),
+        "toml": fusion_toml(matrix),
     }
     return matrix, record
+
+
+def fusion_toml(matrix: np.ndarray) -> str:
+    """The ``[fusion]`` table that serves the fusion matrix (3, 4)."""
+
+    def array(row) -> str:
+        return "[" + ", ".join(f"{v:.6g}" for v in row) + "]"
+
+    lines = ["[fusion]"] + [f"{n} = {w:.6g}" for n, w in zip(SOURCE_NAMES, matrix[0], strict=True)]
+    return "\n".join(
+        lines + [f"gate_history = {array(matrix[1])}", f"gate_context = {array(matrix[2])}"]
+    )

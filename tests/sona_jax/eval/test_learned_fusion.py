@@ -1,16 +1,18 @@
 """The learned fusion: it finds a planted per-viewer preference, and on a trained model its
 record is what ranking with its matrix measures."""
 
+import tomllib
+
 import jax.numpy as jnp
 import numpy as np
 
-from sona_jax.config import SonaConfig
+from sona_jax.config import SonaConfig, config_from_dict
 from sona_jax.eval import protocols
 from sona_jax.eval.learned_fusion import FusionFitSettings, fit_fusion, learn_on_validation
 from sona_jax.eval.metrics import per_user_ndcg
 from sona_jax.eval.ranking import rank
 from sona_jax.eval.splits import subset
-from sona_jax.serve.fusion import SourceScores, blended, fit_blend, viewer_weights
+from sona_jax.serve.fusion import SourceScores, blended, fit_blend, fusion_matrix, viewer_weights
 from sona_jax.serve.rank import RequestCandidates
 
 CFG = SonaConfig()
@@ -80,3 +82,6 @@ def test_learning_on_validation_records_what_ranking_measures(synthetic_small):
     fixed_ndcg = per_user_ndcg(ranked, val_split.test, users)[0].mean()
     assert record["fixed_ndcg"] == fixed_ndcg
     assert np.asarray(record["matrix"]).tolist() == matrix.tolist()
+    # the printed [fusion] table loads into a config that serves the same matrix
+    served = config_from_dict(tomllib.loads(record["toml"]))
+    np.testing.assert_allclose(fusion_matrix(served), matrix, rtol=1e-5)
