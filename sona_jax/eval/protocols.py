@@ -64,7 +64,7 @@ class EvalOptions:
         ),
     )
     # the learned fusion (`learned_fusion`): fitted on validation, used when its cross-fitted
-    # validation NDCG is at least the fixed weights'
+    # validation NDCG beats the fixed weights' with a paired interval above zero
     learned_fusion: bool = True
     fusion_fit: FusionFitSettings = FusionFitSettings()
     # MMR λ tried on validation for the headline row (with the best weights and seeds)
@@ -197,15 +197,15 @@ def tune_on_validation(
             options.fusion_fit,
             options.k,
         )
-        # Learned or fixed, chosen on validation: the learned fusion's NDCG is cross-fitted
-        # (scored on viewers it was not fitted on); the fixed weights' is their own search's.
-        learned["used"] = max(learned["cross_fitted_ndcg"].values()) >= learned["fixed_ndcg"]
         if learned["used"]:
             weights = matrix
         log_fn(
             f"learned fusion: cross-fitted validation NDCG@{options.k} "
             f"{max(learned['cross_fitted_ndcg'].values()):.4f} vs fixed {learned['fixed_ndcg']:.4f}"
-            f" ({'used' if learned['used'] else 'not used'}; L2 {learned['l2']}, matrix "
+            " (difference's 95 % interval [{:+.4f}, {:+.4f}]; ".format(
+                *learned["learned_minus_fixed_95ci"]
+            )
+            + f"{'used' if learned['used'] else 'not used'}; L2 {learned['l2']}, matrix "
             f"{np.round(matrix, 3).tolist()})"
         )
     graph_keys = ("seed_position_decay", "recent_items", "seed_weighting", "hops", "first_hop")
@@ -339,14 +339,21 @@ def evaluate(
             "mmr_lambda": headline_lambda,
         }
     ]
-    if np.ndim(weights) == 2:  # learned fusion headline: the fixed weights beside it
-        fixed = top(np.asarray(fusion["tuned"], np.float32), headline_lambda)
-        per_user["sona-hybrid fixed weights"] = per_user_ndcg(fixed, split.test, users)[0]
+    if fusion.get("learned"):  # the fusion the headline did not use, beside it
+        learned = fusion["learned"]
+        name, other = (
+            ("sona-hybrid fixed weights", fusion["tuned"])
+            if learned["used"]
+            else ("sona-hybrid learned fusion", learned["matrix"])
+        )
+        other_top = top(np.asarray(other, np.float32), headline_lambda)
+        per_user[name] = per_user_ndcg(other_top, split.test, users)[0]
         rows.append(
             {
-                "name": "sona-hybrid fixed weights",
+                "name": name,
                 "kind": "hybrid variant",
-                "metrics": list_metrics(fixed, split.test, users, vectors),
+                "metrics": list_metrics(other_top, split.test, users, vectors),
+                "weights": fusion_record(other),
             }
         )
     if options.tune_fusion:  # the configured setting on its own trained model

@@ -11,6 +11,7 @@ from sona_jax.eval import protocols
 from sona_jax.eval.learned_fusion import FusionFitSettings, fit_fusion, learn_on_validation
 from sona_jax.eval.metrics import per_user_ndcg
 from sona_jax.eval.ranking import rank
+from sona_jax.eval.sasrec import SASRecSettings
 from sona_jax.eval.splits import subset
 from sona_jax.serve.fusion import SourceScores, blended, fit_blend, fusion_matrix, viewer_weights
 from sona_jax.serve.rank import RequestCandidates
@@ -81,7 +82,36 @@ def test_learning_on_validation_records_what_ranking_measures(synthetic_small):
     ranked = rank(engine, users, fixed, 1.0, None, None, 10)
     fixed_ndcg = per_user_ndcg(ranked, val_split.test, users)[0].mean()
     assert record["fixed_ndcg"] == fixed_ndcg
+    low, high = record["learned_minus_fixed_95ci"]
+    assert low <= high and record["used"] == (low > 0)
     assert np.asarray(record["matrix"]).tolist() == matrix.tolist()
     # the printed [fusion] table loads into a config that serves the same matrix
     served = config_from_dict(tomllib.loads(record["toml"]))
     np.testing.assert_allclose(fusion_matrix(served), matrix, rtol=1e-5)
+
+
+def test_eval_reports_the_learned_and_the_fixed_fusion_side_by_side(synthetic_small):
+    options = protocols.EvalOptions(
+        protocol="p2",
+        graph_settings=(),
+        fusion_trials=2,
+        refine_trials=0,
+        mmr_lambdas=(1.0,),
+        cold_start_points=(),
+        ease_l2_grid=(200.0,),
+        als_grid=((16, 0.05),),
+        rp3beta_grid=((1.0, 0.5, 50),),
+        sasrec=SASRecSettings(dim=16, max_len=16, max_epochs=2),
+        fusion_fit=FusionFitSettings(steps=40, l2_grid=(1.0,)),
+    )
+    cfg = SonaConfig().with_overrides({"model": {"embedding_dim": 32}})
+    result = protocols.evaluate(synthetic_small, cfg, options)
+    learned = result["fusion"]["learned"]
+    rows = {row["name"]: row for row in result["rows"]}
+    other = "sona-hybrid fixed weights" if learned["used"] else "sona-hybrid learned fusion"
+    assert rows[other]["kind"] == "hybrid variant"
+    headline = rows["sona-hybrid"]["weights"]
+    assert ("gate_history" in headline) == learned["used"]
+    assert ("gate_history" in rows[other]["weights"]) != learned["used"]
+    low, high = rows[other]["hybrid_minus_95ci"]
+    assert low <= rows[other]["hybrid_minus"] <= high
