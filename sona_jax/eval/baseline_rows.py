@@ -33,7 +33,7 @@ def matrix_of(dataset: Dataset, mask: np.ndarray) -> sp.csr_matrix:
 
 
 def baseline_grids(options) -> list[tuple[str, list[Baseline]]]:
-    """Each matrix baseline's candidate settings (the first of a one-setting grid is used as is)."""
+    """Each matrix baseline's candidate settings (all scored on validation, the best refit)."""
     return [
         ("popularity", [baselines.Popularity()]),
         ("ease", [baselines.EASE(l2) for l2 in options.ease_l2_grid]),

@@ -142,7 +142,7 @@ def choose_and_fit(
     cfg: SonaConfig,
     settings: FusionFitSettings,
     held_out_ndcg: Callable[[np.ndarray, np.ndarray], np.ndarray],
-) -> tuple[np.ndarray, dict]:
+) -> tuple[np.ndarray, dict, np.ndarray]:
     """The fusion matrix fitted on every row, with the L2 strength whose two-fold cross-fitted
     NDCG is best, what was tried, and that strength's cross-fitted per-viewer NDCG (n,).
     ``held_out_ndcg(matrix, rows)`` is the per-viewer NDCG (len(rows),) of the lists ranked
@@ -180,7 +180,8 @@ def learn_on_validation(
     of the validation split's train part) with their held-out items ``val_test``, and a record:
     the L2 strength, its cross-fitted NDCG@k beside the fixed weights' on the same viewers
     with the paired 95 % interval of the difference, and whether to use it (``used``: the
-    interval is above zero)."""
+    interval is above zero). The fixed weights' NDCG is in-sample (they were searched on
+    these viewers), the learned one's cross-fitted: the rule leans towards the fixed weights."""
     requests = request_rows(len(val_users), 1.0, time_of_day=time_of_day, device=device)
     table, qualifying = engine.candidate_rows(val_users, requests)
     n = len(val_users)

@@ -34,7 +34,7 @@ from sona_jax.eval.sasrec import SASRec, SASRecSettings, user_sequences
 from sona_jax.eval.splits import Split, make_split, order_ties, subset
 from sona_jax.model.train import train_model
 from sona_jax.serve.engine import ServingEngine
-from sona_jax.serve.fusion import SOURCE_NAMES, fusion_weights
+from sona_jax.serve.fusion import SOURCE_NAMES, fusion_matrix, fusion_weights
 
 LogFn = Callable[[str], None]
 Clock = Callable[[], float]
@@ -172,7 +172,7 @@ def tune_on_validation(
         (ndcg(engine, candidate), candidate, best_cfg)
         for candidate in candidate_weights(cfg, options.fusion_trials, options.seed)
     ]
-    configured_ndcg = ndcg(engines(cfg), fusion_weights(cfg))
+    configured_ndcg = ndcg(engines(cfg), fusion_matrix(cfg))
     best_ndcg, weights, best_cfg = max(trials, key=lambda trial: trial[0])
     rng = np.random.default_rng(options.seed + 2)
     engine = engines(best_cfg)
@@ -253,9 +253,11 @@ def random_tie_pass(
 ) -> dict:
     """The hybrid, its graph source and every baseline with the settings already chosen,
     refit after same-second events are put in a random (seeded) order: NDCG per row and the
-    hybrid's paired interval against each. Nothing is re-tuned."""
+    hybrid's paired interval against each. Nothing is re-tuned, so every row's settings were
+    chosen on the main order's validation split, whose held-out item can be this order's test
+    item (the same for every row: a check of the order's effect, not a fresh evaluation)."""
     shuffled = order_ties(dataset, "random", seed)
-    split, _ = protocol_splits(shuffled, options)
+    split, val_split = protocol_splits(shuffled, options)
     users, k = split.users, options.k
     engine = TrainedEngines(subset(shuffled, split.train))(cfg)
     tod, device = context_arrays(split, users, True)
@@ -268,9 +270,13 @@ def random_tie_pass(
     train_matrix = matrix_of(shuffled, split.train)
     for name, model in chosen.items():
         if isinstance(model, SASRec):
+            # as in the main row: the chosen epochs on the validation split's train part, then
+            # read each viewer's whole train sequence
+            log = shuffled.events
             model = SASRec(model.config, epochs=model.epochs).fit(
-                user_sequences(shuffled.events, split.train, shuffled.n_users), shuffled.n_items
+                user_sequences(log, val_split.train, shuffled.n_users), shuffled.n_items
             )
+            model.reading(user_sequences(log, split.train, shuffled.n_users))
         else:
             model = model.fit(train_matrix)
         lists[name] = top_from_scores(model.scores(users), train_matrix, users, k)
@@ -302,7 +308,7 @@ def evaluate(
     use_context = options.protocol == "p1"
 
     configured_cfg = cfg
-    weights = np.asarray(fusion_weights(cfg))
+    weights = np.asarray(fusion_matrix(cfg))  # gates as configured (zeros: fixed)
     headline_lambda = 1.0
     fusion = {"configured": weights.tolist()}
     if options.tune_fusion:
@@ -357,7 +363,7 @@ def evaluate(
             }
         )
     if options.tune_fusion:  # the configured setting on its own trained model
-        configured = top(fusion_weights(configured_cfg), 1.0, engines(configured_cfg))
+        configured = top(fusion_matrix(configured_cfg), 1.0, engines(configured_cfg))
         fusion["test_configured_metrics"] = list_metrics(configured, split.test, users, vectors)
     for s, name in enumerate(SOURCE_NAMES):
         if name == "context" and not use_context:
@@ -395,6 +401,7 @@ def evaluate(
         result["random_ties"] = [
             random_tie_pass(dataset, cfg, weights, headline_lambda, chosen, seed, options, log_fn)
             for seed in options.random_tie_seeds
+            if not (options.tie_break == "random" and seed == options.seed)  # the main run
         ]
     if use_context:
         no_context = top(weights, 1.0, tod_=None, device_=None)  # as `plain`, no context
@@ -408,7 +415,7 @@ def evaluate(
     if options.cold_start_points:
         # Cold users are served with the configured weights (tuned ones fit warm users) and
         # the cold-start genre strength chosen on validation.
-        cold_cfg, cold_weights = configured_cfg, np.asarray(fusion_weights(configured_cfg))
+        cold_cfg, cold_weights = configured_cfg, np.asarray(fusion_matrix(configured_cfg))
         if options.tune_fusion and options.cold_genre_strengths:
             log_fn("choosing the cold-start genre strength on the validation split ...")
             strength, trials = tune_cold_start(

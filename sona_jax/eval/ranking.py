@@ -29,6 +29,9 @@ def ranked_lists(
         requests = request_rows(
             len(rows),
             mmr_lambda,
+            # one exploration seed per viewer, whatever else is ranked with them, so that two
+            # rankings of the same viewer compare like with like (paired intervals)
+            seed=np.asarray(rows, np.int32),
             time_of_day=None if time_of_day is None else time_of_day[window],
             device=None if device is None else device[window],
         )

@@ -6,7 +6,8 @@ A viewer's train events, in the log's order (`splits.order_ties` fixes same-seco
 become windows of ``max_len`` (input, next item) pairs cut from the end of the sequence, so
 every event is a target once per epoch. The number of epochs is chosen on the validation split
 (`fit` with ``validate``: every ``eval_every`` epochs, stop after ``patience`` checks without a
-better NDCG), then the model is refit on the train split for that many epochs.
+better NDCG) and the best check's parameters are kept; `sona eval` then ranks test viewers from
+their whole train sequences (`reading`) without a refit.
 """
 
 from __future__ import annotations

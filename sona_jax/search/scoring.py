@@ -29,7 +29,7 @@ from sona_jax.search.space import (
     trial_config,
 )
 from sona_jax.serve.engine import ServingEngine
-from sona_jax.serve.fusion import fusion_weights
+from sona_jax.serve.fusion import fusion_matrix
 
 Clock = Callable[[], float]
 
@@ -98,7 +98,7 @@ class Scorer:
         return rank(
             self.engine(cfg),
             self.users,
-            np.asarray(fusion_weights(cfg)),
+            np.asarray(fusion_matrix(cfg)),
             lam,
             self.time_of_day,
             self.device,

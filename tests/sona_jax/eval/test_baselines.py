@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import jax
 import numpy as np
 import scipy.sparse as sp
 from hypothesis import given, settings
@@ -133,3 +134,22 @@ def test_hashed_ties_do_not_depend_on_the_files_line_order():
             (test.events.user == user) & (test.events.timestamp % 100 == 7)
         ]
         assert chosen[user].nonzero()[0].tolist()[0] in last_second.tolist()
+
+
+def test_sasrec_keeps_the_epochs_and_parameters_of_its_best_validation_check():
+    sequences = [np.arange(1, 9, dtype=np.int32) for _ in range(10)]
+    checks = iter([0.1, 0.3, 0.2, 0.15, 0.1, 0.05])  # best at the second check
+    seen = []
+
+    def validate(model):
+        seen.append(jax.tree_util.tree_map(np.array, model.params))
+        return next(checks)
+
+    config = SASRecSettings(dim=8, max_len=4, max_epochs=12, eval_every=2, patience=3)
+    model = SASRec(config).fit(sequences, 10, validate=validate)
+    assert model.epochs == 4 and model.validation_ndcg == 0.3
+    assert len(seen) == 5  # stopped after three checks without a better one
+    for kept, best in zip(
+        jax.tree_util.tree_leaves(model.params), jax.tree_util.tree_leaves(seen[1]), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(kept), best)

@@ -81,7 +81,7 @@ def test_a_configured_learned_fusion_is_what_the_engine_serves(model):
     np.testing.assert_array_equal(served.items, by_matrix.items)
     fixed = _recommend(engine, 40)
     assert (served.items != fixed.items).any()  # the gates change some viewer's list
-    closed = CFG.with_overrides({"fusion": {"gate_history": (0.0,) * 4}})
+    closed = learned.with_overrides({"fusion": {"gate_history": (0.0,) * 4}})
     np.testing.assert_array_equal(_recommend(engine.with_config(closed), 40).items, fixed.items)
     # an item explained by a source is explained by its largest per-viewer contribution
     by_source = (served.items >= 0) & (served.kinds < 4)
