@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from service.cli.common import DATA_CHOICE, config_or_exit, load_or_exit
+from sona_jax.eval.splits import TIE_BREAKS
 
 
 @click.command(name="eval")
@@ -38,7 +39,7 @@ from service.cli.common import DATA_CHOICE, config_or_exit, load_or_exit
 @click.option("--seed", default=0, show_default=True)
 @click.option(
     "--ties",
-    type=click.Choice(["hashed", "random", "file"]),
+    type=click.Choice(TIE_BREAKS),
     default="hashed",
     show_default=True,
     help="Order of a viewer's same-second events (P1's test item is the last): a fixed hash of "

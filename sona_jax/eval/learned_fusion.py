@@ -25,7 +25,7 @@ import optax
 import scipy.sparse as sp
 
 from sona_jax.config import SonaConfig
-from sona_jax.eval.metrics import paired_bootstrap, per_user_ndcg
+from sona_jax.eval.metrics import held_out_hits, paired_bootstrap, per_user_ndcg
 from sona_jax.eval.ranking import rank
 from sona_jax.serve.batch import request_rows
 from sona_jax.serve.engine import ServingEngine
@@ -44,16 +44,7 @@ class FusionFitSettings:
     seed: int = 0
 
 
-def positives_of(items: np.ndarray, test: sp.csr_matrix, users: np.ndarray) -> np.ndarray:
-    """(len(users), C) whether each candidate is one of the viewer's held-out items."""
-    found = np.zeros(items.shape, bool)
-    for row, user in enumerate(users):
-        held_out = test.indices[test.indptr[user] : test.indptr[user + 1]]
-        found[row] = np.isin(items[row], held_out) & (items[row] >= 0)
-    return found
-
-
-def matrix_of(params: dict) -> jnp.ndarray:
+def fusion_matrix_of(params: dict) -> jnp.ndarray:
     """(3, 4) fusion matrix of the fitted parameters."""
     return jnp.stack([jnp.exp(params["log_weights"]), params["history"], params["context"]])
 
@@ -73,7 +64,7 @@ def _fit(
     counted = positives.any(axis=1)
 
     def loss_fn(params):
-        blend = fit_blend(table.scores, table.mask, matrix_of(params), qualifying, cfg)
+        blend = fit_blend(table.scores, table.mask, fusion_matrix_of(params), qualifying, cfg)
         relevance, _ = blended(blend, table.scores.raw, table.scores.cold, table.mask)
         usable = table.mask & counted[:, None]
         logits = jnp.where(usable, relevance / temperature, -1e9)
@@ -131,7 +122,7 @@ def fit_fusion(
         cfg,
         settings.steps,
     )
-    return np.asarray(matrix_of(params))
+    return np.asarray(fusion_matrix_of(params))
 
 
 def choose_and_fit(
@@ -185,7 +176,7 @@ def learn_on_validation(
     requests = request_rows(len(val_users), 1.0, time_of_day=time_of_day, device=device)
     table, qualifying = engine.candidate_rows(val_users, requests)
     n = len(val_users)
-    positives = positives_of(np.asarray(table.items)[:n], val_test, val_users)
+    positives = held_out_hits(np.asarray(table.items)[:n], val_test, val_users)
 
     def held_out_ndcg(matrix: np.ndarray, rows: np.ndarray) -> np.ndarray:
         context = [None if c is None else c[rows] for c in (time_of_day, device)]

@@ -27,13 +27,20 @@ def per_user_ndcg(
     """(len(users),) NDCG@k of each user's list and the (len(users), k) hit matrix."""
     k = top.shape[1]
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    relevant = np.zeros(top.shape, bool)
-    for row, user in enumerate(users):
-        positives = test.indices[test.indptr[user] : test.indptr[user + 1]]
-        relevant[row] = np.isin(top[row], positives)
+    relevant = held_out_hits(top, test, users)
     n_positive = np.minimum(np.diff(test.indptr)[users], k)
     ideal = np.cumsum(discounts)[np.maximum(n_positive - 1, 0)]
     return (relevant * discounts).sum(1) / ideal, relevant
+
+
+def held_out_hits(items: np.ndarray, test: sp.csr_matrix, users: np.ndarray) -> np.ndarray:
+    """(len(users), n) whether each of ``items`` (len(users), n; -1 none) is one of that
+    user's ``test`` items."""
+    hits = np.zeros(items.shape, bool)
+    for row, user in enumerate(users):
+        positives = test.indices[test.indptr[user] : test.indptr[user + 1]]
+        hits[row] = np.isin(items[row], positives) & (items[row] >= 0)
+    return hits
 
 
 def paired_bootstrap(

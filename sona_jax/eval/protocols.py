@@ -328,7 +328,6 @@ def evaluate(
         return rank(engine_, users, weights_, lam, tod_, device_, k)
 
     plain = top(weights, 1.0)
-    per_user = {}
     diverse = top(weights, cfg.diversity.mmr_lambda)
     headline = plain if headline_lambda == 1.0 else top(weights, headline_lambda)
     # The headline row ranks with the λ chosen on validation; _plain (λ = 1, no MMR) against
@@ -336,6 +335,7 @@ def evaluate(
     hybrid_metrics = list_metrics(headline, split.test, users, vectors)
     hybrid_metrics |= list_metrics(plain, split.test, users, vectors, suffix="_plain")
     hybrid_metrics |= list_metrics(diverse, split.test, users, vectors, suffix="_mmr")
+    per_user = {}  # each other row's per-viewer NDCG, for the paired intervals
     rows = [
         {
             "name": "sona-hybrid",

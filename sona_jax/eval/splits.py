@@ -111,8 +111,8 @@ def make_split(
 def order_ties(dataset: Dataset, rule: str, seed: int) -> Dataset:
     """``dataset`` with its events sorted by (user, timestamp) and same-second events of a
     user in the order ``rule`` names: ``hashed`` (a fixed hash of (user, item), the same for
-    every seed), ``random`` (seeded) or ``file`` (as read). Every stable sort downstream (splits, histories, the graph walk's seed
-    recency, sequences) then sees the same order."""
+    every seed), ``random`` (seeded) or ``file`` (as read). Every stable sort downstream
+    (splits, histories, the graph walk's seed recency, sequences) then sees the same order."""
     log = dataset.events
     if rule == "hashed":
         tie = _mix(log.user.astype(np.uint64) << np.uint64(32) | log.item.astype(np.uint64))
