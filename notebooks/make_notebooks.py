@@ -68,9 +68,10 @@ TUNING = [
         """\
 # Tuning the fusion weights
 
-SONA blends four sources — collaborative (kNN viewers), content-based (the preference vector with
-the viewer's LoRA adapter), graph-based (walks over the co-engagement graph) and context (device
-and time of day) — by a weighted sum of their scores, each min-max normalised over the request's
+SONA blends five sources — collaborative (kNN viewers), content-based (the preference vector with
+the viewer's LoRA adapter), graph-based (walks over the co-engagement graph), sequential (what
+viewers engage with next after the viewer's latest items) and context (device and time of day) —
+by a weighted sum of their scores, each min-max normalised over the request's
 candidates. Weights are renormalised over the sources active for a viewer, so only their
 **shares** matter. This notebook scores a grid over the simplex of shares on a validation split,
 shows which source carries the ranking, and checks the tuned weights once on the test split.
@@ -89,8 +90,12 @@ training events, and every weighting is scored with the same `recommend` call th
 from itertools import product
 
 validation = ex.Scorer(dataset, splits.validation, "p1")
-STEPS = 4  # shares in multiples of 1/4: 35 points of the simplex, the four sources alone included
-grid = [np.array(c) / STEPS for c in product(range(STEPS + 1), repeat=4) if sum(c) == STEPS]
+STEPS = 4  # shares in multiples of 1/4: 70 points of the simplex, each source alone included
+grid = [
+    np.array(c) / STEPS
+    for c in product(range(STEPS + 1), repeat=len(SOURCE_NAMES))
+    if sum(c) == STEPS
+]
 
 
 def weighted(shares, mmr_lambda=1.0):
@@ -130,7 +135,7 @@ alone = {
 labels = [*alone, "configured blend", "best blend on the grid"]
 values = [*alone.values(), configured["ndcg@10"], ranked[0]["objective"]]
 fig, ax = plt.subplots(figsize=(7, 3.2))
-ax.barh(labels, values, color=["tab:gray"] * 4 + ["tab:orange", "tab:green"])
+ax.barh(labels, values, color=["tab:gray"] * len(alone) + ["tab:orange", "tab:green"])
 for row, value in enumerate(values):
     ax.text(value, row, f" {value:.3f}", va="center", fontsize=8)
 ax.invert_yaxis()

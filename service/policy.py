@@ -9,7 +9,7 @@ import json
 from service.context import RequestContext
 from sona_jax.config import SonaConfig
 
-EXPLAINED_BY_HISTORY = ("graph_based", "content_based")
+EXPLAINED_BY_HISTORY = ("graph_based", "content_based", "sequential")
 
 
 def mmr_lambda(diversity_threshold: float | None, cfg: SonaConfig) -> float:
@@ -30,7 +30,8 @@ def retrain_due(events_since_training: int, events: int, cfg: SonaConfig) -> boo
 
 
 def based_on(kind: str, history_item: str | None) -> list[str]:
-    """What a recommendation cites: the history item behind a graph or content score, or
+    """What a recommendation cites: the history item behind a graph, sequential or content
+    score, or
     "similar viewers" for a collaborative one."""
     if kind in EXPLAINED_BY_HISTORY and history_item is not None:
         return [history_item]
@@ -42,6 +43,8 @@ def based_on(kind: str, history_item: str | None) -> list[str]:
 def explanation(kind: str, history_title: str | None, context: RequestContext) -> str:
     """SPEC 3.6's human sentence for one recommendation (naming only context words the engine
     knows)."""
+    if kind == "sequential" and history_title:
+        return f"Often watched next after {history_title}"
     if kind in EXPLAINED_BY_HISTORY and history_title:
         return f"Because you watched {history_title}"
     if kind == "collaborative":

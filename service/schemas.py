@@ -136,6 +136,7 @@ class ScoreComponents(_Strict):
     collaborative: float
     content_based: float
     graph_based: float
+    sequential: float = Field(description="next-watch transitions (0 while its weight is 0)")
     context: float
     lora_boost: float
 

@@ -104,7 +104,7 @@ class LoraConfig(_Section):
         return self.alpha / self.rank
 
 
-Gate = tuple[float, float, float, float]
+Gate = tuple[float, float, float, float, float]  # one per source, SOURCE_NAMES order
 
 
 class FusionConfig(_Section):
@@ -118,13 +118,17 @@ class FusionConfig(_Section):
     collaborative: float = serve(0.35, ge=0.0)
     content_based: float = serve(0.25, ge=0.0)
     graph_based: float = serve(0.30, ge=0.0)
+    sequential: float = serve(
+        0.0, ge=0.0, description="next-watch transitions (not in SPEC 3.3's four: off by default)"
+    )
     context: float = serve(0.10, ge=0.0)
-    gate_history: Gate = serve((0.0, 0.0, 0.0, 0.0), description="per source, SOURCE_NAMES order")
-    gate_context: Gate = serve((0.0, 0.0, 0.0, 0.0), description="per source, SOURCE_NAMES order")
+    gate_history: Gate = serve((0.0,) * 5, description="per source, SOURCE_NAMES order")
+    gate_context: Gate = serve((0.0,) * 5, description="per source, SOURCE_NAMES order")
 
     @model_validator(mode="after")
     def _some_weight(self) -> FusionConfig:
-        if self.collaborative + self.content_based + self.graph_based + self.context <= 0:
+        total = self.collaborative + self.content_based + self.graph_based + self.sequential
+        if total + self.context <= 0:
             raise ValueError("at least one fusion weight must be positive")
         return self
 
@@ -190,6 +194,22 @@ class GraphConfig(_Section):
         ge=1,
         description="most cells (item rows x items) of that matrix at once: fewer rows per "
         "block at a large catalogue, so its memory does not grow with the catalogue",
+    )
+
+
+class SequentialConfig(_Section):
+    """The sequential source: what viewers engage with next. Item j scores from a viewer's
+    latest engaged items i by how often j followed i within ``window`` engaged events of the
+    same viewer (weight ``window_decay`` per step apart), each item's row normalised to sum 1."""
+
+    window: int = train(5, ge=1, le=64, description="later engaged events an item links to")
+    window_decay: float = train(0.8, gt=0.0, le=1.0, description="link weight x this per step")
+    neighbours: int = train(64, ge=1, le=4096, description="successor list width per item")
+    recent_items: int = serve(
+        10, ge=1, le=4096, description="latest engaged items the source starts from"
+    )
+    position_decay: float = serve(
+        0.8, gt=0.0, le=1.0, description="a start item's weight x this per position back"
     )
 
 
@@ -272,6 +292,7 @@ class SonaConfig(_Section):
     fusion: FusionConfig = FusionConfig()
     collaborative: CollaborativeConfig = CollaborativeConfig()
     graph: GraphConfig = GraphConfig()
+    sequential: SequentialConfig = SequentialConfig()
     context: ContextConfig = ContextConfig()
     candidates: CandidateConfig = CandidateConfig()
     diversity: DiversityConfig = DiversityConfig()

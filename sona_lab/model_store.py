@@ -4,8 +4,9 @@ One standard ``.npy`` file per array (no pickle); the manifest holds the version
 config, its train-time digest and the training report, so a later run restores exactly what was
 saved. The per-viewer tables (``users.*``, ``history.*``: ~9 KB a viewer, 9 GB at a million)
 are memory-mapped read-only on load, so a server holds in memory only the rows it reads (the
-kernel pages the rest in and out); item tables are read into memory. Versions of the previous
-format (one ``arrays.npz``) still load, wholly into memory.
+kernel pages the rest in and out); item tables are read into memory. Versions of earlier
+formats are refused with `ModelFormatError` (the service then trains a new one): they lack
+tables this code serves from.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from sona_jax.model.version import (
     UserState,
 )
 
-FORMAT = "sona-model/4"  # 4: one .npy per array, viewers' tables memory-mapped
-READABLE_FORMATS = ("sona-model/3", FORMAT)  # 3: one arrays.npz
+FORMAT = "sona-model/5"  # 5: the sequential source's tables (4: without; 3: one arrays.npz)
+READABLE_FORMATS = (FORMAT,)
 ARRAYS_DIR = "arrays"
 MAPPED_PARTS = ("users.", "history.")  # per-viewer tables: memory-mapped on load
 _VERSION_DIR = re.compile(r"^v(\d{4,})$")
@@ -112,9 +113,6 @@ def save_model(model: TrainedModel, root: str | Path) -> Path:
 
 def _read_arrays(folder: Path) -> dict[str, np.ndarray]:
     """Every array of the version in ``folder`` by name, the per-viewer ones memory-mapped."""
-    if (folder / "arrays.npz").is_file():  # format 3
-        with np.load(folder / "arrays.npz") as data:
-            return {name: data[name] for name in data.files}
     return {
         path.stem: np.load(
             path, mmap_mode="r" if path.stem.startswith(MAPPED_PARTS) else None, allow_pickle=False

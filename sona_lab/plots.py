@@ -74,7 +74,7 @@ def ndcg_vs_diversity_figure(records: list[dict], default_lambda: float, final: 
 
 
 def fusion_shares(records: list[dict], base: SonaConfig) -> np.ndarray:
-    """(trials, 4) each trial's fusion weights as shares of their sum, SOURCE_NAMES order."""
+    """(trials, sources) each trial's fusion weights as shares of their sum, SOURCE_NAMES order."""
     weights = np.array(
         [np.asarray(fusion_weights(trial_config(base, r["params"]))) for r in records]
     )
@@ -108,9 +108,11 @@ def weights_effect_figure(
     effects = weight_effects(records, base)
     varies = len(set(lam)) > 1
     best = int(np.argmax(y))
-    fig = _figure(figsize=(9.5, 6.5))
-    axes = fig.subplots(2, 2, sharey=True)
-    for s, (ax, name) in enumerate(zip(axes.ravel(), SOURCE_NAMES, strict=True)):
+    fig = _figure(figsize=(13.5, 6.5))
+    axes = fig.subplots(2, 3, sharey=True)
+    for ax in axes.ravel()[len(SOURCE_NAMES) :]:
+        ax.set_visible(False)
+    for s, (ax, name) in enumerate(zip(axes.ravel(), SOURCE_NAMES, strict=False)):
         x = shares[:, s]
         colour = {"c": lam, "cmap": "viridis", "vmin": 0.0, "vmax": 1.0} if varies else {}
         points = ax.scatter(x, y, s=24, **colour)

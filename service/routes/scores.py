@@ -14,14 +14,15 @@ from service.routes.recommendations import item_index, keep_candidates, kept_can
 from service.state import AppState, app_state
 from sona_jax.serve.batch import Query
 from sona_jax.serve.engine import Scores
+from sona_jax.serve.fusion import SOURCE_NAMES
 
-COMPONENT_NAMES = ("collaborative", "content_based", "graph_based", "context", "lora_boost")
+COMPONENT_NAMES = (*SOURCE_NAMES, "lora_boost")
 
 blueprint = Blueprint("scores", __name__)
 
 
 def components(values: np.ndarray) -> dict[str, float]:
-    """The five named score components of one item (``values``: (5,))."""
+    """The named score components of one item (``values``: (len(COMPONENT_NAMES),))."""
     return dict(zip(COMPONENT_NAMES, values.tolist(), strict=True))
 
 

@@ -2,7 +2,7 @@
 validation split by a listwise loss over each viewer's real candidates.
 
 The relevance it trains is the served one: candidates from `ServingEngine.candidate_rows`,
-fused by `fusion.fit_blend` / `fusion.blended` with a (3, 4) fusion matrix (weights,
+fused by `fusion.fit_blend` / `fusion.blended` with a (3, N_SOURCES) fusion matrix (weights,
 history gate, context gate), so explanations (each item's top contributing source) keep
 their meaning. Loss: the softmax cross-entropy of each viewer's held-out items among their
 candidates (relevance / ``temperature``), plus ``l2`` times the squared distance of the log
@@ -29,7 +29,7 @@ from sona_jax.eval.metrics import held_out_hits, paired_bootstrap, per_user_ndcg
 from sona_jax.eval.ranking import rank
 from sona_jax.serve.batch import request_rows
 from sona_jax.serve.engine import ServingEngine
-from sona_jax.serve.fusion import SOURCE_NAMES, blended, fit_blend
+from sona_jax.serve.fusion import N_SOURCES, SOURCE_NAMES, blended, fit_blend
 from sona_jax.serve.rank import RequestCandidates
 
 WEIGHT_FLOOR = 1e-4  # fixed weights of zero start their log here
@@ -45,7 +45,7 @@ class FusionFitSettings:
 
 
 def fusion_matrix_of(params: dict) -> jnp.ndarray:
-    """(3, 4) fusion matrix of the fitted parameters."""
+    """(3, N_SOURCES) fusion matrix of the fitted parameters."""
     return jnp.stack([jnp.exp(params["log_weights"]), params["history"], params["context"]])
 
 
@@ -83,8 +83,8 @@ def _fit(
     optimiser = optax.adam(learning_rate)
     params = {
         "log_weights": start_log_weights,
-        "history": jnp.zeros(4),
-        "context": jnp.zeros(4),
+        "history": jnp.zeros(N_SOURCES),
+        "context": jnp.zeros(N_SOURCES),
     }
 
     def step(carry, _):
@@ -106,8 +106,8 @@ def fit_fusion(
     cfg: SonaConfig,
     settings: FusionFitSettings,
 ) -> np.ndarray:
-    """(3, 4) fusion matrix fitted on the first len(positives) rows of ``table``, starting from
-    ``fixed_weights`` (4,) with closed gates."""
+    """(3, N_SOURCES) fusion matrix fitted on the first len(positives) rows of ``table``, starting from
+    ``fixed_weights`` (N_SOURCES,) with closed gates."""
     n = len(positives)
     rows = jax.tree_util.tree_map(lambda x: x[:n], table)
     start = np.log(np.maximum(np.asarray(fixed_weights, np.float32), WEIGHT_FLOOR))
@@ -201,7 +201,7 @@ def learn_on_validation(
 
 
 def fusion_toml(matrix: np.ndarray) -> str:
-    """The ``[fusion]`` table that serves the fusion matrix (3, 4)."""
+    """The ``[fusion]`` table that serves the fusion matrix (3, N_SOURCES)."""
 
     def array(row) -> str:
         return "[" + ", ".join(f"{v:.6g}" for v in row) + "]"

@@ -19,7 +19,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -32,6 +32,7 @@ from sona_jax.eval.metrics import list_metrics, per_user_ndcg, ranking_metrics, 
 from sona_jax.eval.ranking import rank
 from sona_jax.eval.sasrec import SASRec, SASRecSettings, user_sequences
 from sona_jax.eval.splits import Split, make_split, order_ties, subset
+from sona_jax.eval.weight_search import WeightSearch, one_hot_weights, search_weights
 from sona_jax.model.train import train_model
 from sona_jax.serve.engine import ServingEngine
 from sona_jax.serve.fusion import SOURCE_NAMES, fusion_matrix, fusion_weights
@@ -46,7 +47,9 @@ class EvalOptions:
     seed: int = 0
     k: int = 10  # list length every metric is measured at
     tune_fusion: bool = True
-    fusion_trials: int = 12
+    # fixed fusion weights: random points, draws around the best, then a coordinate search
+    # (its seed is the run's)
+    weight_search: WeightSearch = WeightSearch()
     # graph settings tried on validation (each overrides the configured [graph] section):
     # how the walk seeds (recency, how many, how weighted) and whether hop 1 is dense
     graph_settings: tuple[tuple[tuple[str, object], ...], ...] = (
@@ -69,9 +72,6 @@ class EvalOptions:
     fusion_fit: FusionFitSettings = FusionFitSettings()
     # MMR λ tried on validation for the headline row (with the best weights and seeds)
     mmr_lambdas: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
-    # then this many points drawn close to the best weights (Dirichlet around them)
-    refine_trials: int = 12
-    refine_concentration: float = 40.0
     cold_start_users: int = 500
     cold_start_points: tuple[int, ...] = (0, 1, 3, 5, 10)
     # cold start's genre strength tried on validation (empty: keep the configured one), with
@@ -111,14 +111,9 @@ class TrainedEngines:
         return self.models[digest].with_config(cfg)
 
 
-def one_hot_weights(source: int) -> np.ndarray:
-    weights = np.zeros(len(SOURCE_NAMES), np.float32)
-    weights[source] = 1.0
-    return weights
-
-
 def fusion_record(weights) -> dict:
-    """The JSON of fusion weights (4,) or a learned fusion matrix (3, 4), by source name."""
+    """The JSON of fusion weights (N_SOURCES,) or a learned fusion matrix (3, N_SOURCES), by
+    source name."""
     rows = np.atleast_2d(np.asarray(weights, np.float64))
     record = dict(zip(SOURCE_NAMES, map(float, rows[0]), strict=True))
     if len(rows) > 1:
@@ -127,15 +122,6 @@ def fusion_record(weights) -> dict:
             "gate_context": dict(zip(SOURCE_NAMES, map(float, rows[2]), strict=True)),
         }
     return record
-
-
-def candidate_weights(cfg: SonaConfig, n_random: int, seed: int) -> list[np.ndarray]:
-    """Configured weights, each source alone, and seeded random points of the simplex."""
-    rng = np.random.default_rng(seed)
-    found = [np.asarray(fusion_weights(cfg))]
-    found += [one_hot_weights(s) for s in range(len(SOURCE_NAMES))]
-    found += [rng.dirichlet(np.ones(len(SOURCE_NAMES))).astype(np.float32) for _ in range(n_random)]
-    return found
 
 
 def context_arrays(split: Split, users: np.ndarray, use_context: bool):
@@ -150,7 +136,7 @@ def tune_on_validation(
 ) -> tuple[SonaConfig, np.ndarray, float, dict]:
     """Fusion weights, graph walk and MMR λ chosen on the validation split.
 
-    Returns the chosen config, weights (4,), λ and what was tried.
+    Returns the chosen config, weights (N_SOURCES,), λ and what was tried.
     """
     engines = TrainedEngines(subset(dataset, val_split.train))
     val_users = val_split.users
@@ -168,19 +154,11 @@ def tune_on_validation(
     walk_ndcg = [ndcg(engines(walk), graph_alone) for walk in walks]
     best_cfg = walks[int(np.argmax(walk_ndcg))]  # the first of equals
     engine = engines(best_cfg)
-    trials = [
-        (ndcg(engine, candidate), candidate, best_cfg)
-        for candidate in candidate_weights(cfg, options.fusion_trials, options.seed)
-    ]
     configured_ndcg = ndcg(engines(cfg), fusion_matrix(cfg))
-    best_ndcg, weights, best_cfg = max(trials, key=lambda trial: trial[0])
-    rng = np.random.default_rng(options.seed + 2)
-    engine = engines(best_cfg)
-    for _ in range(options.refine_trials):
-        candidate = rng.dirichlet(1.0 + options.refine_concentration * weights).astype(np.float32)
-        trials.append((ndcg(engine, candidate), candidate, best_cfg))
-    best_ndcg, weights, best_cfg = max(trials, key=lambda trial: trial[0])
-    engine = engines(best_cfg)
+    search = replace(options.weight_search, seed=options.seed)
+    best_ndcg, weights, n_trials = search_weights(
+        lambda weights: ndcg(engine, weights), np.asarray(fusion_weights(cfg)), search
+    )
     lambdas = [(ndcg(engine, weights, lam), lam) for lam in options.mmr_lambdas]
     best_ndcg, headline_lambda = max(lambdas, key=lambda trial: trial[0])
     fixed_weights = weights
@@ -216,7 +194,7 @@ def tune_on_validation(
         "tuned_mmr_lambda": headline_lambda,
         f"validation_configured_{options.ndcg}": configured_ndcg,
         f"validation_graph_{options.ndcg}": walk_ndcg,
-        "trials": len(trials),
+        "trials": n_trials,
         "models_trained": len(engines.models),
         "tuned_seed_position_decay": best_cfg.graph.seed_position_decay,
         "tuned_recent_items": best_cfg.graph.recent_items,
@@ -251,7 +229,7 @@ def random_tie_pass(
     options: EvalOptions,
     log_fn: LogFn,
 ) -> dict:
-    """The hybrid, its graph source and every baseline with the settings already chosen,
+    """The hybrid, each of its sources and every baseline with the settings already chosen,
     refit after same-second events are put in a random (seeded) order: NDCG per row and the
     hybrid's paired interval against each. Nothing is re-tuned, so every row's settings were
     chosen on the main order's validation split, whose held-out item can be this order's test
@@ -261,12 +239,9 @@ def random_tie_pass(
     users, k = split.users, options.k
     engine = TrainedEngines(subset(shuffled, split.train))(cfg)
     tod, device = context_arrays(split, users, True)
-    lists = {
-        "sona-hybrid": rank(engine, users, weights, mmr_lambda, tod, device, k),
-        "graph_based": rank(
-            engine, users, one_hot_weights(SOURCE_NAMES.index("graph_based")), 1.0, tod, device, k
-        ),
-    }
+    lists = {"sona-hybrid": rank(engine, users, weights, mmr_lambda, tod, device, k)}
+    for s, name in enumerate(SOURCE_NAMES):  # each source alone, as in the main pass
+        lists[name] = rank(engine, users, one_hot_weights(s), 1.0, tod, device, k)
     train_matrix = matrix_of(shuffled, split.train)
     for name, model in chosen.items():
         if isinstance(model, SASRec):

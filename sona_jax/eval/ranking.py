@@ -21,7 +21,7 @@ def ranked_lists(
     k: int = 10,
 ) -> Lists:
     """What the service would serve model users ``users`` ((n,) rows), as host arrays of n
-    rows; ``weights`` (4,) default to the engine's; context arrays (n,) use -1 for none."""
+    rows; ``weights`` (N_SOURCES,) default to the engine's; context arrays (n,) use -1 for none."""
     parts = []
     for start in range(0, len(users), EVAL_BATCH):
         rows = users[start : start + EVAL_BATCH]

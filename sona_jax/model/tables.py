@@ -1,6 +1,7 @@
 """Host-side builders of the tables the hybrid sources read (numpy / scipy in, arrays out).
 
 * the item co-engagement graph as fixed-width adjacency lists (never a dense items x items);
+* the next-watch transitions between a viewer's engaged items, as adjacency lists too;
 * popularity: global, trending, per time-of-day and per device (smoothed toward global), and
   each item's audience-hour distribution;
 * the mood -> genre prior.
@@ -194,6 +195,42 @@ def build_graph(
         neighbours[start:stop, :k] = np.where(positive, top, neighbours[start:stop, :k])
         out_weights[start:stop, :k] = np.where(positive, top_w, 0.0)
     return Graph(neighbours, out_weights, dense)
+
+
+def build_sequence_graph(
+    log: EventLog, weights: np.ndarray, n_items: int, cfg: SonaConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """(items, M) successors and their weights (`SequentialConfig`): item j follows item i when
+    a viewer engaged with j 1..``window`` engaged events after i (weight ``window_decay`` per
+    step apart), summed over viewers, each row normalised to sum 1 over its successors (an
+    estimate of what comes next), then cut to the M largest. Order within a viewer is the one
+    their history table uses (`history.recent_engaged`: newest first, same-second events in
+    log order), so the serving seeds and these links agree. Padding points at the item itself
+    with weight 0."""
+    s = cfg.sequential
+    engaged = weights > 0
+    user, item = log.user[engaged], log.item[engaged]
+    order, _ = ranked_within_user(user, -log.timestamp[engaged])
+    user, item = user[order], item[order]  # each viewer's engaged items, newest first
+    rows, cols, values = [], [], []
+    for step in range(1, s.window + 1):
+        same = user[step:] == user[:-step]
+        rows.append(item[step:][same])  # the earlier item...
+        cols.append(item[:-step][same])  # ...links to the one `step` events after it
+        values.append(np.full(int(same.sum()), s.window_decay ** (step - 1), np.float32))
+    links = sp.csr_matrix(
+        (np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))),
+        shape=(n_items, n_items),
+    )
+    links.sum_duplicates()
+    links.setdiag(0.0)
+    links.eliminate_zeros()
+    out_degree = np.asarray(links.sum(axis=1)).ravel()
+    links = sp.diags(1.0 / np.maximum(out_degree, 1e-12)) @ links
+    k = min(s.neighbours, max(n_items - 1, 1))
+    top, top_w = _top_of_sparse(links.tocoo(), k)
+    own = np.arange(n_items, dtype=np.int32)[:, None]
+    return np.where(top >= 0, top, own).astype(np.int32), top_w
 
 
 def _smoothed_share(counts: np.ndarray, prior: np.ndarray, strength: float) -> np.ndarray:

@@ -140,6 +140,7 @@ def item_tables(
     """Graph, popularity and context tables of a model version (host arrays)."""
     n_items = catalogue.n_items
     graph = tables.build_graph(log, weights, n_users, n_items, cfg)
+    successors, successor_weights = tables.build_sequence_graph(log, weights, n_items, cfg)
     if counts is None:
         counts = tables.popularity_counts(log, n_items, now, cfg)
     popularity = tables.popularity_tables(counts, cfg)
@@ -148,6 +149,8 @@ def item_tables(
         graph_neighbours=graph.neighbours,
         graph_weights=graph.weights,
         graph_dense=graph.dense,
+        sequence_neighbours=successors,
+        sequence_weights=successor_weights,
         **popularity._asdict(),
         item_moods=moods,
         duration=np.nan_to_num(np.asarray(catalogue.duration_minutes, np.float32), nan=-1.0),

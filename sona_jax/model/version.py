@@ -66,7 +66,8 @@ class ItemTables(NamedTuple):
     """The item-side tables the hybrid sources read (host arrays).
 
     graph_neighbours / graph_weights: (items, M) adjacency lists; graph_dense: (items, items)
-    or (0, 0); global_share, trending: (items,); by_time_of_day, by_device: (4, items);
+    or (0, 0); sequence_neighbours / sequence_weights: (items, M') next-watch successors
+    (`tables.build_sequence_graph`); global_share, trending: (items,); by_time_of_day, by_device: (4, items);
     hour_share: (items, 24); item_moods: (items, 6) in `schema.MOODS` order; duration:
     (items,) minutes, -1 unknown; mood_prior: (6, G).
     """
@@ -74,6 +75,8 @@ class ItemTables(NamedTuple):
     graph_neighbours: np.ndarray
     graph_weights: np.ndarray
     graph_dense: np.ndarray
+    sequence_neighbours: np.ndarray
+    sequence_weights: np.ndarray
     global_share: np.ndarray
     trending: np.ndarray
     by_time_of_day: np.ndarray

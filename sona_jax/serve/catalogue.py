@@ -105,8 +105,14 @@ def grow(state: ServingState, capacity: int, n_model: int) -> ServingState:
     dense = state.graph_dense
     if dense.shape[0] == have and have > 0:
         dense = _pad_first(_pad_last(dense, extra, 0.0), extra, 0.0)
-    neighbours = np.asarray(state.graph_neighbours)
-    own_rows = np.arange(have, capacity, dtype=neighbours.dtype)
+    own_rows = np.arange(have, capacity, dtype=np.int32)
+
+    def without_edges(lists) -> np.ndarray:
+        """Adjacency lists grown by rows that point at themselves with weight 0, as the
+        model's padding does."""
+        lists = np.asarray(lists)
+        return np.concatenate([lists, np.repeat(own_rows[:, None], lists.shape[1], axis=1)])
+
     return state._replace(
         base=base._replace(
             **_on_device(
@@ -115,11 +121,10 @@ def grow(state: ServingState, capacity: int, n_model: int) -> ServingState:
             )
         ),
         **_on_device(
-            # A row without edges points at itself with weight 0, as the model's padding does.
-            graph_neighbours=np.concatenate(
-                [neighbours, np.repeat(own_rows[:, None], neighbours.shape[1], axis=1)]
-            ),
+            graph_neighbours=without_edges(state.graph_neighbours),
             graph_weights=_pad_first(state.graph_weights, extra, 0.0),
+            sequence_neighbours=without_edges(state.sequence_neighbours),
+            sequence_weights=_pad_first(state.sequence_weights, extra, 0.0),
             graph_dense=np.asarray(dense),
             global_share=_pad_last(state.global_share, extra, 0.0),
             trending=_pad_last(state.trending, extra, 0.0),

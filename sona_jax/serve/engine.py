@@ -53,7 +53,7 @@ from sona_jax.serve.state import (
 
 class Lists(NamedTuple):
     """Host arrays (users, n_out): items (-1 past the end), scores, kinds (index into
-    `fusion.KIND_NAMES`), based_on (history item or -1); contributions (users, n_out, 5)."""
+    `fusion.KIND_NAMES`), based_on (history item or -1); contributions (users, n_out, N_SOURCES + 1)."""
 
     items: np.ndarray
     scores: np.ndarray
@@ -63,7 +63,7 @@ class Lists(NamedTuple):
 
 
 class Scores(NamedTuple):
-    """Host arrays: score (users, C) and components (users, C, 5)."""
+    """Host arrays: score (users, C) and components (users, C, N_SOURCES + 1)."""
 
     score: np.ndarray
     components: np.ndarray
@@ -110,7 +110,7 @@ class ServingEngine:
     model: TrainedModel
     cfg: SonaConfig
     state: ServingState
-    weights: jnp.ndarray  # (3, 4) fusion matrix (`fusion.fusion_matrix`)
+    weights: jnp.ndarray  # (3, N_SOURCES) fusion matrix (`fusion.fusion_matrix`)
     compiled: SonaConfig  # what the jitted calls see (`fusion.compiled_config`)
     widths: ListWidths
     item_index: dict[str, int] = field(repr=False)
@@ -273,7 +273,7 @@ class ServingEngine:
     ) -> Lists:
         """Top lists of n users (host `UserBatch` of n rows, `RequestBatch` of n rows, limits
         (n,)): one jitted call over a bucketed batch; ``weights`` override the configured
-        fusion: a (3, 4) matrix or weights (4,) (gates zero)."""
+        fusion: a (3, N_SOURCES) matrix or weights (N_SOURCES,) (gates zero)."""
         n = users.preference.shape[0]
         padded, size = self._users(users)
         limits = np.asarray(limits, np.int32)

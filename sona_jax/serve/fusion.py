@@ -14,19 +14,28 @@ import jax.numpy as jnp
 
 from sona_jax.config import DiversityConfig, FusionConfig, SonaConfig
 
-SOURCE_NAMES: tuple[str, ...] = ("collaborative", "content_based", "graph_based", "context")
-KIND_NAMES: tuple[str, ...] = SOURCE_NAMES[:3] + (
+SOURCE_NAMES: tuple[str, ...] = (
+    "collaborative",
+    "content_based",
+    "graph_based",
+    "sequential",
+    "context",
+)
+N_SOURCES = len(SOURCE_NAMES)
+CONTEXT = SOURCE_NAMES.index("context")  # the last: every other source is retrieved
+SEQUENTIAL = SOURCE_NAMES.index("sequential")
+KIND_NAMES: tuple[str, ...] = SOURCE_NAMES[:CONTEXT] + (
     "context_aware",
     "cold_start",
     "exploration",
     "new_content",
 )
-COLD_START, EXPLORATION, NEW_CONTENT = 4, 5, 6
+COLD_START, EXPLORATION, NEW_CONTENT = N_SOURCES, N_SOURCES + 1, N_SOURCES + 2
 
 
 class SourceScores(NamedTuple):
-    """raw: (users, 4, items) in SOURCE_NAMES order; cold: (users, items);
-    active: (users, 4) whether each source has anything to say for that user and request."""
+    """raw: (users, N_SOURCES, items) in SOURCE_NAMES order; cold: (users, items);
+    active: (users, N_SOURCES) whether each source has anything to say for that user and request."""
 
     raw: jnp.ndarray
     cold: jnp.ndarray
@@ -49,13 +58,12 @@ EXPONENT_LIMIT = 30.0  # |gate exponent| kept where exp() stays finite in float3
 
 
 def fusion_weights(cfg: SonaConfig) -> jnp.ndarray:
-    """(4,) configured weights in SOURCE_NAMES order."""
-    f = cfg.fusion
-    return jnp.array([f.collaborative, f.content_based, f.graph_based, f.context], jnp.float32)
+    """(N_SOURCES,) configured weights in SOURCE_NAMES order."""
+    return jnp.array([getattr(cfg.fusion, name) for name in SOURCE_NAMES], jnp.float32)
 
 
 def fusion_matrix(cfg: SonaConfig) -> jnp.ndarray:
-    """(3, 4) the configured fusion matrix: weights, gate_history, gate_context, each in
+    """(3, N_SOURCES) the configured fusion matrix: weights, gate_history, gate_context, each in
     SOURCE_NAMES order (see `FusionConfig`)."""
     f = cfg.fusion
     gates = jnp.array([f.gate_history, f.gate_context], jnp.float32)
@@ -63,10 +71,10 @@ def fusion_matrix(cfg: SonaConfig) -> jnp.ndarray:
 
 
 def as_fusion(weights) -> jnp.ndarray:
-    """(3, 4) fusion matrix from a matrix or from plain weights (4,) (gates zero: fixed)."""
+    """(3, N_SOURCES) fusion matrix from a matrix or from plain weights (N_SOURCES,) (gates zero: fixed)."""
     weights = jnp.asarray(weights, jnp.float32)
     if weights.ndim == 1:
-        return jnp.concatenate([weights[None, :], jnp.zeros((FUSION_ROWS - 1, 4))], axis=0)
+        return jnp.concatenate([weights[None, :], jnp.zeros((FUSION_ROWS - 1, N_SOURCES))], axis=0)
     return weights
 
 
@@ -79,7 +87,7 @@ def history_feature(qualifying: jnp.ndarray, cfg: SonaConfig) -> jnp.ndarray:
 def viewer_weights(
     fusion: jnp.ndarray, qualifying: jnp.ndarray, contextual: jnp.ndarray, cfg: SonaConfig
 ) -> jnp.ndarray:
-    """(users, 4) each viewer's source weights: the fusion matrix's (3, 4) weights scaled by
+    """(users, N_SOURCES) each viewer's source weights: the fusion matrix's (3, N_SOURCES) weights scaled by
     exp(gate_history · h + gate_context · c) (`history_feature`, c: (users,) the request has a
     context)."""
     fusion = as_fusion(fusion)
@@ -129,8 +137,8 @@ def exploration_share(qualifying: jnp.ndarray, cfg: SonaConfig) -> jnp.ndarray:
 
 
 class Blend(NamedTuple):
-    """How one request's scores become relevance: sources (users, 4, 1) and cold (users, 1)
-    normalisers (`MinMax`), source shares (users, 4), β (users,) and the context weight that
+    """How one request's scores become relevance: sources (users, N_SOURCES, 1) and cold (users, 1)
+    normalisers (`MinMax`), source shares (users, N_SOURCES), β (users,) and the context weight that
     shapes cold start (users,)."""
 
     sources: MinMax
@@ -147,7 +155,7 @@ def fit_blend(
     qualifying: jnp.ndarray,
     cfg: SonaConfig,
 ) -> Blend:
-    """Normalise over the request's candidates; weights ((3, 4) fusion matrix or (4,))
+    """Normalise over the request's candidates; weights ((3, N_SOURCES) fusion matrix or (N_SOURCES,))
     renormalised over active sources."""
     return blend_with(
         fit_min_max(scores.raw, mask[:, None, :]),
@@ -167,11 +175,11 @@ def blend_with(
     qualifying: jnp.ndarray,
     cfg: SonaConfig,
 ) -> Blend:
-    """The `Blend` of normalisers already fitted (sources (users, 4, 1), cold (users, 1)) for
-    sources ``active`` (users, 4): each viewer's weights (`viewer_weights` of the fusion
-    matrix ``weights`` (3, 4), or plain weights (4,)) renormalised over the active ones, β,
+    """The `Blend` of normalisers already fitted (sources (users, N_SOURCES, 1), cold (users, 1)) for
+    sources ``active`` (users, N_SOURCES): each viewer's weights (`viewer_weights` of the fusion
+    matrix ``weights`` (3, N_SOURCES), or plain weights (N_SOURCES,)) renormalised over the active ones, β,
     and the context weight."""
-    per_viewer = viewer_weights(weights, qualifying, active[:, 3], cfg)
+    per_viewer = viewer_weights(weights, qualifying, active[:, CONTEXT], cfg)
     active_weights = per_viewer * active
     total = jnp.sum(active_weights, axis=1, keepdims=True)
     return Blend(
@@ -179,17 +187,17 @@ def blend_with(
         cold,
         active_weights / jnp.where(total > 0, total, 1.0),
         jnp.where(total[:, 0] > 0, blend_weight(qualifying, cfg), 0.0),
-        per_viewer[:, 3] * active[:, 3],
+        per_viewer[:, CONTEXT] * active[:, CONTEXT],
     )
 
 
 def blended(
     blend: Blend, raw: jnp.ndarray, cold: jnp.ndarray, mask: jnp.ndarray
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Relevance (users, n) in [0, 1] and contributions (users, n, 5) of items whose raw
-    scores are raw (users, 4, n) and cold (users, n); mask (users, n) marks candidates."""
+    """Relevance (users, n) in [0, 1] and contributions (users, n, N_SOURCES + 1) of items whose raw
+    scores are raw (users, N_SOURCES, n) and cold (users, n); mask (users, n) marks candidates."""
     normalised = blend.sources(raw, mask[:, None, :])
-    cold_mix = (blend.cold(cold, mask) + blend.context_weight[:, None] * normalised[:, 3]) / (
+    cold_mix = (blend.cold(cold, mask) + blend.context_weight[:, None] * normalised[:, CONTEXT]) / (
         1.0 + blend.context_weight[:, None]
     )
     contributions = jnp.concatenate(

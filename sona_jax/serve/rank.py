@@ -21,7 +21,9 @@ from sona_jax.serve import mmr, retrieval, sources
 from sona_jax.serve.fusion import (
     COLD_START,
     EXPLORATION,
+    N_SOURCES,
     NEW_CONTENT,
+    SEQUENTIAL,
     SourceScores,
     blended,
     exploration_share,
@@ -36,7 +38,7 @@ from sona_jax.serve.state import RequestBatch, ServingState, UserBatch, has_cont
 class Recommendations(NamedTuple):
     """items, scores: (users, n); kind: (users, n) index into KIND_NAMES;
     based_on: (users, n) the history item most like each item (-1 none);
-    contributions: (users, n, 5) weighted share of each source and of cold start."""
+    contributions: (users, n, N_SOURCES + 1) weighted share of each source and of cold start."""
 
     items: jnp.ndarray
     scores: jnp.ndarray
@@ -104,7 +106,7 @@ def excluded_at(
 class RequestCandidates(NamedTuple):
     """What `rank` ranks, by column (users, C = P + per_source): the viewer's retrieved
     candidates, then the context's. items (users, C) catalogue rows (-1 none); scores: raw
-    (users, 4, C), cold (users, C), active (users, 4); mask (users, C) the candidates."""
+    (users, N_SOURCES, C), cold (users, C), active (users, N_SOURCES); mask (users, C) the candidates."""
 
     items: jnp.ndarray
     scores: SourceScores
@@ -136,7 +138,9 @@ def request_candidates(
     context_items = jnp.where(fresh, context_items, -1)
     items = jnp.concatenate([candidates.items, context_items], axis=1)
     n_context = context_items.shape[1]
-    floor = jnp.broadcast_to(candidates.floor[:, :, None], (n_users, 3, n_context))
+    floor = jnp.broadcast_to(
+        candidates.floor[:, :, None], (n_users, retrieval.RETRIEVED_SOURCES, n_context)
+    )
     raw = jnp.concatenate(
         [
             jnp.concatenate([jnp.swapaxes(candidates.raw, 1, 2), floor], axis=2),
@@ -157,16 +161,18 @@ def new_item_scores(
     candidates: Candidates,
     cfg: SonaConfig,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """raw (users, 4, F) and cold (users, F) scores of the items added since the model, for
-    the contributions of the slots they are offered in: content from one matrix product (the
-    same rows for everyone), context and cold start at them, collaborative and graph at the
-    candidates' floor (they have no engagement yet)."""
+    """raw (users, N_SOURCES, F) and cold (users, F) scores of the items added since the
+    model, for the contributions of the slots they are offered in: content from one matrix
+    product (the same rows for everyone), context and cold start at them, collaborative, graph
+    and sequential at the candidates' floor (they have no engagement yet)."""
     rows = jnp.maximum(state.new_items, 0)
     n_users, n_new = users.preference.shape[0], rows.shape[0]
     queries = fold_queries(state.base, users.preference, users.adapter, cfg.lora.scale)
     content = jax.nn.sigmoid(queries @ state.base.item_embeddings[rows].T + state.base.bias)
     at = jnp.broadcast_to(state.new_items, (n_users, n_new))
-    floor = jnp.broadcast_to(candidates.floor[:, :, None], (n_users, 3, n_new))
+    floor = jnp.broadcast_to(
+        candidates.floor[:, :, None], (n_users, retrieval.RETRIEVED_SOURCES, n_new)
+    )
     raw = jnp.concatenate(
         [
             floor.at[:, 1].set(content),
@@ -312,7 +318,7 @@ def rank(
             positions,
             jnp.zeros(positions.shape, bool),
             nothing,
-            jnp.zeros((positions.shape[0], 4, n_slots)),
+            jnp.zeros((positions.shape[0], N_SOURCES, n_slots)),
             nothing,
         )
 
@@ -344,7 +350,7 @@ def rank(
         ok,
     )
     source_kind = jnp.argmax(contrib, axis=2)
-    source_kind = jnp.where(contrib[:, :, :4].sum(axis=2) > 0, source_kind, COLD_START)
+    source_kind = jnp.where(contrib[:, :, :N_SOURCES].sum(axis=2) > 0, source_kind, COLD_START)
     kind = jnp.where(offered, NEW_CONTENT, jnp.where(explored, EXPLORATION, source_kind))
 
     # based_on: the most similar of the user's most recent engaged items (diversity space).
@@ -357,4 +363,7 @@ def rank(
     affinity = jnp.where(seeds[:, None, :] >= 0, affinity, -jnp.inf)
     best_seed = jnp.take_along_axis(seeds, jnp.argmax(affinity, axis=2), axis=1)
     based_on = jnp.where(ok & (seeds[:, :1] >= 0), best_seed, -1)
+    # a sequential item cites the item it is watched next after, not the most similar one
+    origin = sources.sequence_origin(state, users, safe_items, cfg)
+    based_on = jnp.where(ok & (kind == SEQUENTIAL), origin, based_on)
     return Recommendations(items, item_scores, jnp.where(ok, kind, -1), based_on, contrib)

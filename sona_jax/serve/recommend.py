@@ -56,8 +56,8 @@ def candidate_table(
 
 
 class ItemScores(NamedTuple):
-    """score: (users, C) blended relevance in [0, 1]; components: (users, C, 5) normalised
-    collaborative, content-based, graph-based, context and the LoRA boost (σ with the adapter
+    """score: (users, C) blended relevance in [0, 1]; components: (users, C, N_SOURCES + 1)
+    each source normalised, in SOURCE_NAMES order, and the LoRA boost (σ with the adapter
     minus σ without it)."""
 
     score: jnp.ndarray
@@ -78,7 +78,7 @@ def score_items(
     over every servable, undismissed item of the catalogue (watched ones included), from what
     retrieval ``kept`` of each viewer: collaborative from their nearest viewers and content at
     the items only, against its catalogue span (the two sources that read the whole pool or
-    multiply the whole catalogue); graph, context and cold start over the catalogue (a walk and
+    multiply the whole catalogue); graph, sequential, context and cold start over the catalogue (walks and
     small products). An item added or deleted since retrieval can leave the kept span wider or
     narrower than the catalogue's: a content score outside it counts as its end, until the
     viewer's candidates are retrieved again."""
@@ -87,10 +87,11 @@ def score_items(
         [
             sources.collaborative_scores(state, users, cfg, kept.neighbours),
             sources.graph_scores(state, users, cfg),
+            sources.sequential_scores(state, users, cfg),
             sources.context_scores(state, users, request, cfg),
         ],
         axis=1,
-    )  # (users, 3, items): collaborative, graph, context
+    )  # (users, N_SOURCES - 1, items): every source but content
     cold = sources.cold_start_scores(state, users, request, cfg)
     low, high = kept.content_span[:, 0], kept.content_span[:, 1]
     safe = jnp.maximum(items, 0)
@@ -123,6 +124,6 @@ def score_items(
 
 
 def _with_content(others: jnp.ndarray, content: jnp.ndarray) -> jnp.ndarray:
-    """(users, 4, n) in SOURCE_NAMES order from collaborative, graph and context (users, 3, n)
-    and content (users, n)."""
+    """(users, N_SOURCES, n) in SOURCE_NAMES order from the other sources (users,
+    N_SOURCES - 1, n) in that order and content (users, n)."""
     return jnp.concatenate([others[:, :1], content[:, None], others[:, 1:]], axis=1)

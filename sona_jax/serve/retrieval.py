@@ -25,16 +25,18 @@ import jax.numpy as jnp
 
 from sona_jax.config import SonaConfig
 from sona_jax.serve import sources
+from sona_jax.serve.fusion import CONTEXT
 from sona_jax.serve.selection import compact, top_k_mask, top_k_unordered
 from sona_jax.serve.state import RequestBatch, ServingState, UserBatch
 
-RETRIEVED_SOURCES = 3  # collaborative, content-based, graph-based: SOURCE_NAMES[:3]
+RETRIEVED_SOURCES = CONTEXT  # every source but context: SOURCE_NAMES[:CONTEXT]
 NO_TABLE = jnp.zeros((0, 0))
 
 
 class Candidates(NamedTuple):
     """Per-viewer candidates (users, P): items in index order (-1 padded), raw scores of the
-    request-independent sources (users, P, 3) in SOURCE_NAMES order, and floor (users, 3)
+    request-independent sources (users, P, RETRIEVED_SOURCES) in SOURCE_NAMES order, and
+    floor (users, RETRIEVED_SOURCES)
     the lowest raw score of each among the candidates: what an item outside them counts as.
 
     What scoring given items needs besides (`recommend.score_items`), so that it never reads
@@ -58,7 +60,7 @@ class KeptForScores(NamedTuple):
 
 
 def candidate_width(cfg: SonaConfig) -> int:
-    """P: room for the union of every retrieved ranking's top items (three sources, cold
+    """P: room for the union of every retrieved ranking's top items (the retrieved sources, cold
     start without a mood, trending), so none is ever dropped."""
     c = cfg.candidates
     return (RETRIEVED_SOURCES + 1) * c.per_source + c.trending
@@ -84,10 +86,11 @@ def _listed(state: ServingState, lists: jnp.ndarray) -> jnp.ndarray:
 
 
 def active_retrieved(users: UserBatch) -> jnp.ndarray:
-    """(users, 3) whether collaborative, content and graph have anything to say."""
+    """(users, RETRIEVED_SOURCES) whether collaborative, content, graph and sequential have
+    anything to say."""
     has_profile = jnp.sum(users.preference**2, axis=1) > 0
     has_seeds = users.recent_items[:, 0] >= 0
-    return jnp.stack([has_profile, has_profile, has_seeds], axis=1)
+    return jnp.stack([has_profile, has_profile, has_seeds, has_seeds], axis=1)
 
 
 @partial(jax.jit, static_argnames=("cfg",))
@@ -111,6 +114,7 @@ def retrieve(
             sources.collaborative_votes(state, *nearest, cfg),
             content,
             sources.graph_scores(state, users, cfg),
+            sources.sequential_scores(state, users, cfg),
         ],
         axis=1,
     )

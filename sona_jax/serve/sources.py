@@ -1,4 +1,4 @@
-"""SPEC 3.3: the four scoring sources, each (state, users, request) -> (users, items) scores.
+"""SPEC 3.3: the scoring sources (its four and the sequential one), each (state, users, request) -> (users, items) scores.
 
 Every function is pure and batched over users; `recommend.py` composes them. Item index -1 marks
 padding in every per-user table and is dropped by the scatters (``mode="drop"``).
@@ -106,13 +106,11 @@ def graph_scores(state: ServingState, users: UserBatch, cfg: SonaConfig) -> jnp.
     total = jnp.zeros((seeds.shape[0], n_items))
     dense = state.graph_dense.shape[0] == n_items  # the model kept it: graph.first_hop = dense
     for hop in range(cfg.graph.hops):
-        safe = jnp.maximum(seeds, 0)
         if hop == 0 and dense:  # every edge of the seeds, negative ones included
             step = scatter_rows(n_items, seeds, mass) @ state.graph_dense
         else:
-            spread = mass[:, :, None] * state.graph_weights[safe] * (cfg.graph.decay**hop)
-            step = scatter_rows(
-                n_items, jnp.where(seeds[:, :, None] >= 0, state.graph_neighbours[safe], -1), spread
+            step = spread_along(
+                state.graph_neighbours, state.graph_weights, seeds, mass * cfg.graph.decay**hop
             )
         total = total + step
         if hop + 1 < cfg.graph.hops:
@@ -120,6 +118,53 @@ def graph_scores(state: ServingState, users: UserBatch, cfg: SonaConfig) -> jnp.
             mass = mass / (cfg.graph.decay**hop)  # the next hop applies decay^(hop+1) itself
             seeds = jnp.where(mass > 0, seeds, -1)
     return total
+
+
+def spread_along(
+    neighbours: jnp.ndarray, weights: jnp.ndarray, seeds: jnp.ndarray, mass: jnp.ndarray
+) -> jnp.ndarray:
+    """(users, items) each seed's ``mass`` (users, S) passed along its adjacency list
+    (``neighbours`` / ``weights`` (items, M)); seeds -1 pass nothing."""
+    safe = jnp.maximum(seeds, 0)
+    return scatter_rows(
+        neighbours.shape[0],
+        jnp.where(seeds[:, :, None] >= 0, neighbours[safe], -1),
+        mass[:, :, None] * weights[safe],
+    )
+
+
+def sequential_scores(state: ServingState, users: UserBatch, cfg: SonaConfig) -> jnp.ndarray:
+    """What viewers engage with next (users, items): the next-watch successors of the viewer's
+    ``sequential.recent_items`` latest engaged items, the latest weighing most
+    (``position_decay`` per position back)."""
+    seeds, mass = _sequence_seeds(users, cfg)
+    return spread_along(state.sequence_neighbours, state.sequence_weights, seeds, mass)
+
+
+def sequence_origin(
+    state: ServingState, users: UserBatch, items: jnp.ndarray, cfg: SonaConfig
+) -> jnp.ndarray:
+    """(users, n) the viewer's recent item that passes the most `sequential_scores` mass to
+    each of ``items`` (users, n), or -1 where none does: the item a sequential
+    recommendation is watched next after."""
+    seeds, mass = _sequence_seeds(users, cfg)
+    safe = jnp.maximum(seeds, 0)
+    # (users, n, seeds): the transition weight seed -> item, read off the seeds' adjacency lists
+    hits = state.sequence_neighbours[safe][:, None, :, :] == items[:, :, None, None]
+    passed = mass[:, None, :] * jnp.sum(
+        jnp.where(hits, state.sequence_weights[safe][:, None, :, :], 0.0), axis=3
+    )
+    best = jnp.argmax(passed, axis=2)
+    found = jnp.take_along_axis(passed, best[:, :, None], axis=2)[:, :, 0] > 0
+    return jnp.where(found, jnp.take_along_axis(seeds, best, axis=1), -1)
+
+
+def _sequence_seeds(users: UserBatch, cfg: SonaConfig) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """The viewer's latest engaged items (users, S), -1 padded, and the mass each passes on."""
+    s = cfg.sequential
+    seeds = users.recent_items[:, : s.recent_items]
+    mass = jnp.where(seeds >= 0, s.position_decay ** jnp.arange(seeds.shape[1])[None, :], 0.0)
+    return seeds, mass
 
 
 def _log_lift(share: jnp.ndarray, global_share: jnp.ndarray) -> jnp.ndarray:

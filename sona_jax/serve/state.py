@@ -19,7 +19,8 @@ class ServingState(NamedTuple):
 
     base: the LoRA base tier (items, d) ...
     graph_neighbours / graph_weights: (items, M) adjacency lists; graph_dense: (items, items)
-    the full edge matrix where the catalogue is small enough, else (0, 0).
+    the full edge matrix where the catalogue is small enough, else (0, 0);
+    sequence_neighbours / sequence_weights: (items, M') each item's next-watch successors.
     global_share, trending: (items,); by_time_of_day, by_device: (4, items); hour_share: (items, 24).
     item_genres: (items, G) multi-hot; item_moods: (items, 6) flags in `tables.MOODS` order;
     duration: (items,) minutes, -1 unknown; mood_prior: (6, G).
@@ -46,6 +47,8 @@ class ServingState(NamedTuple):
     graph_neighbours: jnp.ndarray
     graph_weights: jnp.ndarray
     graph_dense: jnp.ndarray
+    sequence_neighbours: jnp.ndarray
+    sequence_weights: jnp.ndarray
     global_share: jnp.ndarray
     trending: jnp.ndarray
     by_time_of_day: jnp.ndarray
@@ -116,6 +119,8 @@ def serving_state(
         graph_neighbours=jnp.asarray(t.graph_neighbours),
         graph_weights=jnp.asarray(t.graph_weights),
         graph_dense=jnp.asarray(t.graph_dense),
+        sequence_neighbours=jnp.asarray(t.sequence_neighbours),
+        sequence_weights=jnp.asarray(t.sequence_weights),
         global_share=jnp.asarray(t.global_share),
         trending=jnp.asarray(t.trending),
         by_time_of_day=jnp.asarray(t.by_time_of_day),

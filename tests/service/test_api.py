@@ -19,7 +19,8 @@ from sona_jax.config import SonaConfig
 from tests.service.servers import drop_postgres_database, fresh_postgres_database, redis_or_skip
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-SMALL = SonaConfig().with_overrides({"model": {"embedding_dim": 32}})
+# the sequential source on (it is off by default), so its answers are checked end to end
+SMALL = SonaConfig().with_overrides({"model": {"embedding_dim": 32}, "fusion": {"sequential": 0.3}})
 # Tables take in new events only when a test refreshes them, so scores compared across two
 # calls see the same tables (test_learning_loop follows the live refreshes).
 SERVING = ServingSettings(
@@ -95,6 +96,7 @@ async def test_recommendations_shape(api):
         "collaborative",
         "content_based",
         "graph_based",
+        "sequential",
         "context_aware",
         "cold_start",
         "exploration",
@@ -118,6 +120,35 @@ async def test_recommendations_shape(api):
     for rec in recs:
         for item in rec["based_on"]:
             assert item == "similar viewers" or item in history
+
+
+async def test_the_sequential_source_explains_what_comes_next(api):
+    """With its weight on, some items are there because viewers watch them next after one of
+    the viewer's own items: typed `sequential`, citing that item, saying so."""
+    client, app = api
+    user, _ = await _known(app)
+    runtime = app_state(app).runtime
+    # The demo's events are in random order within a viewer, so next-watch carries no more
+    # than co-watching does and the graph source outweighs it; weigh it up for this request.
+    leaning = SMALL.with_overrides({"fusion": {"sequential": 3.0}})
+    async with runtime.writer:
+        served = runtime.replace(lambda engine: engine.with_config(leaning))
+    try:
+        response = await client.post(
+            "/api/v1/recommendations",
+            json={"user_id": user, "limit": 49, "diversity_threshold": 0.0},
+        )
+    finally:
+        async with runtime.writer:
+            runtime.replace(lambda engine: engine.with_config(SMALL))
+    assert served.cfg.fusion.sequential == 3.0
+    recs = (await response.get_json())["recommendations"]
+    sequential = [r for r in recs if r["recommendation_type"] == "sequential"]
+    assert sequential, sorted({r["recommendation_type"] for r in recs})
+    history = {e.content_id for e in await app_state(app).store.user_events(user)}
+    for rec in sequential:
+        assert len(rec["based_on"]) == 1 and rec["based_on"][0] in history
+        assert rec["explanation"].startswith("Often watched next after ")
 
 
 async def test_fast_path_answers_as_the_quart_route_does(api):
@@ -325,6 +356,7 @@ async def test_similar_and_score(api):
         "collaborative",
         "content_based",
         "graph_based",
+        "sequential",
         "context",
         "lora_boost",
     }

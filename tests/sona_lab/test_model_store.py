@@ -3,11 +3,12 @@
 import json
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from service.cli import main
 from sona_jax.model.train import train_model
-from sona_lab.model_store import load_model, model_versions, save_model
+from sona_lab.model_store import ModelFormatError, load_model, model_versions, save_model
 
 
 def test_round_trip_and_versions(tmp_path, synthetic_small, small_config):
@@ -29,21 +30,13 @@ def test_round_trip_and_versions(tmp_path, synthetic_small, small_config):
     assert not isinstance(loaded.base.item_embeddings, np.memmap)
 
 
-def test_the_previous_format_still_loads(tmp_path, synthetic_small, small_config):
-    """A version saved as one arrays.npz (format 3) loads into memory with the same arrays."""
-    model = train_model(synthetic_small, small_config)
-    folder = save_model(model, tmp_path)
-    arrays = {path.stem: np.load(path) for path in (folder / "arrays").glob("*.npy")}
-    np.savez(folder / "arrays.npz", **arrays)
-    for path in (folder / "arrays").glob("*.npy"):
-        path.unlink()
-    (folder / "arrays").rmdir()
+def test_an_earlier_format_is_refused_by_name(tmp_path, synthetic_small, small_config):
+    """A version of format 4 (no sequential tables) is refused, naming both formats."""
+    folder = save_model(train_model(synthetic_small, small_config), tmp_path)
     manifest = json.loads((folder / "manifest.json").read_text())
-    (folder / "manifest.json").write_text(json.dumps(manifest | {"format": "sona-model/3"}))
-    loaded = load_model(tmp_path)
-    assert not isinstance(loaded.users.adapter, np.memmap)
-    np.testing.assert_array_equal(loaded.users.adapter, model.users.adapter)
-    np.testing.assert_array_equal(loaded.history.recent_items, model.history.recent_items)
+    (folder / "manifest.json").write_text(json.dumps(manifest | {"format": "sona-model/4"}))
+    with pytest.raises(ModelFormatError, match="sona-model/4.*sona-model/5"):
+        load_model(tmp_path)
 
 
 def test_cli_train_saves_a_loadable_version(tmp_path):

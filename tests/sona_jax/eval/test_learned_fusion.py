@@ -13,7 +13,17 @@ from sona_jax.eval.metrics import per_user_ndcg
 from sona_jax.eval.ranking import rank
 from sona_jax.eval.sasrec import SASRecSettings
 from sona_jax.eval.splits import subset
-from sona_jax.serve.fusion import SourceScores, blended, fit_blend, fusion_matrix, viewer_weights
+from sona_jax.eval.weight_search import WeightSearch
+from sona_jax.serve.fusion import (
+    CONTEXT,
+    N_SOURCES,
+    SourceScores,
+    blended,
+    fit_blend,
+    fusion_matrix,
+    fusion_weights,
+    viewer_weights,
+)
 from sona_jax.serve.rank import RequestCandidates
 
 CFG = SonaConfig()
@@ -23,9 +33,9 @@ def planted_table(seed: int, n_users: int = 200, n_candidates: int = 40):
     """Viewers with a long history watch the collaborative source's best candidate, viewers
     with a short one the graph source's."""
     rng = np.random.default_rng(seed)
-    raw = rng.random((n_users, 4, n_candidates)).astype(np.float32)
-    active = np.ones((n_users, 4), bool)
-    active[:, 3] = False  # no context
+    raw = rng.random((n_users, N_SOURCES, n_candidates)).astype(np.float32)
+    active = np.ones((n_users, N_SOURCES), bool)
+    active[:, CONTEXT] = False  # no context
     long_history = np.arange(n_users) % 2 == 0
     qualifying = np.where(long_history, 400, 20).astype(np.float32)
     watched = np.where(long_history, raw[:, 0].argmax(1), raw[:, 2].argmax(1))
@@ -47,7 +57,7 @@ def top1(table, matrix, qualifying):
 
 def test_the_learned_gates_find_a_planted_per_viewer_preference():
     table, positives, qualifying, long_history = planted_table(0)
-    fixed = np.full(4, 0.25, np.float32)
+    fixed = np.full(N_SOURCES, 1.0 / N_SOURCES, np.float32)
     settings = FusionFitSettings(steps=300)
     matrix = fit_fusion(table, positives, qualifying, fixed, 1e-4, CFG, settings)
     per_viewer = np.asarray(
@@ -71,12 +81,12 @@ def test_learning_on_validation_records_what_ranking_measures(synthetic_small):
     split, val_split = protocols.protocol_splits(synthetic_small, options)
     engine = protocols.TrainedEngines(subset(synthetic_small, val_split.train))(cfg)
     users = val_split.users
-    fixed = np.asarray([0.35, 0.25, 0.30, 0.10], np.float32)
+    fixed = np.asarray(fusion_weights(cfg))
     settings = FusionFitSettings(steps=60, l2_grid=(0.1, 1.0))
     matrix, record = learn_on_validation(
         engine, val_split.test, users, None, None, fixed, cfg, settings, 10
     )
-    assert matrix.shape == (3, 4) and (matrix[0] > 0).all()
+    assert matrix.shape == (3, N_SOURCES) and (matrix[0] > 0).all()
     assert set(record["cross_fitted_ndcg"]) == {0.1, 1.0} and record["l2"] in (0.1, 1.0)
     assert 0.0 < record["candidates_holding_a_held_out_item"] <= 1.0
     ranked = rank(engine, users, fixed, 1.0, None, None, 10)
@@ -94,8 +104,7 @@ def test_eval_reports_the_learned_and_the_fixed_fusion_side_by_side(synthetic_sm
     options = protocols.EvalOptions(
         protocol="p2",
         graph_settings=(),
-        fusion_trials=2,
-        refine_trials=0,
+        weight_search=WeightSearch(random_trials=2, refine_trials=0, coordinate_rounds=0),
         mmr_lambdas=(1.0,),
         cold_start_points=(),
         ease_l2_grid=(200.0,),

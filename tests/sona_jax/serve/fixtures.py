@@ -19,6 +19,8 @@ SMALL_CFG = SonaConfig().with_overrides(
     {
         "collaborative": {"neighbours": 4, "vote_items": 5},
         "graph": {"recent_items": 5, "frontier": 6, "seed_position_decay": 0.8},
+        "sequential": {"recent_items": 4, "position_decay": 0.7},
+        "fusion": {"sequential": 0.2},
         "candidates": {"per_source": 6, "trending": 3},
         "diversity": {"pool_size": 12},
     }
@@ -48,6 +50,8 @@ def random_state(
         graph_neighbours=neighbours,
         graph_weights=rng.random((n_items, m)).astype(np.float32),
         graph_dense=np.zeros((0, 0), np.float32),
+        sequence_neighbours=rng.integers(0, n_items, (n_items, m)).astype(np.int32),
+        sequence_weights=rng.random((n_items, m)).astype(np.float32),
         global_share=share,
         trending=rng.random(n_items).astype(np.float32),
         by_time_of_day=by_group,

@@ -37,6 +37,33 @@ def graph(seeds, seed_weights, neighbours, edge_weights, hops, decay, frontier, 
     return total
 
 
+def sequential(seeds, neighbours, edge_weights, position_decay, n_items):
+    """Each start item's successors, weighted position_decay^position, added one by one."""
+    out = np.zeros(n_items)
+    for position, seed in enumerate(seeds):
+        if seed < 0:
+            continue
+        for successor, weight in zip(neighbours[seed], edge_weights[seed], strict=True):
+            out[successor] += position_decay**position * weight
+    return out
+
+
+def sequence_origin(seeds, neighbours, edge_weights, position_decay, item):
+    """The seed passing the most mass to ``item`` (first on ties), or -1 when none does."""
+    best, best_mass = -1, 0.0
+    for position, seed in enumerate(seeds):
+        if seed < 0:
+            continue
+        passed = sum(
+            position_decay**position * weight
+            for successor, weight in zip(neighbours[seed], edge_weights[seed], strict=True)
+            if successor == item
+        )
+        if passed > best_mass:
+            best, best_mass = seed, passed
+    return best
+
+
 def minmax(values, mask):
     if not mask.any():
         return np.zeros_like(values)

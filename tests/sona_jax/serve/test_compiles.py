@@ -16,6 +16,7 @@ from sona_jax.model.train import train_model
 from sona_jax.serve import viewers
 from sona_jax.serve.batch import Query, request_rows
 from sona_jax.serve.engine import ServingEngine
+from sona_jax.serve.fusion import N_SOURCES, SOURCE_NAMES, fusion_weights
 
 CFG = SonaConfig().with_overrides({"model": {"embedding_dim": 16}})
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -45,17 +46,13 @@ def test_fusion_weights_and_mmr_lambda_compile_nothing(model, compiles):
     first = _recommend(engine)
     compiles.clear()
     for weights, lam, gate in (
-        ((0.9, 0.0, 0.1, 0.0), 0.2, (0.0, 0.0, 0.0, 0.0)),
-        ((0.1, 0.5, 0.3, 0.1), 1.0, (0.5, -1.0, 0.0, 2.0)),
+        ((0.9, 0.0, 0.1, 0.0, 0.0), 0.2, (0.0, 0.0, 0.0, 0.0, 0.0)),
+        ((0.1, 0.5, 0.3, 0.2, 0.1), 1.0, (0.5, -1.0, 0.0, 1.0, 2.0)),
     ):
         cfg = CFG.with_overrides(
             {
                 "fusion": dict(
-                    zip(
-                        ("collaborative", "content_based", "graph_based", "context"),
-                        weights,
-                        strict=True,
-                    ),
+                    zip(SOURCE_NAMES, weights, strict=True),
                     gate_history=gate,
                     gate_context=gate,
                 ),
@@ -71,20 +68,21 @@ def test_fusion_weights_and_mmr_lambda_compile_nothing(model, compiles):
 
 
 def test_a_configured_learned_fusion_is_what_the_engine_serves(model):
-    gates = {"gate_history": (-2.0, 1.5, 0.5, 0.0), "gate_context": (0.0, 0.0, 0.0, 0.0)}
+    gates = {"gate_history": (-2.0, 1.5, 0.5, 0.0, 0.0), "gate_context": (0.0,) * N_SOURCES}
     learned = CFG.with_overrides({"fusion": gates})
     engine = ServingEngine.load(model, CFG)
     served = _recommend(engine.with_config(learned), 40)
-    matrix = np.array([[0.35, 0.25, 0.30, 0.10], gates["gate_history"], gates["gate_context"]])
+    weights = np.asarray(fusion_weights(CFG))
+    matrix = np.array([weights, gates["gate_history"], gates["gate_context"]])
     requests = request_rows(40, CFG.diversity.mmr_lambda)
     by_matrix = engine.recommend_rows(np.arange(40), requests, 10, matrix)
     np.testing.assert_array_equal(served.items, by_matrix.items)
     fixed = _recommend(engine, 40)
     assert (served.items != fixed.items).any()  # the gates change some viewer's list
-    closed = learned.with_overrides({"fusion": {"gate_history": (0.0,) * 4}})
+    closed = learned.with_overrides({"fusion": {"gate_history": (0.0,) * N_SOURCES}})
     np.testing.assert_array_equal(_recommend(engine.with_config(closed), 40).items, fixed.items)
     # an item explained by a source is explained by its largest per-viewer contribution
-    by_source = (served.items >= 0) & (served.kinds < 4)
+    by_source = (served.items >= 0) & (served.kinds < N_SOURCES)
     assert by_source.any()
     top_share = served.contributions.argmax(axis=2)
     np.testing.assert_array_equal(served.kinds[by_source], top_share[by_source])

@@ -30,6 +30,7 @@ def catalogue_scores(state, users, request, cfg=CFG) -> fusion.SourceScores:
             sources.collaborative_scores(state, users, cfg),
             sources.content_scores(state, users, cfg),
             sources.graph_scores(state, users, cfg),
+            sources.sequential_scores(state, users, cfg),
             sources.context_scores(state, users, request, cfg),
         ],
         axis=1,
@@ -80,6 +81,46 @@ def test_graph_matches_reference(seed, n, hops):
             g.seed_position_decay,
         )
         np.testing.assert_allclose(got[u], want, rtol=1e-4, atol=1e-5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seeds, sizes)
+def test_sequential_matches_reference(seed, n):
+    state = random_state(seed)
+    users = random_users(seed, state, n)
+    got = np.asarray(sources.sequential_scores(state, users, CFG))
+    s = CFG.sequential
+    for u in range(n):
+        want = reference.sequential(
+            users.recent_items[u, : s.recent_items],
+            state.sequence_neighbours,
+            state.sequence_weights,
+            s.position_decay,
+            got.shape[1],
+        )
+        np.testing.assert_allclose(got[u], want, rtol=1e-4, atol=1e-5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seeds, sizes)
+def test_sequence_origin_matches_reference(seed, n):
+    """What a sequential recommendation cites: the recent item passing it the most mass."""
+    state = random_state(seed)
+    users = random_users(seed, state, n)
+    n_items = state.sequence_neighbours.shape[0]
+    items = np.random.default_rng(seed).integers(0, n_items, size=(n, 12)).astype(np.int32)
+    got = np.asarray(sources.sequence_origin(state, users, jnp.asarray(items), CFG))
+    s = CFG.sequential
+    for u in range(n):
+        for j, item in enumerate(items[u]):
+            want = reference.sequence_origin(
+                users.recent_items[u, : s.recent_items],
+                np.asarray(state.sequence_neighbours),
+                np.asarray(state.sequence_weights),
+                s.position_decay,
+                item,
+            )
+            assert got[u, j] == want, (u, j)
 
 
 @settings(max_examples=15, deadline=None)
@@ -201,9 +242,9 @@ def test_fusion_matches_reference(seed, n):
     users = random_users(seed, state, n)
     request = random_requests(seed, n)
     rng = np.random.default_rng(seed)
-    weights = rng.random(4).astype(np.float32) + 0.01
+    weights = rng.random(fusion.N_SOURCES).astype(np.float32) + 0.01
     # the learned fusion's per-viewer gates (history, context); closed on odd seeds
-    gates = rng.uniform(-1, 1, (2, 4)).astype(np.float32) * (seed % 2 == 0)
+    gates = rng.uniform(-1, 1, (2, fusion.N_SOURCES)).astype(np.float32) * (seed % 2 == 0)
     scores = catalogue_scores(state, users, request)
     mask = jnp.asarray(np.random.default_rng(seed + 1).random((n, 30)) < 0.6)
     matrix = jnp.asarray(np.concatenate([weights[None], gates]))
@@ -215,13 +256,14 @@ def test_fusion_matches_reference(seed, n):
     for u in range(n):
         q = users.qualifying[u]
         history = np.log1p(q) / np.log1p(CFG.cold_start.blend_events)
-        viewer = weights * np.exp(gates[0] * history + gates[1] * active[u, 3])
+        context = fusion.CONTEXT
+        viewer = weights * np.exp(gates[0] * history + gates[1] * active[u, context])
         w = viewer * active[u]
-        normed = [reference.minmax(raw[u, s], mask[u]) for s in range(4)]
+        normed = [reference.minmax(raw[u, s], mask[u]) for s in range(fusion.N_SOURCES)]
         beta = 0.0 if q < 3 or w.sum() == 0 else min(1.0, q / 20)
-        fused = sum(w[s] * normed[s] for s in range(4)) / max(w.sum(), 1e-30)
-        cw = viewer[3] * active[u, 3]
-        cold_mix = (reference.minmax(cold[u], mask[u]) + cw * normed[3]) / (1 + cw)
+        fused = sum(w[s] * normed[s] for s in range(fusion.N_SOURCES)) / max(w.sum(), 1e-30)
+        cw = viewer[context] * active[u, context]
+        cold_mix = (reference.minmax(cold[u], mask[u]) + cw * normed[context]) / (1 + cw)
         want = beta * fused + (1 - beta) * cold_mix
         np.testing.assert_allclose(blended[u][mask[u]], want[mask[u]], rtol=1e-4, atol=1e-5)
         assert np.all(np.isneginf(blended[u][~mask[u]]))
@@ -354,14 +396,15 @@ def test_score_items_components():
     items = np.array([[0, 1, 2], [3, 4, 5], [6, 7, -1]], np.int32)
     out = _score(state, users, request, items)
     score, comps = np.asarray(out.score), np.asarray(out.components)
-    assert comps.shape == (3, 3, 5)
+    sources_, boost = fusion.N_SOURCES, fusion.N_SOURCES  # the boost follows the sources
+    assert comps.shape == (3, 3, sources_ + 1)
     assert np.all((score >= 0) & (score <= 1)) and score[2, 2] == 0
-    assert np.all((comps[..., :4] >= 0) & (comps[..., :4] <= 1))
+    assert np.all((comps[..., :sources_] >= 0) & (comps[..., :sources_] <= 1))
     # The LoRA boost is the adapter's effect on the content score.
     no_adapter = users._replace(adapter=np.zeros_like(users.adapter))
     base_only = _score(state, no_adapter, request, items)
-    np.testing.assert_allclose(np.asarray(base_only.components)[..., 4], 0.0, atol=1e-6)
-    assert np.abs(comps[..., 4]).max() > 0
+    np.testing.assert_allclose(np.asarray(base_only.components)[..., boost], 0.0, atol=1e-6)
+    assert np.abs(comps[..., boost]).max() > 0
 
 
 @settings(max_examples=25, deadline=None)
@@ -390,4 +433,6 @@ def test_scores_from_candidates_equal_the_catalogue_wide_scores(seed, n):
                 assert got.score[u, c] == 0
                 continue
             assert got.score[u, c] == pytest.approx(relevance[u, item], abs=1e-5)
-            np.testing.assert_allclose(got.components[u, c, :4], normalised[u, :, item], atol=1e-5)
+            np.testing.assert_allclose(
+                got.components[u, c, : fusion.N_SOURCES], normalised[u, :, item], atol=1e-5
+            )

@@ -39,6 +39,7 @@ def test_retrieve_is_the_union_of_each_sources_top_items(seed, n):
             np.asarray(sources.collaborative_scores(state, users, CFG)),
             np.asarray(sources.content_scores(state, users, CFG)),
             np.asarray(sources.graph_scores(state, users, CFG)),
+            np.asarray(sources.sequential_scores(state, users, CFG)),
         ],
         axis=1,
     )
@@ -51,9 +52,10 @@ def test_retrieve_is_the_union_of_each_sources_top_items(seed, n):
             banned |= set(users.seen[u][users.seen[u] >= 0].tolist())
         allowed = np.array([i not in banned for i in range(full.shape[2])])
         has_profile = np.sum(users.preference[u] ** 2) > 0
-        active = [has_profile, has_profile, users.recent_items[u, 0] >= 0]
+        has_seeds = users.recent_items[u, 0] >= 0
+        active = [has_profile, has_profile, has_seeds, has_seeds]
         want = _top(cold[u], allowed, k) | _top(trending, allowed, CFG.candidates.trending)
-        for s in range(3):
+        for s in range(retrieval.RETRIEVED_SOURCES):
             if active[s]:
                 want |= _top(full[u, s], allowed, k)
         kept = items[u][items[u] >= 0]
