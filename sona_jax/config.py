@@ -241,6 +241,20 @@ class DiversityConfig(_Section):
     dimensions: int = serve(32, ge=2, le=4096, description="principal directions MMR compares")
 
 
+class FiltersConfig(_Section):
+    """Request filters (`sona_jax.serve.filters`) and what a dismissal does to its neighbours."""
+
+    max_excluded_ids: int = serve(
+        100, ge=1, le=10_000, description="most exclude_content_ids a request may carry"
+    )
+    dismissal_penalty: float = serve(
+        0.5, ge=0.0, le=1.0, description="relevance taken off an item as close as a dismissed one"
+    )
+    dismissal_min_similarity: float = serve(
+        0.5, ge=-1.0, lt=1.0, description="least cosine to a dismissed item that is penalised"
+    )
+
+
 class ColdStartConfig(_Section):
     min_events: int = serve(3, ge=0)
     blend_events: int = serve(20, ge=1)
@@ -296,6 +310,7 @@ class SonaConfig(_Section):
     context: ContextConfig = ContextConfig()
     candidates: CandidateConfig = CandidateConfig()
     diversity: DiversityConfig = DiversityConfig()
+    filters: FiltersConfig = FiltersConfig()
     cold_start: ColdStartConfig = ColdStartConfig()
     catalogue: CatalogueConfig = CatalogueConfig()
 

@@ -60,6 +60,24 @@ def series_ids(catalogue: Catalogue) -> list[str | None]:
     ]
 
 
+UNKNOWN = -1.0  # duration / release year of an item that does not say
+NO_SERIES = -1
+
+
+def known_or_unknown(values) -> np.ndarray:
+    """(n,) float32 ``values`` with NaN (unknown) as `UNKNOWN`, as the served tables hold them."""
+    return np.nan_to_num(np.asarray(values, np.float32), nan=UNKNOWN)
+
+
+def series_keys(series: Sequence[str | None]) -> np.ndarray:
+    """(n,) int32 a key per series id (crc32, stable across processes and model versions, so
+    items added later compare with the model's), `NO_SERIES` for none."""
+    return np.array(
+        [NO_SERIES if s is None else zlib.crc32(s.encode()) & 0x7FFFFFFF for s in series],
+        np.int32,
+    )
+
+
 def catalogue_metadata(catalogue: Catalogue) -> ItemMetadata:
     """A catalogue's metadata in the map's terms."""
     return ItemMetadata(

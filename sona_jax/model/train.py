@@ -153,7 +153,9 @@ def item_tables(
         sequence_weights=successor_weights,
         **popularity._asdict(),
         item_moods=moods,
-        duration=np.nan_to_num(np.asarray(catalogue.duration_minutes, np.float32), nan=-1.0),
+        duration=metadata.known_or_unknown(catalogue.duration_minutes),
+        release_year=metadata.known_or_unknown(catalogue.release_year),
+        series=metadata.series_keys(metadata.series_ids(catalogue)),
         mood_prior=tables.learned_mood_prior(
             tables.mood_genre_prior(catalogue.genre_names), moods, catalogue.genres, counts.watched
         ),

@@ -69,7 +69,8 @@ class ItemTables(NamedTuple):
     or (0, 0); sequence_neighbours / sequence_weights: (items, M') next-watch successors
     (`tables.build_sequence_graph`); global_share, trending: (items,); by_time_of_day, by_device: (4, items);
     hour_share: (items, 24); item_moods: (items, 6) in `schema.MOODS` order; duration:
-    (items,) minutes, -1 unknown; mood_prior: (6, G).
+    (items,) minutes, release_year (items,), both -1 unknown; series (items,) int32
+    `metadata.series_keys`, -1 none; mood_prior: (6, G).
     """
 
     graph_neighbours: np.ndarray
@@ -84,6 +85,8 @@ class ItemTables(NamedTuple):
     hour_share: np.ndarray
     item_moods: np.ndarray
     duration: np.ndarray
+    release_year: np.ndarray
+    series: np.ndarray
     mood_prior: np.ndarray
 
 

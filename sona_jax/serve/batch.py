@@ -18,6 +18,7 @@ import numpy as np
 
 from sona_jax.buckets import LIST_BUCKETS, USER_BUCKETS, bucket, pad_rows
 from sona_jax.model.version import TrainedModel
+from sona_jax.serve.filters import ItemFilter
 from sona_jax.serve.retrieval import Candidates, KeptForScores
 from sona_jax.serve.state import RequestBatch, UserBatch
 
@@ -234,11 +235,59 @@ class ViewerCandidates(NamedTuple):
 
 
 @dataclass(frozen=True)
+class RequestFilter:
+    """One request's filters on the host (`filters.ItemFilter` holds a batch of them):
+    excluded item rows; genre indices into the model's genres; bounds (None: absent), in years
+    and minutes; one_per_series."""
+
+    excluded: tuple[int, ...] = ()
+    genres_any: tuple[int, ...] = ()
+    genres_none: tuple[int, ...] = ()
+    year_min: float | None = None
+    year_max: float | None = None
+    duration_min: float | None = None
+    duration_max: float | None = None
+    one_per_series: bool = False
+
+
+def filter_rows(
+    filters: Sequence[RequestFilter | None], size: int, n_genres: int, max_excluded: int
+) -> ItemFilter:
+    """Host `filters.ItemFilter` of n requests' filters (None: no filter), padded to ``size``
+    rows that filter nothing; ``max_excluded`` wide, whatever the requests carry, so filters
+    never change a compiled shape."""
+    out = ItemFilter(
+        excluded=np.full((size, max_excluded), -1, np.int32),
+        genres_any=np.zeros((size, n_genres), bool),
+        genres_none=np.zeros((size, n_genres), bool),
+        year_min=np.full(size, -np.inf, np.float32),
+        year_max=np.full(size, np.inf, np.float32),
+        duration_min=np.full(size, -np.inf, np.float32),
+        duration_max=np.full(size, np.inf, np.float32),
+        one_per_series=np.zeros(size, bool),
+    )
+    for row, f in enumerate(filters):
+        if f is None:
+            continue
+        if len(f.excluded) > max_excluded:
+            raise ValueError(f"at most {max_excluded} excluded items per request")
+        out.excluded[row, : len(f.excluded)] = f.excluded
+        out.genres_any[row, list(f.genres_any)] = True
+        out.genres_none[row, list(f.genres_none)] = True
+        for name in ("year_min", "year_max", "duration_min", "duration_max"):
+            if getattr(f, name) is not None:
+                getattr(out, name)[row] = getattr(f, name)
+        out.one_per_series[row] = f.one_per_series
+    return out
+
+
+@dataclass(frozen=True)
 class Query:
     """One request to rank or score for a viewer: context indices are -1 when absent; ``items``
     (C,) are the items to score (None when ranking); ``candidates`` the viewer's retrieved
     candidates for this profile and ``exclude_watched`` when the caller holds them (None:
-    retrieve them in this call)."""
+    retrieve them in this call; a filtered query must bring none: its candidates are
+    retrieved through its ``filters``)."""
 
     profile: ViewerProfile
     limit: int = 10
@@ -250,6 +299,7 @@ class Query:
     seed: int = 0
     items: np.ndarray | None = None
     candidates: ViewerCandidates | None = None
+    filters: RequestFilter | None = None
 
 
 def stack_candidates(rows: Sequence[ViewerCandidates], size: int) -> Candidates:

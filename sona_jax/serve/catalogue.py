@@ -26,19 +26,21 @@ from sona_jax.model.tables import Popularity
 from sona_jax.model.version import TrainedModel
 from sona_jax.serve.state import ServingState, diversity_vectors
 
-UNKNOWN_DURATION = -1.0
 HOURS = 24
 
 
 class NewItemRows(NamedTuple):
     """What is written for n new items: rows (n,) int; embeddings (n, d) unit; genres (n, G);
-    moods (n, 6); duration (n,) minutes (-1 unknown)."""
+    moods (n, 6); duration (n,) minutes, release_year (n,) (both -1 unknown); series (n,) keys
+    (-1 none)."""
 
     rows: np.ndarray
     embeddings: np.ndarray
     genres: np.ndarray
     moods: np.ndarray
     duration: np.ndarray
+    release_year: np.ndarray
+    series: np.ndarray
 
 
 def capacity_step(n_model: int, cfg: CatalogueConfig) -> int:
@@ -73,7 +75,9 @@ def new_item_rows(
         embeddings.astype(np.float32),
         meta.genres,
         meta.moods,
-        np.nan_to_num(np.asarray(meta.duration, np.float32), nan=UNKNOWN_DURATION),
+        metadata.known_or_unknown(meta.duration),
+        metadata.known_or_unknown(meta.release_year),
+        metadata.series_keys(meta.series),
     )
 
 
@@ -133,7 +137,9 @@ def grow(state: ServingState, capacity: int, n_model: int) -> ServingState:
             hour_share=_pad_first(state.hour_share, extra, 1.0 / HOURS),
             item_genres=_pad_first(state.item_genres, extra, 0.0),
             item_moods=_pad_first(state.item_moods, extra, 0.0),
-            duration=_pad_last(state.duration, extra, UNKNOWN_DURATION),
+            duration=_pad_last(state.duration, extra, metadata.UNKNOWN),
+            release_year=_pad_last(state.release_year, extra, metadata.UNKNOWN),
+            series=_pad_last(state.series, extra, metadata.NO_SERIES),
             item_diversity=_pad_first(state.item_diversity, extra, 0.0),
             item_valid=_pad_last(state.item_valid, extra, False),
             new_items=np.arange(n_model, capacity, dtype=np.int32),
@@ -164,6 +170,8 @@ def write_new_items(state: ServingState, new: NewItemRows, basis: np.ndarray) ->
             item_genres=_with_rows(state.item_genres, rows, new.genres),
             item_moods=_with_rows(state.item_moods, rows, new.moods),
             duration=_with_rows(state.duration, rows, new.duration),
+            release_year=_with_rows(state.release_year, rows, new.release_year),
+            series=_with_rows(state.series, rows, new.series),
             item_diversity=_with_rows(
                 state.item_diversity, rows, diversity_vectors(new.embeddings, basis)
             ),

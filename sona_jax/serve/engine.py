@@ -22,12 +22,14 @@ from sona_jax.data.stored import StoredChange
 from sona_jax.model.tables import Popularity
 from sona_jax.model.version import TrainedModel
 from sona_jax.serve import catalogue as live
-from sona_jax.serve import fusion, rank, recommend, retrieval
+from sona_jax.serve import filters, fusion, rank, recommend, retrieval
 from sona_jax.serve.batch import (
     ListWidths,
     Query,
+    RequestFilter,
     ViewerCandidates,
     batch_size,
+    filter_rows,
     list_widths,
     model_rows,
     pad_requests,
@@ -37,6 +39,7 @@ from sona_jax.serve.batch import (
     stack_candidates,
     stack_kept_for_scores,
 )
+from sona_jax.serve.filters import ItemFilter
 from sona_jax.serve.neighbours import ViewerIndex, viewer_index
 from sona_jax.serve.state import (
     RequestBatch,
@@ -96,6 +99,9 @@ def with_context_items(state: ServingState, cfg: SonaConfig) -> ServingState:
     tables = state._replace(context_fit=NO_CONTEXT_FIT, context_items=NO_CONTEXT_ITEMS)
     fit, items = retrieval.context_candidates(tables, cfg)
     return state._replace(context_fit=fit, context_items=items)
+
+
+_catalogue_passes = jax.jit(filters.passes)
 
 
 @jax.jit
@@ -334,6 +340,7 @@ class ServingEngine:
         size = batch_size(n)
         padded, requests, limits = query_batch(queries, size, self.widths)
         found = self._retrieve_missing(queries, padded, requests.exclude_watched)
+        item_filter = self._filters([q.filters for q in queries], size)
         candidates = stack_candidates(
             [q.candidates if q.candidates is not None else found[i] for i, q in enumerate(queries)],
             size,
@@ -348,8 +355,18 @@ class ServingEngine:
             self.weights,
             self.compiled,
             output_width(longest),
+            item_filter,
         )
         return self._lists(out, n, longest), found
+
+    def _filters(self, each: Sequence[RequestFilter | None], size: int) -> ItemFilter:
+        """Requests' filters as a batch of ``size`` rows (`batch.filter_rows`)."""
+        return filter_rows(
+            each,
+            size,
+            self.state.item_genres.shape[1],
+            self.cfg.filters.max_excluded_ids,
+        )
 
     def _retrieve_missing(
         self, queries: Sequence[Query], padded: UserBatch, exclude_watched: np.ndarray
@@ -376,6 +393,7 @@ class ServingEngine:
                 exclude,
                 self.compiled,
                 self._neighbours(viewers.preference, sub_size),
+                self._filters([queries[i].filters for i in missing], sub_size),
             ),
             len(missing),
         )
@@ -434,12 +452,24 @@ class ServingEngine:
         ]
         return scores, found
 
-    def similar(self, item: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
-        """Items most similar to ``item`` by base-tier embedding cosine (itself excluded)."""
+    def similar(
+        self, item: int, limit: int, item_filter: RequestFilter | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Items most similar to ``item`` by base-tier embedding cosine (itself excluded), of
+        those ``item_filter`` lets through (one_per_series: the most similar of a series)."""
         vectors = self.state.base.item_embeddings
         similarity = np.array(_cosine_to(vectors, vectors[item]))
         similarity[~self.item_valid] = -np.inf
         similarity[item] = -np.inf
-        top = np.argsort(-similarity)[:limit]
-        top = top[np.isfinite(similarity[top])]
+        if item_filter is not None:
+            passing = _catalogue_passes(self.state, self._filters([item_filter], 1))
+            similarity[~np.asarray(passing)[0]] = -np.inf
+        order = np.argsort(-similarity, kind="stable")
+        order = order[np.isfinite(similarity[order])]
+        if item_filter is not None and item_filter.one_per_series:
+            series = np.asarray(self.state.series)[order]
+            first = np.zeros(len(order), bool)
+            first[np.unique(series, return_index=True)[1]] = True
+            order = order[(series < 0) | first]
+        top = order[:limit]
         return top, similarity[top]

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 
 from sona_jax.config import SonaConfig
 from sona_jax.model.lora import fold_queries
-from sona_jax.serve import mmr, retrieval, sources
+from sona_jax.serve import filters, mmr, retrieval, sources
+from sona_jax.serve.filters import ItemFilter
 from sona_jax.serve.fusion import (
     COLD_START,
     EXPLORATION,
@@ -119,6 +120,7 @@ def request_candidates(
     request: RequestBatch,
     candidates: Candidates,
     cfg: SonaConfig,
+    item_filter: ItemFilter | None = None,
 ) -> RequestCandidates:
     """The viewer's candidates joined with the request context's (`sources.context_row`),
     with every source's raw score. A context candidate that retrieval did not keep counts each
@@ -151,6 +153,8 @@ def request_candidates(
     cold = sources.cold_start_scores(state, users, request, cfg, items)
     active = jnp.concatenate([retrieval.active_retrieved(users), contextual[:, None]], axis=1)
     mask = (items >= 0) & state.item_valid[jnp.maximum(items, 0)]
+    if item_filter is not None:  # retrieval dropped what they refuse; the context did not
+        mask = mask & filters.passes(state, item_filter, items)
     return RequestCandidates(items, SourceScores(raw, cold, active), mask)
 
 
@@ -193,6 +197,7 @@ def _offer_new_items(
     stop: jnp.ndarray,
     n_before: int,
     cfg: SonaConfig,
+    item_filter: ItemFilter | None = None,
 ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """Put the items added since the model that fit each viewer best (cosine of preference and
     embedding at least ``catalogue.new_item_min_fit``) in slots ``[first, stop)`` (users,) of
@@ -215,6 +220,12 @@ def _offer_new_items(
         & ~_listed(new_rows, listed)
         & (fit >= cfg.catalogue.new_item_min_fit)
     )
+    if item_filter is not None:
+        eligible = (
+            eligible
+            & filters.passes(state, item_filter, new_rows)
+            & ~(item_filter.one_per_series[:, None] & filters.share_series(state, new_rows, listed))
+        )
     k = min(n_out, rows.shape[0])
     values, order = jax.lax.top_k(jnp.where(eligible, fit, -jnp.inf), k)
     slot = jnp.arange(n_out)[None, :]
@@ -239,18 +250,34 @@ def rank(
     weights: jnp.ndarray,
     cfg: SonaConfig,
     n_out: int,
+    item_filter: ItemFilter | None = None,
 ) -> Recommendations:
     """Top ``limit`` (users,) recommendations per user in ``n_out`` columns (-1 past each
     user's limit) from each viewer's retrieved ``candidates`` and the request's context: the
-    list length is traced, so one program serves every length up to ``n_out``."""
-    joined = request_candidates(state, users, request, candidates, cfg)
+    list length is traced, so one program serves every length up to ``n_out``.
+    ``item_filter``: the requests' filters (`filters.ItemFilter`; retrieval must have applied
+    them too); items close to what a viewer dismissed lose relevance before MMR
+    (`filters.dismissal_penalty`)."""
+    joined = request_candidates(state, users, request, candidates, cfg, item_filter)
     scores, mask = joined.scores, joined.mask
     blend = fit_blend(scores, mask, weights, users.qualifying, cfg)
     everywhere, _ = blended(blend, scores.raw, scores.cold, mask)
+    if item_filter is not None:
+        keep = filters.best_of_each_series(state, item_filter, joined.items, everywhere)
+        everywhere = jnp.where(keep, everywhere, -jnp.inf)
 
     n_columns = joined.items.shape[1]
     pool_size = min(max(cfg.diversity.pool_size, n_out), n_columns)
     pool_relevance, pool_positions = top_k_unordered(everywhere, pool_size)
+    penalty = filters.dismissal_penalty(
+        state,
+        users.dismissed,
+        jnp.take_along_axis(joined.items, jnp.maximum(pool_positions, 0), axis=1),
+        cfg.filters,
+    )
+    pool_relevance = jnp.where(
+        jnp.isfinite(pool_relevance), jnp.maximum(pool_relevance - penalty, 0.0), pool_relevance
+    )
     # MMR breaks ties by pool position, and at λ = 0 its first choice is all ties: put the most
     # relevant item first (a swap; sorting the pool cost about 5 % of the call).
     best = jnp.argmax(pool_relevance, axis=1)[:, None]
@@ -301,6 +328,7 @@ def rank(
             stop,
             n_columns,  # offered new items count as the columns past the candidates'
             cfg,
+            item_filter,
         )
         new_raw, new_cold = new_item_scores(state, users, request, candidates, cfg)
         at_new = jnp.clip(placed - n_columns, 0, n_added - 1)

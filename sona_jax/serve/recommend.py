@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from sona_jax.config import SonaConfig
 from sona_jax.model.lora import base_queries, candidate_logits, personalised_scores
 from sona_jax.serve import retrieval, sources
+from sona_jax.serve.filters import ItemFilter
 from sona_jax.serve.fusion import MinMax, blend_with, blended, fit_min_max
 from sona_jax.serve.rank import Recommendations, RequestCandidates, rank, request_candidates
 from sona_jax.serve.retrieval import KeptForScores
@@ -33,11 +34,14 @@ def recommend(
     cfg: SonaConfig,
     n_out: int,
     neighbours: jnp.ndarray | None = None,
+    item_filter: ItemFilter | None = None,
 ) -> Recommendations:
     """`retrieval.retrieve` then `rank`, in one call: what the service serves a viewer whose
     candidates it does not hold (and what evaluation measures); ``neighbours`` as `retrieve`'s."""
-    candidates = retrieval.retrieve(state, users, request.exclude_watched, cfg, neighbours)
-    return rank(state, users, request, candidates, limit, weights, cfg, n_out)
+    candidates = retrieval.retrieve(
+        state, users, request.exclude_watched, cfg, neighbours, item_filter
+    )
+    return rank(state, users, request, candidates, limit, weights, cfg, n_out, item_filter)
 
 
 @partial(jax.jit, static_argnames=("cfg",))

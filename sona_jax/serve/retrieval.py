@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 
 from sona_jax.config import SonaConfig
-from sona_jax.serve import sources
+from sona_jax.serve import filters, sources
+from sona_jax.serve.filters import ItemFilter
 from sona_jax.serve.fusion import CONTEXT
 from sona_jax.serve.selection import compact, top_k_mask, top_k_unordered
 from sona_jax.serve.state import RequestBatch, ServingState, UserBatch
@@ -100,12 +101,14 @@ def retrieve(
     exclude_watched: jnp.ndarray,
     cfg: SonaConfig,
     neighbours: jnp.ndarray | None = None,
+    item_filter: ItemFilter | None = None,
 ) -> Candidates:
     """Each viewer's candidates: the union of the top ``candidates.per_source`` items of each
     active source, of cold start (no mood) and the top ``candidates.trending`` trending items,
     none of them excluded (`unscorable_items`, or watched where ``exclude_watched``).
     ``neighbours`` (users, N): pool rows an approximate search found for each viewer (default:
-    search every pool viewer)."""
+    search every pool viewer); ``item_filter``: the requests' filters, whose refused items are
+    excluded too."""
     n_users, n_items = users.preference.shape[0], state.item_valid.shape[0]
     nearest = sources.nearest_viewers(state, users, cfg, neighbours)
     content = sources.content_scores(state, users, cfg)
@@ -129,6 +132,8 @@ def retrieve(
     )
     cold = sources.cold_start_scores(state, users, no_context(n_users), cfg)
     excluded = unscorable | _listed(state, jnp.where(exclude_watched[:, None], users.seen, -1))
+    if item_filter is not None:
+        excluded = excluded | ~filters.passes(state, item_filter)
     ranked = jnp.concatenate(
         [
             jnp.where(~active_retrieved(users)[:, :, None], -jnp.inf, raw),

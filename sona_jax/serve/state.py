@@ -23,7 +23,8 @@ class ServingState(NamedTuple):
     sequence_neighbours / sequence_weights: (items, M') each item's next-watch successors.
     global_share, trending: (items,); by_time_of_day, by_device: (4, items); hour_share: (items, 24).
     item_genres: (items, G) multi-hot; item_moods: (items, 6) flags in `tables.MOODS` order;
-    duration: (items,) minutes, -1 unknown; mood_prior: (6, G).
+    duration: (items,) minutes, release_year (items,), both -1 unknown; series: (items,) int32
+    series keys, -1 none (`metadata.series_keys`); mood_prior: (6, G).
     pool_preferences: (P, d) preference vectors of the viewers kNN searches: float32 when
     every query scores them all, float16 (their stored dtype) when an index finds the rows
     scored (`pool_dtype`);
@@ -57,6 +58,8 @@ class ServingState(NamedTuple):
     item_genres: jnp.ndarray
     item_moods: jnp.ndarray
     duration: jnp.ndarray
+    release_year: jnp.ndarray
+    series: jnp.ndarray
     mood_prior: jnp.ndarray
     pool_preferences: jnp.ndarray
     pool_items: jnp.ndarray
@@ -129,6 +132,8 @@ def serving_state(
         item_genres=jnp.asarray(model.item_genres, jnp.float32),
         item_moods=jnp.asarray(t.item_moods),
         duration=jnp.asarray(t.duration),
+        release_year=jnp.asarray(t.release_year),
+        series=jnp.asarray(t.series),
         mood_prior=jnp.asarray(t.mood_prior),
         pool_preferences=pool_preferences(model, pool_rows, pool_dtype),
         pool_items=items,

@@ -62,6 +62,12 @@ def random_state(
         duration=np.where(rng.random(n_items) < 0.2, -1, rng.uniform(5, 150, n_items)).astype(
             np.float32
         ),
+        release_year=np.where(
+            rng.random(n_items) < 0.2, -1, rng.integers(1950, 2025, n_items)
+        ).astype(np.float32),
+        series=np.where(rng.random(n_items) < 0.5, -1, rng.integers(0, 5, n_items)).astype(
+            np.int32
+        ),
         mood_prior=(rng.random((6, G)) < 0.4).astype(np.float32),
         pool_preferences=prefs,
         pool_items=pool_items,

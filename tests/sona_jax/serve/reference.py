@@ -89,3 +89,32 @@ def mmr(relevance, vectors, valid, lam, n_select):
         if best < 0:
             break
     return chosen + [-1] * (n_select - len(chosen))
+
+
+def passes_filter(item, f, genres, release_year, duration):
+    """Whether catalogue row ``item`` passes one request's `RequestFilter` ``f``."""
+    if item in f.excluded:
+        return False
+    has = {g for g in range(genres.shape[1]) if genres[item, g] > 0}
+    if f.genres_any and not has & set(f.genres_any):
+        return False
+    if has & set(f.genres_none):
+        return False
+    for value, low, high in (
+        (release_year[item], f.year_min, f.year_max),
+        (duration[item], f.duration_min, f.duration_max),
+    ):
+        if low is not None and not (value >= 0 and value >= np.float32(low)):
+            return False
+        if high is not None and not (value >= 0 and value <= np.float32(high)):
+            return False
+    return True
+
+
+def dismissal_penalty(vectors, item, dismissed, cfg):
+    """Relevance an item loses for its closest dismissed item (cosine in MMR's space)."""
+    close = [float(vectors[item] @ vectors[d]) for d in dismissed if d >= 0]
+    if not close or cfg.dismissal_penalty == 0:
+        return 0.0
+    share = (max(close) - cfg.dismissal_min_similarity) / (1.0 - cfg.dismissal_min_similarity)
+    return cfg.dismissal_penalty * min(max(share, 0.0), 1.0)
