@@ -17,6 +17,7 @@ from pydantic import (
     Field,
     Strict,
     field_validator,
+    model_validator,
 )
 
 from sona_jax.serve.fusion import KIND_NAMES
@@ -81,6 +82,38 @@ class Context(_Strict):
     viewing_with: ContextWord | None = None
 
 
+class Filters(_Strict):
+    """Which items a list may hold (issue 15); unknown fields are refused, not ignored."""
+
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="null")
+
+    exclude_content_ids: list[UUID] = Field(
+        default_factory=list, description="at most filters.max_excluded_ids (100 by default)"
+    )
+    genres_any: list[text(64)] = Field(
+        default_factory=list, max_length=64, description="at least one of these genres"
+    )
+    genres_none: list[text(64)] = Field(
+        default_factory=list, max_length=64, description="none of these genres"
+    )
+    release_year_min: integer(1800, 2200) | None = None
+    release_year_max: integer(1800, 2200) | None = None
+    duration_min: Number | None = Field(None, ge=0, le=100_000, description="minutes")
+    duration_max: Number | None = Field(None, ge=0, le=100_000, description="minutes")
+    one_per_series: Flag = Field(False, description="at most one item of each series")
+
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> Filters:
+        for low, high in (
+            ("release_year_min", "release_year_max"),
+            ("duration_min", "duration_max"),
+        ):
+            a, b = getattr(self, low), getattr(self, high)
+            if a is not None and b is not None and a > b:
+                raise ValueError(f"{low} ({a}) is above {high} ({b})")
+        return self
+
+
 class RecommendationRequest(_Strict):
     user_id: UUID
     context: Context | None = None
@@ -89,6 +122,7 @@ class RecommendationRequest(_Strict):
     )
     exclude_watched: Flag = True
     diversity_threshold: Number | None = Field(None, ge=0.0, le=1.0, description="1 − λ of MMR")
+    filters: Filters | None = None
 
 
 class Recommendation(_Strict):
@@ -114,6 +148,7 @@ class RecommendationResponse(_Strict):
 class SimilarRequest(_Strict):
     content_id: UUID
     limit: integer(1, 100) = 10
+    filters: Filters | None = None
 
 
 class SimilarItem(_Strict):
@@ -157,6 +192,11 @@ class BatchScoreRequest(_Strict):
         min_length=1, description="at most serving.max_batch_score_ids (1,000 by default)"
     )
     context: Context | None = None
+    filters: Filters | None = Field(
+        None,
+        description="items a filter refuses are not scored: listed in filtered_content_ids "
+        "(one_per_series does not apply to scores)",
+    )
 
 
 class BatchScoreItem(_Strict):
@@ -169,6 +209,9 @@ class BatchScoreResponse(_Strict):
     user_id: UUID
     scores: list[BatchScoreItem]
     unknown_content_ids: list[UUID]
+    filtered_content_ids: list[UUID] = Field(
+        default_factory=list, description="known items the request's filters refused"
+    )
 
 
 class ViewingEvent(_Strict):

@@ -16,6 +16,7 @@ from service.candidates import candidate_key
 from service.context import resolve
 from service.demo import new_request_seed
 from service.errors import ApiError
+from service.request_filters import cache_part, request_filter
 from service.runtime import Runtime
 from service.state import AppState, app_state
 from sona_jax.serve.batch import Query, ViewerCandidates, ViewerProfile
@@ -88,6 +89,7 @@ async def recommendations_body(state: AppState, data: schemas.RecommendationRequ
     lam = policy.mmr_lambda(data.diversity_threshold, state.cfg)
     context = resolve(data.context)
     device, tod, mood = context.indices
+    item_filter = request_filter(data.filters, runtime.engine, state.cfg)
     ttl = state.serving.recommendation_ttl_seconds
     if ttl:
         key = policy.list_cache_key(
@@ -102,12 +104,17 @@ async def recommendations_body(state: AppState, data: schemas.RecommendationRequ
             tod,
             mood,
             sorted(context.ignored.items()),  # the answer names them
+            cache_part(item_filter),
         )
         cached = await state.cache.get(key)
         if cached is not None:
             return cached
-    pool_key, candidates = kept_candidates(
-        state, runtime, user_id, version, profile, data.exclude_watched
+    # A filtered list retrieves through its filter (the kept candidates may hold too few
+    # that pass) and keeps nothing.
+    pool_key, candidates = (
+        kept_candidates(state, runtime, user_id, version, profile, data.exclude_watched)
+        if item_filter is None
+        else (None, None)
     )
     result = await state.recommend.submit(
         Query(
@@ -120,9 +127,11 @@ async def recommendations_body(state: AppState, data: schemas.RecommendationRequ
             mood,
             new_request_seed(),
             candidates=candidates,
+            filters=item_filter,
         )
     )
-    keep_candidates(state, pool_key, result["candidates"])
+    if pool_key is not None:
+        keep_candidates(state, pool_key, result["candidates"])
     items = _items(result["rows"], result["engine"], context, state.metrics.listed)
     answer = {
         "recommendations": items,
@@ -151,8 +160,9 @@ async def similar(data: schemas.SimilarRequest):
     state = app_state()
     engine = state.engine().engine
     index = item_index(state, str(data.content_id), "content_id")
+    item_filter = request_filter(data.filters, engine, state.cfg)
     top, similarity = await asyncio.get_running_loop().run_in_executor(
-        state.executor, engine.similar, index, data.limit
+        state.executor, engine.similar, index, data.limit, item_filter
     )
     return schemas.SimilarResponse(
         similar_content=[

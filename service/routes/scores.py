@@ -10,6 +10,7 @@ from quart_schema import document_response, validate_request, validate_response
 from service import schemas
 from service.context import resolve
 from service.errors import ApiError
+from service.request_filters import request_filter
 from service.routes.recommendations import item_index, keep_candidates, kept_candidates
 from service.state import AppState, app_state
 from sona_jax.serve.batch import Query
@@ -83,10 +84,17 @@ async def score_batch(data: schemas.BatchScoreRequest):
         raise ApiError(
             400, "validation_error", f"content_ids: at most {limit} content ids per request"
         )
-    index = state.engine().engine.item_index
+    engine = state.engine().engine
+    index = engine.item_index
     ids = [str(c) for c in data.content_ids]
     known = [(c, index[c]) for c in ids if c in index]
     unknown = [c for c in ids if c not in index]
+    item_filter = request_filter(data.filters, engine, state.cfg)
+    filtered = []
+    if item_filter is not None and known:
+        kept = engine.passing(item_filter, np.array([i for _, i in known]))
+        filtered = [c for (c, _), ok in zip(known, kept, strict=True) if not ok]
+        known = [pair for pair, ok in zip(known, kept, strict=True) if ok]
     scores = []
     if known:
         result = await scored(
@@ -100,5 +108,8 @@ async def score_batch(data: schemas.BatchScoreRequest):
             for (c, _), s, comp in zip(known, result.score, result.components, strict=True)
         ]
     return schemas.BatchScoreResponse(
-        user_id=str(data.user_id), scores=scores, unknown_content_ids=unknown
+        user_id=str(data.user_id),
+        scores=scores,
+        unknown_content_ids=unknown,
+        filtered_content_ids=filtered,
     )

@@ -101,7 +101,7 @@ def with_context_items(state: ServingState, cfg: SonaConfig) -> ServingState:
     return state._replace(context_fit=fit, context_items=items)
 
 
-_catalogue_passes = jax.jit(filters.passes)
+_passes = jax.jit(filters.passes)
 
 
 @jax.jit
@@ -452,6 +452,14 @@ class ServingEngine:
         ]
         return scores, found
 
+    def passing(self, item_filter: RequestFilter, items: np.ndarray) -> np.ndarray:
+        """(n,) whether each of ``items`` (n,) rows passes ``item_filter`` (one_per_series
+        aside), in a bucketed width so lengths share programs."""
+        table = np.full((1, bucket(len(items), SCORE_BUCKETS)), -1, np.int32)
+        table[0, : len(items)] = items
+        found = _passes(self.state, self._filters([item_filter], 1), table)
+        return np.asarray(found)[0, : len(items)]
+
     def similar(
         self, item: int, limit: int, item_filter: RequestFilter | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -462,7 +470,7 @@ class ServingEngine:
         similarity[~self.item_valid] = -np.inf
         similarity[item] = -np.inf
         if item_filter is not None:
-            passing = _catalogue_passes(self.state, self._filters([item_filter], 1))
+            passing = _passes(self.state, self._filters([item_filter], 1))
             similarity[~np.asarray(passing)[0]] = -np.inf
         order = np.argsort(-similarity, kind="stable")
         order = order[np.isfinite(similarity[order])]

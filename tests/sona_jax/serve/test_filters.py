@@ -10,8 +10,8 @@ from sona_jax.serve import filters, fusion, recommend
 from sona_jax.serve.batch import RequestFilter, filter_rows
 from tests.sona_jax.serve import reference
 from tests.sona_jax.serve.fixtures import (
-    G,
     SMALL_CFG,
+    G,
     random_requests,
     random_state,
     random_users,
