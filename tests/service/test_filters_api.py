@@ -155,9 +155,7 @@ async def test_not_interested_takes_effect_on_the_next_request(api):
     engine = app_state(app).runtime.engine
     vectors = engine.state.item_diversity
     index = engine.item_index
-    closest = max(
-        before[1:], key=lambda c: float(vectors[index[c]] @ vectors[index[before[0]]])
-    )
+    closest = max(before[1:], key=lambda c: float(vectors[index[c]] @ vectors[index[before[0]]]))
     cosine = float(vectors[index[closest]] @ vectors[index[before[0]]])
     if cosine > SMALL.filters.dismissal_min_similarity:  # its neighbour fell (or left)
         assert closest not in after or after.index(closest) >= before.index(closest) - 1
