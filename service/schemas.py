@@ -17,7 +17,6 @@ from pydantic import (
     Field,
     Strict,
     field_validator,
-    model_validator,
 )
 
 from sona_jax.serve.fusion import KIND_NAMES
@@ -83,12 +82,15 @@ class Context(_Strict):
 
 
 class Filters(_Strict):
-    """Which items a list may hold (issue 15); unknown fields are refused, not ignored."""
+    """Which items a list may hold (issue 15); unknown fields are refused, not ignored. Bounds
+    are inclusive; a minimum above its maximum lets nothing through."""
 
     model_config = ConfigDict(extra="forbid", ser_json_inf_nan="null")
 
     exclude_content_ids: list[UUID] = Field(
-        default_factory=list, description="at most filters.max_excluded_ids (100 by default)"
+        default_factory=list,
+        max_length=100,
+        description="at most 100, and at most filters.max_excluded_ids when that is lower",
     )
     genres_any: list[text(64)] = Field(
         default_factory=list, max_length=64, description="at least one of these genres"
@@ -101,17 +103,6 @@ class Filters(_Strict):
     duration_min: Number | None = Field(None, ge=0, le=100_000, description="minutes")
     duration_max: Number | None = Field(None, ge=0, le=100_000, description="minutes")
     one_per_series: Flag = Field(False, description="at most one item of each series")
-
-    @model_validator(mode="after")
-    def _bounds_in_order(self) -> Filters:
-        for low, high in (
-            ("release_year_min", "release_year_max"),
-            ("duration_min", "duration_max"),
-        ):
-            a, b = getattr(self, low), getattr(self, high)
-            if a is not None and b is not None and a > b:
-                raise ValueError(f"{low} ({a}) is above {high} ({b})")
-        return self
 
 
 class RecommendationRequest(_Strict):
@@ -143,6 +134,9 @@ class RecommendationResponse(_Strict):
     ignored_context: dict[str, str] | None = Field(
         None, description="context words the engine does not know (present only when some are)"
     )
+    ignored_filters: dict[str, list[str]] | None = Field(
+        None, description="filter genres the model does not know (present only when some are)"
+    )
 
 
 class SimilarRequest(_Strict):
@@ -159,6 +153,9 @@ class SimilarItem(_Strict):
 
 class SimilarResponse(_Strict):
     similar_content: list[SimilarItem]
+    ignored_filters: dict[str, list[str]] | None = Field(
+        None, description="filter genres the model does not know (present only when some are)"
+    )
 
 
 class ScoreRequest(_Strict):
@@ -211,6 +208,9 @@ class BatchScoreResponse(_Strict):
     unknown_content_ids: list[UUID]
     filtered_content_ids: list[UUID] = Field(
         default_factory=list, description="known items the request's filters refused"
+    )
+    ignored_filters: dict[str, list[str]] | None = Field(
+        None, description="filter genres the model does not know (present only when some are)"
     )
 
 

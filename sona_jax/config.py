@@ -245,7 +245,7 @@ class FiltersConfig(_Section):
     """Request filters (`sona_jax.serve.filters`) and what a dismissal does to its neighbours."""
 
     max_excluded_ids: int = serve(
-        100, ge=1, le=10_000, description="most exclude_content_ids a request may carry"
+        100, ge=1, le=100, description="most exclude_content_ids a request may carry"
     )
     dismissal_penalty: float = serve(
         0.5, ge=0.0, le=1.0, description="relevance taken off an item as close as a dismissed one"

@@ -89,7 +89,7 @@ async def recommendations_body(state: AppState, data: schemas.RecommendationRequ
     lam = policy.mmr_lambda(data.diversity_threshold, state.cfg)
     context = resolve(data.context)
     device, tod, mood = context.indices
-    item_filter = request_filter(data.filters, runtime.engine, state.cfg)
+    item_filter, ignored_filters = request_filter(data.filters, runtime.engine, state.cfg)
     ttl = state.serving.recommendation_ttl_seconds
     if ttl:
         key = policy.list_cache_key(
@@ -140,6 +140,8 @@ async def recommendations_body(state: AppState, data: schemas.RecommendationRequ
     }
     if context.ignored:
         answer["ignored_context"] = context.ignored
+    if ignored_filters:
+        answer["ignored_filters"] = ignored_filters
     body = orjson.dumps(answer)
     if ttl:
         await state.cache.set(key, body, ttl)
@@ -160,7 +162,7 @@ async def similar(data: schemas.SimilarRequest):
     state = app_state()
     engine = state.engine().engine
     index = item_index(state, str(data.content_id), "content_id")
-    item_filter = request_filter(data.filters, engine, state.cfg)
+    item_filter, ignored_filters = request_filter(data.filters, engine, state.cfg)
     top, similarity = await asyncio.get_running_loop().run_in_executor(
         state.executor, engine.similar, index, data.limit, item_filter
     )
@@ -172,5 +174,6 @@ async def similar(data: schemas.SimilarRequest):
                 title=engine.titles[i],
             )
             for i, s in zip(top, similarity, strict=True)
-        ]
+        ],
+        ignored_filters=ignored_filters or None,
     )

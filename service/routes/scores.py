@@ -89,7 +89,7 @@ async def score_batch(data: schemas.BatchScoreRequest):
     ids = [str(c) for c in data.content_ids]
     known = [(c, index[c]) for c in ids if c in index]
     unknown = [c for c in ids if c not in index]
-    item_filter = request_filter(data.filters, engine, state.cfg)
+    item_filter, ignored_filters = request_filter(data.filters, engine, state.cfg)
     filtered = []
     if item_filter is not None and known:
         kept = engine.passing(item_filter, np.array([i for _, i in known]))
@@ -112,4 +112,5 @@ async def score_batch(data: schemas.BatchScoreRequest):
         scores=scores,
         unknown_content_ids=unknown,
         filtered_content_ids=filtered,
+        ignored_filters=ignored_filters or None,
     )

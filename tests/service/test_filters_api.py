@@ -76,6 +76,9 @@ async def test_filtered_lists_hold_only_what_passes_and_stay_full(api):
         item = items[content_id]
         assert genre in item.genres and low <= item.release_year <= high, item
     assert not set(listed) & set(plain[:3])
+    assert (
+        await _recommend(client, user, {"release_year_min": 2000, "release_year_max": 1990}) == []
+    )
     none = await _recommend(client, user, {"genres_none": [genre]})
     assert len(none) == 10 and all(genre not in items[c].genres for c in none)
     # the kept candidates of the unfiltered list are untouched: it comes back the same
@@ -97,8 +100,6 @@ async def test_one_per_series(api):
     ("filters", "field"),
     [
         ({"genre_any": ["Drama"]}, "filters.genre_any"),
-        ({"genres_any": ["No Such Genre"]}, "filters.genres_any"),
-        ({"release_year_min": 2010, "release_year_max": 2000}, "filters"),
         ({"duration_min": -5}, "filters.duration_min"),
         ({"exclude_content_ids": ["not-a-uuid"]}, "filters.exclude_content_ids.0"),
     ],
@@ -112,6 +113,25 @@ async def test_bad_filters_get_a_400_naming_the_field(api, filters, field):
     body = await response.get_json()
     assert response.status_code == 400, body
     assert field in body["message"], body
+
+
+async def test_unknown_genres_are_ignored_and_named(api):
+    client, app = api
+    user, items = await _setting(app)
+    genre = next(iter(items.values())).genres[0]
+    response = await client.post(
+        "/api/v1/recommendations",
+        json={
+            "user_id": user,
+            "limit": 5,
+            "filters": {"genres_any": [genre.upper(), "No Such Genre"]},
+        },
+    )
+    body = await response.get_json()
+    assert response.status_code == 200, body
+    assert body["ignored_filters"] == {"genres_any": ["No Such Genre"]}
+    assert len(body["recommendations"]) == 5
+    assert all(genre in items[r["content_id"]].genres for r in body["recommendations"])
 
 
 async def test_similar_items_and_batch_scores_apply_the_filters(api):
