@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import orjson
 from quart import Blueprint, Response
@@ -92,7 +94,9 @@ async def score_batch(data: schemas.BatchScoreRequest):
     item_filter, ignored_filters = request_filter(data.filters, engine, state.cfg)
     filtered = []
     if item_filter is not None and known:
-        kept = engine.passing(item_filter, np.array([i for _, i in known]))
+        kept = await asyncio.get_running_loop().run_in_executor(
+            state.executor, engine.passing, item_filter, np.array([i for _, i in known])
+        )
         filtered = [c for (c, _), ok in zip(known, kept, strict=True) if not ok]
         known = [pair for pair, ok in zip(known, kept, strict=True) if ok]
     scores = []

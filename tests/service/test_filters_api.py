@@ -151,6 +151,7 @@ async def test_similar_items_and_batch_scores_apply_the_filters(api):
         json={"user_id": user, "content_ids": ids, "filters": {"genres_any": [genre]}},
     )
     body = await response.get_json()
+    assert response.status_code == 200, body
     scored = {s["content_id"] for s in body["scores"]}
     assert scored and all(genre in items[c].genres for c in scored)
     assert set(body["filtered_content_ids"]) == {c for c in ids if genre not in items[c].genres}
