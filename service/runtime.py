@@ -28,7 +28,7 @@ from sona_jax.config import SonaConfig
 from sona_jax.data.stored import StoredEvent
 from sona_jax.model.training_data import event_targets
 from sona_jax.model.version import TrainedModel
-from sona_jax.serve import viewers
+from sona_jax.serve import item_queries, viewers
 from sona_jax.serve.batch import Query, RequestFilter, ViewerProfile
 from sona_jax.serve.engine import Lists, Scores, ServingEngine
 from sona_jax.serve.viewers import AdapterResult
@@ -227,12 +227,12 @@ def warm_up_tasks(
             for profile in (empty, dismissing):  # seen lists shape only the retrieval inside
                 scoring = Query(profile, items=np.zeros(width, np.int32))
                 tasks.append(partial(engine.score_queries, [scoring] * size))
-    tasks.append(partial(engine.similar, 0, 1))
+    tasks.append(partial(item_queries.similar, engine, 0, 1))
     # filtered similar items (over the catalogue) and filtered batch scores (at items)
     some_filter = RequestFilter(one_per_series=True, year_min=0.0)
-    tasks.append(partial(engine.similar, 0, 1, some_filter))
+    tasks.append(partial(item_queries.similar, engine, 0, 1, some_filter))
     for width in widths:
-        tasks.append(partial(engine.passing, some_filter, np.zeros(width, np.int32)))
+        tasks.append(partial(item_queries.passing, engine, some_filter, np.zeros(width, np.int32)))
     item = engine.item_ids[0]
     for n_events in EVENT_BUCKETS:
         if n_events > bucket(serving.warm_up_max_events, EVENT_BUCKETS):

@@ -19,6 +19,7 @@ from service.errors import ApiError
 from service.request_filters import cache_part, request_filter
 from service.runtime import Runtime
 from service.state import AppState, app_state
+from sona_jax.serve import item_queries
 from sona_jax.serve.batch import Query, ViewerCandidates, ViewerProfile
 from sona_jax.serve.fusion import KIND_NAMES
 
@@ -164,7 +165,7 @@ async def similar(data: schemas.SimilarRequest):
     index = item_index(state, str(data.content_id), "content_id")
     item_filter, ignored_filters = request_filter(data.filters, engine, state.cfg)
     top, similarity = await asyncio.get_running_loop().run_in_executor(
-        state.executor, engine.similar, index, data.limit, item_filter
+        state.executor, item_queries.similar, engine, index, data.limit, item_filter
     )
     return schemas.SimilarResponse(
         similar_content=[

@@ -15,6 +15,7 @@ from service.errors import ApiError
 from service.request_filters import request_filter
 from service.routes.recommendations import item_index, keep_candidates, kept_candidates
 from service.state import AppState, app_state
+from sona_jax.serve import item_queries
 from sona_jax.serve.batch import Query
 from sona_jax.serve.engine import Scores
 from sona_jax.serve.fusion import SOURCE_NAMES
@@ -95,7 +96,11 @@ async def score_batch(data: schemas.BatchScoreRequest):
     filtered = []
     if item_filter is not None and known:
         kept = await asyncio.get_running_loop().run_in_executor(
-            state.executor, engine.passing, item_filter, np.array([i for _, i in known])
+            state.executor,
+            item_queries.passing,
+            engine,
+            item_filter,
+            np.array([i for _, i in known]),
         )
         filtered = [c for (c, _), ok in zip(known, kept, strict=True) if not ok]
         known = [pair for pair, ok in zip(known, kept, strict=True) if ok]

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -22,7 +21,7 @@ from sona_jax.data.stored import StoredChange
 from sona_jax.model.tables import Popularity
 from sona_jax.model.version import TrainedModel
 from sona_jax.serve import catalogue as live
-from sona_jax.serve import filters, fusion, rank, recommend, retrieval
+from sona_jax.serve import fusion, rank, recommend, retrieval
 from sona_jax.serve.batch import (
     ListWidths,
     Query,
@@ -99,14 +98,6 @@ def with_context_items(state: ServingState, cfg: SonaConfig) -> ServingState:
     tables = state._replace(context_fit=NO_CONTEXT_FIT, context_items=NO_CONTEXT_ITEMS)
     fit, items = retrieval.context_candidates(tables, cfg)
     return state._replace(context_fit=fit, context_items=items)
-
-
-_passes = jax.jit(filters.passes)
-
-
-@jax.jit
-def _cosine_to(vectors: jnp.ndarray, query: jnp.ndarray) -> jnp.ndarray:
-    return vectors @ query
 
 
 @dataclass(frozen=True)
@@ -340,7 +331,7 @@ class ServingEngine:
         size = batch_size(n)
         padded, requests, limits = query_batch(queries, size, self.widths)
         found = self._retrieve_missing(queries, padded, requests.exclude_watched)
-        item_filter = self._filters([q.filters for q in queries], size)
+        item_filter = self.filter_batch([q.filters for q in queries], size)
         candidates = stack_candidates(
             [q.candidates if q.candidates is not None else found[i] for i, q in enumerate(queries)],
             size,
@@ -359,7 +350,7 @@ class ServingEngine:
         )
         return self._lists(out, n, longest), found
 
-    def _filters(self, each: Sequence[RequestFilter | None], size: int) -> ItemFilter:
+    def filter_batch(self, each: Sequence[RequestFilter | None], size: int) -> ItemFilter:
         """Requests' filters as a batch of ``size`` rows (`batch.filter_rows`)."""
         return filter_rows(
             each,
@@ -393,7 +384,7 @@ class ServingEngine:
                 exclude,
                 self.compiled,
                 self._neighbours(viewers.preference, sub_size),
-                self._filters([queries[i].filters for i in missing], sub_size),
+                self.filter_batch([queries[i].filters for i in missing], sub_size),
             ),
             len(missing),
         )
@@ -451,33 +442,3 @@ class ServingEngine:
             for row in range(n)
         ]
         return scores, found
-
-    def passing(self, item_filter: RequestFilter, items: np.ndarray) -> np.ndarray:
-        """(n,) whether each of ``items`` (n,) rows passes ``item_filter`` (one_per_series
-        aside), in a bucketed width so lengths share programs."""
-        table = np.full((1, bucket(len(items), SCORE_BUCKETS)), -1, np.int32)
-        table[0, : len(items)] = items
-        found = _passes(self.state, self._filters([item_filter], 1), table)
-        return np.asarray(found)[0, : len(items)]
-
-    def similar(
-        self, item: int, limit: int, item_filter: RequestFilter | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Items most similar to ``item`` by base-tier embedding cosine (itself excluded), of
-        those ``item_filter`` lets through (one_per_series: the most similar of a series)."""
-        vectors = self.state.base.item_embeddings
-        similarity = np.array(_cosine_to(vectors, vectors[item]))
-        similarity[~self.item_valid] = -np.inf
-        similarity[item] = -np.inf
-        if item_filter is not None:
-            passing = _passes(self.state, self._filters([item_filter], 1))
-            similarity[~np.asarray(passing)[0]] = -np.inf
-        order = np.argsort(-similarity, kind="stable")
-        order = order[np.isfinite(similarity[order])]
-        if item_filter is not None and item_filter.one_per_series:
-            series = np.asarray(self.state.series)[order]
-            first = np.zeros(len(order), bool)
-            first[np.unique(series, return_index=True)[1]] = True
-            order = order[(series < 0) | first]
-        top = order[:limit]
-        return top, similarity[top]

@@ -392,6 +392,13 @@ def rank(
     best_seed = jnp.take_along_axis(seeds, jnp.argmax(affinity, axis=2), axis=1)
     based_on = jnp.where(ok & (seeds[:, :1] >= 0), best_seed, -1)
     # a sequential item cites the item it is watched next after, not the most similar one
-    origin = sources.sequence_origin(state, users, safe_items, cfg)
-    based_on = jnp.where(ok & (kind == SEQUENTIAL), origin, based_on)
+    # (a gather over every seed's successors: skipped in a batch that lists none)
+    sequential = ok & (kind == SEQUENTIAL)
+    based_on = jax.lax.cond(
+        jnp.any(sequential),
+        lambda: jnp.where(
+            sequential, sources.sequence_origin(state, users, safe_items, cfg), based_on
+        ),
+        lambda: based_on,
+    )
     return Recommendations(items, item_scores, jnp.where(ok, kind, -1), based_on, contrib)

@@ -1,4 +1,5 @@
-"""SPEC 3.3: the scoring sources (its four and the sequential one), each (state, users, request) -> (users, items) scores.
+"""SPEC 3.3: the scoring sources (its four and the sequential one), each (state, users,
+request) -> (users, items) scores.
 
 Every function is pure and batched over users; `recommend.py` composes them. Item index -1 marks
 padding in every per-user table and is dropped by the scatters (``mode="drop"``).

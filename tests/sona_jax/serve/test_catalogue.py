@@ -15,7 +15,7 @@ from sona_jax.config import SonaConfig
 from sona_jax.data import generate_synthetic
 from sona_jax.model import tables
 from sona_jax.model.train import train_model
-from sona_jax.serve import viewers
+from sona_jax.serve import item_queries, viewers
 from sona_jax.serve.batch import Query
 from sona_jax.serve.catalogue import capacity_step, item_capacity
 from sona_jax.serve.engine import ServingEngine
@@ -122,7 +122,9 @@ def test_deleted_items_are_never_served_and_new_ones_get_their_share(data, engin
     )
     assert (fit >= CFG.catalogue.new_item_min_fit - 1e-5).all()
     for i in gone[:3]:
-        similar, _ = served.similar(int(served.item_index[engine.item_ids[n - 1]]), 200)
+        similar, _ = item_queries.similar(
+            served, int(served.item_index[engine.item_ids[n - 1]]), 200
+        )
         assert i not in similar
     restored, _ = served.with_catalogue(
         [CatalogueEntry(0, ContentRow(engine.item_ids[gone[0]], ""), revision=3)]
