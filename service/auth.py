@@ -1,6 +1,7 @@
 """API keys (SPEC 5): a valid ``Authorization: Bearer`` key on every /api route when keys are
 configured, and an admin key for catalogue writes (SPEC 5: "catalog writes need an admin key";
-adapter training is a route SPEC 5 lists for ordinary callers)."""
+adapter training is a route SPEC 5 lists for ordinary callers), and for creating and changing
+experiments (they change what every viewer is served)."""
 
 from __future__ import annotations
 
@@ -31,8 +32,10 @@ class KeyCheck:
                 "a valid Authorization: Bearer key is required",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        needs_admin = (method, path) in ADMIN_ROUTES or (
-            method == "DELETE" and path.startswith("/api/v1/content/")
+        needs_admin = (
+            (method, path) in ADMIN_ROUTES
+            or (method == "DELETE" and path.startswith("/api/v1/content/"))
+            or (method == "POST" and path.startswith("/api/v1/experiments"))
         )
         if needs_admin and key not in self.admin_keys:
             raise ApiError(403, "forbidden", "this operation needs an admin key")

@@ -12,9 +12,14 @@ from sona_jax.config import SonaConfig
 EXPLAINED_BY_HISTORY = ("graph_based", "content_based", "sequential")
 
 
-def mmr_lambda(diversity_threshold: float | None, cfg: SonaConfig) -> float:
-    """SPEC 5: ``diversity_threshold`` is 1 − λ; without it, the configured λ."""
-    return cfg.diversity.mmr_lambda if diversity_threshold is None else 1.0 - diversity_threshold
+def mmr_lambda(
+    diversity_threshold: float | None, cfg: SonaConfig, variant: float | None = None
+) -> float:
+    """SPEC 5: ``diversity_threshold`` is 1 − λ; without it, the viewer's experiment variant's
+    λ (``variant``), else the configured one."""
+    if diversity_threshold is not None:
+        return 1.0 - diversity_threshold
+    return cfg.diversity.mmr_lambda if variant is None else variant
 
 
 def list_cache_key(user_id: str, profile_events: int, model_version: int, *options) -> str:

@@ -6,7 +6,7 @@ Field names are SPEC 5's exactly; existing callers send them unchanged.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import (
@@ -127,10 +127,25 @@ class Recommendation(_Strict):
     explanation: str
 
 
+class ExperimentArm(_Strict):
+    experiment: str = Field(description="the experiment's id")
+    variant: str
+
+
 class RecommendationResponse(_Strict):
+    recommendation_id: UUID = Field(
+        description="this list's id: send it back on viewing events that come from it"
+    )
     recommendations: list[Recommendation]
     generated_at: datetime
     ttl_seconds: int
+    experiment: str | None = Field(
+        None, description="the running experiment (id) that served this viewer, if any"
+    )
+    variant: str | None = Field(None, description="its variant serving this viewer")
+    experiments: list[ExperimentArm] | None = Field(
+        None, description="every running experiment the viewer is in, oldest first"
+    )
     ignored_context: dict[str, str] | None = Field(
         None, description="context words the engine does not know (present only when some are)"
     )
@@ -225,6 +240,9 @@ class ViewingEvent(_Strict):
     time_of_day: ContextWord | None = Field(
         None, description="binned by the timestamp's hour (UTC) when absent or unknown"
     )
+    recommendation_id: UUID | None = Field(
+        None, description="the list the viewer watched it from (experiments' attribution)"
+    )
 
     @field_validator("timestamp", mode="before")
     @classmethod
@@ -313,3 +331,52 @@ class HealthResponse(_Strict):
     status: str
     service: str
     version: str
+
+
+ExperimentStatus = Literal["running", "paused", "stopped", "shipped"]
+
+
+class VariantSpec(_Strict):
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="null")
+
+    name: text(64, min_length=1)
+    traffic: Number = Field(gt=0.0, le=1.0, description="share of viewers; shares sum to 1")
+    config: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="a config fragment: fusion weights and gates, diversity.mmr_lambda "
+        '(e.g. {"fusion": {"graph_based": 0.5}}); empty: the served default',
+    )
+    model_version: int | None = Field(
+        None, description="not supported yet: variants share the served model version"
+    )
+
+
+class ExperimentRequest(_Strict):
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="null")
+
+    name: text(128, min_length=1)
+    variants: list[VariantSpec] = Field(
+        min_length=2, max_length=10, description="the first is the control"
+    )
+    metric: Literal["click_through", "completion"] = Field(
+        "click_through",
+        description="a viewer converts when they watch a listed item (click_through) or "
+        "watch one to serving.experiment_completed_at (completion)",
+    )
+    attribution_window_minutes: Number = Field(
+        1440.0, gt=0.0, le=43200.0, description="views of a listed item this long after count"
+    )
+    relative_effect: Number = Field(
+        0.1, gt=0.0, le=10.0, description="the relative lift the sequential test is tuned for"
+    )
+    expected_rate: Number | None = Field(
+        None, gt=0.0, lt=1.0, description="control's expected rate (default: as observed)"
+    )
+    status: Literal["running", "paused"] = "running"
+
+
+class ExperimentStatusRequest(_Strict):
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="null")
+
+    status: ExperimentStatus
+    variant: text(64, min_length=1) | None = Field(None, description="the variant to ship")

@@ -92,6 +92,15 @@ class ServingSettings(_HostTable):
     tables_refresh_seconds: float = Field(
         2.0, gt=0.0, description="how often popularity and context tables take in new events"
     )
+    experiments_poll_seconds: float = Field(
+        2.0, gt=0.0, description="how often to read experiments written by other processes"
+    )
+    exposure_flush_seconds: float = Field(
+        1.0, gt=0.0, description="how often lists shown in experiments are written"
+    )
+    experiment_completed_at: float = Field(
+        0.9, ge=0.0, le=1.0, description="completion at which a view counts as completed"
+    )
     swap_prepared_profiles: int = Field(
         1000, ge=0, description="recent viewers whose profiles a model swap rebuilds first"
     )

@@ -27,6 +27,7 @@ from service.candidates import CandidateCache
 from service.catalogue_sync import CatalogueSync
 from service.demo import seed_store
 from service.errors import ApiError
+from service.experiments import Experiments
 from service.learner import Learner
 from service.live_tables import LiveTables
 from service.metrics import Metrics
@@ -84,6 +85,7 @@ class AppState:
     catalogue: CatalogueSync | None = None
     tables: LiveTables | None = None
     rebuilds: RebuildScheduler | None = None
+    experiments: Experiments | None = None
     watcher: asyncio.Task | None = None
     last_rebuild: RebuildRecord | None = None
     startup: Startup = field(default_factory=lambda: Startup())
@@ -135,6 +137,11 @@ class AppState:
         self.executor = ThreadPoolExecutor(
             max_workers=serving.engine_threads, thread_name_prefix="sona-engine"
         )
+        self.experiments = Experiments(
+            self.store, self.cfg, serving.experiments_poll_seconds, serving.exposure_flush_seconds
+        )
+        await self.experiments.refresh()
+        self.experiments.start()
         self.bringing_up = asyncio.get_running_loop().create_task(self._bring_up(), name="start-up")
 
     async def started(self) -> None:
@@ -315,6 +322,8 @@ class AppState:
                 await batcher.drain()
         if self.learner is not None:
             await self.learner.stop()
+        if self.experiments is not None:
+            await self.experiments.stop()  # the lists shown so far are written
         if self.executor is not None:
             self.executor.shutdown(wait=True)
         if self.cache is not None:

@@ -32,6 +32,7 @@ def _event_rows(user_id: str, events: list[schemas.ViewingEvent]) -> list[EventR
             e.dismissed,
             e.device_type,
             e.time_of_day,
+            None if e.recommendation_id is None else str(e.recommendation_id),
         )
         for e in events
     ]

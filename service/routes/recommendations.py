@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Hashable
 from datetime import UTC, datetime
 
@@ -16,6 +17,7 @@ from service.candidates import candidate_key
 from service.context import resolve
 from service.demo import new_request_seed
 from service.errors import ApiError
+from service.experiments import Assignment
 from service.request_filters import cache_part, request_filter
 from service.runtime import Runtime
 from service.state import AppState, app_state
@@ -81,13 +83,39 @@ def keep_candidates(state: AppState, key: Hashable, found: ViewerCandidates | No
         state.candidates.put(key, found)
 
 
+def _with_id(body: bytes, recommendation_id: str) -> bytes:
+    """``body`` (a JSON object) with this answer's own ``recommendation_id`` first: a cached
+    list is shown again under a new id."""
+    return b'{"recommendation_id":"' + recommendation_id.encode() + b'",' + body[1:]
+
+
 async def recommendations_body(state: AppState, data: schemas.RecommendationRequest) -> bytes:
     """The recommendations answer (JSON bytes); shared by the Quart route and the fast path."""
     runtime = state.engine()
     user_id = str(data.user_id)
     limit = data.limit or state.serving.default_limit
     version, profile = await state.profiles.entry(user_id)
-    lam = policy.mmr_lambda(data.diversity_threshold, state.cfg)
+    arms = state.experiments.assignment(user_id)
+    recommendation_id = str(uuid.uuid4())
+    body = await _list_body(state, runtime, data, user_id, limit, version, profile, arms)
+    if arms.arms:
+        listed = [r["content_id"] for r in orjson.loads(body)["recommendations"]]
+        state.experiments.expose(recommendation_id, user_id, arms.arms, listed)
+    return _with_id(body, recommendation_id)
+
+
+async def _list_body(
+    state: AppState,
+    runtime: Runtime,
+    data: schemas.RecommendationRequest,
+    user_id: str,
+    limit: int,
+    version: Version,
+    profile: ViewerProfile,
+    arms: Assignment,
+) -> bytes:
+    """The answer without its recommendation_id (cached as it is)."""
+    lam = policy.mmr_lambda(data.diversity_threshold, state.cfg, arms.mmr_lambda)
     context = resolve(data.context)
     device, tod, mood = context.indices
     item_filter, ignored_filters = request_filter(data.filters, runtime.engine, state.cfg)
@@ -106,6 +134,7 @@ async def recommendations_body(state: AppState, data: schemas.RecommendationRequ
             mood,
             sorted(context.ignored.items()),  # the answer names them
             cache_part(item_filter),
+            arms.key,
         )
         cached = await state.cache.get(key)
         if cached is not None:
@@ -129,6 +158,7 @@ async def recommendations_body(state: AppState, data: schemas.RecommendationRequ
             new_request_seed(),
             candidates=candidates,
             filters=item_filter,
+            fusion=arms.fusion,
         )
     )
     if pool_key is not None:
@@ -143,6 +173,10 @@ async def recommendations_body(state: AppState, data: schemas.RecommendationRequ
         answer["ignored_context"] = context.ignored
     if ignored_filters:
         answer["ignored_filters"] = ignored_filters
+    if arms.arms:
+        tags = [arm.tag() for arm in arms.arms]
+        answer.update(tags[0])
+        answer["experiments"] = tags
     body = orjson.dumps(answer)
     if ttl:
         await state.cache.set(key, body, ttl)

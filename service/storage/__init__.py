@@ -8,11 +8,14 @@ from service.storage.base import (
     CatalogueEntry,
     ContentRow,
     EventRow,
+    ExperimentRecord,
+    ExposureRow,
     ModelRecord,
     RebuildRecord,
     Store,
     TrainingSnapshot,
     UserStateRow,
+    VariantCounts,
 )
 
 
@@ -39,10 +42,13 @@ __all__ = [
     "CatalogueEntry",
     "ContentRow",
     "EventRow",
+    "ExperimentRecord",
+    "ExposureRow",
     "ModelRecord",
     "RebuildRecord",
     "Store",
     "TrainingSnapshot",
     "UserStateRow",
+    "VariantCounts",
     "open_store",
 ]

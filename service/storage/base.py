@@ -30,6 +30,54 @@ class EventRow:
     dismissed: bool = False
     device_type: str | None = None
     time_of_day: str | None = None
+    recommendation_id: str | None = None  # the list it was watched from (attribution)
+
+
+@dataclass(frozen=True)
+class ExperimentRecord:
+    """An experiment as stored: ``definition`` holds its variants ({name, traffic, config}),
+    metric, attribution window and the effect its sequential test is tuned for; ``looks``
+    what earlier reads of its statistics decided (sticky: an always-valid decision stands)."""
+
+    experiment_id: str
+    name: str
+    salt: str
+    status: str  # running | paused | stopped | shipped
+    definition: dict
+    created_at: float
+    updated_at: float
+    shipped_variant: str | None = None
+    looks: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExposureRow:
+    """One list shown to a viewer in an experiment: the variant (index) that served it and
+    the items it held."""
+
+    recommendation_id: str
+    experiment_id: str
+    variant: int
+    user_id: str
+    ts: float  # seconds since the epoch, UTC
+    content_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class VariantCounts:
+    """What a variant's exposures led to: viewers and lists exposed; attributed views (not
+    dismissals) with the viewers who made one, who made one at or above the completion bar,
+    and their completions' sum; attributed dismissals and the viewers who made one."""
+
+    variant: int
+    users: int = 0
+    lists: int = 0
+    clicked_users: int = 0
+    completed_users: int = 0
+    views: int = 0
+    completion_sum: float = 0.0
+    dismissals: int = 0
+    dismissing_users: int = 0
 
 
 @dataclass(frozen=True)
@@ -155,3 +203,28 @@ class Store(Protocol):
 
     async def record_rebuild(self, record: RebuildRecord) -> None: ...
     async def last_rebuild(self) -> RebuildRecord | None: ...
+
+    async def create_experiment(self, record: ExperimentRecord) -> bool:
+        """Store a new experiment; False when its name is taken."""
+
+    async def experiments(self) -> list[ExperimentRecord]:
+        """Every experiment, oldest first."""
+
+    async def experiment(self, experiment_id: str) -> ExperimentRecord | None: ...
+
+    async def update_experiment(
+        self, experiment_id: str, status: str, shipped_variant: str | None, expected: str
+    ) -> bool:
+        """Set the status (and shipped variant) if the status is still ``expected``; False
+        when another writer changed it first."""
+
+    async def record_looks(self, experiment_id: str, looks: dict) -> None: ...
+
+    async def add_exposures(self, rows: list[ExposureRow]) -> None: ...
+
+    async def experiment_counts(
+        self, experiment_id: str, window_seconds: float, completed_at: float
+    ) -> list[VariantCounts]:
+        """Per exposed variant: an event counts for a list when it is on one of the list's
+        items, by its viewer, and carries the list's recommendation_id or falls within
+        ``window_seconds`` after the list; each event counts once per variant."""

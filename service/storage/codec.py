@@ -9,14 +9,14 @@ from service.storage.base import CatalogueEntry, ContentRow, EventRow
 
 EVENT_COLUMNS = (
     "user_id, content_id, ts, completion_rate, rating, is_rewatch, dismissed, "
-    "device_type, time_of_day"
+    "device_type, time_of_day, recommendation_id"
 )
 
 
 def event_from_columns(row: Sequence) -> EventRow:
     """An `EventRow` from the columns of `EVENT_COLUMNS`, in order."""
     return EventRow(
-        row[0], row[1], row[2], row[3], row[4], bool(row[5]), bool(row[6]), row[7], row[8]
+        row[0], row[1], row[2], row[3], row[4], bool(row[5]), bool(row[6]), row[7], row[8], row[9]
     )
 
 
@@ -32,6 +32,7 @@ def event_columns(e: EventRow, received_at: float) -> tuple:
         e.dismissed,
         e.device_type,
         e.time_of_day,
+        e.recommendation_id,
         received_at,
     )
 

@@ -80,6 +80,35 @@ POSTGRES: list[str] = [
     """
     ALTER TABLE user_state ADD COLUMN IF NOT EXISTS adapter_revision BIGINT NOT NULL DEFAULT 0;
     """,
+    # 4: experiments (issue 15) — definitions, the lists shown in them, and the list an
+    # event was watched from
+    """
+    CREATE TABLE IF NOT EXISTS experiments (
+        experiment_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        salt TEXT NOT NULL,
+        status TEXT NOT NULL,
+        definition JSONB NOT NULL,
+        shipped_variant TEXT,
+        looks JSONB NOT NULL DEFAULT '{}',
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS exposures (
+        recommendation_id TEXT NOT NULL,
+        experiment_id TEXT NOT NULL,
+        variant INTEGER NOT NULL,
+        user_id TEXT NOT NULL,
+        ts DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (experiment_id, recommendation_id)
+    );
+    CREATE TABLE IF NOT EXISTS exposure_items (
+        recommendation_id TEXT NOT NULL,
+        content_id TEXT NOT NULL,
+        PRIMARY KEY (recommendation_id, content_id)
+    );
+    ALTER TABLE events ADD COLUMN IF NOT EXISTS recommendation_id TEXT;
+    """,
 ]
 
 SQLITE: list[str] = [
@@ -149,5 +178,33 @@ SQLITE: list[str] = [
     # 3: as PostgreSQL's 3
     """
     ALTER TABLE user_state ADD COLUMN adapter_revision INTEGER NOT NULL DEFAULT 0;
+    """,
+    # 4: as PostgreSQL's 4
+    """
+    CREATE TABLE IF NOT EXISTS experiments (
+        experiment_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        salt TEXT NOT NULL,
+        status TEXT NOT NULL,
+        definition TEXT NOT NULL,
+        shipped_variant TEXT,
+        looks TEXT NOT NULL DEFAULT '{}',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS exposures (
+        recommendation_id TEXT NOT NULL,
+        experiment_id TEXT NOT NULL,
+        variant INTEGER NOT NULL,
+        user_id TEXT NOT NULL,
+        ts REAL NOT NULL,
+        PRIMARY KEY (experiment_id, recommendation_id)
+    );
+    CREATE TABLE IF NOT EXISTS exposure_items (
+        recommendation_id TEXT NOT NULL,
+        content_id TEXT NOT NULL,
+        PRIMARY KEY (recommendation_id, content_id)
+    );
+    ALTER TABLE events ADD COLUMN recommendation_id TEXT;
     """,
 ]

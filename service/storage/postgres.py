@@ -14,10 +14,13 @@ from service.storage.base import (
     CatalogueEntry,
     ContentRow,
     EventRow,
+    ExperimentRecord,
+    ExposureRow,
     ModelRecord,
     RebuildRecord,
     TrainingSnapshot,
     UserStateRow,
+    VariantCounts,
 )
 from service.storage.codec import (
     CONTENT_COLUMNS,
@@ -28,6 +31,13 @@ from service.storage.codec import (
     content_from_columns,
     entry_from_columns,
     event_from_columns,
+)
+from service.storage.experiment_rows import (
+    EXPERIMENT_COLUMNS,
+    counts_from_rows,
+    counts_query,
+    experiment_columns,
+    experiment_from_columns,
 )
 from service.storage.migrations import POSTGRES
 
@@ -91,7 +101,8 @@ class PostgresStore:
             inserted = await connection.fetch(
                 f"INSERT INTO events ({EVENT_COLUMNS}, received_at) "
                 "SELECT * FROM unnest($1::text[], $2::text[], $3::float8[], $4::real[], "
-                "$5::smallint[], $6::bool[], $7::bool[], $8::text[], $9::text[], $10::float8[]) "
+                "$5::smallint[], $6::bool[], $7::bool[], $8::text[], $9::text[], $10::text[], "
+                "$11::float8[]) "
                 "ON CONFLICT (user_id, content_id, ts) DO NOTHING RETURNING 1",
                 [e.user_id for e in events],
                 [e.content_id for e in events],
@@ -102,6 +113,7 @@ class PostgresStore:
                 [e.dismissed for e in events],
                 [e.device_type for e in events],
                 [e.time_of_day for e in events],
+                [e.recommendation_id for e in events],
                 [now] * len(events),
             )
         return len(inserted)
@@ -361,3 +373,77 @@ class PostgresStore:
             "WHERE outcome != 'skipped' ORDER BY id DESC LIMIT 1"
         )
         return RebuildRecord(*row) if row else None
+
+    async def create_experiment(self, record: ExperimentRecord) -> bool:
+        found = await self.pool.fetchval(
+            f"INSERT INTO experiments ({EXPERIMENT_COLUMNS}) "
+            "VALUES ($1,$2,$3,$4,$5::jsonb,$6,$7,$8,$9::jsonb) "
+            "ON CONFLICT (name) DO NOTHING RETURNING 1",
+            *experiment_columns(record),
+        )
+        return found == 1
+
+    async def experiments(self) -> list[ExperimentRecord]:
+        rows = await self.pool.fetch(
+            f"SELECT {EXPERIMENT_COLUMNS} FROM experiments ORDER BY created_at, experiment_id"
+        )
+        return [experiment_from_columns(row) for row in rows]
+
+    async def experiment(self, experiment_id: str) -> ExperimentRecord | None:
+        row = await self.pool.fetchrow(
+            f"SELECT {EXPERIMENT_COLUMNS} FROM experiments WHERE experiment_id = $1",
+            experiment_id,
+        )
+        return experiment_from_columns(row) if row else None
+
+    async def update_experiment(
+        self, experiment_id: str, status: str, shipped_variant: str | None, expected: str
+    ) -> bool:
+        found = await self.pool.fetchval(
+            "UPDATE experiments SET status = $1, shipped_variant = $2, updated_at = $3 "
+            "WHERE experiment_id = $4 AND status = $5 RETURNING 1",
+            status,
+            shipped_variant,
+            time.time(),
+            experiment_id,
+            expected,
+        )
+        return found == 1
+
+    async def record_looks(self, experiment_id: str, looks: dict) -> None:
+        await self.pool.execute(
+            "UPDATE experiments SET looks = $1::jsonb WHERE experiment_id = $2",
+            json.dumps(looks),
+            experiment_id,
+        )
+
+    async def add_exposures(self, rows: list[ExposureRow]) -> None:
+        items = [(r.recommendation_id, c) for r in rows for c in r.content_ids]
+        async with self.pool.acquire() as connection, connection.transaction():
+            await connection.execute(
+                "INSERT INTO exposures (recommendation_id, experiment_id, variant, user_id, ts) "
+                "SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], "
+                "$5::float8[]) ON CONFLICT DO NOTHING",
+                [r.recommendation_id for r in rows],
+                [r.experiment_id for r in rows],
+                [r.variant for r in rows],
+                [r.user_id for r in rows],
+                [r.ts for r in rows],
+            )
+            await connection.execute(
+                "INSERT INTO exposure_items (recommendation_id, content_id) "
+                "SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
+                [i[0] for i in items],
+                [i[1] for i in items],
+            )
+
+    async def experiment_counts(
+        self, experiment_id: str, window_seconds: float, completed_at: float
+    ) -> list[VariantCounts]:
+        rows = await self.pool.fetch(
+            counts_query(("$1", "$2::float8", "$3::float8")),
+            experiment_id,
+            window_seconds,
+            completed_at,
+        )
+        return counts_from_rows(rows)

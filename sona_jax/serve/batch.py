@@ -287,7 +287,8 @@ class Query:
     (C,) are the items to score (None when ranking); ``candidates`` the viewer's retrieved
     candidates for this profile and ``exclude_watched`` when the caller holds them (None:
     retrieve them in this call; a filtered query must bring none: its candidates are
-    retrieved through its ``filters``)."""
+    retrieved through its ``filters``); ``fusion`` a (3, N_SOURCES) fusion matrix of its own
+    (an experiment variant; None: the engine's configured one)."""
 
     profile: ViewerProfile
     limit: int = 10
@@ -300,6 +301,18 @@ class Query:
     items: np.ndarray | None = None
     candidates: ViewerCandidates | None = None
     filters: RequestFilter | None = None
+    fusion: np.ndarray | None = None
+
+
+def fusion_rows(queries: Sequence[Query], size: int, default: np.ndarray) -> np.ndarray:
+    """(size, 3, N_SOURCES) each query's fusion matrix (``default`` (3, N_SOURCES) where it
+    brings none, and on padding rows): one shape whatever the variants, so nothing compiles."""
+    out = np.empty((size, *default.shape), np.float32)
+    out[:] = default
+    for row, query in enumerate(queries):
+        if query.fusion is not None:
+            out[row] = query.fusion
+    return out
 
 
 def stack_candidates(rows: Sequence[ViewerCandidates], size: int) -> Candidates:

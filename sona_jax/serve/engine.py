@@ -29,6 +29,7 @@ from sona_jax.serve.batch import (
     ViewerCandidates,
     batch_size,
     filter_rows,
+    fusion_rows,
     list_widths,
     model_rows,
     pad_requests,
@@ -196,6 +197,12 @@ class ServingEngine:
         return self.model.version
 
     @property
+    def host_weights(self) -> np.ndarray:
+        """(3, N_SOURCES) the configured fusion matrix on the host (what a query's own is
+        checked against and padded with)."""
+        return np.asarray(self.weights)
+
+    @property
     def item_valid(self) -> np.ndarray:
         """(capacity,) bool rows that may be served."""
         return np.asarray(self.state.item_valid)
@@ -343,7 +350,7 @@ class ServingEngine:
             requests,
             candidates,
             limits,
-            self.weights,
+            fusion_rows(queries, size, self.host_weights),
             self.compiled,
             output_width(longest),
             item_filter,

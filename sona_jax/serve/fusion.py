@@ -71,7 +71,8 @@ def fusion_matrix(cfg: SonaConfig) -> jnp.ndarray:
 
 
 def as_fusion(weights) -> jnp.ndarray:
-    """(3, N_SOURCES) fusion matrix from a matrix or from plain weights (N_SOURCES,) (gates zero: fixed)."""
+    """(3, N_SOURCES) fusion matrix from plain weights (N_SOURCES,) (gates zero: fixed); a
+    matrix (3, N_SOURCES), or one per viewer (users, 3, N_SOURCES), as it is."""
     weights = jnp.asarray(weights, jnp.float32)
     if weights.ndim == 1:
         return jnp.concatenate([weights[None, :], jnp.zeros((FUSION_ROWS - 1, N_SOURCES))], axis=0)
@@ -87,15 +88,17 @@ def history_feature(qualifying: jnp.ndarray, cfg: SonaConfig) -> jnp.ndarray:
 def viewer_weights(
     fusion: jnp.ndarray, qualifying: jnp.ndarray, contextual: jnp.ndarray, cfg: SonaConfig
 ) -> jnp.ndarray:
-    """(users, N_SOURCES) each viewer's source weights: the fusion matrix's (3, N_SOURCES) weights scaled by
+    """(users, N_SOURCES) each viewer's source weights: the fusion matrix's weights scaled by
     exp(gate_history · h + gate_context · c) (`history_feature`, c: (users,) the request has a
-    context)."""
+    context). ``fusion``: one (3, N_SOURCES) matrix for all, or one per viewer (users, 3,
+    N_SOURCES) (experiment variants: values, so ten variants compile nothing new)."""
     fusion = as_fusion(fusion)
+    rows = fusion if fusion.ndim == 3 else fusion[None]
     exponent = (
-        fusion[1][None, :] * history_feature(qualifying, cfg)[:, None]
-        + fusion[2][None, :] * contextual.astype(jnp.float32)[:, None]
+        rows[:, 1] * history_feature(qualifying, cfg)[:, None]
+        + rows[:, 2] * contextual.astype(jnp.float32)[:, None]
     )
-    return fusion[0][None, :] * jnp.exp(jnp.clip(exponent, -EXPONENT_LIMIT, EXPONENT_LIMIT))
+    return rows[:, 0] * jnp.exp(jnp.clip(exponent, -EXPONENT_LIMIT, EXPONENT_LIMIT))
 
 
 class MinMax(NamedTuple):

@@ -16,7 +16,7 @@ from sona_jax.model.train import train_model
 from sona_jax.serve import viewers
 from sona_jax.serve.batch import Query, request_rows
 from sona_jax.serve.engine import ServingEngine
-from sona_jax.serve.fusion import N_SOURCES, SOURCE_NAMES, fusion_weights
+from sona_jax.serve.fusion import N_SOURCES, SOURCE_NAMES, fusion_matrix, fusion_weights
 
 CFG = SonaConfig().with_overrides({"model": {"embedding_dim": 16}})
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -106,3 +106,37 @@ def test_a_served_config_must_agree_with_the_models_train_time_config(model):
         ServingEngine.load(model, CFG.with_overrides({"lora": {"rank": 4}}))
     with pytest.raises(ConfigError, match=r"model\.embedding_dim"):
         Runtime(model, SonaConfig(), ServingSettings(warm_up=False))
+
+
+def test_ten_variants_in_one_batch_compile_nothing_and_serve_their_own_config(model, compiles):
+    """Experiment variants ride on each query (`Query.fusion`, `mmr_lambda`): a batch of ten
+    viewers under ten variants is one program, and each row's list is the list the engine
+    serves under that variant's config."""
+    engine = ServingEngine.load(model, CFG)
+    profiles = [viewers.model_profile(engine, u) for u in engine.model.user_ids[:10].tolist()]
+    engine.recommend_queries([Query(p, 10, True, 0.7) for p in profiles])  # compiles
+    compiles.clear()
+    rng = np.random.default_rng(0)
+    configs = [
+        CFG.with_overrides(
+            {
+                "fusion": dict(zip(SOURCE_NAMES, rng.uniform(0.05, 1.0, N_SOURCES), strict=True))
+                | {"gate_history": tuple(rng.normal(0, 1, N_SOURCES))},
+                "diversity": {"mmr_lambda": float(rng.uniform(0.3, 1.0))},
+            }
+        )
+        for _ in range(10)
+    ]
+    matrices = [np.asarray(fusion_matrix(c)) for c in configs]
+    queries = [
+        Query(p, 10, True, c.diversity.mmr_lambda, fusion=m)
+        for p, c, m in zip(profiles, configs, matrices, strict=True)
+    ]
+    mixed, _ = engine.recommend_queries(queries)
+    assert compiles == []
+    for row, (profile, cfg) in enumerate(zip(profiles, configs, strict=True)):
+        alone, _ = engine.with_config(cfg).recommend_queries(
+            [Query(profile, 10, True, cfg.diversity.mmr_lambda)]
+        )
+        np.testing.assert_array_equal(mixed.items[row], alone.items[0])
+    assert len({tuple(mixed.items[r]) for r in range(10)}) > 1

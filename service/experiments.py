@@ -1,0 +1,221 @@
+"""Live experiments (issue 15): which variant serves each viewer, what that variant changes in
+the engine's request, and the lists it showed (written to the store in batches).
+
+Variants change only settings the engine takes as arrays per request row, the fusion matrix
+(weights and gates) and MMR λ, so any number of live variants compiles nothing new. Settings
+that shape a compiled program (cold start, exploration, pool sizes) or another model version
+are refused when an experiment is created, naming the field.
+
+Every process reads the experiments from the store (at start, every
+``serving.experiments_poll_seconds``, and at once after its own writes), so assignment,
+shipped defaults and statuses agree across processes within that bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from service.errors import ApiError
+from service.experiment_stats import assign
+from service.periodic import every
+from service.storage import ExperimentRecord, ExposureRow, Store
+from sona_jax.config import ConfigError, FusionConfig, SonaConfig
+from sona_jax.serve.fusion import fusion_matrix
+
+log = logging.getLogger("sona.experiments")
+
+# What a variant may change: settings the engine reads as per-request arrays.
+VARIANT_SETTINGS: dict[str, frozenset[str]] = {
+    "fusion": frozenset(FusionConfig.model_fields),
+    "diversity": frozenset({"mmr_lambda"}),
+}
+CONTROL = 0  # the first variant is the control every other is compared with
+
+
+def check_fragment(fragment: dict[str, Any], cfg: SonaConfig, where: str) -> None:
+    """A 400 naming the first key of ``fragment`` (at ``where``, e.g. ``variants.1.config``)
+    that a variant may not change, or whose value the config refuses."""
+    for section, keys in fragment.items():
+        allowed = VARIANT_SETTINGS.get(section)
+        if not isinstance(keys, dict) or allowed is None:
+            raise _refused(f"{where}.{section}", "a variant may change only fusion and diversity")
+        for key in keys:
+            if key not in allowed:
+                raise _refused(
+                    f"{where}.{section}.{key}",
+                    "a variant may change only fusion weights and gates and "
+                    "diversity.mmr_lambda (settings the engine takes as arrays per request)",
+                )
+    try:
+        cfg.with_overrides(fragment)
+    except ConfigError as error:
+        raise _refused(where, str(error)) from None
+
+
+def _refused(field: str, why: str) -> ApiError:
+    return ApiError(400, "validation_error", f"{field}: {why}", {"field": field})
+
+
+def _merged(fragments: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, dict[str, Any]] = {}
+    for fragment in fragments:
+        for section, keys in fragment.items():
+            out.setdefault(section, {}).update(keys)
+    return out
+
+
+@dataclass(frozen=True)
+class LiveExperiment:
+    """A running experiment as the hot path reads it."""
+
+    experiment_id: str
+    name: str
+    salt: str
+    traffic: tuple[float, ...]
+    variant_names: tuple[str, ...]
+    fragments: tuple[dict[str, Any], ...]
+
+    @classmethod
+    def of(cls, record: ExperimentRecord) -> LiveExperiment:
+        variants = record.definition["variants"]
+        return cls(
+            record.experiment_id,
+            record.name,
+            record.salt,
+            tuple(v["traffic"] for v in variants),
+            tuple(v["name"] for v in variants),
+            tuple(v.get("config", {}) for v in variants),
+        )
+
+
+class Arm(NamedTuple):
+    experiment: LiveExperiment
+    variant: int
+
+    def tag(self) -> dict[str, str]:
+        return {
+            "experiment": self.experiment.experiment_id,
+            "variant": self.experiment.variant_names[self.variant],
+        }
+
+
+class Assignment(NamedTuple):
+    """What serves one viewer: their arm in each running experiment (oldest first), the
+    fusion matrix (3, N_SOURCES) and MMR λ those arms and the shipped variants set (None: the
+    configured one), and ``key``, which tells list caches the variants apart."""
+
+    arms: tuple[Arm, ...]
+    fusion: np.ndarray | None
+    mmr_lambda: float | None
+    key: tuple
+
+
+NO_EXPERIMENT = Assignment((), None, None, ())
+
+
+class Experiments:
+    """The experiments this process serves, refreshed from the store, and the exposures it
+    has yet to write."""
+
+    def __init__(
+        self, store: Store, cfg: SonaConfig, poll_seconds: float, flush_seconds: float
+    ) -> None:
+        self.store, self.cfg = store, cfg
+        self.poll_seconds, self.flush_seconds = poll_seconds, flush_seconds
+        self.running: tuple[LiveExperiment, ...] = ()
+        self.shipped: tuple[tuple[str, dict[str, Any]], ...] = ()  # (id, fragment), ship order
+        self._settings: dict[tuple, tuple[np.ndarray | None, float | None]] = {}
+        self._pending: list[ExposureRow] = []
+        self._tasks: list[asyncio.Task] = []
+        self._flushing = asyncio.Lock()
+
+    async def refresh(self) -> None:
+        records = await self.store.experiments()
+        running = tuple(LiveExperiment.of(r) for r in records if r.status == "running")
+        shipped = sorted((r for r in records if r.status == "shipped"), key=lambda r: r.updated_at)
+        fragments = tuple(
+            (r.experiment_id, _variant(r, r.shipped_variant).get("config", {})) for r in shipped
+        )
+        if running != self.running or fragments != self.shipped:
+            self.running, self.shipped, self._settings = running, fragments, {}
+
+    def assignment(self, user_id: str) -> Assignment:
+        """The viewer's arms (a hash of each experiment's salt and the user id) and what
+        they serve."""
+        if not self.running and not self.shipped:
+            return NO_EXPERIMENT
+        arms = tuple(Arm(e, assign(e.salt, user_id, e.traffic)) for e in self.running)
+        key = (
+            tuple(s[0] for s in self.shipped),
+            tuple((a.experiment.experiment_id, a.variant) for a in arms),
+        )
+        settings = self._settings.get(key)
+        if settings is None:
+            fragments = [s[1] for s in self.shipped]
+            fragments += [a.experiment.fragments[a.variant] for a in arms]
+            settings = self._settings[key] = self._served(_merged(fragments))
+        return Assignment(arms, *settings, key)
+
+    def _served(self, fragment: dict[str, Any]) -> tuple[np.ndarray | None, float | None]:
+        cfg = self.cfg.with_overrides(fragment)
+        fusion = np.asarray(fusion_matrix(cfg)) if "fusion" in fragment else None
+        lam = cfg.diversity.mmr_lambda if "diversity" in fragment else None
+        return fusion, lam
+
+    def expose(
+        self, recommendation_id: str, user_id: str, arms: Sequence[Arm], content_ids: list[str]
+    ) -> None:
+        """Note a list shown to a viewer in experiments (written with the next flush)."""
+        now = time.time()
+        self._pending.extend(
+            ExposureRow(
+                recommendation_id,
+                arm.experiment.experiment_id,
+                arm.variant,
+                user_id,
+                now,
+                tuple(content_ids),
+            )
+            for arm in arms
+        )
+
+    async def flush(self) -> None:
+        """Write the exposures noted so far (kept for the next try when the store fails)."""
+        async with self._flushing:
+            rows, self._pending = self._pending, []
+            if not rows:
+                return
+            try:
+                await self.store.add_exposures(rows)
+            except Exception:
+                self._pending[:0] = rows
+                raise
+
+    def start(self) -> None:
+        self._tasks = [
+            every(self.poll_seconds, self.refresh, "experiments refresh", log),
+            every(self.flush_seconds, self.flush, "exposure flush", log),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(Exception):
+            await self.flush()
+
+
+def _variant(record: ExperimentRecord, name: str | None) -> dict[str, Any]:
+    for variant in record.definition["variants"]:
+        if variant["name"] == name:
+            return variant
+    return {}

@@ -1,0 +1,154 @@
+"""Experiments (issue 15): ``POST`` / ``GET /api/v1/experiments``, ``GET
+/api/v1/experiments/{id}`` (with results), ``POST /api/v1/experiments/{id}/status``."""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+
+from quart import Blueprint, jsonify
+from quart_schema import validate_request
+
+from service import schemas
+from service.errors import ApiError
+from service.experiment_report import results
+from service.experiments import check_fragment
+from service.state import AppState, app_state
+from service.storage import ExperimentRecord
+
+blueprint = Blueprint("experiments", __name__)
+SECONDS_PER_MINUTE = 60.0
+TRAFFIC_TOLERANCE = 1e-6
+# Where each status may go: shipping ends an experiment with one variant as the default;
+# stopping a shipped one restores the configured default.
+NEXT_STATUS = {
+    "running": {"paused", "stopped", "shipped"},
+    "paused": {"running", "stopped", "shipped"},
+    "stopped": {"shipped"},
+    "shipped": {"stopped"},
+}
+
+
+def _public(record: ExperimentRecord, found: dict | None = None) -> dict:
+    out = {
+        "id": record.experiment_id,
+        "name": record.name,
+        "status": record.status,
+        "shipped_variant": record.shipped_variant,
+        **record.definition,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+    }
+    if found is not None:
+        out["results"] = found
+    return out
+
+
+def _invalid(field: str, why: str) -> ApiError:
+    return ApiError(400, "validation_error", f"{field}: {why}", {"field": field})
+
+
+def _check(data: schemas.ExperimentRequest, state: AppState) -> None:
+    total = math.fsum(v.traffic for v in data.variants)
+    if abs(total - 1.0) > TRAFFIC_TOLERANCE:
+        raise _invalid("variants", f"traffic shares must sum to 1 (they sum to {total:g})")
+    seen: set[str] = set()
+    for i, variant in enumerate(data.variants):
+        if variant.name in seen:
+            raise _invalid(f"variants.{i}.name", f"{variant.name!r} is used twice")
+        seen.add(variant.name)
+        if variant.model_version is not None:
+            raise _invalid(
+                f"variants.{i}.model_version",
+                "variants share the served model version; a variant may change fusion and "
+                "diversity.mmr_lambda",
+            )
+        check_fragment(variant.config, state.cfg, f"variants.{i}.config")
+
+
+async def _record(state: AppState, experiment_id: str) -> ExperimentRecord:
+    record = await state.store.experiment(experiment_id)
+    if record is None:
+        raise ApiError(
+            404, "experiment_not_found", f"experiment_id: unknown experiment {experiment_id}"
+        )
+    return record
+
+
+@blueprint.post("/api/v1/experiments")
+@validate_request(schemas.ExperimentRequest)
+async def create(data: schemas.ExperimentRequest):
+    state = app_state()
+    _check(data, state)
+    now = time.time()
+    record = ExperimentRecord(
+        experiment_id=str(uuid.uuid4()),
+        name=data.name,
+        salt=uuid.uuid4().hex,
+        status=data.status,
+        definition={
+            "variants": [
+                {"name": v.name, "traffic": v.traffic, "config": v.config} for v in data.variants
+            ],
+            "metric": data.metric,
+            "attribution_window_minutes": data.attribution_window_minutes,
+            "relative_effect": data.relative_effect,
+            "expected_rate": data.expected_rate,
+        },
+        created_at=now,
+        updated_at=now,
+    )
+    if not await state.store.create_experiment(record):
+        raise ApiError(409, "experiment_exists", f"name: an experiment named {data.name!r} exists")
+    await state.experiments.refresh()
+    return jsonify(_public(record)), 201
+
+
+@blueprint.get("/api/v1/experiments")
+async def listing():
+    state = app_state()
+    return jsonify({"experiments": [_public(r) for r in await state.store.experiments()]})
+
+
+@blueprint.get("/api/v1/experiments/<experiment_id>")
+async def one(experiment_id: str):
+    state = app_state()
+    record = await _record(state, experiment_id)
+    await state.experiments.flush()  # this process's lists count at once
+    counts = await state.store.experiment_counts(
+        experiment_id,
+        record.definition["attribution_window_minutes"] * SECONDS_PER_MINUTE,
+        state.serving.experiment_completed_at,
+    )
+    found, looks = results(record, counts)
+    if looks != record.looks:
+        await state.store.record_looks(experiment_id, looks)
+    return jsonify(_public(record, found))
+
+
+@blueprint.post("/api/v1/experiments/<experiment_id>/status")
+@validate_request(schemas.ExperimentStatusRequest)
+async def set_status(experiment_id: str, data: schemas.ExperimentStatusRequest):
+    state = app_state()
+    record = await _record(state, experiment_id)
+    names = [v["name"] for v in record.definition["variants"]]
+    if data.status == "shipped":
+        if data.variant not in names:
+            raise _invalid("variant", f"shipping needs one of the variants {names}")
+    elif data.variant is not None:
+        raise _invalid("variant", "only shipping names a variant")
+    if data.status == record.status and data.variant == record.shipped_variant:
+        return jsonify(_public(record))
+    if data.status not in NEXT_STATUS[record.status]:
+        raise ApiError(
+            409,
+            "invalid_transition",
+            f"status: a {record.status} experiment cannot become {data.status}",
+        )
+    if not await state.store.update_experiment(
+        experiment_id, data.status, data.variant, record.status
+    ):
+        raise ApiError(409, "conflict", "status: changed by another request; read it again")
+    await state.experiments.refresh()
+    return jsonify(_public(await _record(state, experiment_id)))

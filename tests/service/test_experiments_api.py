@@ -1,0 +1,306 @@
+"""Experiments through the HTTP API (issue 15), on the embedded store: creation refuses what a
+variant may not change (naming the field), assignment is sticky and honours the traffic shares
+(chi-square on 10 k viewers) and agrees across processes, lists carry their id and variant,
+views are attributed by id and by window, and shipping a variant changes the served default."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytest_asyncio
+from quart.testing.app import TestApp as QuartTestApp
+from scipy import stats
+
+from service.app import Settings, create_app
+from service.experiment_stats import assign
+from service.settings import ServingSettings
+from service.state import app_state
+from sona_jax.config import SonaConfig
+from sona_jax.serve.batch import Query
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+SMALL = SonaConfig().with_overrides({"model": {"embedding_dim": 32}})
+SERVING = ServingSettings(
+    max_body_bytes=200_000,
+    warm_up=False,
+    tables_refresh_seconds=3600,
+    compilation_cache=False,
+    recommendation_ttl_seconds=0,
+    max_wait_ms=0.0,  # programs compile as the first batches of each size arrive
+)
+GRAPH_ONLY = {
+    "fusion": {"collaborative": 0.0, "content_based": 0.0, "graph_based": 1.0, "context": 0.0},
+    "diversity": {"mmr_lambda": 1.0},
+}
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def api(tmp_path_factory):
+    settings = Settings(
+        config=SMALL,
+        serving=SERVING,
+        data_dir=Path(tmp_path_factory.mktemp("sona")),
+        demo="synthetic",
+        demo_users=150,
+        demo_items=300,
+    )
+    app = create_app(settings)
+    async with QuartTestApp(app, startup_timeout=180, shutdown_timeout=60) as test_app:
+        await app_state(app).started()
+        yield test_app.test_client(), app
+
+
+async def _create(client, name, variants, **extra):
+    response = await client.post(
+        "/api/v1/experiments", json={"name": name, "variants": variants, **extra}
+    )
+    return response.status_code, await response.get_json()
+
+
+async def _status(client, experiment_id, status, variant=None):
+    body = {"status": status} | ({"variant": variant} if variant else {})
+    response = await client.post(f"/api/v1/experiments/{experiment_id}/status", json=body)
+    return response.status_code, await response.get_json()
+
+
+async def _recommend(client, user, limit=10):
+    response = await client.post("/api/v1/recommendations", json={"user_id": user, "limit": limit})
+    body = await response.get_json()
+    assert response.status_code == 200, body
+    return body
+
+
+async def _heavy_users(app, n):
+    events = await app_state(app).store.all_events()
+    counts = {}
+    for e in events:
+        counts[e.user_id] = counts.get(e.user_id, 0) + 1
+    return sorted(counts, key=counts.get, reverse=True)[:n]
+
+
+@pytest.mark.parametrize(
+    ("variants", "field"),
+    [
+        ([{"name": "a", "traffic": 0.5}, {"name": "b", "traffic": 0.4}], "variants"),
+        (
+            [
+                {"name": "a", "traffic": 0.5},
+                {"name": "b", "traffic": 0.5, "config": {"lora": {"rank": 4}}},
+            ],
+            "variants.1.config.lora",
+        ),
+        (
+            [
+                {"name": "a", "traffic": 0.5},
+                {"name": "b", "traffic": 0.5, "config": {"cold_start": {"min_events": 1}}},
+            ],
+            "variants.1.config.cold_start",
+        ),
+        (
+            [
+                {"name": "a", "traffic": 0.5},
+                {"name": "b", "traffic": 0.5, "config": {"diversity": {"mmr_lambda": 3}}},
+            ],
+            "variants.1.config",
+        ),
+        ([{"name": "a", "traffic": 0.5}, {"name": "a", "traffic": 0.5}], "variants.1.name"),
+        (
+            [{"name": "a", "traffic": 0.5}, {"name": "b", "traffic": 0.5, "model_version": 2}],
+            "variants.1.model_version",
+        ),
+        ([{"name": "a", "traffic": 0.5}, {"name": "b", "traffic": 0.5, "colour": 1}], "colour"),
+    ],
+)
+async def test_bad_experiments_get_a_400_naming_the_field(api, variants, field):
+    client, _ = api
+    status, body = await _create(client, f"bad-{uuid.uuid4()}", variants)
+    assert status == 400, body
+    assert field in body["message"], body
+
+
+async def test_lists_carry_their_id_and_variant_and_views_are_attributed(api):
+    client, app = api
+    status, experiment = await _create(
+        client,
+        "attribution",
+        [
+            {"name": "control", "traffic": 0.5},
+            {"name": "graph", "traffic": 0.5, "config": GRAPH_ONLY},
+        ],
+        attribution_window_minutes=60,
+    )
+    assert status == 201, experiment
+    assert (await _create(client, "attribution", experiment["variants"]))[0] == 409
+    eid = experiment["id"]
+    record = await app_state(app).store.experiment(eid)
+    users = await _heavy_users(app, 8)
+    shown = {}
+    for user in users:
+        body = await _recommend(client, user)
+        uuid.UUID(body["recommendation_id"])
+        variant = ["control", "graph"][assign(record.salt, user, (0.5, 0.5))]
+        assert (body["experiment"], body["variant"]) == (eid, variant)
+        assert body["experiments"] == [{"experiment": eid, "variant": variant}]
+        again = await _recommend(client, user)
+        assert again["variant"] == variant  # sticky
+        assert again["recommendation_id"] != body["recommendation_id"]
+        shown[user] = body
+    now = datetime.now(UTC)
+    by_id, by_window, too_late, dismissing = users[:4]
+
+    async def view(user, content_id, at, **extra):
+        event = {"content_id": content_id, "timestamp": at.isoformat(), "completion_rate": 0.95}
+        response = await client.post(
+            "/api/v1/profile/update",
+            json={"user_id": user, "viewing_events": [event | extra]},
+        )
+        assert response.status_code == 200, await response.get_json()
+
+    first = {u: shown[u]["recommendations"][0]["content_id"] for u in users}
+    await view(
+        by_id,
+        first[by_id],
+        now + timedelta(hours=5),
+        recommendation_id=shown[by_id]["recommendation_id"],
+    )
+    await view(by_window, first[by_window], now + timedelta(minutes=5))
+    await view(too_late, first[too_late], now + timedelta(hours=5))
+    await view(dismissing, first[dismissing], now, completion_rate=0.0, dismissed=True)
+    response = await client.get(f"/api/v1/experiments/{eid}")
+    result = (await response.get_json())["results"]
+    by_name = {v["name"]: v for v in result["variants"]}
+    arm = {u: shown[u]["variant"] for u in users}
+    for name in ("control", "graph"):
+        members = [u for u in users if arm[u] == name]
+        assert by_name[name]["users"] == len(members)
+        assert by_name[name]["lists"] == 2 * len(members)
+        clicked = [u for u in (by_id, by_window) if arm[u] == name]
+        assert by_name[name]["conversions"] == len(clicked), (name, result)
+        assert by_name[name]["dismissals"] == (arm[dismissing] == name)
+    assert [c["variant"] for c in result["comparisons"]] == ["graph"]
+    comparison = result["comparisons"][0]
+    low, high = comparison["ci95"]
+    assert low <= comparison["difference"] <= high
+    assert comparison["decision"] == "continue"  # eight viewers decide nothing
+    assert await _status(client, eid, "stopped") == (
+        200,
+        (await _status(client, eid, "stopped"))[1],
+    )
+
+
+async def test_shipping_a_variant_changes_the_served_default(api):
+    client, app = api
+    state = app_state(app)
+    user = (await _heavy_users(app, 1))[0]
+    before = [r["content_id"] for r in (await _recommend(client, user, 20))["recommendations"]]
+    status, experiment = await _create(
+        client,
+        "ship",
+        [
+            {"name": "control", "traffic": 0.5},
+            {"name": "graph", "traffic": 0.5, "config": GRAPH_ONLY},
+        ],
+        status="paused",
+    )
+    assert status == 201, experiment
+    eid = experiment["id"]
+    paused = await _recommend(client, user, 20)
+    assert "experiment" not in paused  # paused: nobody is in it
+    assert (await _status(client, eid, "shipped"))[0] == 400  # which variant?
+    status, shipped = await _status(client, eid, "shipped", "graph")
+    assert status == 200 and shipped["shipped_variant"] == "graph", shipped
+    after = await _recommend(client, user, 20)
+    assert "experiment" not in after
+    served = [r["content_id"] for r in after["recommendations"]]
+    # what the engine serves under the variant's config, asked directly
+    engine = state.runtime.engine.with_config(SMALL.with_overrides(GRAPH_ONLY))
+    _, profile = await state.profiles.entry(user)
+    lists, _ = engine.recommend_queries([Query(profile, 20, True, 1.0)])
+    assert served == [engine.item_ids[i] for i in lists.items[0] if i >= 0]
+    assert served != before
+    assert (await _status(client, eid, "running"))[0] == 409  # shipped: stop first
+    assert (await _status(client, eid, "stopped"))[0] == 200  # the default is back
+    back = [r["content_id"] for r in (await _recommend(client, user, 20))["recommendations"]]
+    assert back == before
+
+
+async def test_shares_on_ten_thousand_viewers_and_assignment_in_another_process(api):
+    client, app = api
+    shares = [0.1] * 10  # ten variants live, each its own fusion weights
+    variants = [
+        {
+            "name": f"v{i}",
+            "traffic": share,
+            "config": {
+                "fusion": {"graph_based": 0.1 + 0.1 * i},
+                "diversity": {"mmr_lambda": 0.5 + 0.05 * i},
+            },
+        }
+        for i, share in enumerate(shares)
+    ]
+    status, experiment = await _create(client, "ten", variants)
+    assert status == 201, experiment
+    eid = experiment["id"]
+    users = [
+        str(uuid.UUID(int=int(x))) for x in np.random.default_rng(3).integers(0, 2**62, 10_000)
+    ]
+    served = {}
+    for start in range(0, len(users), 100):
+        part = users[start : start + 100]
+        bodies = await asyncio.gather(*(_recommend(client, u, 3) for u in part))
+        served.update({u: b["variant"] for u, b in zip(part, bodies, strict=True)})
+    observed = np.array([sum(v == f"v{i}" for v in served.values()) for i in range(10)])
+    assert stats.chisquare(observed, np.array(shares) * len(users)).pvalue > 0.001, observed
+    result = (await (await client.get(f"/api/v1/experiments/{eid}")).get_json())["results"]
+    assert [v["users"] for v in result["variants"]] == observed.tolist()
+    assert not result["sample_ratio"]["mismatch"]
+    # another process reading the same store assigns every viewer the same variant
+    sample = users[:500]
+    script = (
+        "import asyncio, json, sys\n"
+        "from service.experiments import Experiments\n"
+        "from service.storage import open_store\n"
+        "from sona_jax.config import SonaConfig\n"
+        "async def main():\n"
+        "    store = open_store(None, sys.argv[1]); await store.open()\n"
+        "    live = Experiments(store, SonaConfig(), 1.0, 1.0); await live.refresh()\n"
+        "    users = json.loads(sys.stdin.read())\n"
+        "    print(json.dumps({u: [a.tag() for a in live.assignment(u).arms] for u in users}))\n"
+        "    await store.close()\n"
+        "asyncio.run(main())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(app_state(app).settings.data_dir)],
+        input=json.dumps(sample),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        check=True,
+    )
+    elsewhere = json.loads(done.stdout)
+    for user in sample:
+        tags = {t["experiment"]: t["variant"] for t in elsewhere[user]}
+        assert tags[eid] == served[user]
+    assert (await _status(client, eid, "stopped"))[0] == 200
+
+
+async def test_experiments_need_an_admin_key_when_keys_are_configured():
+    from service.auth import KeyCheck
+    from service.errors import ApiError
+
+    check = KeyCheck(frozenset({"user"}), frozenset({"admin"}))
+    check("GET", "/api/v1/experiments", "Bearer user")
+    check("POST", "/api/v1/experiments", "Bearer admin")
+    with pytest.raises(ApiError) as refused:
+        check("POST", "/api/v1/experiments/x/status", "Bearer user")
+    assert refused.value.status == 403
