@@ -23,6 +23,7 @@ from service.errors import ApiError, refusal
 from service.fast_path import FastPath, HotRoute
 from service.openapi import SonaOpenAPI
 from service.routes import BLUEPRINTS
+from service.routes.assets import SWAGGER_CSS, SWAGGER_JS
 from service.routes.health import VERSION
 from service.routes.recommendations import recommendations_body
 from service.routes.scores import score_body
@@ -56,8 +57,14 @@ def create_app(settings: Settings | None = None) -> Quart:
     )
     app.extensions[EXTENSION] = state
     app.config["MAX_CONTENT_LENGTH"] = state.serving.max_body_bytes
+    # The docs page loads Swagger UI from the service (no CDN: hosts without internet);
+    # ReDoc and Scalar would load theirs from a CDN, so they are not served.
+    app.config["QUART_SCHEMA_SWAGGER_JS_URL"] = SWAGGER_JS
+    app.config["QUART_SCHEMA_SWAGGER_CSS_URL"] = SWAGGER_CSS
     QuartSchema(
         app,
+        redoc_ui_path=None,
+        scalar_ui_path=None,
         info={"title": "SONA personalization engine", "version": VERSION},
         security_schemes={"bearer": {"type": "http", "scheme": "bearer"}},
         openapi_provider_class=type(

@@ -61,7 +61,7 @@ def check_fragment(fragment: dict[str, Any], cfg: SonaConfig, where: str) -> Non
 
 
 def _refused(field: str, why: str) -> ApiError:
-    return ApiError(400, "validation_error", f"{field}: {why}", {"field": field})
+    return ApiError(400, "invalid_experiment", f"{field}: {why}", {"field": field})
 
 
 def _merged(fragments: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from service.storage import ExperimentRecord
 blueprint = Blueprint("experiments", __name__)
 SECONDS_PER_MINUTE = 60.0
 TRAFFIC_TOLERANCE = 1e-6
+INVALID = "invalid_experiment"
 # Where each status may go: shipping ends an experiment with one variant as the default;
 # stopping a shipped one restores the configured default.
 NEXT_STATUS = {
@@ -46,7 +47,9 @@ def _public(record: ExperimentRecord, found: dict | None = None) -> dict:
 
 
 def _invalid(field: str, why: str) -> ApiError:
-    return ApiError(400, "validation_error", f"{field}: {why}", {"field": field})
+    """A 400 for a rule across fields (shares that sum to 1, unique names, what a variant may
+    change), which no schema of the request states."""
+    return ApiError(400, INVALID, f"{field}: {why}", {"field": field})
 
 
 def _check(data: schemas.ExperimentRequest, state: AppState) -> None:
@@ -111,44 +114,54 @@ async def listing():
     return jsonify({"experiments": [_public(r) for r in await state.store.experiments()]})
 
 
-@blueprint.get("/api/v1/experiments/<experiment_id>")
-async def one(experiment_id: str):
-    state = app_state()
-    record = await _record(state, experiment_id)
+async def results_of(state: AppState, record: ExperimentRecord) -> dict:
+    """``record``'s results now (`experiment_report.results`), its looks stored."""
     await state.experiments.flush()  # this process's lists count at once
     counts = await state.store.experiment_counts(
-        experiment_id,
+        record.experiment_id,
         record.definition["attribution_window_minutes"] * SECONDS_PER_MINUTE,
         state.serving.experiment_completed_at,
     )
     found, looks = results(record, counts)
     if looks != record.looks:
-        await state.store.record_looks(experiment_id, looks)
-    return jsonify(_public(record, found))
+        await state.store.record_looks(record.experiment_id, looks)
+    return found
+
+
+async def change_status(
+    state: AppState, experiment_id: str, status: str, variant: str | None
+) -> ExperimentRecord:
+    """Move an experiment to ``status`` (shipping ``variant``); 400 / 404 / 409 naming why not."""
+    record = await _record(state, experiment_id)
+    names = [v["name"] for v in record.definition["variants"]]
+    if status == "shipped":
+        if variant not in names:
+            raise _invalid("variant", f"shipping needs one of the variants {names}")
+    elif variant is not None:
+        raise _invalid("variant", "only shipping names a variant")
+    if status == record.status and variant == record.shipped_variant:
+        return record
+    if status not in NEXT_STATUS[record.status]:
+        raise ApiError(
+            409,
+            "invalid_transition",
+            f"status: a {record.status} experiment cannot become {status}",
+        )
+    if not await state.store.update_experiment(experiment_id, status, variant, record.status):
+        raise ApiError(409, "conflict", "status: changed by another request; read it again")
+    await state.experiments.refresh()
+    return await _record(state, experiment_id)
+
+
+@blueprint.get("/api/v1/experiments/<experiment_id>")
+async def one(experiment_id: str):
+    state = app_state()
+    record = await _record(state, experiment_id)
+    return jsonify(_public(record, await results_of(state, record)))
 
 
 @blueprint.post("/api/v1/experiments/<experiment_id>/status")
 @validate_request(schemas.ExperimentStatusRequest)
 async def set_status(experiment_id: str, data: schemas.ExperimentStatusRequest):
     state = app_state()
-    record = await _record(state, experiment_id)
-    names = [v["name"] for v in record.definition["variants"]]
-    if data.status == "shipped":
-        if data.variant not in names:
-            raise _invalid("variant", f"shipping needs one of the variants {names}")
-    elif data.variant is not None:
-        raise _invalid("variant", "only shipping names a variant")
-    if data.status == record.status and data.variant == record.shipped_variant:
-        return jsonify(_public(record))
-    if data.status not in NEXT_STATUS[record.status]:
-        raise ApiError(
-            409,
-            "invalid_transition",
-            f"status: a {record.status} experiment cannot become {data.status}",
-        )
-    if not await state.store.update_experiment(
-        experiment_id, data.status, data.variant, record.status
-    ):
-        raise ApiError(409, "conflict", "status: changed by another request; read it again")
-    await state.experiments.refresh()
-    return jsonify(_public(await _record(state, experiment_id)))
+    return jsonify(_public(await change_status(state, experiment_id, data.status, data.variant)))

@@ -228,3 +228,7 @@ class Store(Protocol):
         """Per exposed variant: an event counts for a list when it is on one of the list's
         items, by its viewer, and carries the list's recommendation_id or falls within
         ``window_seconds`` after the list; each event counts once per variant."""
+
+    async def item_exposure_counts(self, content_id: str) -> tuple[int, int]:
+        """Lists shown in experiments that held the item, and views of it carrying the id of
+        one of them."""

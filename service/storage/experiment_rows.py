@@ -95,3 +95,13 @@ def counts_from_rows(rows: Sequence[Sequence]) -> list[VariantCounts]:
         )
         for r in rows
     ]
+
+
+def item_exposure_query(mark: str) -> str:
+    """How many lists shown in experiments held an item, and views of it that carry the id
+    of one of them (``mark``: the dialect's placeholder for the content id)."""
+    return f"""
+    SELECT (SELECT COUNT(*) FROM exposure_items WHERE content_id = {mark}),
+           (SELECT COUNT(*) FROM events e WHERE e.content_id = {mark} AND e.recommendation_id IN
+                (SELECT recommendation_id FROM exposure_items WHERE content_id = {mark}))
+    """

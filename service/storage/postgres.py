@@ -38,6 +38,7 @@ from service.storage.experiment_rows import (
     counts_query,
     experiment_columns,
     experiment_from_columns,
+    item_exposure_query,
 )
 from service.storage.migrations import POSTGRES
 
@@ -447,3 +448,7 @@ class PostgresStore:
             completed_at,
         )
         return counts_from_rows(rows)
+
+    async def item_exposure_counts(self, content_id: str) -> tuple[int, int]:
+        row = await self.pool.fetchrow(item_exposure_query("$1"), content_id)
+        return int(row[0]), int(row[1])

@@ -44,6 +44,7 @@ from service.storage.experiment_rows import (
     counts_query,
     experiment_columns,
     experiment_from_columns,
+    item_exposure_query,
 )
 from service.storage.migrations import SQLITE
 
@@ -456,3 +457,8 @@ class SQLiteStore:
             counts_query(("?1", "?2", "?3")), (experiment_id, window_seconds, completed_at)
         ) as cursor:
             return counts_from_rows(await cursor.fetchall())
+
+    async def item_exposure_counts(self, content_id: str) -> tuple[int, int]:
+        async with self.db.execute(item_exposure_query("?1"), (content_id,)) as cursor:
+            listed, watched = await cursor.fetchone()
+        return int(listed), int(watched)

@@ -88,7 +88,7 @@ async def test_recommendations_shape(api):
     )
     assert response.status_code == 200
     body = await response.get_json()
-    assert set(body) == {"recommendations", "generated_at", "ttl_seconds"}
+    assert set(body) == {"recommendation_id", "recommendations", "generated_at", "ttl_seconds"}
     assert body["ttl_seconds"] == SERVING.recommendation_ttl_seconds
     recs = body["recommendations"]
     assert len(recs) == 7 and len({r["content_id"] for r in recs}) == 7
@@ -184,6 +184,8 @@ async def test_fast_path_answers_as_the_quart_route_does(api):
                 r["content_id"] for r in body_b["recommendations"]
             ]
             body_a.pop("generated_at"), body_b.pop("generated_at")
+            # every answer is a list shown anew: its own id
+            assert body_a.pop("recommendation_id") != body_b.pop("recommendation_id")
         assert body_a == body_b, path
     assert [r.status_code for r in fast] == [200, 200, 400, 400, 404]
 

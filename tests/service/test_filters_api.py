@@ -18,7 +18,11 @@ from sona_jax.config import SonaConfig
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 SMALL = SonaConfig().with_overrides({"model": {"embedding_dim": 32}})
 SERVING = ServingSettings(
-    max_body_bytes=200_000, warm_up=False, tables_refresh_seconds=3600, compilation_cache=False
+    max_body_bytes=200_000,
+    warm_up=False,
+    tables_refresh_seconds=3600,
+    compilation_cache=False,
+    max_wait_ms=0.0,  # programs compile as the first requests of each shape arrive
 )
 
 

@@ -58,6 +58,12 @@ def _insufficient_training_data(response) -> bool:
     )
 
 
+def _experiment_rule(response) -> bool:
+    """A 400 for a rule across an experiment's fields (shares summing to 1, unique variant
+    names, what a variant may change, shipping names a variant): no schema states them."""
+    return response.status_code == 400 and response.json().get("error") == "invalid_experiment"
+
+
 def test_schemathesis_finds_nothing(server):
     import schemathesis
     from schemathesis import GenerationMode
@@ -75,7 +81,11 @@ def test_schemathesis_finds_nothing(server):
         def check(case):
             response = case.call(base_url=server.url, headers=ADMIN, timeout=30)
             statuses.append(response.status_code)
-            excluded = positive if _insufficient_training_data(response) else []
+            excluded = (
+                positive
+                if _insufficient_training_data(response) or _experiment_rule(response)
+                else []
+            )
             try:
                 case.validate_response(response, excluded_checks=excluded)
             except Exception as failure:  # noqa: BLE001 - each finding is collected

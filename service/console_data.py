@@ -1,0 +1,245 @@
+"""What the operator console shows (issue 16), read from the running service: the same
+profiles, engine calls and store queries the API answers from, so a page never disagrees with
+the API. Plain dicts and lists for the templates and the charts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import numpy as np
+import orjson
+from prometheus_client import Metric
+
+from service import schemas
+from service.admission import mark_started
+from service.routes.experiments import results_of
+from service.routes.health import VERSION
+from service.routes.recommendations import recommendations_body
+from service.routes.scores import COMPONENT_NAMES
+from service.state import AppState
+from sona_jax.serve import item_queries
+from sona_jax.serve.batch import Query
+from sona_jax.serve.engine import Scores
+
+HOURS = 24
+RECENT_EVENTS = 20  # history rows a viewer page lists
+SIMILAR_ITEMS = 10
+
+
+def _samples(state: AppState) -> dict[str, Metric]:
+    return {m.name: m for m in state.metrics.registry.collect()}
+
+
+def _quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
+    """The upper bound of the first bucket holding quantile ``q`` of cumulative ``buckets``
+    (le, count), in the bucket's unit; None without observations."""
+    total = buckets[-1][1] if buckets else 0.0
+    if total <= 0:
+        return None
+    for bound, count in buckets:
+        if count >= q * total:
+            return bound
+    return buckets[-1][0]
+
+
+def live_metrics(state: AppState) -> dict[str, Any]:
+    """Cumulative counters the overview charts read every few seconds (rates come from
+    differences): requests per endpoint, latency p50 / p99 per endpoint (ms, since start),
+    mean batch size and engine time per batch (ms) per batcher, cache and candidate counts."""
+    metrics = _samples(state)
+    requests: dict[str, float] = {}
+    for sample in metrics["sona_requests"].samples:
+        if sample.name.endswith("_total"):
+            endpoint = sample.labels["endpoint"]
+            requests[endpoint] = requests.get(endpoint, 0.0) + sample.value
+    latency: dict[str, list[tuple[float, float]]] = {}
+    for sample in metrics["sona_request_seconds"].samples:
+        if sample.name.endswith("_bucket"):
+            bound = float(sample.labels["le"])
+            latency.setdefault(sample.labels["endpoint"], []).append((bound, sample.value))
+    batches: dict[str, dict[str, float]] = {}
+    for name, field in (("sona_batch_size", "size"), ("sona_batch_seconds", "seconds")):
+        for sample in metrics[name].samples:
+            kind = sample.name.rsplit("_", 1)[-1]
+            if kind in ("sum", "count"):
+                entry = batches.setdefault(sample.labels["batcher"], {})
+                entry[f"{field}_{kind}"] = sample.value
+    kept, hits, misses = state.metrics.candidate_counts()
+    return {
+        "at": time.time(),
+        "requests": requests,
+        "latency_ms": {
+            endpoint: {
+                "p50": _ms(_quantile(sorted(b), 0.5)),
+                "p99": _ms(_quantile(sorted(b), 0.99)),
+            }
+            for endpoint, b in latency.items()
+        },
+        "batches": {
+            name: {
+                "mean_size": b.get("size_sum", 0.0) / b["size_count"] if b.get("size_count") else 0,
+                "mean_engine_ms": 1000 * b.get("seconds_sum", 0.0) / b["size_count"]
+                if b.get("size_count")
+                else 0,
+                "calls": b.get("size_count", 0.0),
+            }
+            for name, b in batches.items()
+        },
+        "queue_depth": {
+            name: batcher.pending.qsize()
+            for name, batcher in (("recommend", state.recommend), ("score", state.score))
+            if batcher is not None
+        },
+        "candidates": {"kept": kept, "hits": hits, "misses": misses},
+    }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None or not np.isfinite(seconds) else round(1000 * seconds, 3)
+
+
+async def overview(state: AppState) -> dict[str, Any]:
+    """Versions, the model's age and what arrived since, rebuilds, storage and cache health."""
+    runtime = state.runtime
+    record = await state.store.model_record(runtime.version) if runtime else None
+    rebuild = state.last_rebuild
+    learning = state.settings.learning
+    next_rebuild = None
+    if learning.rebuild_interval_seconds and rebuild is not None:
+        next_rebuild = rebuild.finished_at + learning.rebuild_interval_seconds
+    return {
+        "service_version": VERSION,
+        "model_version": runtime.version if runtime else None,
+        "model_age_seconds": time.time() - record.created_at if record else None,
+        "events_since_model": state.tables.events_since_model if state.tables else None,
+        "items_added_since_model": runtime.engine.items_added if runtime else None,
+        "catalogue_items": len(runtime.engine.item_index) if runtime else None,
+        "last_rebuild": None if rebuild is None else rebuild.__dict__,
+        "next_rebuild_at": next_rebuild,
+        "rebuild_interval_seconds": learning.rebuild_interval_seconds,
+        "storage": {"kind": state.store.kind, "ok": await _ok(state.store.ping)},
+        "cache": {"kind": type(state.cache).__name__, "ok": await _ok(state.cache.ping)},
+    }
+
+
+async def _ok(ping) -> bool:
+    try:
+        return bool(await ping())
+    except Exception:  # noqa: BLE001 - a health line, not an error path
+        return False
+
+
+async def viewer(state: AppState, user_id: str, context: dict[str, str] | None) -> dict[str, Any]:
+    """A viewer's genre affinities, hourly pattern, recent history, and their recommendations
+    without and with ``context`` (the API's own answers) with each item's score components."""
+    runtime = state.engine()
+    engine = runtime.engine
+    _, profile = await state.profiles.entry(user_id)
+    genres = list(engine.model.genre_names)
+    events = (await state.store.user_events(user_id))[-RECENT_EVENTS:]
+    titles = {i: engine.titles[i] for i in range(len(engine.titles))}
+    history = [
+        {
+            "content_id": e.content_id,
+            "title": titles.get(engine.item_index.get(e.content_id, -1), e.content_id),
+            "watched_at": e.ts,
+            "completion_rate": e.completion_rate,
+            "rating": e.rating,
+            "dismissed": e.dismissed,
+        }
+        for e in reversed(events)
+    ]
+    lists = {}
+    for name, ctx in (("plain", None), ("in_context", context)):
+        if name == "in_context" and not ctx:
+            continue
+        request = schemas.RecommendationRequest(user_id=user_id, limit=10, context=ctx)
+        mark_started()  # the engine's wait limit counts from here, not from the page's start
+        answer = orjson.loads(await recommendations_body(state, request))
+        ids = [r["content_id"] for r in answer["recommendations"]]
+        rows = np.array([engine.item_index[c] for c in ids if c in engine.item_index], np.int32)
+        parts = await _components(state, user_id, rows) if len(rows) else None
+        for position, item in enumerate(answer["recommendations"]):
+            item["title"] = titles.get(engine.item_index.get(item["content_id"], -1), "")
+            if parts is not None:
+                item["components"] = dict(
+                    zip(COMPONENT_NAMES, parts.components[position].tolist(), strict=True)
+                )
+        lists[name] = answer
+    return {
+        "user_id": user_id,
+        "events": profile.events,
+        "genres": genres,
+        "genre_affinity": np.asarray(profile.genre_affinity, float).tolist(),
+        "hourly": np.asarray(profile.hourly, float).tolist()[:HOURS],
+        "history": history,
+        "lists": lists,
+        "context": context or {},
+    }
+
+
+async def _components(state: AppState, user_id: str, rows: np.ndarray) -> Scores:
+    """The score endpoint's components of items ``rows`` for the viewer: one engine call on an
+    engine thread, past the request batcher (an operator's page waits rather than being shed
+    while a program compiles)."""
+    _, profile = await state.profiles.entry(user_id)
+    runtime = state.engine()
+    loop = asyncio.get_running_loop()
+    done = await loop.run_in_executor(
+        state.executor, runtime.score_batch, [Query(profile, items=rows)]
+    )
+    return done[0]["scores"]
+
+
+async def item(state: AppState, content_id: str) -> dict[str, Any] | None:
+    """An item's metadata, similar items, popularity, and how often it was listed in
+    experiments and watched from those lists."""
+    runtime = state.engine()
+    engine = runtime.engine
+    row = await state.store.get_content(content_id)
+    index = engine.item_index.get(content_id)
+    if row is None or index is None:
+        return None
+    top, similarity = item_queries.similar(engine, index, SIMILAR_ITEMS, None)
+    popularity = np.asarray(engine.state.global_share, float)
+    trending = np.asarray(engine.state.trending, float)
+    order = np.argsort(-popularity)
+    rank = int(np.where(order == index)[0][0]) + 1
+    listed, watched = await state.store.item_exposure_counts(content_id)
+    return {
+        "content_id": content_id,
+        "title": row.title,
+        "genres": row.genres,
+        "release_year": row.release_year,
+        "duration_minutes": row.duration_minutes,
+        "series_id": row.series_id,
+        "popularity": float(popularity[index]),
+        "trending": float(trending[index]),
+        "popularity_rank": rank,
+        "catalogue_popularity": sorted(popularity.tolist(), reverse=True)[: 10 * SIMILAR_ITEMS],
+        "similar": [
+            {"content_id": engine.item_ids[i], "title": engine.titles[i], "similarity": float(s)}
+            for i, s in zip(top, similarity, strict=True)
+        ],
+        "times_listed": listed,
+        "times_watched_from_a_list": watched,
+    }
+
+
+async def experiments(state: AppState) -> list[dict[str, Any]]:
+    """Every experiment with its results (running ones first)."""
+    records = await state.store.experiments()
+    records.sort(key=lambda r: (r.status != "running", -r.created_at))
+    return [
+        {
+            "id": r.experiment_id,
+            "name": r.name,
+            "status": r.status,
+            "shipped_variant": r.shipped_variant,
+            "variants": r.definition["variants"],
+            "results": await results_of(state, r),
+        }
+        for r in records
+    ]

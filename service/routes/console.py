@@ -1,0 +1,123 @@
+"""The operator console (issue 16): ``/console`` pages rendered with Jinja and charted with
+plotly.js served by the service. With API keys configured, only an admin key opens it: a login
+form puts the key in an HttpOnly, SameSite=Strict cookie (never in a URL)."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from quart import Blueprint, jsonify, redirect, render_template, request
+
+from service import console_data
+from service.errors import ApiError
+from service.routes.experiments import change_status
+from service.state import AppState, app_state
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
+COOKIE = "sona_console"
+OPEN = {"console.login", "console.login_form"}
+CONTEXT_FIELDS = ("device_type", "time_of_day", "mood")
+
+blueprint = Blueprint("console", __name__, template_folder=str(TEMPLATES))
+
+
+def _guarded(state: AppState) -> bool:
+    return bool(state.settings.api_keys or state.settings.admin_keys)
+
+
+@blueprint.before_request
+async def admin_only():
+    state = app_state()
+    if request.endpoint in OPEN or not _guarded(state):
+        return None
+    if request.cookies.get(COOKIE, "") in state.settings.admin_keys:
+        return None
+    if request.path.startswith("/console/data/"):
+        return jsonify({"error": "unauthorized", "message": "log in with an admin key"}), 401
+    return redirect("/console/login")
+
+
+@blueprint.get("/console/login")
+async def login_form():
+    return await render_template("console/login.html", error=None)
+
+
+@blueprint.post("/console/login")
+async def login():
+    state = app_state()
+    key = (await request.form).get("key", "")
+    if _guarded(state) and key not in state.settings.admin_keys:
+        return await render_template("console/login.html", error="wrong key"), 401
+    response = redirect("/console")
+    response.set_cookie(COOKIE, key, httponly=True, samesite="Strict", path="/console")
+    return response
+
+
+@blueprint.post("/console/logout")
+async def logout():
+    response = redirect("/console/login")
+    response.delete_cookie(COOKIE, path="/console")
+    return response
+
+
+@blueprint.get("/console")
+async def overview():
+    state = app_state()
+    return await render_template(
+        "console/overview.html", page="overview", info=await console_data.overview(state)
+    )
+
+
+@blueprint.get("/console/data/metrics")
+async def metrics():
+    return jsonify(console_data.live_metrics(app_state()))
+
+
+def _uuid(value: str, field: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise ApiError(400, "validation_error", f"{field}: not a UUID: {value!r}") from None
+
+
+@blueprint.get("/console/viewer")
+async def viewer():
+    state = app_state()
+    user_id = request.args.get("user_id", "")
+    if not user_id:
+        return await render_template("console/viewer.html", page="viewer", viewer=None)
+    context = {f: request.args[f] for f in CONTEXT_FIELDS if request.args.get(f)}
+    data = await console_data.viewer(state, _uuid(user_id, "user_id"), context or None)
+    return await render_template("console/viewer.html", page="viewer", viewer=data)
+
+
+@blueprint.get("/console/item/<content_id>")
+async def item(content_id: str):
+    state = app_state()
+    data = await console_data.item(state, _uuid(content_id, "content_id"))
+    if data is None:
+        raise ApiError(404, "content_not_found", f"content_id: unknown content {content_id}")
+    return await render_template("console/item.html", page="item", item=data)
+
+
+@blueprint.get("/console/experiments")
+async def experiments():
+    state = app_state()
+    return await render_template(
+        "console/experiments.html",
+        page="experiments",
+        experiments=await console_data.experiments(state),
+        error=request.args.get("error"),
+    )
+
+
+@blueprint.post("/console/experiments/<experiment_id>/status")
+async def experiment_status(experiment_id: str):
+    state = app_state()
+    form = await request.form
+    try:
+        await change_status(state, experiment_id, form.get("status", ""), form.get("variant"))
+    except ApiError as error:
+        return redirect(f"/console/experiments?error={error.message}")
+    return redirect("/console/experiments")
