@@ -14,6 +14,7 @@ from prometheus_client import Metric
 
 from service import schemas
 from service.admission import mark_started
+from service.context import resolve
 from service.routes.experiments import results_of
 from service.routes.health import VERSION
 from service.routes.recommendations import recommendations_body
@@ -160,7 +161,8 @@ async def viewer(state: AppState, user_id: str, context: dict[str, str] | None) 
         answer = orjson.loads(await recommendations_body(state, request))
         ids = [r["content_id"] for r in answer["recommendations"]]
         rows = np.array([engine.item_index[c] for c in ids if c in engine.item_index], np.int32)
-        parts = await _components(state, user_id, rows) if len(rows) else None
+        indices = resolve(request.context).indices
+        parts = await _components(state, user_id, rows, indices) if len(rows) else None
         for position, item in enumerate(answer["recommendations"]):
             item["title"] = titles.get(engine.item_index.get(item["content_id"], -1), "")
             if parts is not None:
@@ -180,15 +182,20 @@ async def viewer(state: AppState, user_id: str, context: dict[str, str] | None) 
     }
 
 
-async def _components(state: AppState, user_id: str, rows: np.ndarray) -> Scores:
-    """The score endpoint's components of items ``rows`` for the viewer: one engine call on an
+async def _components(
+    state: AppState, user_id: str, rows: np.ndarray, context: tuple[int, int, int]
+) -> Scores:
+    """The score endpoint's components of items ``rows`` for the viewer in ``context``
+    (device, time of day and mood indices): one engine call on an
     engine thread, past the request batcher (an operator's page waits rather than being shed
     while a program compiles)."""
     _, profile = await state.profiles.entry(user_id)
     runtime = state.engine()
     loop = asyncio.get_running_loop()
     done = await loop.run_in_executor(
-        state.executor, runtime.score_batch, [Query(profile, items=rows)]
+        state.executor,
+        runtime.score_batch,
+        [Query(profile, device=context[0], time_of_day=context[1], mood=context[2], items=rows)],
     )
     return done[0]["scores"]
 
