@@ -34,8 +34,8 @@ from datetime import UTC, datetime
 
 import numpy as np
 from quart.testing.app import TestApp as QuartTestApp
-from scipy import stats
 
+from bench.ab_sim import exact_interval
 from bench.report import write_results
 from service.app import Settings, create_app
 from service.settings import ServingSettings
@@ -44,11 +44,6 @@ from sona_jax.config import SonaConfig
 
 RESULTS = ROOT / "bench" / "results"
 CONCURRENT = 64  # viewers in flight at once (the micro-batcher gathers them)
-
-
-def _interval(k: int, n: int) -> list[float]:
-    ci = stats.binomtest(k, n).proportion_ci(0.95, method="exact")
-    return [round(ci.low, 4), round(ci.high, 4)]
 
 
 async def _viewer(client, rng: np.random.Generator, rate: float, by_id: float) -> None:
@@ -137,9 +132,9 @@ async def run(args: argparse.Namespace) -> dict:
     return {
         "settings": vars(args) | {"out": str(args.out)},
         "aa_false_positive_rate": len(decided_on) / n,
-        "aa_false_positive_rate_95ci": _interval(len(decided_on), n),
+        "aa_false_positive_rate_95ci": exact_interval(len(decided_on), n),
         "aa_peeking_z_test_false_positive_rate": len(naive) / n,
-        "aa_peeking_z_test_95ci": _interval(len(naive), n),
+        "aa_peeking_z_test_95ci": exact_interval(len(naive), n),
         "aa_sample_ratio_false_alarms": len(mismatched) / n,
         "last_experiment_users_per_arm": users,
         "last_experiment_conversion_rates": rates,

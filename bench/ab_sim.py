@@ -75,7 +75,8 @@ def simulate(
     }
 
 
-def _interval(k: int, n: int) -> list[float]:
+def exact_interval(k: int, n: int) -> list[float]:
+    """The exact (Clopper-Pearson) 95 % interval of k successes in n, rounded."""
     ci = stats.binomtest(k, n).proportion_ci(0.95, method="exact")
     return [round(ci.low, 4), round(ci.high, 4)]
 
@@ -98,12 +99,12 @@ def main() -> None:
         "settings": vars(args) | {"out": str(args.out)},
         "viewers_per_arm_at_the_end": per_arm,
         "aa_false_positive_rate": aa["decided"] / n,
-        "aa_false_positive_rate_95ci": _interval(aa["decided"], n),
+        "aa_false_positive_rate_95ci": exact_interval(aa["decided"], n),
         "aa_peeking_z_test_false_positive_rate": aa["peeking_z_test_decided"] / n,
-        "aa_peeking_z_test_95ci": _interval(aa["peeking_z_test_decided"], n),
+        "aa_peeking_z_test_95ci": exact_interval(aa["peeking_z_test_decided"], n),
         "aa_sample_ratio_false_alarms": aa["sample_ratio_alarms"] / n,
         "ab_power": ab["decided"] / n,
-        "ab_power_95ci": _interval(ab["decided"], n),
+        "ab_power_95ci": exact_interval(ab["decided"], n),
         "ab_median_days_to_decide": ab["median_days_to_decide"],
         "seconds": round(time.perf_counter() - started, 1),
         "command": "python bench/ab_sim.py",
