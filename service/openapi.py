@@ -16,18 +16,29 @@ ERROR_MEANINGS = {
     400: "invalid input: the message and details name the field",
     401: "no valid Authorization: Bearer key (when keys are configured)",
     403: "this operation needs an admin key",
-    404: "unknown content or route",
+    404: "unknown content, experiment or route",
+    409: "the experiment's name is taken, or its status cannot go there from where it is",
     413: "request body larger than serving.max_body_bytes",
     429: "trained too recently; Retry-After says when to retry",
     503: "no model loaded yet, or overloaded; Retry-After says when to retry",
 }
-ADMIN = {("post", "/api/v1/content"), ("delete", "/api/v1/content/{content_id}")}
+EXPERIMENT = "/api/v1/experiments/{experiment_id}"
+ADMIN = {
+    ("post", "/api/v1/content"),
+    ("delete", "/api/v1/content/{content_id}"),
+    ("post", "/api/v1/experiments"),
+    ("post", EXPERIMENT + "/status"),
+}
+CONFLICTS = {("post", "/api/v1/experiments"), ("post", EXPERIMENT + "/status")}
+CREATES = {("post", "/api/v1/experiments")}  # answer 201
 NAMES_CONTENT = {  # operations that answer 404 for content the catalogue does not hold
     ("post", "/api/v1/recommendations/similar"),
     ("post", "/api/v1/personalization/score"),
     ("post", "/api/v1/profile/update"),
     ("get", "/api/v1/content/{content_id}"),
     ("delete", "/api/v1/content/{content_id}"),
+    ("get", EXPERIMENT),
+    ("post", EXPERIMENT + "/status"),
 }
 NEEDS_MODEL = {  # operations that answer 503 while no model is loaded, or under overload
     ("post", "/api/v1/recommendations"),
@@ -78,8 +89,11 @@ class SonaOpenAPI(OpenAPIProvider):
             statuses.append(413)
         key = (method, path)
         statuses += [403] * (key in ADMIN) + [404] * (key in NAMES_CONTENT)
+        statuses += [409] * (key in CONFLICTS)
         statuses += [429] * (key in RATE_LIMITED) + [503] * (key in NEEDS_MODEL)
         responses = operation["responses"]
+        if key in CREATES:
+            responses[201] = responses.pop(200, {"description": "created"})
         if not any(200 <= int(code) < 300 for code in responses):
             responses[200] = {"description": "done"}
         for status in statuses:  # int keys, as quart-schema writes them

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import plotly
 from quart import Blueprint, send_from_directory
+from quart_schema import hide
 
 from service.errors import ApiError
 
@@ -21,6 +22,7 @@ MAX_AGE = 24 * 3600  # seconds a browser may keep an asset (they change only on 
 
 
 @blueprint.get("/assets/swagger-ui/<path:name>")
+@hide
 async def swagger_ui(name: str):
     if not SWAGGER_UI.is_dir():
         raise ApiError(
@@ -33,5 +35,6 @@ async def swagger_ui(name: str):
 
 
 @blueprint.get("/assets/plotly.min.js")
+@hide
 async def plotly_js():
     return await send_from_directory(PLOTLY_JS, "plotly.min.js", cache_timeout=MAX_AGE)

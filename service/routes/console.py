@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 from quart import Blueprint, jsonify, redirect, render_template, request
+from quart_schema import hide
 
 from service import console_data
 from service.errors import ApiError
@@ -39,11 +40,13 @@ async def admin_only():
 
 
 @blueprint.get("/console/login")
+@hide
 async def login_form():
     return await render_template("console/login.html", error=None)
 
 
 @blueprint.post("/console/login")
+@hide
 async def login():
     state = app_state()
     key = (await request.form).get("key", "")
@@ -55,6 +58,7 @@ async def login():
 
 
 @blueprint.post("/console/logout")
+@hide
 async def logout():
     response = redirect("/console/login")
     response.delete_cookie(COOKIE, path="/console")
@@ -62,6 +66,7 @@ async def logout():
 
 
 @blueprint.get("/console")
+@hide
 async def overview():
     state = app_state()
     return await render_template(
@@ -70,6 +75,7 @@ async def overview():
 
 
 @blueprint.get("/console/data/metrics")
+@hide
 async def metrics():
     return jsonify(console_data.live_metrics(app_state()))
 
@@ -82,6 +88,7 @@ def _uuid(value: str, field: str) -> str:
 
 
 @blueprint.get("/console/viewer")
+@hide
 async def viewer():
     state = app_state()
     user_id = request.args.get("user_id", "")
@@ -93,6 +100,7 @@ async def viewer():
 
 
 @blueprint.get("/console/item/<content_id>")
+@hide
 async def item(content_id: str):
     state = app_state()
     data = await console_data.item(state, _uuid(content_id, "content_id"))
@@ -102,6 +110,7 @@ async def item(content_id: str):
 
 
 @blueprint.get("/console/experiments")
+@hide
 async def experiments():
     state = app_state()
     return await render_template(
@@ -113,6 +122,7 @@ async def experiments():
 
 
 @blueprint.post("/console/experiments/<experiment_id>/status")
+@hide
 async def experiment_status(experiment_id: str):
     state = app_state()
     form = await request.form
