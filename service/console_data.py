@@ -140,11 +140,15 @@ async def viewer(state: AppState, user_id: str, context: dict[str, str] | None) 
     _, profile = await state.profiles.entry(user_id)
     genres = list(engine.model.genre_names)
     events = (await state.store.user_events(user_id))[-RECENT_EVENTS:]
-    titles = {i: engine.titles[i] for i in range(len(engine.titles))}
+
+    def title(content_id: str) -> str:
+        index = engine.item_index.get(content_id)
+        return content_id if index is None else engine.titles[index]
+
     history = [
         {
             "content_id": e.content_id,
-            "title": titles.get(engine.item_index.get(e.content_id, -1), e.content_id),
+            "title": title(e.content_id),
             "watched_at": e.ts,
             "completion_rate": e.completion_rate,
             "rating": e.rating,
@@ -164,7 +168,7 @@ async def viewer(state: AppState, user_id: str, context: dict[str, str] | None) 
         indices = resolve(request.context).indices
         parts = await _components(state, user_id, rows, indices) if len(rows) else None
         for position, item in enumerate(answer["recommendations"]):
-            item["title"] = titles.get(engine.item_index.get(item["content_id"], -1), "")
+            item["title"] = title(item["content_id"])
             if parts is not None:
                 item["components"] = dict(
                     zip(COMPONENT_NAMES, parts.components[position].tolist(), strict=True)

@@ -97,9 +97,10 @@ async def recommendations_body(state: AppState, data: schemas.RecommendationRequ
     version, profile = await state.profiles.entry(user_id)
     arms = state.experiments.assignment(user_id)
     recommendation_id = str(uuid.uuid4())
-    body = await _list_body(state, runtime, data, user_id, limit, version, profile, arms)
+    body, listed = await _list_body(state, runtime, data, user_id, limit, version, profile, arms)
     if arms.arms:
-        listed = [r["content_id"] for r in orjson.loads(body)["recommendations"]]
+        if listed is None:  # a cached list: read back what it holds
+            listed = [r["content_id"] for r in orjson.loads(body)["recommendations"]]
         state.experiments.expose(recommendation_id, user_id, arms.arms, listed)
     return _with_id(body, recommendation_id)
 
@@ -113,8 +114,9 @@ async def _list_body(
     version: Version,
     profile: ViewerProfile,
     arms: Assignment,
-) -> bytes:
-    """The answer without its recommendation_id (cached as it is)."""
+) -> tuple[bytes, list[str] | None]:
+    """The answer without its recommendation_id (cached as it is), and the content ids it
+    lists (None when it came from the cache)."""
     lam = policy.mmr_lambda(data.diversity_threshold, state.cfg, arms.mmr_lambda)
     context = resolve(data.context)
     device, tod, mood = context.indices
@@ -138,7 +140,7 @@ async def _list_body(
         )
         cached = await state.cache.get(key)
         if cached is not None:
-            return cached
+            return cached, None
     # A filtered list retrieves through its filter (the kept candidates may hold too few
     # that pass) and keeps nothing.
     pool_key, candidates = (
@@ -180,7 +182,7 @@ async def _list_body(
     body = orjson.dumps(answer)
     if ttl:
         await state.cache.set(key, body, ttl)
-    return body
+    return body, [item["content_id"] for item in items]
 
 
 @blueprint.post("/api/v1/recommendations")

@@ -19,13 +19,10 @@ from service.storage.base import (
     CatalogueEntry,
     ContentRow,
     EventRow,
-    ExperimentRecord,
-    ExposureRow,
     ModelRecord,
     RebuildRecord,
     TrainingSnapshot,
     UserStateRow,
-    VariantCounts,
 )
 from service.storage.codec import (
     CONTENT_COLUMNS,
@@ -38,25 +35,20 @@ from service.storage.codec import (
     event_columns,
     event_from_columns,
 )
-from service.storage.experiment_rows import (
-    EXPERIMENT_COLUMNS,
-    counts_from_rows,
-    counts_query,
-    experiment_columns,
-    experiment_from_columns,
-    item_exposure_query,
-)
 from service.storage.migrations import SQLITE
+from service.storage.sqlite_experiments import SQLiteExperiments
 
 
 def _one_at_a_time(cls):
-    """Every query method of ``cls`` holds the connection's lock for its whole run.
+    """Every query method of ``cls`` (its own and its mixins') holds the connection's lock for
+    its whole run.
 
     One aiosqlite connection runs one statement at a time, but coroutines interleave their
     statements: another's commit could land inside a read transaction, or between an insert and
     the row count it reads back (`sqlite3.InterfaceError` under concurrent writers). SQLite
     writes one transaction at a time anyway, so this costs no concurrency it had."""
-    for name, method in list(vars(cls).items()):
+    methods = {n: m for base in reversed(cls.__mro__) for n, m in vars(base).items()}
+    for name, method in methods.items():
         if inspect.iscoroutinefunction(method) and name not in ("open", "close"):
             setattr(cls, name, _locked(method))
     return cls
@@ -72,7 +64,7 @@ def _locked(method):
 
 
 @_one_at_a_time
-class SQLiteStore:
+class SQLiteStore(SQLiteExperiments):
     kind = "sqlite"
 
     def __init__(self, path: str | Path):
@@ -395,70 +387,3 @@ class SQLiteStore:
         ) as cursor:
             row = await cursor.fetchone()
         return RebuildRecord(*row) if row else None
-
-    async def create_experiment(self, record: ExperimentRecord) -> bool:
-        cursor = await self.db.execute(
-            f"INSERT INTO experiments ({EXPERIMENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?) "
-            "ON CONFLICT (name) DO NOTHING",
-            experiment_columns(record),
-        )
-        await self.db.commit()
-        return cursor.rowcount == 1
-
-    async def experiments(self) -> list[ExperimentRecord]:
-        async with self.db.execute(
-            f"SELECT {EXPERIMENT_COLUMNS} FROM experiments ORDER BY created_at, experiment_id"
-        ) as cursor:
-            return [experiment_from_columns(row) for row in await cursor.fetchall()]
-
-    async def experiment(self, experiment_id: str) -> ExperimentRecord | None:
-        async with self.db.execute(
-            f"SELECT {EXPERIMENT_COLUMNS} FROM experiments WHERE experiment_id = ?",
-            (experiment_id,),
-        ) as cursor:
-            row = await cursor.fetchone()
-        return experiment_from_columns(row) if row else None
-
-    async def update_experiment(
-        self, experiment_id: str, status: str, shipped_variant: str | None, expected: str
-    ) -> bool:
-        cursor = await self.db.execute(
-            "UPDATE experiments SET status = ?, shipped_variant = ?, updated_at = ? "
-            "WHERE experiment_id = ? AND status = ?",
-            (status, shipped_variant, time.time(), experiment_id, expected),
-        )
-        await self.db.commit()
-        return cursor.rowcount == 1
-
-    async def record_looks(self, experiment_id: str, looks: dict) -> None:
-        await self.db.execute(
-            "UPDATE experiments SET looks = ? WHERE experiment_id = ?",
-            (json.dumps(looks), experiment_id),
-        )
-        await self.db.commit()
-
-    async def add_exposures(self, rows: list[ExposureRow]) -> None:
-        await self.db.executemany(
-            "INSERT INTO exposures (recommendation_id, experiment_id, variant, user_id, ts) "
-            "VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING",
-            [(r.recommendation_id, r.experiment_id, r.variant, r.user_id, r.ts) for r in rows],
-        )
-        await self.db.executemany(
-            "INSERT INTO exposure_items (recommendation_id, content_id) VALUES (?,?) "
-            "ON CONFLICT DO NOTHING",
-            [(r.recommendation_id, c) for r in rows for c in r.content_ids],
-        )
-        await self.db.commit()
-
-    async def experiment_counts(
-        self, experiment_id: str, window_seconds: float, completed_at: float
-    ) -> list[VariantCounts]:
-        async with self.db.execute(
-            counts_query(("?1", "?2", "?3")), (experiment_id, window_seconds, completed_at)
-        ) as cursor:
-            return counts_from_rows(await cursor.fetchall())
-
-    async def item_exposure_counts(self, content_id: str) -> tuple[int, int]:
-        async with self.db.execute(item_exposure_query("?1"), (content_id,)) as cursor:
-            listed, watched = await cursor.fetchone()
-        return int(listed), int(watched)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import NamedTuple
 
 import jax.numpy as jnp
@@ -196,10 +197,10 @@ class ServingEngine:
     def version(self) -> int:
         return self.model.version
 
-    @property
+    @cached_property
     def host_weights(self) -> np.ndarray:
-        """(3, N_SOURCES) the configured fusion matrix on the host (what a query's own is
-        checked against and padded with)."""
+        """(3, N_SOURCES) the configured fusion matrix on the host (what queries without one
+        of their own are given), copied once per engine."""
         return np.asarray(self.weights)
 
     @property

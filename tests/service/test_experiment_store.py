@@ -7,24 +7,11 @@ from __future__ import annotations
 import uuid
 
 import pytest
-import pytest_asyncio
 
-from service.storage import EventRow, ExperimentRecord, ExposureRow, open_store
-from tests.service.servers import drop_postgres_database, fresh_postgres_database
+from service.storage import EventRow, ExperimentRecord, ExposureRow
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 HOUR = 3600.0
-
-
-@pytest_asyncio.fixture(params=["sqlite", "postgres"])
-async def store(request, tmp_path):
-    url = await fresh_postgres_database() if request.param == "postgres" else None
-    store = open_store(url, tmp_path)
-    await store.open()
-    yield store
-    await store.close()
-    if url:
-        await drop_postgres_database(url)
 
 
 def _record(name: str) -> ExperimentRecord:

@@ -19,17 +19,6 @@ from tests.service.servers import drop_postgres_database, fresh_postgres_databas
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 
 
-@pytest_asyncio.fixture(params=["sqlite", "postgres"])
-async def store(request, tmp_path):
-    url = await fresh_postgres_database() if request.param == "postgres" else None
-    store = open_store(url, tmp_path)
-    await store.open()
-    yield store
-    await store.close()
-    if url:
-        await drop_postgres_database(url)
-
-
 def _event(user: str, content: str, ts: float) -> EventRow:
     return EventRow(user, content, ts, 0.9)
 
