@@ -12,19 +12,25 @@ import numpy as np
 import orjson
 from prometheus_client import Metric
 
-from service import schemas
+from service import policy, schemas
 from service.admission import mark_started
 from service.context import resolve
+from service.demo import new_request_seed
+from service.request_filters import request_filter
 from service.routes.experiments import results_of
 from service.routes.health import VERSION
 from service.routes.recommendations import recommendations_body
 from service.routes.scores import COMPONENT_NAMES
 from service.state import AppState
+from service.storage.item_rows import SECONDS_PER_DAY
 from sona_jax.serve import item_queries
 from sona_jax.serve.batch import Query
 from sona_jax.serve.engine import Scores
 
 HOURS = 24
+LIST_LENGTH = 10  # items per list a viewer page shows
+HISTORY_DAYS = 90  # days of an item's views its page charts, up to its latest view
+TREND_DAYS = 7  # the trailing mean behind an item's trend line
 RECENT_EVENTS = 20  # history rows a viewer page lists
 SIMILAR_ITEMS = 10
 
@@ -132,9 +138,15 @@ async def _ok(ping) -> bool:
         return False
 
 
-async def viewer(state: AppState, user_id: str, context: dict[str, str] | None) -> dict[str, Any]:
-    """A viewer's genre affinities, hourly pattern, recent history, and their recommendations
-    without and with ``context`` (the API's own answers) with each item's score components."""
+async def viewer(
+    state: AppState,
+    user_id: str,
+    context: dict[str, str] | None,
+    filters: schemas.Filters | None = None,
+) -> dict[str, Any]:
+    """A viewer's genre affinities, hourly pattern, recent history, their recommendations
+    without and with ``context`` under ``filters`` (the API's own answers) with each item's
+    score components, and what MMR and the filters changed (`list_changes`)."""
     runtime = state.engine()
     engine = runtime.engine
     _, profile = await state.profiles.entry(user_id)
@@ -160,7 +172,9 @@ async def viewer(state: AppState, user_id: str, context: dict[str, str] | None) 
     for name, ctx in (("plain", None), ("in_context", context)):
         if name == "in_context" and not ctx:
             continue
-        request = schemas.RecommendationRequest(user_id=user_id, limit=10, context=ctx)
+        request = schemas.RecommendationRequest(
+            user_id=user_id, limit=LIST_LENGTH, context=ctx, filters=filters
+        )
         mark_started()  # the engine's wait limit counts from here, not from the page's start
         answer = orjson.loads(await recommendations_body(state, request))
         ids = [r["content_id"] for r in answer["recommendations"]]
@@ -183,6 +197,72 @@ async def viewer(state: AppState, user_id: str, context: dict[str, str] | None) 
         "history": history,
         "lists": lists,
         "context": context or {},
+        "filters": filters.model_dump(exclude_defaults=True, mode="json") if filters else {},
+        "changes": await list_changes(state, user_id, filters, title),
+    }
+
+
+async def list_changes(
+    state: AppState, user_id: str, filters: schemas.Filters | None, title
+) -> dict[str, Any]:
+    """What MMR and the filters changed in the viewer's list (no context): the list as served
+    (the viewer's λ, the filters) beside the same request in relevance order (λ = 1) and
+    without the filters, ranked in one engine batch with one exploration seed, so every
+    difference is MMR's or the filters' own. Items MMR brought in carry their relevance rank
+    (past the list: beyond its length), items it pushed out and items the filters removed
+    their rank in the list they left."""
+    runtime = state.engine()
+    _, profile = await state.profiles.entry(user_id)
+    arms = state.experiments.assignment(user_id)
+    lam = policy.mmr_lambda(None, state.cfg, arms.mmr_lambda)
+    item_filter, _ = request_filter(filters, runtime.engine, state.cfg)
+    seed = new_request_seed()
+    depth = 2 * LIST_LENGTH  # how far down the relevance order a brought-in item is placed
+
+    def query(mmr_lambda: float, limit: int, with_filter: bool) -> Query:
+        return Query(
+            profile,
+            limit,
+            True,
+            mmr_lambda,
+            seed=seed,
+            filters=item_filter if with_filter else None,
+            fusion=arms.fusion,
+        )
+
+    mark_started()
+    served, relevance, unfiltered = await asyncio.gather(
+        state.recommend.submit(query(lam, LIST_LENGTH, True)),
+        state.recommend.submit(query(1.0, depth, True)),
+        state.recommend.submit(query(lam, LIST_LENGTH, False)),
+    )
+    ids = runtime.engine.item_ids
+
+    def listed(result) -> list[str]:
+        return [ids[row[0]] for row in result["rows"]]
+
+    shown, by_relevance, without_filters = listed(served), listed(relevance), listed(unfiltered)
+    top = by_relevance[:LIST_LENGTH]
+
+    def entry(content_id: str, rank: int | None) -> dict[str, Any]:
+        return {"content_id": content_id, "title": title(content_id), "rank": rank}
+
+    def rank_in(order: list[str], content_id: str) -> int | None:
+        return order.index(content_id) + 1 if content_id in order else None
+
+    return {
+        "mmr_lambda": lam,
+        "relevance_depth": depth,
+        "brought_in_by_mmr": [entry(c, rank_in(by_relevance, c)) for c in shown if c not in top],
+        "pushed_out_by_mmr": [entry(c, rank_in(top, c)) for c in top if c not in shown],
+        "reordered_by_mmr": sum(
+            1 for position, c in enumerate(shown) if c in top and top.index(c) != position
+        ),
+        "removed_by_filters": [
+            entry(c, rank_in(without_filters, c)) for c in without_filters if c not in shown
+        ]
+        if filters
+        else [],
     }
 
 
@@ -219,6 +299,7 @@ async def item(state: AppState, content_id: str) -> dict[str, Any] | None:
     order = np.argsort(-popularity)
     rank = int(np.where(order == index)[0][0]) + 1
     listed, watched = await state.store.item_exposure_counts(content_id)
+    views = await state.store.item_daily_views(content_id, HISTORY_DAYS)
     return {
         "content_id": content_id,
         "title": row.title,
@@ -236,7 +317,29 @@ async def item(state: AppState, content_id: str) -> dict[str, Any] | None:
         ],
         "times_listed": listed,
         "times_watched_from_a_list": watched,
+        "times_listed_by_this_process": state.metrics.item_listed[content_id],
+        "views_over_time": views_over_time(views),
     }
+
+
+def views_over_time(daily: list[tuple[int, int]]) -> dict[str, list]:
+    """Every day from the first to the last of ``daily`` ((days since the epoch, views),
+    oldest first) as ISO dates, its views (0 where none) and their trailing mean over
+    ``TREND_DAYS`` days (the trend line)."""
+    if not daily:
+        return {"days": [], "views": [], "trend": []}
+    first = daily[0][0]
+    views = np.zeros(daily[-1][0] - first + 1)
+    for day, count in daily:
+        views[day - first] = count
+    window = np.ones(TREND_DAYS)
+    sums = np.convolve(views, window)[: len(views)]
+    counts = np.convolve(np.ones_like(views), window)[: len(views)]
+    days = [
+        time.strftime("%Y-%m-%d", time.gmtime((first + d) * SECONDS_PER_DAY))
+        for d in range(len(views))
+    ]
+    return {"days": days, "views": views.tolist(), "trend": (sums / counts).round(3).tolist()}
 
 
 async def experiments(state: AppState) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -60,6 +61,9 @@ class Metrics:
         # each scrape by `_ListedItems`.
         self.listed = [0] * len(KIND_NAMES)
         self.registry.register(_ListedItems(self.listed))
+        # Lists served per content id by this process (the console's item page; per-item
+        # labels would swamp the Prometheus scrape, so it is not exported there).
+        self.item_listed: collections.Counter[str] = collections.Counter()
         self.candidate_counts: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 0)
         self.registry.register(_Candidates(lambda: self.candidate_counts()))
         self.freshness = {

@@ -7,10 +7,12 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
+import orjson
+from pydantic import ValidationError
 from quart import Blueprint, jsonify, redirect, render_template, request
 from quart_schema import hide
 
-from service import console_data
+from service import console_data, schemas
 from service.errors import ApiError
 from service.routes.experiments import change_status
 from service.state import AppState, app_state
@@ -19,6 +21,8 @@ TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 COOKIE = "sona_console"
 OPEN = {"console.login", "console.login_form"}
 CONTEXT_FIELDS = ("device_type", "time_of_day", "mood")
+LIST_FILTERS = ("genres_any", "genres_none")  # comma-separated in the page's query string
+BOUND_FILTERS = ("release_year_min", "release_year_max", "duration_min", "duration_max")
 
 blueprint = Blueprint("console", __name__, template_folder=str(TEMPLATES))
 
@@ -95,8 +99,36 @@ async def viewer():
     if not user_id:
         return await render_template("console/viewer.html", page="viewer", viewer=None)
     context = {f: request.args[f] for f in CONTEXT_FIELDS if request.args.get(f)}
-    data = await console_data.viewer(state, _uuid(user_id, "user_id"), context or None)
+    data = await console_data.viewer(
+        state, _uuid(user_id, "user_id"), context or None, _filters(request.args)
+    )
     return await render_template("console/viewer.html", page="viewer", viewer=data)
+
+
+def _filters(args) -> schemas.Filters | None:
+    """The API's `Filters` from the viewer page's form (None when no field is set); a bad
+    value answers 400 naming the field, as the API does."""
+    fields: dict[str, object] = {
+        f: [g.strip() for g in args[f].split(",") if g.strip()]
+        for f in LIST_FILTERS
+        if args.get(f, "").strip()
+    }
+    for f in BOUND_FILTERS:
+        if args.get(f, "").strip():
+            try:  # a number as JSON reads it, so the API's own rules judge it
+                fields[f] = orjson.loads(args[f])
+            except orjson.JSONDecodeError:
+                raise ApiError(400, "validation_error", f"filters.{f}: not a number") from None
+    if args.get("one_per_series"):
+        fields["one_per_series"] = True
+    if not fields:
+        return None
+    try:
+        return schemas.Filters.model_validate(fields)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in ("filters", *first["loc"]))
+        raise ApiError(400, "validation_error", f"{where}: {first['msg']}") from None
 
 
 @blueprint.get("/console/item/<content_id>")

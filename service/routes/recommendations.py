@@ -98,9 +98,10 @@ async def recommendations_body(state: AppState, data: schemas.RecommendationRequ
     arms = state.experiments.assignment(user_id)
     recommendation_id = str(uuid.uuid4())
     body, listed = await _list_body(state, runtime, data, user_id, limit, version, profile, arms)
+    if listed is None:  # a cached list: read back what it holds
+        listed = [r["content_id"] for r in orjson.loads(body)["recommendations"]]
+    state.metrics.item_listed.update(listed)
     if arms.arms:
-        if listed is None:  # a cached list: read back what it holds
-            listed = [r["content_id"] for r in orjson.loads(body)["recommendations"]]
         state.experiments.expose(recommendation_id, user_id, arms.arms, listed)
     return _with_id(body, recommendation_id)
 

@@ -232,3 +232,7 @@ class Store(Protocol):
     async def item_exposure_counts(self, content_id: str) -> tuple[int, int]:
         """Lists shown in experiments that held the item, and views of it carrying the id of
         one of them."""
+
+    async def item_daily_views(self, content_id: str, days: int) -> list[tuple[int, int]]:
+        """(day, views) of the item per UTC day (days since the epoch), oldest first, over the
+        ``days`` days up to its latest view; days without a view are absent."""

@@ -109,6 +109,10 @@ POSTGRES: list[str] = [
     );
     ALTER TABLE events ADD COLUMN IF NOT EXISTS recommendation_id TEXT;
     """,
+    # 5: an item's views over time (the console's item page) without scanning every event
+    """
+    CREATE INDEX IF NOT EXISTS events_content_ts ON events (content_id, ts);
+    """,
 ]
 
 SQLITE: list[str] = [
@@ -206,5 +210,9 @@ SQLITE: list[str] = [
         PRIMARY KEY (recommendation_id, content_id)
     );
     ALTER TABLE events ADD COLUMN recommendation_id TEXT;
+    """,
+    # 5: as PostgreSQL's 5
+    """
+    CREATE INDEX IF NOT EXISTS events_content_ts ON events (content_id, ts);
     """,
 ]

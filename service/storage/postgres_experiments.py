@@ -16,6 +16,7 @@ from service.storage.experiment_rows import (
     experiment_from_columns,
     item_exposure_query,
 )
+from service.storage.item_rows import SECONDS_PER_DAY, item_daily_views_query
 
 
 class PostgresExperiments:
@@ -96,3 +97,8 @@ class PostgresExperiments:
     async def item_exposure_counts(self, content_id: str) -> tuple[int, int]:
         row = await self.pool.fetchrow(item_exposure_query("$1"), content_id)
         return int(row[0]), int(row[1])
+
+    async def item_daily_views(self, content_id: str, days: int) -> list[tuple[int, int]]:
+        query = item_daily_views_query("$1", "$2", f"FLOOR(ts / {SECONDS_PER_DAY})::BIGINT")
+        rows = await self.pool.fetch(query, content_id, float(days * SECONDS_PER_DAY))
+        return [(int(day), int(views)) for day, views in rows]

@@ -16,6 +16,7 @@ from service.storage.experiment_rows import (
     experiment_from_columns,
     item_exposure_query,
 )
+from service.storage.item_rows import SECONDS_PER_DAY, item_daily_views_query
 
 
 class SQLiteExperiments:
@@ -85,3 +86,8 @@ class SQLiteExperiments:
         async with self.db.execute(item_exposure_query("?1"), (content_id,)) as cursor:
             listed, watched = await cursor.fetchone()
         return int(listed), int(watched)
+
+    async def item_daily_views(self, content_id: str, days: int) -> list[tuple[int, int]]:
+        query = item_daily_views_query("?1", "?2", f"CAST(ts / {SECONDS_PER_DAY} AS INTEGER)")
+        async with self.db.execute(query, (content_id, days * SECONDS_PER_DAY)) as cursor:
+            return [(int(day), int(views)) for day, views in await cursor.fetchall()]

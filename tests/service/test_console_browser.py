@@ -157,13 +157,42 @@ def test_console_pages_show_live_data(server, browser, shots):
     assert page.locator("#list-in_context tr[data-content-id]").count() == 10
     assert _charts_with_data(page) == 4  # genres, hours, two component bars
     assert page.locator("#history tr").count() > 1
+    # both lists are ten long, so MMR brings in as many as it pushes out
+    assert (
+        page.locator("#mmr-changes tr.brought-in").count()
+        == page.locator("#mmr-changes tr.pushed-out").count()
+    )
     page.screenshot(path=str(shots / "viewer.png"), full_page=True)
+    watched = page.locator("#history tr a").first.get_attribute("href")
 
-    # an item page
+    # the same viewer with a filter typed into the page: the top item's first genre left out
+    genre = httpx.get(
+        f"{server.url}/api/v1/content/{listed[0]}", headers=headers, timeout=60
+    ).json()["genres"][0]
+    page.goto(f"{server.url}/console/viewer?user_id={user}")
+    page.fill("input[name=genres_none]", genre)
+    page.click("#show")
+    page.wait_for_selector("#filter-summary")
+    shown = page.locator("#list-plain tr[data-content-id]").evaluate_all(
+        "rows => rows.map(r => r.dataset.contentId)"
+    )
+    assert len(shown) == 10 and listed[0] not in shown
+    for content_id in shown:
+        item = httpx.get(f"{server.url}/api/v1/content/{content_id}", headers=headers).json()
+        assert genre not in item["genres"]
+    removed = page.locator("#mmr-changes tr.filtered-out a").evaluate_all(
+        "links => links.map(a => a.getAttribute('href').split('/').pop())"
+    )
+    assert listed[0] in removed
+    page.screenshot(path=str(shots / "viewer_filtered.png"), full_page=True)
+
+    # an item page: a listed item counts its lists; a watched one charts its views per day
     page.goto(f"{server.url}/console/item/{listed[0]}")
     assert page.locator("#item-title").inner_text()
     assert page.locator("#similar tr").count() == 11
-    assert _charts_with_data(page) == 2
+    assert int(page.locator("#times-listed-all").inner_text()) >= 20  # the requests above
+    page.goto(server.url + watched)
+    assert _charts_with_data(page) == 3  # similar, popularity, views per day
     page.screenshot(path=str(shots / "item.png"), full_page=True)
 
     # experiments: one created through the API shows its variants; pause from the page

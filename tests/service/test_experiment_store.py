@@ -69,3 +69,23 @@ async def test_attribution_by_id_and_by_window(store):
     assert control.completion_sum == pytest.approx(1.45)
     assert (variant.clicked_users, variant.views, variant.dismissals) == (0, 0, 1)
     assert variant.dismissing_users == 1 and control.dismissals == 0
+
+
+async def test_an_items_daily_views_over_its_latest_days(store):
+    """The console's item chart: views per UTC day of one item, only within the window up to
+    its own latest view; other items' views do not count."""
+    item, other, viewer = (str(uuid.uuid4()) for _ in range(3))
+    day = 86_400.0
+    first = 20_000 * day  # a day boundary (days since the epoch: 20,000)
+    await store.add_events(
+        [
+            EventRow(viewer, item, first - 30 * day + 5, 1.0),  # before the window
+            EventRow(viewer, item, first + 10, 1.0),
+            EventRow(str(uuid.uuid4()), item, first + day - 1, 0.5),
+            EventRow(viewer, item, first + 2 * day + 7, 1.0),
+            EventRow(viewer, other, first + day + 3, 1.0),
+        ]
+    )
+    assert await store.item_daily_views(item, 10) == [(20_000, 2), (20_002, 1)]
+    assert await store.item_daily_views(item, 40) == [(19_970, 1), (20_000, 2), (20_002, 1)]
+    assert await store.item_daily_views(str(uuid.uuid4()), 10) == []
