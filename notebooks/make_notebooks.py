@@ -282,14 +282,25 @@ the service's `recommend` to see accuracy and where each served item comes from.
     code(setup()),
     md("## The blending schedule"),
     code("""\
-from sona_jax.serve.fusion import KIND_NAMES, SOURCE_NAMES, blend_weight, exploration_share
+from sona_jax.serve.fusion import (
+    KIND_NAMES,
+    SOURCE_NAMES,
+    blend_weight,
+    cold_start_row,
+    exploration_share,
+)
 
 n = np.arange(0, 41)
 fig, ax = plt.subplots(figsize=(7, 3.5))
+settings = cold_start_row(cfg)
 ax.plot(
-    n, np.asarray(blend_weight(n.astype(np.float32), cfg)), label="β: weight of the personal blend"
+    n,
+    np.asarray(blend_weight(n.astype(np.float32), settings)),
+    label="β: weight of the personal blend",
 )
-ax.plot(n, np.asarray(exploration_share(n.astype(np.float32), cfg)), label="ε: exploration share")
+ax.plot(
+    n, np.asarray(exploration_share(n.astype(np.float32), settings)), label="ε: exploration share"
+)
 ax.set_xlabel("qualifying events")
 ax.legend()
 ax.grid(alpha=0.3)

@@ -228,6 +228,7 @@ async def list_changes(
             seed=seed,
             filters=item_filter if with_filter else None,
             fusion=arms.fusion,
+            cold_start=arms.cold_start,
         )
 
     mark_started()

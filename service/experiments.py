@@ -2,9 +2,10 @@
 the engine's request, and the lists it showed (written to the store in batches).
 
 Variants change only settings the engine takes as arrays per request row, the fusion matrix
-(weights and gates) and MMR λ, so any number of live variants compiles nothing new. Settings
-that shape a compiled program (cold start, exploration, pool sizes) or another model version
-are refused when an experiment is created, naming the field.
+(weights and gates), MMR λ and the cold-start and exploration settings, so any number of live
+variants compiles nothing new. Settings that shape a compiled program (pool sizes, the most
+exploration a list may have) or another model version are refused when an experiment is
+created, naming the field.
 
 Every process reads the experiments from the store (at start, every
 ``serving.experiments_poll_seconds``, and at once after its own writes), so assignment,
@@ -27,8 +28,8 @@ from service.errors import ApiError
 from service.experiment_stats import assign
 from service.periodic import every
 from service.storage import ExperimentRecord, ExposureRow, Store
-from sona_jax.config import ConfigError, FusionConfig, SonaConfig
-from sona_jax.serve.fusion import fusion_matrix
+from sona_jax.config import ColdStartConfig, ConfigError, FusionConfig, SonaConfig
+from sona_jax.serve.fusion import COLD_START_SETTINGS, cold_start_row, fusion_matrix
 
 log = logging.getLogger("sona.experiments")
 
@@ -36,7 +37,9 @@ log = logging.getLogger("sona.experiments")
 VARIANT_SETTINGS: dict[str, frozenset[str]] = {
     "fusion": frozenset(FusionConfig.model_fields),
     "diversity": frozenset({"mmr_lambda"}),
+    "cold_start": frozenset(COLD_START_SETTINGS),
 }
+assert set(COLD_START_SETTINGS) < set(ColdStartConfig.model_fields)  # most_exploration stays
 CONTROL = 0  # the first variant is the control every other is compared with
 
 
@@ -46,13 +49,16 @@ def check_fragment(fragment: dict[str, Any], cfg: SonaConfig, where: str) -> Non
     for section, keys in fragment.items():
         allowed = VARIANT_SETTINGS.get(section)
         if not isinstance(keys, dict) or allowed is None:
-            raise _refused(f"{where}.{section}", "a variant may change only fusion and diversity")
+            raise _refused(
+                f"{where}.{section}", "a variant may change only fusion, diversity and cold_start"
+            )
         for key in keys:
             if key not in allowed:
                 raise _refused(
                     f"{where}.{section}.{key}",
-                    "a variant may change only fusion weights and gates and "
-                    "diversity.mmr_lambda (settings the engine takes as arrays per request)",
+                    "a variant may change only fusion weights and gates, "
+                    "diversity.mmr_lambda and cold_start's " + ", ".join(COLD_START_SETTINGS) + " "
+                    "(settings the engine takes as arrays per request)",
                 )
     try:
         cfg.with_overrides(fragment)
@@ -109,16 +115,21 @@ class Arm(NamedTuple):
 
 class Assignment(NamedTuple):
     """What serves one viewer: their arm in each running experiment (oldest first), the
-    fusion matrix (3, N_SOURCES) and MMR λ those arms and the shipped variants set (None: the
-    configured one), and ``key``, which tells list caches the variants apart."""
+    fusion matrix (3, N_SOURCES), MMR λ and cold-start settings row (`cold_start_row`) those
+    arms and the shipped variants set (None: the configured one), and ``key``, which tells list
+    caches the variants apart."""
 
     arms: tuple[Arm, ...]
     fusion: np.ndarray | None
     mmr_lambda: float | None
+    cold_start: np.ndarray | None
     key: tuple
 
 
-NO_EXPERIMENT = Assignment((), None, None, ())
+# What a set of fragments serves: fusion matrix, MMR λ, cold-start row (None: configured).
+VariantSettings = tuple[np.ndarray | None, float | None, np.ndarray | None]
+
+NO_EXPERIMENT = Assignment((), None, None, None, ())
 
 
 class Experiments:
@@ -132,7 +143,7 @@ class Experiments:
         self.poll_seconds, self.flush_seconds = poll_seconds, flush_seconds
         self.running: tuple[LiveExperiment, ...] = ()
         self.shipped: tuple[tuple[str, dict[str, Any]], ...] = ()  # (id, fragment), ship order
-        self._settings: dict[tuple, tuple[np.ndarray | None, float | None]] = {}
+        self._settings: dict[tuple, VariantSettings] = {}
         self._pending: list[ExposureRow] = []
         self._tasks: list[asyncio.Task] = []
         self._flushing = asyncio.Lock()
@@ -164,11 +175,12 @@ class Experiments:
             settings = self._settings[key] = self._served(_merged(fragments))
         return Assignment(arms, *settings, key)
 
-    def _served(self, fragment: dict[str, Any]) -> tuple[np.ndarray | None, float | None]:
+    def _served(self, fragment: dict[str, Any]) -> VariantSettings:
         cfg = self.cfg.with_overrides(fragment)
         fusion = np.asarray(fusion_matrix(cfg)) if "fusion" in fragment else None
         lam = cfg.diversity.mmr_lambda if "diversity" in fragment else None
-        return fusion, lam
+        cold_start = cold_start_row(cfg) if "cold_start" in fragment else None
+        return fusion, lam, cold_start
 
     def expose(
         self, recommendation_id: str, user_id: str, arms: Sequence[Arm], content_ids: list[str]

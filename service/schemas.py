@@ -343,7 +343,9 @@ class VariantSpec(_Strict):
     traffic: Number = Field(gt=0.0, le=1.0, description="share of viewers; shares sum to 1")
     config: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
-        description="a config fragment: fusion weights and gates, diversity.mmr_lambda "
+        description="a config fragment: fusion weights and gates, diversity.mmr_lambda, "
+        "cold_start's min_events, blend_events, exploration_floor, exploration_start, "
+        "exploration_decay and genre_strength "
         '(e.g. {"fusion": {"graph_based": 0.5}}); empty: the served default',
     )
     model_version: int | None = Field(

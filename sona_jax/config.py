@@ -256,6 +256,10 @@ class FiltersConfig(_Section):
 
 
 class ColdStartConfig(_Section):
+    """SPEC 3.5. Ranking reads these per request (`sona_jax.serve.fusion.cold_start_row`), so
+    experiment variants may change them without compiling anything; ``most_exploration`` sets
+    the compiled number of exploration slots."""
+
     min_events: int = serve(3, ge=0)
     blend_events: int = serve(20, ge=1)
     exploration_floor: float = serve(0.05, ge=0.0, le=1.0)
@@ -264,6 +268,23 @@ class ColdStartConfig(_Section):
     genre_strength: float = serve(
         0.5, ge=0.0, le=5.0, description="exponent of the genre fit on popularity"
     )
+    most_exploration: float = serve(
+        0.3,
+        ge=0.0,
+        le=1.0,
+        description="the largest exploration share (floor or start) this config or a variant "
+        "may ask for: it sets the compiled number of exploration slots",
+    )
+
+    @model_validator(mode="after")
+    def _exploration_within_bound(self) -> ColdStartConfig:
+        for name in ("exploration_floor", "exploration_start"):
+            if getattr(self, name) > self.most_exploration:
+                raise ValueError(
+                    f"{name} {getattr(self, name)} is above most_exploration "
+                    f"{self.most_exploration} (which sets the compiled exploration slots)"
+                )
+        return self
 
 
 class CatalogueConfig(_Section):

@@ -64,8 +64,8 @@ def _check(data: schemas.ExperimentRequest, state: AppState) -> None:
         if variant.model_version is not None:
             raise _invalid(
                 f"variants.{i}.model_version",
-                "variants share the served model version; a variant may change fusion and "
-                "diversity.mmr_lambda",
+                "variants share the served model version; a variant may change fusion, "
+                "diversity.mmr_lambda and cold-start settings",
             )
         check_fragment(variant.config, state.cfg, f"variants.{i}.config")
 

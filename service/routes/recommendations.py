@@ -162,6 +162,7 @@ async def _list_body(
             candidates=candidates,
             filters=item_filter,
             fusion=arms.fusion,
+            cold_start=arms.cold_start,
         )
     )
     if pool_key is not None:

@@ -29,7 +29,7 @@ from sona_jax.eval.metrics import held_out_hits, paired_bootstrap, per_user_ndcg
 from sona_jax.eval.ranking import rank
 from sona_jax.serve.batch import request_rows
 from sona_jax.serve.engine import ServingEngine
-from sona_jax.serve.fusion import N_SOURCES, SOURCE_NAMES, blended, fit_blend
+from sona_jax.serve.fusion import N_SOURCES, SOURCE_NAMES, blended, cold_start_row, fit_blend
 from sona_jax.serve.rank import RequestCandidates
 
 WEIGHT_FLOOR = 1e-4  # fixed weights of zero start their log here
@@ -64,7 +64,9 @@ def _fit(
     counted = positives.any(axis=1)
 
     def loss_fn(params):
-        blend = fit_blend(table.scores, table.mask, fusion_matrix_of(params), qualifying, cfg)
+        blend = fit_blend(
+            table.scores, table.mask, fusion_matrix_of(params), qualifying, cold_start_row(cfg)
+        )
         relevance, _ = blended(blend, table.scores.raw, table.scores.cold, table.mask)
         usable = table.mask & counted[:, None]
         logits = jnp.where(usable, relevance / temperature, -1e9)
@@ -173,7 +175,9 @@ def learn_on_validation(
     with the paired 95 % interval of the difference, and whether to use it (``used``: the
     interval is above zero). The fixed weights' NDCG is in-sample (they were searched on
     these viewers), the learned one's cross-fitted: the rule leans towards the fixed weights."""
-    requests = request_rows(len(val_users), 1.0, time_of_day=time_of_day, device=device)
+    requests = request_rows(
+        len(val_users), 1.0, engine.host_cold_start, time_of_day=time_of_day, device=device
+    )
     table, qualifying = engine.candidate_rows(val_users, requests)
     n = len(val_users)
     positives = held_out_hits(np.asarray(table.items)[:n], val_test, val_users)

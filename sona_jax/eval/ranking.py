@@ -29,6 +29,7 @@ def ranked_lists(
         requests = request_rows(
             len(rows),
             mmr_lambda,
+            engine.host_cold_start,
             # one exploration seed per viewer, whatever else is ranked with them, so that two
             # rankings of the same viewer compare like with like (paired intervals)
             seed=np.asarray(rows, np.int32),

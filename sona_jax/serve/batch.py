@@ -19,6 +19,7 @@ import numpy as np
 from sona_jax.buckets import LIST_BUCKETS, USER_BUCKETS, bucket, pad_rows
 from sona_jax.model.version import TrainedModel
 from sona_jax.serve.filters import ItemFilter
+from sona_jax.serve.fusion import COLD_START_SETTINGS
 from sona_jax.serve.retrieval import Candidates, KeptForScores
 from sona_jax.serve.state import RequestBatch, UserBatch
 
@@ -177,6 +178,7 @@ def profile_batch(
 def request_rows(
     n: int,
     mmr_lambda,
+    cold_start: np.ndarray,
     exclude_watched=True,
     device=None,
     time_of_day=None,
@@ -184,7 +186,8 @@ def request_rows(
     seed=0,
 ) -> RequestBatch:
     """Host `RequestBatch` of ``n`` requests; each option is one value for all or an (n,) array;
-    context options None or -1 are absent; a scalar ``seed`` gives row i the seed + i."""
+    context options None or -1 are absent; a scalar ``seed`` gives row i the seed + i;
+    ``cold_start`` one row of settings for all (`fusion.cold_start_row`) or (n, settings)."""
 
     def column(value, dtype, absent=-1) -> np.ndarray:
         if value is None:
@@ -199,10 +202,14 @@ def request_rows(
         exclude_watched=column(exclude_watched, bool),
         mmr_lambda=column(mmr_lambda, np.float32),
         seed=np.asarray(seeds, np.int32),
+        cold_start=np.broadcast_to(
+            np.asarray(cold_start, np.float32), (n, len(COLD_START_SETTINGS))
+        ).copy(),
     )
 
 
-# What a padding request row holds: no context, nothing excluded beyond the default, λ = 1.
+# What a padding request row holds: no context, nothing excluded beyond the default, λ = 1,
+# cold-start settings of 1 (finite: a blend over one event).
 _PADDING_REQUEST = {
     "device": -1,
     "time_of_day": -1,
@@ -210,6 +217,7 @@ _PADDING_REQUEST = {
     "exclude_watched": True,
     "mmr_lambda": 1.0,
     "seed": 0,
+    "cold_start": 1.0,
 }
 
 
@@ -288,7 +296,8 @@ class Query:
     candidates for this profile and ``exclude_watched`` when the caller holds them (None:
     retrieve them in this call; a filtered query must bring none: its candidates are
     retrieved through its ``filters``); ``fusion`` a (3, N_SOURCES) fusion matrix of its own
-    (an experiment variant; None: the engine's configured one)."""
+    (an experiment variant; None: the engine's configured one); ``cold_start`` a row of
+    cold-start settings of its own (`fusion.cold_start_row`; None: the configured ones)."""
 
     profile: ViewerProfile
     limit: int = 10
@@ -302,6 +311,7 @@ class Query:
     candidates: ViewerCandidates | None = None
     filters: RequestFilter | None = None
     fusion: np.ndarray | None = None
+    cold_start: np.ndarray | None = None
 
 
 def fusion_rows(queries: Sequence[Query], size: int, default: np.ndarray) -> np.ndarray:
@@ -351,10 +361,15 @@ def split_candidates(candidates: Candidates, n: int) -> list[ViewerCandidates]:
 
 
 def query_batch(
-    queries: Sequence[Query], size: int, widths: ListWidths, with_seen: bool = True
+    queries: Sequence[Query],
+    size: int,
+    widths: ListWidths,
+    cold_start: np.ndarray,
+    with_seen: bool = True,
 ) -> tuple[UserBatch, RequestBatch, np.ndarray]:
     """Host `UserBatch` (`profile_batch`), `RequestBatch` (`pad_requests`) and limits (size,
-    padding rows 1) of n queries, padded to ``size`` rows."""
+    padding rows 1) of n queries, padded to ``size`` rows; ``cold_start`` the settings row of
+    queries that bring none."""
 
     def column(name: str) -> np.ndarray:
         return np.array([getattr(q, name) for q in queries])
@@ -362,6 +377,7 @@ def query_batch(
     requests = request_rows(
         len(queries),
         column("mmr_lambda"),
+        np.stack([cold_start if q.cold_start is None else q.cold_start for q in queries]),
         column("exclude_watched"),
         column("device"),
         column("time_of_day"),

@@ -203,6 +203,12 @@ class ServingEngine:
         of their own are given), copied once per engine."""
         return np.asarray(self.weights)
 
+    @cached_property
+    def host_cold_start(self) -> np.ndarray:
+        """(len(fusion.COLD_START_SETTINGS),) the configured cold-start settings (what queries
+        without their own are given)."""
+        return fusion.cold_start_row(self.cfg)
+
     @property
     def item_valid(self) -> np.ndarray:
         """(capacity,) bool rows that may be served."""
@@ -337,7 +343,7 @@ class ServingEngine:
         (one jitted call)."""
         n = len(queries)
         size = batch_size(n)
-        padded, requests, limits = query_batch(queries, size, self.widths)
+        padded, requests, limits = query_batch(queries, size, self.widths, self.host_cold_start)
         found = self._retrieve_missing(queries, padded, requests.exclude_watched)
         item_filter = self.filter_batch([q.filters for q in queries], size)
         candidates = stack_candidates(
@@ -424,7 +430,9 @@ class ServingEngine:
         # model's width, or in a batch that retrieves a viewer with a long seen list (both
         # lists of a batch go wide together).
         retrieving = any(q.candidates is None for q in queries)
-        padded, requests, _ = query_batch(queries, size, self.widths, with_seen=retrieving)
+        padded, requests, _ = query_batch(
+            queries, size, self.widths, self.host_cold_start, with_seen=retrieving
+        )
         found = self._retrieve_missing(queries, padded, np.ones(size, bool))
         kept = stack_kept_for_scores(
             [q.candidates if q.candidates is not None else found[i] for i, q in enumerate(queries)],

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax.numpy as jnp
+import numpy as np
 
 from sona_jax.config import DiversityConfig, FusionConfig, SonaConfig
 
@@ -53,6 +54,32 @@ def compiled_config(cfg: SonaConfig) -> SonaConfig:
     )
 
 
+# The cold-start settings ranking reads per request row (`cold_start_row`), so that experiment
+# variants change values, not compiled programs.
+COLD_START_SETTINGS: tuple[str, ...] = (
+    "min_events",
+    "blend_events",
+    "exploration_floor",
+    "exploration_start",
+    "exploration_decay",
+    "genre_strength",
+)
+(
+    MIN_EVENTS,
+    BLEND_EVENTS,
+    EXPLORATION_FLOOR,
+    EXPLORATION_START,
+    EXPLORATION_DECAY,
+    GENRE_STRENGTH,
+) = range(len(COLD_START_SETTINGS))
+
+
+def cold_start_row(cfg: SonaConfig) -> np.ndarray:
+    """(len(COLD_START_SETTINGS),) float32 host row of ``cfg``'s cold-start settings in
+    COLD_START_SETTINGS order: what a request row carries (`RequestBatch.cold_start`)."""
+    return np.array([getattr(cfg.cold_start, name) for name in COLD_START_SETTINGS], np.float32)
+
+
 FUSION_ROWS = 3  # a fusion matrix's rows: weights, history gate, context gate
 EXPONENT_LIMIT = 30.0  # |gate exponent| kept where exp() stays finite in float32
 
@@ -79,14 +106,16 @@ def as_fusion(weights) -> jnp.ndarray:
     return weights
 
 
-def history_feature(qualifying: jnp.ndarray, cfg: SonaConfig) -> jnp.ndarray:
-    """(users,) log(1 + qualifying events) / log(1 + cold_start.blend_events): 0 for a new
-    viewer, 1 where cold start's blend ends."""
-    return jnp.log1p(qualifying.astype(jnp.float32)) / jnp.log1p(cfg.cold_start.blend_events)
+def history_feature(qualifying: jnp.ndarray, cold_start: jnp.ndarray) -> jnp.ndarray:
+    """(users,) log(1 + qualifying events) / log(1 + blend_events): 0 for a new viewer, 1 where
+    cold start's blend ends. ``cold_start``: settings (users, COLD_START_SETTINGS) per request,
+    or one row for all."""
+    blend_events = cold_start[..., BLEND_EVENTS]
+    return jnp.log1p(qualifying.astype(jnp.float32)) / jnp.log1p(blend_events)
 
 
 def viewer_weights(
-    fusion: jnp.ndarray, qualifying: jnp.ndarray, contextual: jnp.ndarray, cfg: SonaConfig
+    fusion: jnp.ndarray, qualifying: jnp.ndarray, contextual: jnp.ndarray, cold_start: jnp.ndarray
 ) -> jnp.ndarray:
     """(users, N_SOURCES) each viewer's source weights: the fusion matrix's weights scaled by
     exp(gate_history · h + gate_context · c) (`history_feature`, c: (users,) the request has a
@@ -95,7 +124,7 @@ def viewer_weights(
     fusion = as_fusion(fusion)
     rows = fusion if fusion.ndim == 3 else fusion[None]
     exponent = (
-        rows[:, 1] * history_feature(qualifying, cfg)[:, None]
+        rows[:, 1] * history_feature(qualifying, cold_start)[:, None]
         + rows[:, 2] * contextual.astype(jnp.float32)[:, None]
     )
     return rows[:, 0] * jnp.exp(jnp.clip(exponent, -EXPONENT_LIMIT, EXPONENT_LIMIT))
@@ -124,19 +153,24 @@ def normalise(scores: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
     return fit_min_max(scores, mask)(scores, mask)
 
 
-def blend_weight(qualifying: jnp.ndarray, cfg: SonaConfig) -> jnp.ndarray:
-    """SPEC 3.5 β: 0 below ``cold_start.min_events`` qualifying events, then min(1, n/20)."""
-    c = cfg.cold_start
-    return jnp.where(qualifying < c.min_events, 0.0, jnp.minimum(1.0, qualifying / c.blend_events))
-
-
-def exploration_share(qualifying: jnp.ndarray, cfg: SonaConfig) -> jnp.ndarray:
-    """ε = max(0.05, 0.2·0.995^n) while the user is still being blended in (β < 1), else 0."""
-    c = cfg.cold_start
-    epsilon = jnp.maximum(
-        c.exploration_floor, c.exploration_start * c.exploration_decay**qualifying
+def blend_weight(qualifying: jnp.ndarray, cold_start: jnp.ndarray) -> jnp.ndarray:
+    """SPEC 3.5 β (users,): 0 below min_events qualifying events, then min(1, n / blend_events)
+    (20 by default); ``cold_start`` as in `history_feature`."""
+    c = cold_start
+    return jnp.where(
+        qualifying < c[..., MIN_EVENTS], 0.0, jnp.minimum(1.0, qualifying / c[..., BLEND_EVENTS])
     )
-    return jnp.where(blend_weight(qualifying, cfg) < 1.0, epsilon, 0.0)
+
+
+def exploration_share(qualifying: jnp.ndarray, cold_start: jnp.ndarray) -> jnp.ndarray:
+    """ε (users,) = max(floor, start·decay^n) (0.05, 0.2, 0.995 by default) while the user is
+    still being blended in (β < 1), else 0; ``cold_start`` as in `history_feature`."""
+    c = cold_start
+    epsilon = jnp.maximum(
+        c[..., EXPLORATION_FLOOR],
+        c[..., EXPLORATION_START] * c[..., EXPLORATION_DECAY] ** qualifying,
+    )
+    return jnp.where(blend_weight(qualifying, cold_start) < 1.0, epsilon, 0.0)
 
 
 class Blend(NamedTuple):
@@ -156,17 +190,17 @@ def fit_blend(
     mask: jnp.ndarray,
     weights: jnp.ndarray,
     qualifying: jnp.ndarray,
-    cfg: SonaConfig,
+    cold_start: jnp.ndarray,
 ) -> Blend:
     """Normalise over the request's candidates; weights ((3, N_SOURCES) fusion matrix or (N_SOURCES,))
-    renormalised over active sources."""
+    renormalised over active sources; ``cold_start`` settings as in `history_feature`."""
     return blend_with(
         fit_min_max(scores.raw, mask[:, None, :]),
         fit_min_max(scores.cold, mask),
         scores.active,
         weights,
         qualifying,
-        cfg,
+        cold_start,
     )
 
 
@@ -176,20 +210,20 @@ def blend_with(
     active: jnp.ndarray,
     weights: jnp.ndarray,
     qualifying: jnp.ndarray,
-    cfg: SonaConfig,
+    cold_start: jnp.ndarray,
 ) -> Blend:
     """The `Blend` of normalisers already fitted (sources (users, N_SOURCES, 1), cold (users, 1)) for
     sources ``active`` (users, N_SOURCES): each viewer's weights (`viewer_weights` of the fusion
     matrix ``weights`` (3, N_SOURCES), or plain weights (N_SOURCES,)) renormalised over the active ones, β,
-    and the context weight."""
-    per_viewer = viewer_weights(weights, qualifying, active[:, CONTEXT], cfg)
+    and the context weight; ``cold_start`` settings as in `history_feature`."""
+    per_viewer = viewer_weights(weights, qualifying, active[:, CONTEXT], cold_start)
     active_weights = per_viewer * active
     total = jnp.sum(active_weights, axis=1, keepdims=True)
     return Blend(
         sources,
         cold,
         active_weights / jnp.where(total > 0, total, 1.0),
-        jnp.where(total[:, 0] > 0, blend_weight(qualifying, cfg), 0.0),
+        jnp.where(total[:, 0] > 0, blend_weight(qualifying, cold_start), 0.0),
         per_viewer[:, CONTEXT] * active[:, CONTEXT],
     )
 

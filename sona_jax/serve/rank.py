@@ -73,9 +73,9 @@ def _explore(
 
 def most_explored(n_out: int, cfg: SonaConfig) -> int:
     """The most exploration slots a list of up to ``n_out`` items can have: ε never exceeds
-    its start or its floor (the decay is at most 1)."""
-    c = cfg.cold_start
-    return max(1, math.ceil(max(c.exploration_floor, c.exploration_start) * n_out))
+    its start or its floor (the decay is at most 1), which no request's settings put above
+    ``cold_start.most_exploration``."""
+    return max(1, math.ceil(cfg.cold_start.most_exploration * n_out))
 
 
 def _listed(items: jnp.ndarray, lists: jnp.ndarray) -> jnp.ndarray:
@@ -260,7 +260,7 @@ def rank(
     (`filters.dismissal_penalty`)."""
     joined = request_candidates(state, users, request, candidates, cfg, item_filter)
     scores, mask = joined.scores, joined.mask
-    blend = fit_blend(scores, mask, weights, users.qualifying, cfg)
+    blend = fit_blend(scores, mask, weights, users.qualifying, request.cold_start)
     everywhere, _ = blended(blend, scores.raw, scores.cold, mask)
     if item_filter is not None:
         keep = filters.best_of_each_series(state, item_filter, joined.items, everywhere)
@@ -299,7 +299,9 @@ def rank(
         limit,
     )
 
-    n_explore = jnp.round(exploration_share(users.qualifying, cfg) * limit).astype(jnp.int32)
+    n_explore = jnp.round(exploration_share(users.qualifying, request.cold_start) * limit).astype(
+        jnp.int32
+    )
     keys = jax.vmap(jax.random.PRNGKey)(request.seed)
     chosen, explored = jax.vmap(partial(_explore, most=most_explored(n_out, cfg)))(
         chosen, pool_valid, n_explore, limit, keys

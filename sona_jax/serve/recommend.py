@@ -110,7 +110,12 @@ def score_items(
         [retrieval.active_retrieved(users), has_context(request)[:, None]], axis=1
     )
     blend = blend_with(
-        normalisers, fit_min_max(cold, scorable), active, weights, users.qualifying, cfg
+        normalisers,
+        fit_min_max(cold, scorable),
+        active,
+        weights,
+        users.qualifying,
+        request.cold_start,
     )
     raw = _with_content(
         jnp.take_along_axis(catalogue, safe[:, None, :], axis=2),

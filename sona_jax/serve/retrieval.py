@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from sona_jax.config import SonaConfig
 from sona_jax.serve import filters, sources
 from sona_jax.serve.filters import ItemFilter
-from sona_jax.serve.fusion import CONTEXT
+from sona_jax.serve.fusion import CONTEXT, cold_start_row
 from sona_jax.serve.selection import compact, top_k_mask, top_k_unordered
 from sona_jax.serve.state import RequestBatch, ServingState, UserBatch
 
@@ -67,11 +67,19 @@ def candidate_width(cfg: SonaConfig) -> int:
     return (RETRIEVED_SOURCES + 1) * c.per_source + c.trending
 
 
-def no_context(users: int) -> RequestBatch:
-    """Requests without context or mood (what cold start ranks by at retrieval)."""
+def no_context(users: int, cfg: SonaConfig) -> RequestBatch:
+    """Requests without context or mood under ``cfg``'s cold-start settings (what cold start
+    ranks by at retrieval)."""
     absent = jnp.full(users, -1, jnp.int32)
+    row = cold_start_row(cfg)
     return RequestBatch(
-        absent, absent, absent, jnp.ones(users, bool), jnp.ones(users), jnp.zeros(users, jnp.int32)
+        absent,
+        absent,
+        absent,
+        jnp.ones(users, bool),
+        jnp.ones(users),
+        jnp.zeros(users, jnp.int32),
+        jnp.broadcast_to(row, (users, len(row))),
     )
 
 
@@ -130,7 +138,7 @@ def retrieve(
         ],
         axis=1,
     )
-    cold = sources.cold_start_scores(state, users, no_context(n_users), cfg)
+    cold = sources.cold_start_scores(state, users, no_context(n_users, cfg), cfg)
     excluded = unscorable | _listed(state, jnp.where(exclude_watched[:, None], users.seen, -1))
     if item_filter is not None:
         excluded = excluded | ~filters.passes(state, item_filter)
@@ -165,7 +173,7 @@ def context_candidates(state: ServingState, cfg: SonaConfig) -> tuple[jnp.ndarra
     combination over the catalogue; and (combinations, per_source) the servable items that fit
     each best (-1 padded; the row of no context is never read)."""
     fit = sources.global_context_scores(
-        state._replace(context_fit=NO_TABLE), sources.context_combinations(state), cfg
+        state._replace(context_fit=NO_TABLE), sources.context_combinations(state, cfg), cfg
     )
     _, items = top_k_unordered(
         jnp.where(state.item_valid[None, :], fit, -jnp.inf), cfg.candidates.per_source

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from sona_jax.config import SonaConfig
 from sona_jax.model.lora import catalogue_logits, fold_queries
+from sona_jax.serve.fusion import GENRE_STRENGTH, cold_start_row
 from sona_jax.serve.state import RequestBatch, ServingState, UserBatch, has_context
 
 GENRE_FIT_FLOOR = 1e-3  # keeps log(genre fit) finite for items outside every known genre
@@ -178,9 +179,9 @@ def _item_rows(table: jnp.ndarray, items: jnp.ndarray | None) -> jnp.ndarray:
     return table[None] if items is None else table[jnp.maximum(items, 0)]
 
 
-def context_combinations(state: ServingState) -> RequestBatch:
+def context_combinations(state: ServingState, cfg: SonaConfig) -> RequestBatch:
     """Every (device, time of day, mood) combination, -1 (absent) included, in the order
-    `context_row` numbers them."""
+    `context_row` numbers them (``cfg``'s cold-start settings)."""
     n_device, n_tod, n_mood = (
         state.by_device.shape[0] + 1,
         state.by_time_of_day.shape[0] + 1,
@@ -197,6 +198,7 @@ def context_combinations(state: ServingState) -> RequestBatch:
         jnp.ones(rows, bool),
         jnp.ones(rows),
         jnp.zeros(rows, jnp.int32),
+        jnp.broadcast_to(cold_start_row(cfg), (rows, len(cold_start_row(cfg)))),
     )
 
 
@@ -305,7 +307,7 @@ def cold_start_scores(
         genre_fit = (genre_share[0] @ prior.T).T * n_genres  # 1 = as likely as uniform
     else:
         genre_fit = jnp.einsum("ung,ug->un", genre_share, prior) * n_genres
-    strength = cfg.cold_start.genre_strength
+    strength = request.cold_start[:, GENRE_STRENGTH, None]  # (users, 1): a variant's
     return jnp.log(_item_rows(state.global_share, items)) + strength * jnp.log(
         genre_fit + GENRE_FIT_FLOOR
     )

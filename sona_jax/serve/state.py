@@ -94,7 +94,9 @@ class UserBatch(NamedTuple):
 
 class RequestBatch(NamedTuple):
     """Per-request options (users,): device, time_of_day, mood are indices or -1 when absent;
-    exclude_watched bool; mmr_lambda in [0, 1]; seed int32 for exploration draws."""
+    exclude_watched bool; mmr_lambda in [0, 1]; seed int32 for exploration draws; cold_start
+    (users, len(fusion.COLD_START_SETTINGS)) the cold-start settings ranking reads
+    (`fusion.cold_start_row`)."""
 
     device: jnp.ndarray
     time_of_day: jnp.ndarray
@@ -102,6 +104,7 @@ class RequestBatch(NamedTuple):
     exclude_watched: jnp.ndarray
     mmr_lambda: jnp.ndarray
     seed: jnp.ndarray
+    cold_start: jnp.ndarray
 
 
 def has_context(request: RequestBatch) -> jnp.ndarray:

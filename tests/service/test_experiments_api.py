@@ -101,9 +101,16 @@ async def _heavy_users(app, n):
         (
             [
                 {"name": "a", "traffic": 0.5},
-                {"name": "b", "traffic": 0.5, "config": {"cold_start": {"min_events": 1}}},
+                {"name": "b", "traffic": 0.5, "config": {"cold_start": {"most_exploration": 1}}},
             ],
-            "variants.1.config.cold_start",
+            "variants.1.config.cold_start.most_exploration",
+        ),
+        (
+            [
+                {"name": "a", "traffic": 0.5},
+                {"name": "b", "traffic": 0.5, "config": {"cold_start": {"exploration_start": 0.9}}},
+            ],
+            "variants.1.config",
         ),
         (
             [
@@ -231,6 +238,39 @@ async def test_shipping_a_variant_changes_the_served_default(api):
     assert (await _status(client, eid, "stopped"))[0] == 200  # the default is back
     back = [r["content_id"] for r in (await _recommend(client, user, 20))["recommendations"]]
     assert back == before
+
+
+async def test_a_cold_start_variant_serves_its_own_blend_and_exploration(api):
+    """A variant that keeps every viewer in cold start's blend (β = 0) with one exploration
+    slot in ten lists only cold-start and exploration items to its viewers; the control's
+    heavy viewers get personal lists; nothing compiles beyond what the control compiled."""
+    client, app = api
+    slow = {
+        "cold_start": {
+            "min_events": 100_000,
+            "blend_events": 100_000,
+            "exploration_floor": 0.1,
+            "exploration_start": 0.1,
+        }
+    }
+    status, experiment = await _create(
+        client,
+        f"cold-{uuid.uuid4()}",
+        [{"name": "control", "traffic": 0.5}, {"name": "slow", "traffic": 0.5, "config": slow}],
+    )
+    assert status == 201, experiment
+    kinds = {"control": [], "slow": []}
+    for user in await _heavy_users(app, 30):
+        body = await _recommend(client, user)
+        arm = next(e for e in body["experiments"] if e["experiment"] == experiment["id"])
+        kinds[arm["variant"]].append([r["recommendation_type"] for r in body["recommendations"]])
+    assert kinds["control"] and kinds["slow"], kinds
+    for listed in kinds["slow"]:
+        assert set(listed) <= {"cold_start", "exploration"}, listed
+        assert listed.count("exploration") == 1, listed
+    personal = {"collaborative", "content_based", "graph_based", "sequential", "context_aware"}
+    assert all(personal & set(listed) for listed in kinds["control"]), kinds["control"]
+    assert (await _status(client, experiment["id"], "stopped"))[0] == 200
 
 
 async def test_shares_on_ten_thousand_viewers_and_assignment_in_another_process(api):

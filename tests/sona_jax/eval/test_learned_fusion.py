@@ -19,6 +19,7 @@ from sona_jax.serve.fusion import (
     N_SOURCES,
     SourceScores,
     blended,
+    cold_start_row,
     fit_blend,
     fusion_matrix,
     fusion_weights,
@@ -50,7 +51,9 @@ def planted_table(seed: int, n_users: int = 200, n_candidates: int = 40):
 
 
 def top1(table, matrix, qualifying):
-    blend = fit_blend(table.scores, table.mask, jnp.asarray(matrix), jnp.asarray(qualifying), CFG)
+    blend = fit_blend(
+        table.scores, table.mask, jnp.asarray(matrix), jnp.asarray(qualifying), cold_start_row(CFG)
+    )
     relevance, _ = blended(blend, table.scores.raw, table.scores.cold, table.mask)
     return np.asarray(relevance).argmax(1)
 
@@ -61,7 +64,9 @@ def test_the_learned_gates_find_a_planted_per_viewer_preference():
     settings = FusionFitSettings(steps=300)
     matrix = fit_fusion(table, positives, qualifying, fixed, 1e-4, CFG, settings)
     per_viewer = np.asarray(
-        viewer_weights(jnp.asarray(matrix), jnp.asarray(qualifying), jnp.zeros(200), CFG)
+        viewer_weights(
+            jnp.asarray(matrix), jnp.asarray(qualifying), jnp.zeros(200), cold_start_row(CFG)
+        )
     )
     assert (per_viewer[long_history, 0] > per_viewer[long_history, 2]).all()
     assert (per_viewer[~long_history, 2] > per_viewer[~long_history, 0]).all()

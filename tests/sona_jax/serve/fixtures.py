@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from sona_jax.config import SonaConfig
 from sona_jax.model.lora import make_base_tier
 from sona_jax.serve import retrieval
+from sona_jax.serve.fusion import COLD_START_SETTINGS
 from sona_jax.serve.state import RequestBatch, ServingState, UserBatch
 
 D, R, G = 8, 2, 5
@@ -125,4 +126,20 @@ def random_requests(seed: int, n: int, with_context: bool = True) -> RequestBatc
         exclude_watched=rng.random(n) < 0.5,
         mmr_lambda=rng.random(n).astype(np.float32),
         seed=rng.integers(0, 1000, n).astype(np.int32),
+        cold_start=random_cold_start(rng, n),
     )
+
+
+def random_cold_start(rng: np.random.Generator, n: int) -> np.ndarray:
+    """(n, len(COLD_START_SETTINGS)) cold-start settings per request row, as experiment
+    variants give them (within `ColdStartConfig`'s bounds)."""
+    floor = rng.uniform(0.0, 0.2, n)
+    columns = {
+        "min_events": rng.integers(0, 6, n),
+        "blend_events": rng.integers(1, 31, n),
+        "exploration_floor": floor,
+        "exploration_start": rng.uniform(floor, 0.3),
+        "exploration_decay": rng.uniform(0.9, 1.0, n),
+        "genre_strength": rng.uniform(0.0, 2.0, n),
+    }
+    return np.stack([columns[name] for name in COLD_START_SETTINGS], axis=1).astype(np.float32)

@@ -8,6 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sona_jax.config import SonaConfig
 from sona_jax.serve.batch import (
     ListWidths,
     Query,
@@ -21,9 +22,12 @@ from sona_jax.serve.batch import (
     stack_candidates,
     stack_kept_for_scores,
 )
+from sona_jax.serve.fusion import cold_start_row
 from sona_jax.serve.state import UserBatch
 
 from .fixtures import D, G, R, seeds, sizes
+
+CONFIGURED = cold_start_row(SonaConfig())  # the cold-start settings of queries without their own
 
 WIDTHS = ListWidths(seen=4, dismissed=2, wide=8)
 
@@ -147,11 +151,13 @@ def test_query_batch_pads_requests_and_candidates(seed, n):
             mmr_lambda=float(rng.random()),
             device=int(rng.integers(-1, 4)),
             seed=int(rng.integers(0, 100)),
+            # every other query an experiment variant's cold-start settings
+            cold_start=CONFIGURED * 0.5 if i % 2 else None,
         )
-        for _ in range(n)
+        for i in range(n)
     ]
     size = batch_size(n)
-    _, requests, limits = query_batch(queries, size, WIDTHS)
+    _, requests, limits = query_batch(queries, size, WIDTHS, CONFIGURED)
     for row in range(size):
         q = queries[row] if row < n else None
         assert limits[row] == (q.limit if q else 1)
@@ -160,6 +166,11 @@ def test_query_batch_pads_requests_and_candidates(seed, n):
         assert requests.mmr_lambda[row] == np.float32(q.mmr_lambda if q else 1.0)
         assert requests.seed[row] == (q.seed if q else 0)
         assert requests.time_of_day[row] == -1
+        if q is not None:
+            want = CONFIGURED if q.cold_start is None else q.cold_start
+            np.testing.assert_array_equal(requests.cold_start[row], want)
+        else:
+            assert np.isfinite(requests.cold_start[row]).all()
     found = [
         ViewerCandidates(
             rng.integers(-1, 30, 6).astype(np.int32),

@@ -148,7 +148,7 @@ def test_a_cold_viewer_gets_no_new_content_slots(engine):
 def _requests(engine, n):
     from sona_jax.serve.batch import request_rows
 
-    return request_rows(n, engine.cfg.diversity.mmr_lambda)
+    return request_rows(n, engine.cfg.diversity.mmr_lambda, engine.host_cold_start)
 
 
 def test_popularity_counts_add_up(data):

@@ -16,7 +16,14 @@ from sona_jax.model.train import train_model
 from sona_jax.serve import viewers
 from sona_jax.serve.batch import Query, request_rows
 from sona_jax.serve.engine import ServingEngine
-from sona_jax.serve.fusion import N_SOURCES, SOURCE_NAMES, fusion_matrix, fusion_weights
+from sona_jax.serve.fusion import (
+    KIND_NAMES,
+    N_SOURCES,
+    SOURCE_NAMES,
+    cold_start_row,
+    fusion_matrix,
+    fusion_weights,
+)
 
 CFG = SonaConfig().with_overrides({"model": {"embedding_dim": 16}})
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -38,7 +45,9 @@ def compiles():
 
 def _recommend(engine: ServingEngine, n: int = 5):
     rows = np.arange(n)
-    return engine.recommend_rows(rows, request_rows(n, engine.cfg.diversity.mmr_lambda), 10)
+    return engine.recommend_rows(
+        rows, request_rows(n, engine.cfg.diversity.mmr_lambda, engine.host_cold_start), 10
+    )
 
 
 def test_fusion_weights_and_mmr_lambda_compile_nothing(model, compiles):
@@ -74,7 +83,7 @@ def test_a_configured_learned_fusion_is_what_the_engine_serves(model):
     served = _recommend(engine.with_config(learned), 40)
     weights = np.asarray(fusion_weights(CFG))
     matrix = np.array([weights, gates["gate_history"], gates["gate_context"]])
-    requests = request_rows(40, CFG.diversity.mmr_lambda)
+    requests = request_rows(40, CFG.diversity.mmr_lambda, engine.host_cold_start)
     by_matrix = engine.recommend_rows(np.arange(40), requests, 10, matrix)
     np.testing.assert_array_equal(served.items, by_matrix.items)
     fixed = _recommend(engine, 40)
@@ -109,7 +118,7 @@ def test_a_served_config_must_agree_with_the_models_train_time_config(model):
 
 
 def test_ten_variants_in_one_batch_compile_nothing_and_serve_their_own_config(model, compiles):
-    """Experiment variants ride on each query (`Query.fusion`, `mmr_lambda`): a batch of ten
+    """Experiment variants ride on each query (`Query.fusion`, `mmr_lambda`, `cold_start`): a batch of ten
     viewers under ten variants is one program, and each row's list is the list the engine
     serves under that variant's config."""
     engine = ServingEngine.load(model, CFG)
@@ -123,20 +132,36 @@ def test_ten_variants_in_one_batch_compile_nothing_and_serve_their_own_config(mo
                 "fusion": dict(zip(SOURCE_NAMES, rng.uniform(0.05, 1.0, N_SOURCES), strict=True))
                 | {"gate_history": tuple(rng.normal(0, 1, N_SOURCES))},
                 "diversity": {"mmr_lambda": float(rng.uniform(0.3, 1.0))},
+                # half the variants keep these viewers in cold start's blend (β < 1), with
+                # exploration slots and a genre fit of their own
+                "cold_start": {
+                    "min_events": int(rng.integers(0, 30)),
+                    "blend_events": int(rng.integers(1, 60)),
+                    "exploration_floor": float(rng.uniform(0.0, 0.1)),
+                    "exploration_start": float(rng.uniform(0.1, 0.3)),
+                    "exploration_decay": float(rng.uniform(0.95, 1.0)),
+                    "genre_strength": float(rng.uniform(0.0, 2.0)),
+                },
             }
         )
         for _ in range(10)
     ]
     matrices = [np.asarray(fusion_matrix(c)) for c in configs]
     queries = [
-        Query(p, 10, True, c.diversity.mmr_lambda, fusion=m)
+        Query(p, 10, True, c.diversity.mmr_lambda, fusion=m, cold_start=cold_start_row(c))
         for p, c, m in zip(profiles, configs, matrices, strict=True)
     ]
-    mixed, _ = engine.recommend_queries(queries)
+    mixed, found = engine.recommend_queries(queries)
     assert compiles == []
+    kinds = set()
     for row, (profile, cfg) in enumerate(zip(profiles, configs, strict=True)):
+        # retrieval keeps the served config's genre fit: give the variant's engine the same
+        # candidates
         alone, _ = engine.with_config(cfg).recommend_queries(
-            [Query(profile, 10, True, cfg.diversity.mmr_lambda)]
+            [Query(profile, 10, True, cfg.diversity.mmr_lambda, candidates=found[row])]
         )
         np.testing.assert_array_equal(mixed.items[row], alone.items[0])
+        np.testing.assert_array_equal(mixed.kinds[row], alone.kinds[0])
+        kinds |= set(mixed.kinds[row].tolist())
     assert len({tuple(mixed.items[r]) for r in range(10)}) > 1
+    assert {KIND_NAMES.index("cold_start"), KIND_NAMES.index("exploration")} <= kinds

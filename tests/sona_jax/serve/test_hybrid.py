@@ -248,19 +248,25 @@ def test_fusion_matches_reference(seed, n):
     scores = catalogue_scores(state, users, request)
     mask = jnp.asarray(np.random.default_rng(seed + 1).random((n, 30)) < 0.6)
     matrix = jnp.asarray(np.concatenate([weights[None], gates]))
-    blend = fusion.fit_blend(scores, mask, matrix, users.qualifying, CFG)
+    blend = fusion.fit_blend(scores, mask, matrix, users.qualifying, request.cold_start)
     blended, _ = fusion.blended(blend, scores.raw, scores.cold, mask)
     mask = np.asarray(mask)
     blended = np.asarray(blended)
     raw, cold, active = (np.asarray(x) for x in scores)
     for u in range(n):
         q = users.qualifying[u]
-        history = np.log1p(q) / np.log1p(CFG.cold_start.blend_events)
+        # this request's own cold-start settings (an experiment variant's)
+        settings = dict(zip(fusion.COLD_START_SETTINGS, request.cold_start[u], strict=True))
+        history = np.log1p(q) / np.log1p(settings["blend_events"])
         context = fusion.CONTEXT
         viewer = weights * np.exp(gates[0] * history + gates[1] * active[u, context])
         w = viewer * active[u]
         normed = [reference.minmax(raw[u, s], mask[u]) for s in range(fusion.N_SOURCES)]
-        beta = 0.0 if q < 3 or w.sum() == 0 else min(1.0, q / 20)
+        beta = (
+            0.0
+            if q < settings["min_events"] or w.sum() == 0
+            else min(1.0, q / settings["blend_events"])
+        )
         fused = sum(w[s] * normed[s] for s in range(fusion.N_SOURCES)) / max(w.sum(), 1e-30)
         cw = viewer[context] * active[u, context]
         cold_mix = (reference.minmax(cold[u], mask[u]) + cw * normed[context]) / (1 + cw)
@@ -350,8 +356,9 @@ def test_full_diversity_still_starts_with_the_most_relevant_item(seed, n):
 
 def test_cold_start_blending_and_exploration():
     q = jnp.array([0.0, 2.0, 3.0, 10.0, 20.0, 40.0])
-    np.testing.assert_allclose(np.asarray(fusion.blend_weight(q, CFG)), [0, 0, 0.15, 0.5, 1, 1])
-    eps = np.asarray(fusion.exploration_share(q, CFG))
+    row = jnp.asarray(fusion.cold_start_row(CFG))
+    np.testing.assert_allclose(np.asarray(fusion.blend_weight(q, row)), [0, 0, 0.15, 0.5, 1, 1])
+    eps = np.asarray(fusion.exploration_share(q, row))
     np.testing.assert_allclose(
         eps[:4], np.maximum(0.05, 0.2 * 0.995 ** np.asarray(q[:4])), rtol=1e-5
     )
@@ -361,7 +368,10 @@ def test_cold_start_blending_and_exploration():
 def test_third_event_changes_the_list_and_cold_users_get_cold_start():
     state = random_state(3, n_items=60)
     users = random_users(3, state, 2)
-    request = random_requests(3, 2, with_context=False)._replace(mmr_lambda=np.ones(2, np.float32))
+    request = random_requests(3, 2, with_context=False)._replace(
+        mmr_lambda=np.ones(2, np.float32),
+        cold_start=np.tile(fusion.cold_start_row(CFG), (2, 1)),  # 3 events, ε 0.2: CFG's
+    )
     two = users._replace(qualifying=np.array([2.0, 2.0], np.float32))
     three = users._replace(qualifying=np.array([3.0, 3.0], np.float32))
     a, b = _recommend(state, two, request, 10), _recommend(state, three, request, 10)
@@ -421,7 +431,7 @@ def test_scores_from_candidates_equal_the_catalogue_wide_scores(seed, n):
     scores = catalogue_scores(state, users, request)
     scorable = ~retrieval.unscorable_items(state, users)
     weights = fusion.fusion_weights(CFG)
-    blend = fusion.fit_blend(scores, scorable, weights, users.qualifying, CFG)
+    blend = fusion.fit_blend(scores, scorable, weights, users.qualifying, request.cold_start)
     relevance, _ = fusion.blended(blend, scores.raw, scores.cold, scorable)
     normalised = np.asarray(
         blend.sources(scores.raw, scorable[:, None, :]) * scores.active[..., None]

@@ -33,7 +33,7 @@ def test_retrieve_is_the_union_of_each_sources_top_items(seed, n):
     exclude = np.random.default_rng(seed).random(n) < 0.5
     got = retrieval.retrieve(state, users, jnp.asarray(exclude), CFG)
     items, raw, floor, neighbours, content_span = (np.asarray(x) for x in got)
-    absent = retrieval.no_context(n)
+    absent = retrieval.no_context(n, CFG)
     full = np.stack(
         [
             np.asarray(sources.collaborative_scores(state, users, CFG)),
@@ -90,7 +90,7 @@ def test_context_candidates_are_each_combinations_best(seed):
     state = random_state(seed)
     state = state._replace(item_valid=np.random.default_rng(seed).random(30) < 0.8)
     fit, table = (np.asarray(x) for x in retrieval.context_candidates(state, CFG))
-    combos = sources.context_combinations(state)
+    combos = sources.context_combinations(state, CFG)
     scores = np.asarray(sources.global_context_scores(state, combos, CFG))
     np.testing.assert_allclose(fit, scores, rtol=1e-5, atol=1e-5)
     # with the table in the state, the scores are read from it, for the catalogue or at items
