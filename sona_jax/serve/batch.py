@@ -314,14 +314,16 @@ class Query:
     cold_start: np.ndarray | None = None
 
 
-def fusion_rows(queries: Sequence[Query], size: int, default: np.ndarray) -> np.ndarray:
-    """(size, 3, N_SOURCES) each query's fusion matrix (``default`` (3, N_SOURCES) where it
-    brings none, and on padding rows): one shape whatever the variants, so nothing compiles."""
+def variant_rows(queries: Sequence[Query], name: str, size: int, default: np.ndarray) -> np.ndarray:
+    """(size, *default.shape) float32 each query's own ``name`` setting (``fusion`` (3,
+    N_SOURCES) or ``cold_start`` (len(COLD_START_SETTINGS),)), ``default`` where it brings
+    none and on padding rows: one shape whatever the variants, so nothing compiles."""
     out = np.empty((size, *default.shape), np.float32)
     out[:] = default
     for row, query in enumerate(queries):
-        if query.fusion is not None:
-            out[row] = query.fusion
+        own = getattr(query, name)
+        if own is not None:
+            out[row] = own
     return out
 
 
@@ -377,7 +379,7 @@ def query_batch(
     requests = request_rows(
         len(queries),
         column("mmr_lambda"),
-        np.stack([cold_start if q.cold_start is None else q.cold_start for q in queries]),
+        variant_rows(queries, "cold_start", len(queries), cold_start),
         column("exclude_watched"),
         column("device"),
         column("time_of_day"),

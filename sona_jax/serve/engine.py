@@ -30,7 +30,6 @@ from sona_jax.serve.batch import (
     ViewerCandidates,
     batch_size,
     filter_rows,
-    fusion_rows,
     list_widths,
     model_rows,
     pad_requests,
@@ -39,6 +38,7 @@ from sona_jax.serve.batch import (
     split_candidates,
     stack_candidates,
     stack_kept_for_scores,
+    variant_rows,
 )
 from sona_jax.serve.filters import ItemFilter
 from sona_jax.serve.neighbours import ViewerIndex, viewer_index
@@ -357,7 +357,7 @@ class ServingEngine:
             requests,
             candidates,
             limits,
-            fusion_rows(queries, size, self.host_weights),
+            variant_rows(queries, "fusion", size, self.host_weights),
             self.compiled,
             output_width(longest),
             item_filter,
