@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 
+from pydantic import ValidationError
 from quart import Quart, request
 from quart_schema import RequestSchemaValidationError
 from werkzeug.exceptions import HTTPException
@@ -37,12 +38,17 @@ def refusal_of(error: Exception, metrics: Metrics) -> ApiError:
 
 def validation_refusal(error: RequestSchemaValidationError) -> ApiError:
     """A 400 naming each invalid field."""
-    problems = getattr(error.validation_error, "errors", None)
-    if not callable(problems):
+    if not isinstance(error.validation_error, ValidationError):
         return ApiError(400, "validation_error", f"invalid request body: {error.validation_error}")
+    return invalid_fields(error.validation_error)
+
+
+def invalid_fields(error: ValidationError, prefix: tuple[str, ...] = ()) -> ApiError:
+    """A 400 naming each field pydantic refused, under ``prefix`` (where the validated part
+    sits in the request, e.g. ("filters",))."""
     details = [
-        {"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"]}
-        for e in problems(include_url=False, include_context=False)
+        {"field": ".".join(str(p) for p in (*prefix, *e["loc"])) or "body", "message": e["msg"]}
+        for e in error.errors(include_url=False, include_context=False)
     ]
     message = "; ".join(f"{d['field']}: {d['message']}" for d in details[:5])
     return ApiError(400, "validation_error", message, details)

@@ -13,6 +13,7 @@ from quart import Blueprint, jsonify, redirect, render_template, request
 from quart_schema import hide
 
 from service import console_data, schemas
+from service.error_handlers import invalid_fields
 from service.errors import ApiError
 from service.routes.experiments import change_status
 from service.state import AppState, app_state
@@ -126,9 +127,7 @@ def _filters(args) -> schemas.Filters | None:
     try:
         return schemas.Filters.model_validate(fields)
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in ("filters", *first["loc"]))
-        raise ApiError(400, "validation_error", f"{where}: {first['msg']}") from None
+        raise invalid_fields(error, ("filters",)) from None
 
 
 @blueprint.get("/console/item/<content_id>")

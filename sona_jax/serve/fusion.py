@@ -80,6 +80,12 @@ def cold_start_row(cfg: SonaConfig) -> np.ndarray:
     return np.array([getattr(cfg.cold_start, name) for name in COLD_START_SETTINGS], np.float32)
 
 
+def cold_start_rows(cfg: SonaConfig, n: int) -> jnp.ndarray:
+    """(n, len(COLD_START_SETTINGS)) ``cfg``'s row for n requests the engine makes itself
+    (retrieval's and the context table's)."""
+    return jnp.broadcast_to(cold_start_row(cfg), (n, len(COLD_START_SETTINGS)))
+
+
 FUSION_ROWS = 3  # a fusion matrix's rows: weights, history gate, context gate
 EXPONENT_LIMIT = 30.0  # |gate exponent| kept where exp() stays finite in float32
 

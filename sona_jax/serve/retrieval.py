@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from sona_jax.config import SonaConfig
 from sona_jax.serve import filters, sources
 from sona_jax.serve.filters import ItemFilter
-from sona_jax.serve.fusion import CONTEXT, cold_start_row
+from sona_jax.serve.fusion import CONTEXT, cold_start_rows
 from sona_jax.serve.selection import compact, top_k_mask, top_k_unordered
 from sona_jax.serve.state import RequestBatch, ServingState, UserBatch
 
@@ -71,7 +71,6 @@ def no_context(users: int, cfg: SonaConfig) -> RequestBatch:
     """Requests without context or mood under ``cfg``'s cold-start settings (what cold start
     ranks by at retrieval)."""
     absent = jnp.full(users, -1, jnp.int32)
-    row = cold_start_row(cfg)
     return RequestBatch(
         absent,
         absent,
@@ -79,7 +78,7 @@ def no_context(users: int, cfg: SonaConfig) -> RequestBatch:
         jnp.ones(users, bool),
         jnp.ones(users),
         jnp.zeros(users, jnp.int32),
-        jnp.broadcast_to(row, (users, len(row))),
+        cold_start_rows(cfg, users),
     )
 
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from sona_jax.config import SonaConfig
 from sona_jax.model.lora import catalogue_logits, fold_queries
-from sona_jax.serve.fusion import GENRE_STRENGTH, cold_start_row
+from sona_jax.serve.fusion import GENRE_STRENGTH, cold_start_rows
 from sona_jax.serve.state import RequestBatch, ServingState, UserBatch, has_context
 
 GENRE_FIT_FLOOR = 1e-3  # keeps log(genre fit) finite for items outside every known genre
@@ -198,7 +198,7 @@ def context_combinations(state: ServingState, cfg: SonaConfig) -> RequestBatch:
         jnp.ones(rows, bool),
         jnp.ones(rows),
         jnp.zeros(rows, jnp.int32),
-        jnp.broadcast_to(cold_start_row(cfg), (rows, len(cold_start_row(cfg)))),
+        cold_start_rows(cfg, rows),
     )
 
 
