@@ -9,7 +9,7 @@ import json
 from service.context import RequestContext
 from sona_jax.config import SonaConfig
 
-EXPLAINED_BY_HISTORY = ("graph_based", "content_based", "sequential")
+EXPLAINED_BY_HISTORY = ("graph_based", "content_based", "sequential", "transformer")
 
 
 def mmr_lambda(
@@ -35,9 +35,8 @@ def retrain_due(events_since_training: int, events: int, cfg: SonaConfig) -> boo
 
 
 def based_on(kind: str, history_item: str | None) -> list[str]:
-    """What a recommendation cites: the history item behind a graph, sequential or content
-    score, or
-    "similar viewers" for a collaborative one."""
+    """What a recommendation cites: the history item behind a graph, sequential, transformer
+    or content score, or "similar viewers" for a collaborative one."""
     if kind in EXPLAINED_BY_HISTORY and history_item is not None:
         return [history_item]
     if kind == "collaborative":
@@ -50,6 +49,8 @@ def explanation(kind: str, history_title: str | None, context: RequestContext) -
     knows)."""
     if kind == "sequential" and history_title:
         return f"Often watched next after {history_title}"
+    if kind == "transformer" and history_title:
+        return f"Fits what you have been watching lately, like {history_title}"
     if kind in EXPLAINED_BY_HISTORY and history_title:
         return f"Because you watched {history_title}"
     if kind == "collaborative":

@@ -31,6 +31,7 @@ from sona_jax.model.version import TrainedModel
 from sona_jax.serve import item_queries, viewers
 from sona_jax.serve.batch import Query, RequestFilter, ViewerProfile
 from sona_jax.serve.engine import Lists, Scores, ServingEngine
+from sona_jax.serve.fusion import N_SOURCES
 from sona_jax.serve.viewers import AdapterResult
 
 MILLISECONDS = 1000
@@ -177,7 +178,7 @@ class Runtime:
 
     def _canned_scores(self, query: Query) -> Scores:
         n = len(query.items)
-        return Scores(np.full(n, 0.5, np.float32), np.full((n, 5), 0.1, np.float32))
+        return Scores(np.full(n, 0.5, np.float32), np.full((n, N_SOURCES + 1), 0.1, np.float32))
 
     def train_batch(
         self,

@@ -184,6 +184,10 @@ class ScoreComponents(_Strict):
     content_based: float
     graph_based: float
     sequential: float = Field(description="next-watch transitions (0 while its weight is 0)")
+    transformer: float = Field(
+        description="the self-attentive sequence model (0 while its weight is 0 or the model "
+        "has none)"
+    )
     context: float
     lora_boost: float
 

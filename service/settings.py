@@ -107,7 +107,8 @@ class ServingSettings(_HostTable):
     candidate_cache_entries: int = Field(
         20_000,
         ge=0,
-        description="viewers whose retrieved candidates this process keeps (about 11 KB each; "
+        description="viewers whose retrieved candidates this process keeps (about 13 KB each, 16 "
+        "with a transformer; "
         "0: retrieve on every request)",
     )
     candidate_max_age_seconds: float = Field(

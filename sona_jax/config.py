@@ -104,7 +104,7 @@ class LoraConfig(_Section):
         return self.alpha / self.rank
 
 
-Gate = tuple[float, float, float, float, float]  # one per source, SOURCE_NAMES order
+Gate = tuple[float, float, float, float, float, float]  # one per source, SOURCE_NAMES order
 
 
 class FusionConfig(_Section):
@@ -121,13 +121,25 @@ class FusionConfig(_Section):
     sequential: float = serve(
         0.0, ge=0.0, description="next-watch transitions (not in SPEC 3.3's four: off by default)"
     )
+    transformer: float = serve(
+        0.0,
+        ge=0.0,
+        description="the self-attentive sequence model (not in SPEC 3.3's four: off by default; "
+        "it needs a model trained with transformer.epochs > 0)",
+    )
     context: float = serve(0.10, ge=0.0)
-    gate_history: Gate = serve((0.0,) * 5, description="per source, SOURCE_NAMES order")
-    gate_context: Gate = serve((0.0,) * 5, description="per source, SOURCE_NAMES order")
+    gate_history: Gate = serve((0.0,) * 6, description="per source, SOURCE_NAMES order")
+    gate_context: Gate = serve((0.0,) * 6, description="per source, SOURCE_NAMES order")
 
     @model_validator(mode="after")
     def _some_weight(self) -> FusionConfig:
-        total = self.collaborative + self.content_based + self.graph_based + self.sequential
+        total = (
+            self.collaborative
+            + self.content_based
+            + self.graph_based
+            + self.sequential
+            + self.transformer
+        )
         if total + self.context <= 0:
             raise ValueError("at least one fusion weight must be positive")
         return self
@@ -211,6 +223,28 @@ class SequentialConfig(_Section):
     position_decay: float = serve(
         0.8, gt=0.0, le=1.0, description="a start item's weight x this per position back"
     )
+
+
+class TransformerConfig(_Section):
+    """The transformer source: a self-attentive sequence model (SASRec, `model.sequence_model`)
+    trained with `sona train` on every event of the log in time order, full-softmax
+    cross-entropy; served from the viewer's latest ``max_len`` engaged items. ``epochs`` 0
+    trains none (the source then says nothing, whatever its fusion weight)."""
+
+    epochs: int = train(0, ge=0, le=1000, description="training epochs (0: no transformer)")
+    dim: int = train(64, ge=4, le=1024, description="hidden size")
+    blocks: int = train(2, ge=1, le=16, description="self-attention blocks")
+    heads: int = train(1, ge=1, le=16, description="attention heads (dim must divide by it)")
+    max_len: int = train(50, ge=2, le=1024, description="latest items a window reads")
+    dropout: float = train(0.2, ge=0.0, lt=1.0)
+    learning_rate: float = train(3e-3, gt=0.0, le=1.0, description="Adam step size")
+    batch: int = train(128, ge=1, le=65_536, description="windows per training step")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TransformerConfig:
+        if self.dim % self.heads:
+            raise ValueError("dim must be a multiple of heads")
+        return self
 
 
 class ContextConfig(_Section):
@@ -328,6 +362,7 @@ class SonaConfig(_Section):
     collaborative: CollaborativeConfig = CollaborativeConfig()
     graph: GraphConfig = GraphConfig()
     sequential: SequentialConfig = SequentialConfig()
+    transformer: TransformerConfig = TransformerConfig()
     context: ContextConfig = ContextConfig()
     candidates: CandidateConfig = CandidateConfig()
     diversity: DiversityConfig = DiversityConfig()

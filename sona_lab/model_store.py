@@ -29,8 +29,8 @@ from sona_jax.model.version import (
     UserState,
 )
 
-FORMAT = "sona-model/5"  # 5: the sequential source's tables (4: without; 3: one arrays.npz)
-READABLE_FORMATS = (FORMAT,)
+FORMAT = "sona-model/6"  # 6: the transformer source's network (5: the sequential source's tables)
+READABLE_FORMATS = ("sona-model/5", FORMAT)  # a version 5 model has no transformer
 ARRAYS_DIR = "arrays"
 MAPPED_PARTS = ("users.", "history.")  # per-viewer tables: memory-mapped on load
 _VERSION_DIR = re.compile(r"^v(\d{4,})$")
@@ -84,6 +84,7 @@ def save_model(model: TrainedModel, root: str | Path) -> Path:
         | _prefixed("history", model.history._asdict())
         | _prefixed("tables", model.tables._asdict())
         | _prefixed("popularity", model.popularity._asdict())
+        | _prefixed("transformer", model.transformer)
     )
     arrays |= {
         "user_ids": model.user_ids.astype(str),
@@ -152,4 +153,5 @@ def load_model(root: str | Path, version: int | None = None) -> TrainedModel:
         popularity=PopularityCounts(**_parts(arrays, "popularity")),
         metadata_map=arrays["metadata_map"],
         report=manifest["report"],
+        transformer=_parts(arrays, "transformer"),
     )

@@ -54,8 +54,8 @@ def served(
     k: int = 10,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """What the service would serve ``users`` (model rows): (users, k) items, (users, k) index
-    into `fusion.KIND_NAMES` of why each was served, and (users, k, 5) each item's weighted
-    relevance from the four sources and from cold start."""
+    into `fusion.KIND_NAMES` of why each was served, and (users, k, N_SOURCES + 1) each item's
+    weighted relevance from each source and from cold start."""
     engine = ServingEngine.load(model, cfg)
     lists = ranked_lists(engine, users, None, mmr_lambda, time_of_day, device, k)
     return lists.items, lists.kinds, lists.contributions

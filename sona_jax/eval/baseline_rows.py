@@ -18,8 +18,9 @@ from sona_jax.eval.metrics import (
     ranking_metrics,
     top_from_scores,
 )
-from sona_jax.eval.sasrec import SASRec, user_sequences
+from sona_jax.eval.sasrec import SASRec
 from sona_jax.eval.splits import Split
+from sona_jax.model.sequence_model import user_sequences
 
 Baseline = baselines.Popularity | baselines.EASE | baselines.ImplicitALS | baselines.RP3beta
 
@@ -53,9 +54,11 @@ def baseline_rows(
     options,
     log_fn: Callable[[str], None],
     clock: Callable[[], float],
+    sasrec: SASRec,
+    sasrec_seconds: float,
 ) -> tuple[list[dict], dict[str, np.ndarray], dict[str, Baseline | SASRec]]:
     """Rows of kind ``baseline``, each row's per-viewer NDCG over ``split.users`` and the chosen
-    (fitted) models by name."""
+    (fitted) models by name; ``sasrec`` from `fit_sasrec`, which took ``sasrec_seconds``."""
     rows, per_user, chosen = [], {}, {}
     users, val_users, k = split.users, val_split.users, options.k
     train_matrix, val_train = matrix_of(dataset, split.train), matrix_of(dataset, val_split.train)
@@ -84,19 +87,28 @@ def baseline_rows(
         best = models[int(np.argmax(found))]
         add_row(name, best, best.fit(train_matrix).scores(users), started)
 
-    # SASRec is trained once, on the validation split's train part, stopping early on its test
-    # part; its test lists then read each viewer's whole train sequence (a refit for the chosen
-    # number of epochs would double the cost for one more target per viewer).
-    started = clock()
-    log = dataset.events
-    sasrec = SASRec(options.sasrec).fit(
-        user_sequences(log, val_split.train, dataset.n_users),
-        dataset.n_items,
-        validate=lambda model: val_ndcg(model.scores(val_users)),
-    )
-    sasrec.reading(user_sequences(log, split.train, dataset.n_users))
-    add_row("sasrec", sasrec, sasrec.scores(users), started)
+    sasrec.reading(user_sequences(dataset.events, split.train, dataset.n_users))
+    add_row("sasrec", sasrec, sasrec.scores(users), clock() - sasrec_seconds)
     return rows, per_user, chosen
+
+
+def fit_sasrec(dataset: Dataset, val_split: Split, options) -> SASRec:
+    """SASRec trained once, on the validation split's train part, stopping early on its test
+    part (its test lists then read each viewer's whole train sequence: a refit for the chosen
+    number of epochs would double the cost for one more target per viewer). The hybrid's
+    transformer source reads the same network (`protocols.evaluate`)."""
+    val_users = val_split.users
+    val_train = matrix_of(dataset, val_split.train)
+
+    def val_ndcg(model: SASRec) -> float:
+        top = top_from_scores(model.scores(val_users), val_train, val_users, options.k)
+        return ranking_metrics(top, val_split.test, val_users)[options.ndcg]
+
+    return SASRec(options.sasrec).fit(
+        user_sequences(dataset.events, val_split.train, dataset.n_users),
+        dataset.n_items,
+        validate=val_ndcg,
+    )
 
 
 def hybrid_intervals(

@@ -6,7 +6,9 @@
   ordered at random (seeded), with the settings chosen on the main validation split.
 * Baselines: popularity, EASE, implicit-ALS, RP3beta (each setting from its grid chosen on
   validation, then refit on train) and SASRec (`sona_jax.eval.sasrec`: epochs chosen by early
-  stopping on validation; its test lists read each viewer's whole train sequence).
+  stopping on validation; its test lists read each viewer's whole train sequence). The
+  hybrid's transformer source reads that same network (`transformer_from`), so a run trains
+  it once per order of the events.
 * Every row carries a paired bootstrap 95 % interval of the hybrid's per-viewer NDCG minus
   that row's (`hybrid_minus_95ci`).
 * Validation splits are carved from train with the same protocol; EASE's λ, ALS's settings and
@@ -25,14 +27,15 @@ import numpy as np
 
 from sona_jax.config import SonaConfig
 from sona_jax.data.schema import Dataset
-from sona_jax.eval.baseline_rows import baseline_rows, hybrid_intervals, matrix_of
+from sona_jax.eval.baseline_rows import baseline_rows, fit_sasrec, hybrid_intervals, matrix_of
 from sona_jax.eval.cold_start import cold_start_curve, tune_cold_start
 from sona_jax.eval.learned_fusion import FusionFitSettings, learn_on_validation
 from sona_jax.eval.metrics import list_metrics, per_user_ndcg, ranking_metrics, top_from_scores
 from sona_jax.eval.ranking import rank
-from sona_jax.eval.sasrec import SASRec, SASRecSettings, user_sequences
+from sona_jax.eval.sasrec import SASRec, SASRecSettings
 from sona_jax.eval.splits import Split, make_split, order_ties, subset
 from sona_jax.eval.weight_search import WeightSearch, one_hot_weights, search_weights
+from sona_jax.model.sequence_model import flat_params, user_sequences
 from sona_jax.model.train import train_model
 from sona_jax.serve.engine import ServingEngine
 from sona_jax.serve.fusion import SOURCE_NAMES, fusion_matrix, fusion_weights
@@ -88,6 +91,9 @@ class EvalOptions:
         for neighbours in (100, 400)
     )
     sasrec: SASRecSettings = SASRecSettings()
+    # the hybrid's transformer source reads the SASRec baseline's network (trained once, on the
+    # validation split's train part), its fusion weight tuned with the others
+    transformer_source: bool = True
     # how same-second events are ordered (`splits.order_ties`); P1's robustness pass orders
     # them at random with each of these seeds
     tie_break: str = "hashed"
@@ -99,16 +105,38 @@ class EvalOptions:
 
 
 class TrainedEngines:
-    """Engines for configs on one dataset, one trained model per train-time digest."""
+    """Engines for configs on one dataset, one trained model per train-time digest; a config
+    that trains a transformer gets ``transformer`` (flattened parameters: `transformer_from`)
+    instead of training one per model."""
 
-    def __init__(self, dataset: Dataset):
-        self.dataset, self.models = dataset, {}
+    def __init__(self, dataset: Dataset, transformer: dict[str, np.ndarray] | None = None):
+        self.dataset, self.models, self.transformer = dataset, {}, transformer
 
     def __call__(self, cfg: SonaConfig) -> ServingEngine:
         digest = cfg.train_digest()
         if digest not in self.models:
-            self.models[digest] = ServingEngine.load(train_model(self.dataset, cfg))
+            given = self.transformer if cfg.transformer.epochs > 0 else None
+            model = train_model(self.dataset, cfg, transformer=given)
+            self.models[digest] = ServingEngine.load(model)
         return self.models[digest].with_config(cfg)
+
+
+def transformer_from(cfg: SonaConfig, sasrec: SASRec) -> tuple[SonaConfig, dict[str, np.ndarray]]:
+    """``cfg`` training the transformer source as ``sasrec`` was trained (its shape, settings
+    and chosen epochs), and that network's flattened parameters: the source reads the baseline's
+    network, so the run trains it once."""
+    s = sasrec.config
+    settings = {
+        "epochs": int(sasrec.epochs),
+        "dim": s.dim,
+        "blocks": s.blocks,
+        "heads": s.heads,
+        "max_len": s.max_len,
+        "dropout": s.dropout,
+        "learning_rate": s.learning_rate,
+        "batch": s.batch,
+    }
+    return cfg.with_overrides({"transformer": settings}), flat_params(sasrec.params)
 
 
 def fusion_record(weights) -> dict:
@@ -132,13 +160,19 @@ def context_arrays(split: Split, users: np.ndarray, use_context: bool):
 
 
 def tune_on_validation(
-    dataset: Dataset, val_split: Split, cfg: SonaConfig, options: EvalOptions, log_fn: LogFn
+    dataset: Dataset,
+    val_split: Split,
+    cfg: SonaConfig,
+    options: EvalOptions,
+    log_fn: LogFn,
+    transformer: dict[str, np.ndarray] | None = None,
 ) -> tuple[SonaConfig, np.ndarray, float, dict]:
-    """Fusion weights, graph walk and MMR λ chosen on the validation split.
+    """Fusion weights, graph walk and MMR λ chosen on the validation split (models given the
+    ``transformer`` network, as `TrainedEngines`).
 
     Returns the chosen config, weights (N_SOURCES,), λ and what was tried.
     """
-    engines = TrainedEngines(subset(dataset, val_split.train))
+    engines = TrainedEngines(subset(dataset, val_split.train), transformer)
     val_users = val_split.users
     tod, device = context_arrays(val_split, val_users, options.protocol == "p1")
 
@@ -237,22 +271,29 @@ def random_tie_pass(
     shuffled = order_ties(dataset, "random", seed)
     split, val_split = protocol_splits(shuffled, options)
     users, k = split.users, options.k
-    engine = TrainedEngines(subset(shuffled, split.train))(cfg)
+    log = shuffled.events
+    refit = {}
+    for name, model in chosen.items():
+        if isinstance(model, SASRec):
+            # as in the main row: the chosen epochs on the validation split's train part, then
+            # read each viewer's whole train sequence
+            model = SASRec(model.config, epochs=model.epochs).fit(
+                user_sequences(log, val_split.train, shuffled.n_users), shuffled.n_items
+            )
+            model.reading(user_sequences(log, split.train, shuffled.n_users))
+        refit[name] = model
+    # the transformer source reads the refit SASRec's network, as in the main pass
+    transformer = next(
+        (flat_params(m.params) for m in refit.values() if isinstance(m, SASRec)), None
+    )
+    engine = TrainedEngines(subset(shuffled, split.train), transformer)(cfg)
     tod, device = context_arrays(split, users, True)
     lists = {"sona-hybrid": rank(engine, users, weights, mmr_lambda, tod, device, k)}
     for s, name in enumerate(SOURCE_NAMES):  # each source alone, as in the main pass
         lists[name] = rank(engine, users, one_hot_weights(s), 1.0, tod, device, k)
     train_matrix = matrix_of(shuffled, split.train)
-    for name, model in chosen.items():
-        if isinstance(model, SASRec):
-            # as in the main row: the chosen epochs on the validation split's train part, then
-            # read each viewer's whole train sequence
-            log = shuffled.events
-            model = SASRec(model.config, epochs=model.epochs).fit(
-                user_sequences(log, val_split.train, shuffled.n_users), shuffled.n_items
-            )
-            model.reading(user_sequences(log, split.train, shuffled.n_users))
-        else:
+    for name, model in refit.items():
+        if not isinstance(model, SASRec):
             model = model.fit(train_matrix)
         lists[name] = top_from_scores(model.scores(users), train_matrix, users, k)
     per_user = {name: per_user_ndcg(top, split.test, users)[0] for name, top in lists.items()}
@@ -286,15 +327,22 @@ def evaluate(
     weights = np.asarray(fusion_matrix(cfg))  # gates as configured (zeros: fixed)
     headline_lambda = 1.0
     fusion = {"configured": weights.tolist()}
+    log_fn("training SASRec on the validation split ...")
+    sasrec_started = clock()
+    sasrec = fit_sasrec(dataset, val_split, options)
+    sasrec_seconds = clock() - sasrec_started
+    transformer = None
+    if options.transformer_source:
+        cfg, transformer = transformer_from(cfg, sasrec)
     if options.tune_fusion:
         log_fn("training on the validation split to tune fusion weights ...")
         cfg, weights, headline_lambda, tuned = tune_on_validation(
-            dataset, val_split, cfg, options, log_fn
+            dataset, val_split, cfg, options, log_fn, transformer
         )
         fusion |= tuned
 
     log_fn("training on the train split ...")
-    engines = TrainedEngines(subset(dataset, split.train))
+    engines = TrainedEngines(subset(dataset, split.train), transformer)
     engine = engines(cfg)
     vectors = np.asarray(engine.model.base.item_embeddings)
     tod, device = context_arrays(split, users, use_context)
@@ -354,7 +402,7 @@ def evaluate(
         )
     log_fn(f"hybrid: {hybrid_metrics[options.ndcg]:.4f} NDCG@{k}")
     more_rows, more_per_user, chosen = baseline_rows(
-        dataset, val_split, split, vectors, options, log_fn, clock
+        dataset, val_split, split, vectors, options, log_fn, clock, sasrec, sasrec_seconds
     )
     rows += more_rows
     hybrid_intervals(

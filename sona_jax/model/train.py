@@ -20,7 +20,7 @@ from sona_jax.config import SonaConfig
 from sona_jax.data.schema import Catalogue, Dataset, EventLog
 from sona_jax.features import preference
 from sona_jax.features.profile import build_profiles, event_weights
-from sona_jax.model import base_tier, lora, metadata, tables
+from sona_jax.model import base_tier, lora, metadata, sequence_model, tables
 from sona_jax.model.adapters import Progress, no_progress, train_adapters_of
 from sona_jax.model.version import (
     STORAGE_DTYPE,
@@ -34,7 +34,8 @@ from sona_jax.model.version import (
 @dataclass(frozen=True)
 class TrainHooks:
     """What `train_model` tells its caller: ``progress`` wraps the chunk loops, ``phase(name)``
-    is a context manager around each phase (base tier, profiles, calibration, adapters, tables)."""
+    is a context manager around each phase (base tier, profiles, calibration, adapters, tables,
+    transformer)."""
 
     progress: Progress = no_progress
     phase: Callable[[str], contextlib.AbstractContextManager] = field(
@@ -175,9 +176,12 @@ def train_model(
     now: float | None = None,
     hooks: TrainHooks = TrainHooks(),
     mesh: Mesh | None = None,
+    transformer: dict[str, np.ndarray] | None = None,
 ) -> TrainedModel:
     """Fit the base tier, build every user profile and train every adapter (split over the
-    devices of ``mesh`` by viewer, when given)."""
+    devices of ``mesh`` by viewer, when given), and the transformer source's network when
+    ``transformer.epochs`` > 0 (or take ``transformer``, flattened parameters trained for this
+    log's catalogue: evaluation trains one for several models)."""
     if len(dataset.events) == 0:
         raise ValueError(f"{dataset.name}: no events to train on")
     log = dataset.events
@@ -210,6 +214,9 @@ def train_model(
             dataset.catalogue, log, weights, dataset.n_users, now, cfg, counts
         )
         metadata_map = fit_metadata_map(dataset.catalogue, np.asarray(base.item_embeddings), cfg)
+    if transformer is None:
+        with hooks.phase("transformer"):
+            transformer = fit_transformer(dataset, cfg)
     report |= {
         "projection_scale": float(base.projection[0, 0]),
         "bias": float(base.bias),
@@ -238,4 +245,24 @@ def train_model(
         popularity=counts,
         metadata_map=metadata_map,
         report=report,
+        transformer=transformer,
     )
+
+
+def fit_transformer(dataset: Dataset, cfg: SonaConfig) -> dict[str, np.ndarray]:
+    """The transformer source's network (flattened parameters) trained on every event of
+    ``dataset`` in time order for ``transformer.epochs`` epochs; {} when that is 0."""
+    t = cfg.transformer
+    if t.epochs == 0:
+        return {}
+    sequences = sequence_model.user_sequences(
+        dataset.events, np.ones(len(dataset.events), bool), dataset.n_users
+    )
+    params = sequence_model.fit(
+        sequences,
+        dataset.n_items,
+        sequence_model.network_shape(cfg),
+        sequence_model.TrainingSettings(t.learning_rate, t.batch, cfg.model.seed),
+        t.epochs,
+    )
+    return sequence_model.flat_params(params)

@@ -109,6 +109,8 @@ class TrainedModel:
     popularity: PopularityCounts  # the counts behind the popularity tables
     metadata_map: np.ndarray  # (f, d) item metadata features -> embeddings (`model.metadata`)
     report: dict = field(default_factory=dict)
+    # the transformer source's network, flattened (`sequence_model.flat_params`); {}: none
+    transformer: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def n_users(self) -> int:

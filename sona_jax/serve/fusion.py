@@ -20,11 +20,13 @@ SOURCE_NAMES: tuple[str, ...] = (
     "content_based",
     "graph_based",
     "sequential",
+    "transformer",
     "context",
 )
 N_SOURCES = len(SOURCE_NAMES)
 CONTEXT = SOURCE_NAMES.index("context")  # the last: every other source is retrieved
 SEQUENTIAL = SOURCE_NAMES.index("sequential")
+TRANSFORMER = SOURCE_NAMES.index("transformer")
 KIND_NAMES: tuple[str, ...] = SOURCE_NAMES[:CONTEXT] + (
     "context_aware",
     "cold_start",

@@ -151,7 +151,9 @@ def request_candidates(
         axis=1,
     )
     cold = sources.cold_start_scores(state, users, request, cfg, items)
-    active = jnp.concatenate([retrieval.active_retrieved(users), contextual[:, None]], axis=1)
+    active = jnp.concatenate(
+        [retrieval.active_retrieved(state, users), contextual[:, None]], axis=1
+    )
     mask = (items >= 0) & state.item_valid[jnp.maximum(items, 0)]
     if item_filter is not None:  # retrieval dropped what they refuse; the context did not
         mask = mask & filters.passes(state, item_filter, items)

@@ -82,8 +82,8 @@ def score_items(
     over every servable, undismissed item of the catalogue (watched ones included), from what
     retrieval ``kept`` of each viewer: collaborative from their nearest viewers and content at
     the items only, against its catalogue span (the two sources that read the whole pool or
-    multiply the whole catalogue); graph, sequential, context and cold start over the catalogue (walks and
-    small products). An item added or deleted since retrieval can leave the kept span wider or
+    multiply the whole catalogue); graph, sequential, transformer, context and cold start over
+    the catalogue (walks and small products). An item added or deleted since retrieval can leave the kept span wider or
     narrower than the catalogue's: a content score outside it counts as its end, until the
     viewer's candidates are retrieved again."""
     scorable = ~retrieval.unscorable_items(state, users)
@@ -92,6 +92,7 @@ def score_items(
             sources.collaborative_scores(state, users, cfg, kept.neighbours),
             sources.graph_scores(state, users, cfg),
             sources.sequential_scores(state, users, cfg),
+            sources.transformer_scores(state, users, cfg),
             sources.context_scores(state, users, request, cfg),
         ],
         axis=1,
@@ -107,7 +108,7 @@ def score_items(
         _with_content(others.low, low[:, None]), _with_content(others.spread, (high - low)[:, None])
     )
     active = jnp.concatenate(
-        [retrieval.active_retrieved(users), has_context(request)[:, None]], axis=1
+        [retrieval.active_retrieved(state, users), has_context(request)[:, None]], axis=1
     )
     blend = blend_with(
         normalisers,

@@ -26,11 +26,12 @@ import jax.numpy as jnp
 from sona_jax.config import SonaConfig
 from sona_jax.serve import filters, sources
 from sona_jax.serve.filters import ItemFilter
-from sona_jax.serve.fusion import CONTEXT, cold_start_rows
+from sona_jax.serve.fusion import CONTEXT, TRANSFORMER, cold_start_rows
 from sona_jax.serve.selection import compact, top_k_mask, top_k_unordered
 from sona_jax.serve.state import RequestBatch, ServingState, UserBatch
 
 RETRIEVED_SOURCES = CONTEXT  # every source but context: SOURCE_NAMES[:CONTEXT]
+assert TRANSFORMER == RETRIEVED_SOURCES - 1  # `per_ranking` lists the retrieved sources in order
 NO_TABLE = jnp.zeros((0, 0))
 
 
@@ -60,11 +61,19 @@ class KeptForScores(NamedTuple):
     content_span: jnp.ndarray
 
 
-def candidate_width(cfg: SonaConfig) -> int:
-    """P: room for the union of every retrieved ranking's top items (the retrieved sources, cold
-    start without a mood, trending), so none is ever dropped."""
+def per_ranking(cfg: SonaConfig) -> tuple[int, ...]:
+    """How many top items each retrieved ranking adds to the candidates: the retrieved sources
+    in SOURCE_NAMES order (none from the transformer when ``cfg`` trains no network, so a model
+    without one keeps the narrower candidate set), cold start without a mood, trending."""
     c = cfg.candidates
-    return (RETRIEVED_SOURCES + 1) * c.per_source + c.trending
+    transformer = c.per_source if cfg.transformer.epochs > 0 else 0
+    return (c.per_source,) * (TRANSFORMER) + (transformer, c.per_source, c.trending)
+
+
+def candidate_width(cfg: SonaConfig) -> int:
+    """P: room for the union of every retrieved ranking's top items (`per_ranking`), so none
+    is ever dropped."""
+    return sum(per_ranking(cfg))
 
 
 def no_context(users: int, cfg: SonaConfig) -> RequestBatch:
@@ -93,12 +102,13 @@ def _listed(state: ServingState, lists: jnp.ndarray) -> jnp.ndarray:
     return sources.scatter_rows(n_items, lists, jnp.ones(lists.shape)) > 0
 
 
-def active_retrieved(users: UserBatch) -> jnp.ndarray:
-    """(users, RETRIEVED_SOURCES) whether collaborative, content, graph and sequential have
-    anything to say."""
+def active_retrieved(state: ServingState, users: UserBatch) -> jnp.ndarray:
+    """(users, RETRIEVED_SOURCES) whether collaborative, content, graph, sequential and the
+    transformer have anything to say."""
     has_profile = jnp.sum(users.preference**2, axis=1) > 0
     has_seeds = users.recent_items[:, 0] >= 0
-    return jnp.stack([has_profile, has_profile, has_seeds, has_seeds], axis=1)
+    reads = has_seeds & sources.has_transformer(state)
+    return jnp.stack([has_profile, has_profile, has_seeds, has_seeds, reads], axis=1)
 
 
 @partial(jax.jit, static_argnames=("cfg",))
@@ -125,6 +135,7 @@ def retrieve(
             content,
             sources.graph_scores(state, users, cfg),
             sources.sequential_scores(state, users, cfg),
+            sources.transformer_scores(state, users, cfg),
         ],
         axis=1,
     )
@@ -143,16 +154,16 @@ def retrieve(
         excluded = excluded | ~filters.passes(state, item_filter)
     ranked = jnp.concatenate(
         [
-            jnp.where(~active_retrieved(users)[:, :, None], -jnp.inf, raw),
+            jnp.where(~active_retrieved(state, users)[:, :, None], -jnp.inf, raw),
             cold[:, None, :],
             jnp.broadcast_to(state.trending, (n_users, 1, n_items)),
         ],
         axis=1,
     )
     ranked = jnp.where(excluded[:, None, :], -jnp.inf, ranked)
-    k = cfg.candidates.per_source
-    per_ranking = jnp.array([k] * (RETRIEVED_SOURCES + 1) + [cfg.candidates.trending])
-    mask = jnp.any(top_k_mask(ranked, per_ranking[None, :, None]), axis=1) & ~excluded
+    widths = jnp.array(per_ranking(cfg))
+    chosen = top_k_mask(ranked, widths[None, :, None]) & (widths[None, :, None] > 0)
+    mask = jnp.any(chosen, axis=1) & ~excluded
     items = compact(mask, candidate_width(cfg))
     inside = items >= 0
     picked = jnp.take_along_axis(raw, jnp.maximum(items, 0)[:, None, :], axis=2)

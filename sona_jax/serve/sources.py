@@ -1,5 +1,5 @@
-"""SPEC 3.3: the scoring sources (its four and the sequential one), each (state, users,
-request) -> (users, items) scores.
+"""SPEC 3.3: the scoring sources (its four, the sequential one and the transformer), each
+(state, users, request) -> (users, items) scores.
 
 Every function is pure and batched over users; `recommend.py` composes them. Item index -1 marks
 padding in every per-user table and is dropped by the scatters (``mode="drop"``).
@@ -12,6 +12,12 @@ import jax.numpy as jnp
 
 from sona_jax.config import SonaConfig
 from sona_jax.model.lora import catalogue_logits, fold_queries
+from sona_jax.model.sequence_model import (
+    network_items,
+    network_shape,
+    next_item_logits,
+    recent_windows,
+)
 from sona_jax.serve.fusion import GENRE_STRENGTH, cold_start_rows
 from sona_jax.serve.state import RequestBatch, ServingState, UserBatch, has_context
 
@@ -141,6 +147,25 @@ def sequential_scores(state: ServingState, users: UserBatch, cfg: SonaConfig) ->
     (``position_decay`` per position back)."""
     seeds, mass = _sequence_seeds(users, cfg)
     return spread_along(state.sequence_neighbours, state.sequence_weights, seeds, mass)
+
+
+def has_transformer(state: ServingState) -> bool:
+    """Whether the model version has a transformer network (static under jit)."""
+    return bool(state.transformer)
+
+
+def transformer_scores(state: ServingState, users: UserBatch, cfg: SonaConfig) -> jnp.ndarray:
+    """The transformer's next-item logits (users, items) from the viewer's latest
+    ``transformer.max_len`` engaged items; items added after the model score each row's
+    lowest logit (the network has no embedding for them); zeros when the model has no network."""
+    n_users, n_items = users.recent_items.shape[0], state.item_valid.shape[0]
+    if not has_transformer(state):
+        return jnp.zeros((n_users, n_items))
+    known = network_items(state.transformer)
+    windows = recent_windows(users.recent_items, known, cfg.transformer.max_len)
+    logits = next_item_logits(state.transformer, windows, network_shape(cfg))
+    low = jnp.min(logits, axis=1, keepdims=True)
+    return jnp.concatenate([logits, jnp.broadcast_to(low, (n_users, n_items - known))], axis=1)
 
 
 def sequence_origin(

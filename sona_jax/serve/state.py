@@ -11,6 +11,7 @@ import numpy as np
 
 from sona_jax.buckets import pad_rows
 from sona_jax.model.lora import BaseTier
+from sona_jax.model.sequence_model import nested_params
 from sona_jax.model.version import TrainedModel
 
 
@@ -39,6 +40,8 @@ class ServingState(NamedTuple):
     context_items: (combinations, K) the items that fit each combination best
     (`retrieval.context_candidates`; the engine refreshes both whenever the tables they are
     made of change; (0, 0) until it does).
+    transformer: the transformer source's network parameters (flax's nested dict, over the
+    model's items only; {}: the model has none, and the source says nothing).
 
     "items" is the catalogue's capacity (`sona_jax.serve.catalogue`): the model's items, then
     rows for items added since, grown in steps so a write rarely changes a shape.
@@ -69,6 +72,7 @@ class ServingState(NamedTuple):
     new_items: jnp.ndarray
     context_fit: jnp.ndarray
     context_items: jnp.ndarray
+    transformer: dict
 
 
 class UserBatch(NamedTuple):
@@ -148,6 +152,7 @@ def serving_state(
         new_items=jnp.zeros(0, jnp.int32),
         context_fit=np.zeros((0, 0), np.float32),  # the engine fills these in
         context_items=np.zeros((0, 0), np.int32),
+        transformer=nested_params(model.transformer),
     )
 
 

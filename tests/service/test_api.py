@@ -3,11 +3,14 @@ PostgreSQL + Redis of this machine. Response shapes are checked field by field."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import uuid
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import pytest
 import pytest_asyncio
 from quart.testing.app import TestApp as QuartTestApp
@@ -16,6 +19,8 @@ from service.app import Settings, create_app
 from service.settings import ServingSettings
 from service.state import app_state
 from sona_jax.config import SonaConfig
+from sona_jax.model.sequence_model import SASRecNet, flat_params, network_shape
+from sona_jax.serve.engine import ServingEngine
 from tests.service.servers import drop_postgres_database, fresh_postgres_database, redis_or_skip
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -149,6 +154,44 @@ async def test_the_sequential_source_explains_what_comes_next(api):
     for rec in sequential:
         assert len(rec["based_on"]) == 1 and rec["based_on"][0] in history
         assert rec["explanation"].startswith("Often watched next after ")
+
+
+async def test_a_model_with_a_transformer_serves_and_explains_it(api):
+    """A model version with a transformer network (here an untrained one: the test is of the
+    serving path, not of the network) and its weight up: items typed `transformer`, citing one
+    of the viewer's own items, and a `transformer` score component."""
+    client, app = api
+    user, content = await _known(app)
+    runtime = app_state(app).runtime
+    leaning = SMALL.with_overrides(
+        {"transformer": {"epochs": 1, "dim": 16, "blocks": 1}, "fusion": {"transformer": 3.0}}
+    )
+    original = runtime.engine
+    network = SASRecNet(original.model.n_items, network_shape(leaning))
+    params = network.init(jax.random.PRNGKey(0), jnp.zeros((1, 50), jnp.int32), train=False)
+    model = dataclasses.replace(original.model, config=leaning, transformer=flat_params(params))
+    async with runtime.writer:
+        runtime.replace(lambda engine: ServingEngine.load(model, leaning))
+    try:
+        response = await client.post(
+            "/api/v1/recommendations",
+            json={"user_id": user, "limit": 30, "diversity_threshold": 0.0},
+        )
+        scored = await client.post(
+            "/api/v1/personalization/score", json={"user_id": user, "content_id": content[2]}
+        )
+    finally:
+        async with runtime.writer:
+            runtime.replace(lambda engine: original)
+    assert response.status_code == 200 and scored.status_code == 200
+    recs = (await response.get_json())["recommendations"]
+    transformer = [r for r in recs if r["recommendation_type"] == "transformer"]
+    assert transformer, sorted({r["recommendation_type"] for r in recs})
+    history = {e.content_id for e in await app_state(app).store.user_events(user)}
+    for rec in transformer:
+        assert len(rec["based_on"]) == 1 and rec["based_on"][0] in history
+        assert rec["explanation"].startswith("Fits what you have been watching lately, like ")
+    assert (await scored.get_json())["components"]["transformer"] > 0.0
 
 
 async def test_fast_path_answers_as_the_quart_route_does(api):
@@ -359,6 +402,7 @@ async def test_similar_and_score(api):
         "content_based",
         "graph_based",
         "sequential",
+        "transformer",
         "context",
         "lora_boost",
     }

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from sona_jax.data.schema import Dataset, EventLog
 from sona_jax.eval import baselines, splits
-from sona_jax.eval.sasrec import SASRec, SASRecSettings, training_windows, user_sequences
+from sona_jax.eval.sasrec import SASRec, SASRecSettings
+from sona_jax.model.sequence_model import training_windows, user_sequences
 
 
 def rp3beta_reference(x: np.ndarray, alpha: float, beta: float, neighbours: int) -> np.ndarray:

@@ -8,7 +8,7 @@ import numpy as np
 from sona_jax.eval.weight_search import WeightSearch, search_weights
 from sona_jax.serve.fusion import N_SOURCES
 
-TARGET = np.array([0.5, 0.0, 0.5, 0.0, 0.0])  # two sources on, the rest dropped
+TARGET = np.array([0.5, 0.0, 0.5, 0.0, 0.0, 0.0])  # two sources on, the rest dropped
 
 
 def planted(weights: np.ndarray) -> float:
@@ -32,4 +32,4 @@ def test_coordinate_steps_find_what_draws_only_approach():
     assert n == len(scored) > n_drawn
     assert best == max(s for s, _ in scored) == planted(weights)
     assert best > best_drawn
-    np.testing.assert_allclose(weights[[1, 3, 4]], 0.0)  # factor 0 dropped them
+    np.testing.assert_allclose(weights[[1, 3, 4, 5]], 0.0)  # factor 0 dropped them

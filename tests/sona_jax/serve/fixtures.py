@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from hypothesis import strategies as st
 
 from sona_jax.config import SonaConfig
 from sona_jax.model.lora import make_base_tier
+from sona_jax.model.sequence_model import SASRecNet, network_shape
 from sona_jax.serve import retrieval
 from sona_jax.serve.fusion import COLD_START_SETTINGS
 from sona_jax.serve.state import RequestBatch, ServingState, UserBatch
@@ -21,16 +24,27 @@ SMALL_CFG = SonaConfig().with_overrides(
         "collaborative": {"neighbours": 4, "vote_items": 5},
         "graph": {"recent_items": 5, "frontier": 6, "seed_position_decay": 0.8},
         "sequential": {"recent_items": 4, "position_decay": 0.7},
-        "fusion": {"sequential": 0.2},
+        "transformer": {"epochs": 1, "dim": 8, "blocks": 1, "max_len": 5},
+        "fusion": {"sequential": 0.2, "transformer": 0.15},
         "candidates": {"per_source": 6, "trending": 3},
         "diversity": {"pool_size": 12},
     }
 )
 
 
+def random_network(seed: int, n_items: int, cfg: SonaConfig = SMALL_CFG) -> dict:
+    """A randomly initialised transformer network over ``n_items`` items."""
+    shape = network_shape(cfg)
+    net = SASRecNet(n_items, shape)
+    key = jax.random.PRNGKey(seed)
+    return net.init(key, jnp.zeros((1, shape.max_len), jnp.int32), train=False)
+
+
 def random_state(
     seed: int, n_items: int = 30, pool: int = 12, history: int = 6, m: int = 4
 ) -> ServingState:
+    """A random state whose transformer network knows all but the last two items (as if they
+    were added after the model)."""
     rng = np.random.default_rng(seed)
     e = rng.standard_normal((n_items, D)).astype(np.float32)
     e /= np.linalg.norm(e, axis=1, keepdims=True)
@@ -78,6 +92,7 @@ def random_state(
         new_items=np.zeros(0, np.int32),
         context_fit=np.zeros((0, 0), np.float32),
         context_items=np.zeros((0, 0), np.int32),
+        transformer=random_network(seed, n_items - 2),
     )
     fit, items = retrieval.context_candidates(state, SonaConfig())
     return state._replace(context_fit=fit, context_items=items)

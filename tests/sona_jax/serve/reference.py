@@ -48,6 +48,19 @@ def sequential(seeds, neighbours, edge_weights, position_decay, n_items):
     return out
 
 
+def transformer(recent_items, known, n_items, network, max_len):
+    """The network's next-item logits from a window built item by item: the latest
+    ``max_len`` recent items (newest first, -1 padded) reversed, +1, unknown items (>=
+    ``known``) as 0, left-padded to ``max_len``; items past ``known`` get the row's minimum."""
+    window = [0] * max_len
+    for position, item in enumerate(recent_items[:max_len]):
+        window[max_len - 1 - position] = int(item) + 1 if 0 <= item < known else 0
+    logits = network(np.array(window, np.int32))
+    out = np.full(n_items, logits.min())
+    out[:known] = logits
+    return out
+
+
 def sequence_origin(seeds, neighbours, edge_weights, position_decay, item):
     """The seed passing the most mass to ``item`` (first on ties), or -1 when none does."""
     best, best_mass = -1, 0.0

@@ -55,8 +55,8 @@ def test_fusion_weights_and_mmr_lambda_compile_nothing(model, compiles):
     first = _recommend(engine)
     compiles.clear()
     for weights, lam, gate in (
-        ((0.9, 0.0, 0.1, 0.0, 0.0), 0.2, (0.0, 0.0, 0.0, 0.0, 0.0)),
-        ((0.1, 0.5, 0.3, 0.2, 0.1), 1.0, (0.5, -1.0, 0.0, 1.0, 2.0)),
+        ((0.9, 0.0, 0.1, 0.0, 0.0, 0.0), 0.2, (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)),
+        ((0.1, 0.5, 0.3, 0.2, 0.3, 0.1), 1.0, (0.5, -1.0, 0.0, 1.0, -0.5, 2.0)),
     ):
         cfg = CFG.with_overrides(
             {
@@ -77,7 +77,7 @@ def test_fusion_weights_and_mmr_lambda_compile_nothing(model, compiles):
 
 
 def test_a_configured_learned_fusion_is_what_the_engine_serves(model):
-    gates = {"gate_history": (-2.0, 1.5, 0.5, 0.0, 0.0), "gate_context": (0.0,) * N_SOURCES}
+    gates = {"gate_history": (-2.0, 1.5, 0.5, 0.0, 0.0, 0.0), "gate_context": (0.0,) * N_SOURCES}
     learned = CFG.with_overrides({"fusion": gates})
     engine = ServingEngine.load(model, CFG)
     served = _recommend(engine.with_config(learned), 40)

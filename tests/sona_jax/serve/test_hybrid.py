@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sona_jax.config import SonaConfig
+from sona_jax.model.sequence_model import network_shape, next_item_logits
 from sona_jax.serve import fusion, mmr, recommend, retrieval, sources
 from sona_jax.serve.state import has_context
 from tests.sona_jax.model import reference as lora_reference
@@ -31,12 +32,13 @@ def catalogue_scores(state, users, request, cfg=CFG) -> fusion.SourceScores:
             sources.content_scores(state, users, cfg),
             sources.graph_scores(state, users, cfg),
             sources.sequential_scores(state, users, cfg),
+            sources.transformer_scores(state, users, cfg),
             sources.context_scores(state, users, request, cfg),
         ],
         axis=1,
     )
     active = jnp.concatenate(
-        [retrieval.active_retrieved(users), has_context(request)[:, None]], axis=1
+        [retrieval.active_retrieved(state, users), has_context(request)[:, None]], axis=1
     )
     return fusion.SourceScores(raw, sources.cold_start_scores(state, users, request, cfg), active)
 
@@ -99,6 +101,40 @@ def test_sequential_matches_reference(seed, n):
             got.shape[1],
         )
         np.testing.assert_allclose(got[u], want, rtol=1e-4, atol=1e-5)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seeds, sizes)
+def test_transformer_matches_reference(seed, n):
+    """Each viewer's window built by hand (latest max_len engaged items, oldest first, items
+    the network does not know read as padding) and run through the network alone; items added
+    after the network score the row's lowest logit."""
+    state = random_state(seed)
+    users = random_users(seed, state, n)
+    got = np.asarray(sources.transformer_scores(state, users, CFG))
+    known = state.transformer["params"]["items"]["embedding"].shape[0] - 1
+    for u in range(n):
+        want = reference.transformer(
+            users.recent_items[u],
+            known,
+            got.shape[1],
+            lambda window: np.asarray(
+                next_item_logits(state.transformer, jnp.asarray(window)[None], network_shape(CFG))
+            )[0],
+            CFG.transformer.max_len,
+        )
+        np.testing.assert_allclose(got[u], want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_model_without_a_transformer_leaves_the_source_silent():
+    state = random_state(3)._replace(transformer={})
+    users = random_users(3, state, 4)
+    assert not np.asarray(retrieval.active_retrieved(state, users))[:, fusion.TRANSFORMER].any()
+    assert np.all(np.asarray(sources.transformer_scores(state, users, CFG)) == 0.0)
+    with_network = np.asarray(retrieval.active_retrieved(random_state(3), users))
+    np.testing.assert_array_equal(
+        with_network[:, fusion.TRANSFORMER], np.asarray(users.recent_items)[:, 0] >= 0
+    )
 
 
 @settings(max_examples=25, deadline=None)

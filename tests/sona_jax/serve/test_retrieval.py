@@ -40,6 +40,7 @@ def test_retrieve_is_the_union_of_each_sources_top_items(seed, n):
             np.asarray(sources.content_scores(state, users, CFG)),
             np.asarray(sources.graph_scores(state, users, CFG)),
             np.asarray(sources.sequential_scores(state, users, CFG)),
+            np.asarray(sources.transformer_scores(state, users, CFG)),
         ],
         axis=1,
     )
@@ -53,7 +54,7 @@ def test_retrieve_is_the_union_of_each_sources_top_items(seed, n):
         allowed = np.array([i not in banned for i in range(full.shape[2])])
         has_profile = np.sum(users.preference[u] ** 2) > 0
         has_seeds = users.recent_items[u, 0] >= 0
-        active = [has_profile, has_profile, has_seeds, has_seeds]
+        active = [has_profile, has_profile, has_seeds, has_seeds, has_seeds]
         want = _top(cold[u], allowed, k) | _top(trending, allowed, CFG.candidates.trending)
         for s in range(retrieval.RETRIEVED_SOURCES):
             if active[s]:
