@@ -169,7 +169,13 @@ async def test_a_model_with_a_transformer_serves_and_explains_it(api):
     original = runtime.engine
     network = SASRecNet(original.model.n_items, network_shape(leaning))
     params = network.init(jax.random.PRNGKey(0), jnp.zeros((1, 50), jnp.int32), train=False)
-    model = dataclasses.replace(original.model, config=leaning, transformer=flat_params(params))
+    # a version of its own, as `sona train` publishes: cached lists are per model version
+    model = dataclasses.replace(
+        original.model,
+        version=original.model.version + 1,
+        config=leaning,
+        transformer=flat_params(params),
+    )
     async with runtime.writer:
         runtime.replace(lambda engine: ServingEngine.load(model, leaning))
     try:
