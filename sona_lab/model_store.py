@@ -28,6 +28,7 @@ from sona_jax.model.version import (
     UserHistoryTables,
     UserState,
 )
+from sona_jax.serve.fusion import SOURCE_NAMES, TRANSFORMER
 
 FORMAT = "sona-model/6"  # 6: the transformer source's network (5: the sequential source's tables)
 READABLE_FORMATS = ("sona-model/5", FORMAT)  # a version 5 model has no transformer
@@ -122,6 +123,17 @@ def _read_arrays(folder: Path) -> dict[str, np.ndarray]:
     }
 
 
+def with_transformer_gates(config: dict) -> dict:
+    """A format-5 manifest's config with the transformer's place (weight 0, no gating) in its
+    five-source gates, which the six-source config would refuse."""
+    fusion = dict(config.get("fusion", {}))
+    for gate in ("gate_history", "gate_context"):
+        values = fusion.get(gate)
+        if values is not None and len(values) == len(SOURCE_NAMES) - 1:
+            fusion[gate] = [*values[:TRANSFORMER], 0.0, *values[TRANSFORMER:]]
+    return {**config, "fusion": fusion}
+
+
 def load_model(root: str | Path, version: int | None = None) -> TrainedModel:
     """Load ``version`` (default: the newest) from ``root``."""
     versions = model_versions(root)
@@ -135,6 +147,8 @@ def load_model(root: str | Path, version: int | None = None) -> TrainedModel:
             f"{folder}: model format {manifest.get('format')!r}, this code reads "
             f"{', '.join(READABLE_FORMATS)} (train a new version)"
         )
+    if manifest["format"] == "sona-model/5":
+        manifest["config"] = with_transformer_gates(manifest["config"])
     arrays = _read_arrays(folder)
     users = _parts(arrays, "users")
     return TrainedModel(

@@ -282,10 +282,13 @@ def random_tie_pass(
             )
             model.reading(user_sequences(log, split.train, shuffled.n_users))
         refit[name] = model
-    # the transformer source reads the refit SASRec's network, as in the main pass
+    # the transformer source reads the refit SASRec's network, as in the main pass (without
+    # `transformer_source`, the config's own network is trained there and here)
     transformer = next(
         (flat_params(m.params) for m in refit.values() if isinstance(m, SASRec)), None
     )
+    if not options.transformer_source:
+        transformer = None
     engine = TrainedEngines(subset(shuffled, split.train), transformer)(cfg)
     tod, device = context_arrays(split, users, True)
     lists = {"sona-hybrid": rank(engine, users, weights, mmr_lambda, tod, device, k)}

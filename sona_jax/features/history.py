@@ -35,6 +35,15 @@ def ranked_within_user(user: np.ndarray, order_key: np.ndarray) -> tuple[np.ndar
     return order, np.arange(len(user)) - starts[user]
 
 
+def newest_first(timestamp: np.ndarray) -> np.ndarray:
+    """(events,) an order key, ascending = newest first: by ``timestamp`` (seconds), and
+    within a second the later-logged event first, so "the viewer's latest item" is the same
+    event the log (and P1's test split) ends with."""
+    key = np.empty(len(timestamp), np.int64)
+    key[np.lexsort((np.arange(len(timestamp)), timestamp))] = -np.arange(len(timestamp))
+    return key
+
+
 def per_user_table(
     user: np.ndarray,
     item: np.ndarray,
@@ -93,7 +102,7 @@ def recent_engaged(
     return per_user_table(
         log.user[engaged],
         log.item[engaged],
-        -log.timestamp[engaged],
+        newest_first(log.timestamp[engaged]),
         weights[engaged],
         n_users,
         width=width,

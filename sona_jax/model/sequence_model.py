@@ -143,11 +143,14 @@ def last_windows(sequences: list[np.ndarray], users: np.ndarray, max_len: int) -
 
 def recent_windows(recent_items: jnp.ndarray, n_items: int, max_len: int) -> jnp.ndarray:
     """(users, max_len) network input from a viewer's recent items (users, Lh) newest first,
-    -1 padded: the latest ``max_len`` oldest first, left-padded, items the network was not
-    trained on (added since) read as padding."""
-    recent = recent_items[:, :max_len]
-    known = (recent >= 0) & (recent < n_items)
-    window = jnp.where(known, recent + 1, PADDING)[:, ::-1]
+    -1 padded: the latest ``max_len`` items the network knows, oldest first, left-padded.
+    Items it was not trained on (added since) are skipped, not read as padding: a padded
+    last position would give every such viewer the same logits."""
+    known = (recent_items >= 0) & (recent_items < n_items)
+    order = jnp.argsort(~known, axis=1, stable=True)  # known items first, newest first
+    recent = jnp.take_along_axis(recent_items, order, axis=1)[:, :max_len]
+    kept = jnp.take_along_axis(known, order, axis=1)[:, :max_len]
+    window = jnp.where(kept, recent + 1, PADDING)[:, ::-1]
     missing = max_len - window.shape[1]
     return jnp.pad(window, ((0, 0), (missing, 0))) if missing > 0 else window
 

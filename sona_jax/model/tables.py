@@ -25,7 +25,7 @@ from sona_jax.data.schema import (
     EventLog,
     hour_of_timestamp,
 )
-from sona_jax.features.history import ranked_within_user
+from sona_jax.features.history import newest_first, ranked_within_user
 
 # Genre name stems each mood favours; matched case-insensitively against a catalogue's genres.
 MOOD_GENRE_STEMS: dict[str, tuple[str, ...]] = {
@@ -73,7 +73,7 @@ def _engagement_sets(
     viewers and 1,000 items each."""
     engaged = weights > 0
     user, item = log.user[engaged], log.item[engaged]
-    order, rank = ranked_within_user(user, -log.timestamp[engaged])
+    order, rank = ranked_within_user(user, newest_first(log.timestamp[engaged]))
     keep = rank < per_user
     x = sp.csr_matrix(
         (np.ones(int(keep.sum()), np.float32), (user[order][keep], item[order][keep])),
@@ -204,13 +204,13 @@ def build_sequence_graph(
     a viewer engaged with j 1..``window`` engaged events after i (weight ``window_decay`` per
     step apart), summed over viewers, each row normalised to sum 1 over its successors (an
     estimate of what comes next), then cut to the M largest. Order within a viewer is the one
-    their history table uses (`history.recent_engaged`: newest first, same-second events in
-    log order), so the serving seeds and these links agree. Padding points at the item itself
+    their history table uses (`history.newest_first`: newest first, same-second events
+    latest-logged first), so the serving seeds and these links agree. Padding points at the item itself
     with weight 0."""
     s = cfg.sequential
     engaged = weights > 0
     user, item = log.user[engaged], log.item[engaged]
-    order, _ = ranked_within_user(user, -log.timestamp[engaged])
+    order, _ = ranked_within_user(user, newest_first(log.timestamp[engaged]))
     user, item = user[order], item[order]  # each viewer's engaged items, newest first
     rows, cols, values = [], [], []
     for step in range(1, s.window + 1):

@@ -107,7 +107,7 @@ def active_retrieved(state: ServingState, users: UserBatch) -> jnp.ndarray:
     transformer have anything to say."""
     has_profile = jnp.sum(users.preference**2, axis=1) > 0
     has_seeds = users.recent_items[:, 0] >= 0
-    reads = has_seeds & sources.has_transformer(state)
+    reads = sources.transformer_reads(state, users)
     return jnp.stack([has_profile, has_profile, has_seeds, has_seeds, reads], axis=1)
 
 

@@ -154,6 +154,15 @@ def has_transformer(state: ServingState) -> bool:
     return bool(state.transformer)
 
 
+def transformer_reads(state: ServingState, users: UserBatch) -> jnp.ndarray:
+    """(users,) whether the transformer has a window to read: the model has a network and the
+    viewer has a recent item it was trained on."""
+    if not has_transformer(state):
+        return jnp.zeros(users.recent_items.shape[0], bool)
+    recent = users.recent_items
+    return jnp.any((recent >= 0) & (recent < network_items(state.transformer)), axis=1)
+
+
 def transformer_scores(state: ServingState, users: UserBatch, cfg: SonaConfig) -> jnp.ndarray:
     """The transformer's next-item logits (users, items) from the viewer's latest
     ``transformer.max_len`` engaged items; items added after the model score each row's

@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 from service.cli import main
 from sona_jax.model.train import train_model
+from sona_jax.serve.fusion import SOURCE_NAMES, TRANSFORMER
 from sona_lab.model_store import ModelFormatError, load_model, model_versions, save_model
 
 
@@ -37,6 +38,23 @@ def test_an_earlier_format_is_refused_by_name(tmp_path, synthetic_small, small_c
     (folder / "manifest.json").write_text(json.dumps(manifest | {"format": "sona-model/4"}))
     with pytest.raises(ModelFormatError, match="sona-model/4.*sona-model/5"):
         load_model(tmp_path)
+
+
+def test_a_format_5_version_loads_with_the_transformer_ungated(
+    tmp_path, synthetic_small, small_config
+):
+    """Format 5 knew five sources: its gates gain the transformer's place (0), the others kept
+    where they were."""
+    folder = save_model(train_model(synthetic_small, small_config), tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    five = [0.1, 0.2, 0.3, 0.4, 0.5]  # collaborative, content, graph, sequential, context
+    manifest["config"]["fusion"]["gate_history"] = five
+    manifest["format"] = "sona-model/5"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    loaded = load_model(tmp_path)
+    assert loaded.config.fusion.gate_history[TRANSFORMER] == 0.0
+    assert [g for i, g in enumerate(loaded.config.fusion.gate_history) if i != TRANSFORMER] == five
+    assert len(loaded.config.fusion.gate_context) == len(SOURCE_NAMES)
 
 
 def test_cli_train_saves_a_loadable_version(tmp_path):

@@ -74,3 +74,22 @@ def test_a_sequence_that_always_moves_on_by_one_is_learned(small_config):
     )
     want = (recent[:, 0] + 1) % n_items
     assert (logits.argmax(axis=1) == want).mean() > 0.9
+
+
+def test_windows_skip_items_the_network_does_not_know():
+    """Items added after training (index >= the network's items) are left out of the window,
+    so the latest known items still end it; -1 is padding."""
+    n_items = 10
+    recent = np.array(
+        [
+            [12, 3, 11, 4, 5, -1],  # newest first; 12 and 11 unknown
+            [11, 12, -1, -1, -1, -1],  # nothing known: all padding
+            [1, 2, 3, 4, 5, 6],  # more than the window holds: the latest 4
+        ]
+    )
+    windows = np.asarray(sequence_model.recent_windows(recent, n_items, 4))
+    padding = sequence_model.PADDING
+    # network ids are item index + 1, oldest first, left-padded
+    np.testing.assert_array_equal(windows[0], [padding, 6, 5, 4])
+    np.testing.assert_array_equal(windows[1], [padding] * 4)
+    np.testing.assert_array_equal(windows[2], [5, 4, 3, 2])

@@ -50,11 +50,11 @@ def sequential(seeds, neighbours, edge_weights, position_decay, n_items):
 
 def transformer(recent_items, known, n_items, network, max_len):
     """The network's next-item logits from a window built item by item: the latest
-    ``max_len`` recent items (newest first, -1 padded) reversed, +1, unknown items (>=
-    ``known``) as 0, left-padded to ``max_len``; items past ``known`` get the row's minimum."""
-    window = [0] * max_len
-    for position, item in enumerate(recent_items[:max_len]):
-        window[max_len - 1 - position] = int(item) + 1 if 0 <= item < known else 0
+    ``max_len`` recent items the network knows (newest first, -1 padded; items >= ``known``
+    skipped), reversed, +1, left-padded with 0 to ``max_len``; items past ``known`` get the
+    row's minimum."""
+    kept = [int(item) for item in recent_items if 0 <= item < known][:max_len]
+    window = [0] * (max_len - len(kept)) + [item + 1 for item in reversed(kept)]
     logits = network(np.array(window, np.int32))
     out = np.full(n_items, logits.min())
     out[:known] = logits

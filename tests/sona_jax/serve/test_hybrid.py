@@ -106,9 +106,9 @@ def test_sequential_matches_reference(seed, n):
 @settings(max_examples=15, deadline=None)
 @given(seeds, sizes)
 def test_transformer_matches_reference(seed, n):
-    """Each viewer's window built by hand (latest max_len engaged items, oldest first, items
-    the network does not know read as padding) and run through the network alone; items added
-    after the network score the row's lowest logit."""
+    """Each viewer's window built by hand (latest max_len engaged items the network knows,
+    oldest first, left-padded) and run through the network alone; items added after the
+    network score the row's lowest logit."""
     state = random_state(seed)
     users = random_users(seed, state, n)
     got = np.asarray(sources.transformer_scores(state, users, CFG))
