@@ -111,7 +111,10 @@ class PostgresStore(PostgresExperiments):
 
     async def user_events(self, user_id: str) -> list[EventRow]:
         rows = await self.pool.fetch(
-            f"SELECT {EVENT_COLUMNS} FROM events WHERE user_id = $1 ORDER BY ts", user_id
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE user_id = $1 "
+            # same-second events in arrival order (then by id): a deterministic latest item
+            "ORDER BY ts, received_at, content_id",
+            user_id,
         )
         return [event_from_columns(row) for row in rows]
 

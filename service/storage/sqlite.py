@@ -119,7 +119,10 @@ class SQLiteStore(SQLiteExperiments):
 
     async def user_events(self, user_id: str) -> list[EventRow]:
         async with self.db.execute(
-            f"SELECT {EVENT_COLUMNS} FROM events WHERE user_id = ? ORDER BY ts", (user_id,)
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE user_id = ? "
+            # same-second events in arrival order (then by id): a deterministic latest item
+            "ORDER BY ts, received_at, content_id",
+            (user_id,),
         ) as cursor:
             return [event_from_columns(row) for row in await cursor.fetchall()]
 
