@@ -21,24 +21,24 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
 from sona_jax.config import SonaConfig
 from sona_jax.data.schema import Dataset
-from sona_jax.eval.baseline_rows import baseline_rows, fit_sasrec, hybrid_intervals, matrix_of
+from sona_jax.eval.baseline_rows import baseline_rows, fit_sasrec, hybrid_intervals
 from sona_jax.eval.cold_start import cold_start_curve, tune_cold_start
-from sona_jax.eval.learned_fusion import FusionFitSettings, learn_on_validation
-from sona_jax.eval.metrics import list_metrics, per_user_ndcg, ranking_metrics, top_from_scores
+from sona_jax.eval.engines import TrainedEngines, context_arrays, transformer_from
+from sona_jax.eval.learned_fusion import FusionFitSettings
+from sona_jax.eval.metrics import list_metrics, per_user_ndcg, ranking_metrics
 from sona_jax.eval.ranking import rank
-from sona_jax.eval.sasrec import SASRec, SASRecSettings
-from sona_jax.eval.splits import Split, make_split, order_ties, subset
-from sona_jax.eval.weight_search import WeightSearch, one_hot_weights, search_weights
-from sona_jax.model.sequence_model import flat_params, user_sequences
-from sona_jax.model.train import train_model
-from sona_jax.serve.engine import ServingEngine
-from sona_jax.serve.fusion import SOURCE_NAMES, fusion_matrix, fusion_weights
+from sona_jax.eval.sasrec import SASRecSettings
+from sona_jax.eval.splits import order_ties, protocol_splits, subset
+from sona_jax.eval.tie_pass import random_tie_pass
+from sona_jax.eval.validation_tuning import tune_on_validation
+from sona_jax.eval.weight_search import WeightSearch, one_hot_weights
+from sona_jax.serve.fusion import SOURCE_NAMES, fusion_matrix
 
 LogFn = Callable[[str], None]
 Clock = Callable[[], float]
@@ -104,41 +104,6 @@ class EvalOptions:
         return f"ndcg@{self.k}"
 
 
-class TrainedEngines:
-    """Engines for configs on one dataset, one trained model per train-time digest; a config
-    that trains a transformer gets ``transformer`` (flattened parameters: `transformer_from`)
-    instead of training one per model."""
-
-    def __init__(self, dataset: Dataset, transformer: dict[str, np.ndarray] | None = None):
-        self.dataset, self.models, self.transformer = dataset, {}, transformer
-
-    def __call__(self, cfg: SonaConfig) -> ServingEngine:
-        digest = cfg.train_digest()
-        if digest not in self.models:
-            given = self.transformer if cfg.transformer.epochs > 0 else None
-            model = train_model(self.dataset, cfg, transformer=given)
-            self.models[digest] = ServingEngine.load(model)
-        return self.models[digest].with_config(cfg)
-
-
-def transformer_from(cfg: SonaConfig, sasrec: SASRec) -> tuple[SonaConfig, dict[str, np.ndarray]]:
-    """``cfg`` training the transformer source as ``sasrec`` was trained (its shape, settings
-    and chosen epochs), and that network's flattened parameters: the source reads the baseline's
-    network, so the run trains it once."""
-    s = sasrec.config
-    settings = {
-        "epochs": int(sasrec.epochs),
-        "dim": s.dim,
-        "blocks": s.blocks,
-        "heads": s.heads,
-        "max_len": s.max_len,
-        "dropout": s.dropout,
-        "learning_rate": s.learning_rate,
-        "batch": s.batch,
-    }
-    return cfg.with_overrides({"transformer": settings}), flat_params(sasrec.params)
-
-
 def fusion_record(weights) -> dict:
     """The JSON of fusion weights (N_SOURCES,) or a learned fusion matrix (3, N_SOURCES), by
     source name."""
@@ -150,165 +115,6 @@ def fusion_record(weights) -> dict:
             "gate_context": dict(zip(SOURCE_NAMES, map(float, rows[2]), strict=True)),
         }
     return record
-
-
-def context_arrays(split: Split, users: np.ndarray, use_context: bool):
-    """The test events' (time_of_day, device) of ``users``, or (None, None)."""
-    if not use_context:
-        return None, None
-    return split.test_time_of_day[users], split.test_device[users]
-
-
-def tune_on_validation(
-    dataset: Dataset,
-    val_split: Split,
-    cfg: SonaConfig,
-    options: EvalOptions,
-    log_fn: LogFn,
-    transformer: dict[str, np.ndarray] | None = None,
-) -> tuple[SonaConfig, np.ndarray, float, dict]:
-    """Fusion weights, graph walk and MMR λ chosen on the validation split (models given the
-    ``transformer`` network, as `TrainedEngines`).
-
-    Returns the chosen config, weights (N_SOURCES,), λ and what was tried.
-    """
-    engines = TrainedEngines(subset(dataset, val_split.train), transformer)
-    val_users = val_split.users
-    tod, device = context_arrays(val_split, val_users, options.protocol == "p1")
-
-    def ndcg(engine: ServingEngine, weights, lam: float = 1.0) -> float:
-        top = rank(engine, val_users, weights, lam, tod, device, options.k)
-        return ranking_metrics(top, val_split.test, val_users)[options.ndcg]
-
-    # The walk is chosen by the graph source's own NDCG, then the weights on that model: a
-    # joint maximum over every (walk, weights) pair picked validation noise (ML-100K P1: a
-    # walk 0.0012 worse alone on validation won by one weight draw and lost 0.012 on test).
-    graph_alone = one_hot_weights(SOURCE_NAMES.index("graph_based"))
-    walks = [cfg] + [cfg.with_overrides({"graph": dict(s)}) for s in options.graph_settings]
-    walk_ndcg = [ndcg(engines(walk), graph_alone) for walk in walks]
-    best_cfg = walks[int(np.argmax(walk_ndcg))]  # the first of equals
-    engine = engines(best_cfg)
-    configured_ndcg = ndcg(engines(cfg), fusion_matrix(cfg))
-    search = replace(options.weight_search, seed=options.seed)
-    best_ndcg, weights, n_trials = search_weights(
-        lambda weights: ndcg(engine, weights), np.asarray(fusion_weights(cfg)), search
-    )
-    lambdas = [(ndcg(engine, weights, lam), lam) for lam in options.mmr_lambdas]
-    best_ndcg, headline_lambda = max(lambdas, key=lambda trial: trial[0])
-    fixed_weights = weights
-    learned = None
-    if options.learned_fusion:
-        matrix, learned = learn_on_validation(
-            engine,
-            val_split.test,
-            val_users,
-            tod,
-            device,
-            weights,
-            best_cfg,
-            options.fusion_fit,
-            options.k,
-        )
-        if learned["used"]:
-            weights = matrix
-        log_fn(
-            f"learned fusion: cross-fitted validation NDCG@{options.k} "
-            f"{max(learned['cross_fitted_ndcg'].values()):.4f} vs fixed {learned['fixed_ndcg']:.4f}"
-            " (difference's 95 % interval [{:+.4f}, {:+.4f}]; ".format(
-                *learned["learned_minus_fixed_95ci"]
-            )
-            + f"{'used' if learned['used'] else 'not used'}; L2 {learned['l2']}, matrix "
-            f"{np.round(matrix, 3).tolist()})"
-        )
-    graph_keys = ("seed_position_decay", "recent_items", "seed_weighting", "hops", "first_hop")
-    tuned = {
-        "tuned": fixed_weights.tolist(),
-        "learned": learned,
-        f"validation_{options.ndcg}": best_ndcg,
-        "tuned_mmr_lambda": headline_lambda,
-        f"validation_configured_{options.ndcg}": configured_ndcg,
-        f"validation_graph_{options.ndcg}": walk_ndcg,
-        "trials": n_trials,
-        "models_trained": len(engines.models),
-        "tuned_seed_position_decay": best_cfg.graph.seed_position_decay,
-        "tuned_recent_items": best_cfg.graph.recent_items,
-        "tuned_graph": {key: getattr(best_cfg.graph, key) for key in graph_keys},
-    }
-    g = best_cfg.graph
-    log_fn(
-        f"fusion weights {np.round(fixed_weights, 3).tolist()}, graph seeds {g.recent_items} "
-        f"x{g.seed_position_decay}/position ({g.seed_weighting}, {g.hops} hops, "
-        f"{g.first_hop} first hop), MMR λ {headline_lambda} (validation NDCG@{options.k} "
-        f"{best_ndcg:.4f} vs configured {configured_ndcg:.4f})"
-    )
-    return best_cfg, weights, headline_lambda, tuned
-
-
-def protocol_splits(dataset: Dataset, options: EvalOptions) -> tuple[Split, Split]:
-    """The test split over every event and the validation split carved from its train."""
-    log, n_users, n_items = dataset.events, dataset.n_users, dataset.n_items
-    everything = np.ones(len(log), bool)
-    split = make_split(options.protocol, log, everything, n_users, n_items, options.seed)
-    val_split = make_split(options.protocol, log, split.train, n_users, n_items, options.seed + 1)
-    return split, val_split
-
-
-def random_tie_pass(
-    dataset: Dataset,
-    cfg: SonaConfig,
-    weights: np.ndarray,
-    mmr_lambda: float,
-    chosen: dict,
-    seed: int,
-    options: EvalOptions,
-    log_fn: LogFn,
-) -> dict:
-    """The hybrid, each of its sources and every baseline with the settings already chosen,
-    refit after same-second events are put in a random (seeded) order: NDCG per row and the
-    hybrid's paired interval against each. Nothing is re-tuned, so every row's settings were
-    chosen on the main order's validation split, whose held-out item can be this order's test
-    item (the same for every row: a check of the order's effect, not a fresh evaluation)."""
-    shuffled = order_ties(dataset, "random", seed)
-    split, val_split = protocol_splits(shuffled, options)
-    users, k = split.users, options.k
-    log = shuffled.events
-    refit = {}
-    for name, model in chosen.items():
-        if isinstance(model, SASRec):
-            # as in the main row: the chosen epochs on the validation split's train part, then
-            # read each viewer's whole train sequence
-            model = SASRec(model.config, epochs=model.epochs).fit(
-                user_sequences(log, val_split.train, shuffled.n_users), shuffled.n_items
-            )
-            model.reading(user_sequences(log, split.train, shuffled.n_users))
-        refit[name] = model
-    # the transformer source reads the refit SASRec's network, as in the main pass (without
-    # `transformer_source`, the config's own network is trained there and here)
-    transformer = next(
-        (flat_params(m.params) for m in refit.values() if isinstance(m, SASRec)), None
-    )
-    if not options.transformer_source:
-        transformer = None
-    engine = TrainedEngines(subset(shuffled, split.train), transformer)(cfg)
-    tod, device = context_arrays(split, users, True)
-    lists = {"sona-hybrid": rank(engine, users, weights, mmr_lambda, tod, device, k)}
-    for s, name in enumerate(SOURCE_NAMES):  # each source alone, as in the main pass
-        lists[name] = rank(engine, users, one_hot_weights(s), 1.0, tod, device, k)
-    train_matrix = matrix_of(shuffled, split.train)
-    for name, model in refit.items():
-        if not isinstance(model, SASRec):
-            model = model.fit(train_matrix)
-        lists[name] = top_from_scores(model.scores(users), train_matrix, users, k)
-    per_user = {name: per_user_ndcg(top, split.test, users)[0] for name, top in lists.items()}
-    rows = [
-        {"name": name, "metrics": {options.ndcg: float(v.mean())}} for name, v in per_user.items()
-    ]
-    hybrid_intervals(rows[1:], per_user, per_user["sona-hybrid"], options.seed)
-    log_fn(
-        f"random ties (seed {seed}): "
-        + ", ".join(f"{row['name']} {row['metrics'][options.ndcg]:.4f}" for row in rows)
-    )
-    return {"seed": seed, "rows": rows}
 
 
 def evaluate(

@@ -15,12 +15,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
 
 from sona_jax.data.schema import Dataset, EventLog
 from sona_jax.eval.baselines import interaction_matrix
+
+if TYPE_CHECKING:
+    from sona_jax.eval.protocols import EvalOptions
 
 TIE_BREAKS = ("hashed", "random", "file")
 
@@ -156,3 +160,12 @@ def first_events_mask(
     cut = np.zeros(n_users, bool)
     cut[users] = True
     return mask & (~cut[log.user] | (rank < n_events))
+
+
+def protocol_splits(dataset: Dataset, options: EvalOptions) -> tuple[Split, Split]:
+    """The test split over every event and the validation split carved from its train."""
+    log, n_users, n_items = dataset.events, dataset.n_users, dataset.n_items
+    everything = np.ones(len(log), bool)
+    split = make_split(options.protocol, log, everything, n_users, n_items, options.seed)
+    val_split = make_split(options.protocol, log, split.train, n_users, n_items, options.seed + 1)
+    return split, val_split

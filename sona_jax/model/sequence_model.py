@@ -141,12 +141,17 @@ def last_windows(sequences: list[np.ndarray], users: np.ndarray, max_len: int) -
     return rows
 
 
+def known_items(recent_items: jnp.ndarray, n_items: int) -> jnp.ndarray:
+    """(users, Lh) which of the recent items (-1 padded) the network of ``n_items`` knows."""
+    return (recent_items >= 0) & (recent_items < n_items)
+
+
 def recent_windows(recent_items: jnp.ndarray, n_items: int, max_len: int) -> jnp.ndarray:
     """(users, max_len) network input from a viewer's recent items (users, Lh) newest first,
     -1 padded: the latest ``max_len`` items the network knows, oldest first, left-padded.
     Items it was not trained on (added since) are skipped, not read as padding: a padded
     last position would give every such viewer the same logits."""
-    known = (recent_items >= 0) & (recent_items < n_items)
+    known = known_items(recent_items, n_items)
     order = jnp.argsort(~known, axis=1, stable=True)  # known items first, newest first
     recent = jnp.take_along_axis(recent_items, order, axis=1)[:, :max_len]
     kept = jnp.take_along_axis(known, order, axis=1)[:, :max_len]

@@ -205,8 +205,8 @@ def build_sequence_graph(
     step apart), summed over viewers, each row normalised to sum 1 over its successors (an
     estimate of what comes next), then cut to the M largest. Order within a viewer is the one
     their history table uses (`history.newest_first`: newest first, same-second events
-    latest-logged first), so the serving seeds and these links agree. Padding points at the item itself
-    with weight 0."""
+    latest-logged first), so the serving seeds and these links agree. Padding points at the
+    item itself with weight 0."""
     s = cfg.sequential
     engaged = weights > 0
     user, item = log.user[engaged], log.item[engaged]

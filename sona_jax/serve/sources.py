@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from sona_jax.config import SonaConfig
 from sona_jax.model.lora import catalogue_logits, fold_queries
 from sona_jax.model.sequence_model import (
+    known_items,
     network_items,
     network_shape,
     next_item_logits,
@@ -159,8 +160,7 @@ def transformer_reads(state: ServingState, users: UserBatch) -> jnp.ndarray:
     viewer has a recent item it was trained on."""
     if not has_transformer(state):
         return jnp.zeros(users.recent_items.shape[0], bool)
-    recent = users.recent_items
-    return jnp.any((recent >= 0) & (recent < network_items(state.transformer)), axis=1)
+    return jnp.any(known_items(users.recent_items, network_items(state.transformer)), axis=1)
 
 
 def transformer_scores(state: ServingState, users: UserBatch, cfg: SonaConfig) -> jnp.ndarray:

@@ -8,11 +8,12 @@ import numpy as np
 
 from sona_jax.config import SonaConfig, config_from_dict
 from sona_jax.eval import protocols
+from sona_jax.eval.engines import TrainedEngines
 from sona_jax.eval.learned_fusion import FusionFitSettings, fit_fusion, learn_on_validation
 from sona_jax.eval.metrics import per_user_ndcg
 from sona_jax.eval.ranking import rank
 from sona_jax.eval.sasrec import SASRecSettings
-from sona_jax.eval.splits import subset
+from sona_jax.eval.splits import protocol_splits, subset
 from sona_jax.eval.weight_search import WeightSearch
 from sona_jax.serve.fusion import (
     CONTEXT,
@@ -83,8 +84,8 @@ def test_the_learned_gates_find_a_planted_per_viewer_preference():
 def test_learning_on_validation_records_what_ranking_measures(synthetic_small):
     cfg = SonaConfig().with_overrides({"model": {"embedding_dim": 32}})
     options = protocols.EvalOptions(protocol="p2")
-    split, val_split = protocols.protocol_splits(synthetic_small, options)
-    engine = protocols.TrainedEngines(subset(synthetic_small, val_split.train))(cfg)
+    split, val_split = protocol_splits(synthetic_small, options)
+    engine = TrainedEngines(subset(synthetic_small, val_split.train))(cfg)
     users = val_split.users
     fixed = np.asarray(fusion_weights(cfg))
     settings = FusionFitSettings(steps=60, l2_grid=(0.1, 1.0))
