@@ -28,6 +28,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from service.admission import Overloaded, RunningCost, waited
+from service.settings import ServingSettings
+from sona_jax.buckets import USER_BUCKETS
 
 log = logging.getLogger("sona.batcher")
 
@@ -271,3 +273,26 @@ class MicroBatcher:
         if any(thread.is_alive() for thread in self.threads):
             log.error("%s: engine threads still busy after %.0f s", self.name, timeout)
         await asyncio.sleep(0)  # let the last answers (queued before join returned) run
+
+
+def serving_batcher(
+    name: str,
+    process: Callable[[Sequence[Any]], Sequence[Any]],
+    serving: ServingSettings,
+    on_batch: Callable[[int, float], None] | None = None,
+) -> MicroBatcher:
+    """A started batcher of engine calls under the serving settings (batching on or off)."""
+    batcher = MicroBatcher(
+        name,
+        process,
+        serving.max_batch if serving.batching else 1,
+        serving.batch_window_ms if serving.batching else 0.0,
+        serving.max_queue,
+        on_batch=on_batch,
+        engines=serving.engine_threads,
+        sizes=USER_BUCKETS,
+        solo_from=None if serving.xla_threads == 1 else OVERLAP_MAX_BATCH,
+        max_wait_ms=serving.max_wait_ms,
+    )
+    batcher.start()
+    return batcher

@@ -1,11 +1,13 @@
 """Live experiments (issue 15): which variant serves each viewer, what that variant changes in
 the engine's request, and the lists it showed (written to the store in batches).
 
-Variants change only settings the engine takes as arrays per request row, the fusion matrix
-(weights and gates), MMR λ and the cold-start and exploration settings, so any number of live
-variants compiles nothing new. Settings that shape a compiled program (pool sizes, the most
-exploration a list may have) or another model version are refused when an experiment is
-created, naming the field.
+Config variants change only settings the engine takes as arrays per request row, the fusion
+matrix (weights and gates), MMR λ and the cold-start and exploration settings, so any number of
+live variants compiles nothing new. Settings that shape a compiled program (pool sizes, the most
+exploration a list may have) are refused when an experiment is created, naming the field. A
+variant may also serve another stored model version (`service.model_arms`); how many versions
+may be live at once is capped (``serving.max_variant_models``), which bounds the programs and
+memory variants add.
 
 Every process reads the experiments from the store (at start, every
 ``serving.experiments_poll_seconds``, and at once after its own writes), so assignment,
@@ -18,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -41,6 +43,9 @@ VARIANT_SETTINGS: dict[str, frozenset[str]] = {
 }
 assert set(COLD_START_SETTINGS) < set(ColdStartConfig.model_fields)  # most_exploration stays
 CONTROL = 0  # the first variant is the control every other is compared with
+# Experiments whose variants' model versions the store keeps, and those whose arms may serve.
+HOLDS_MODELS = frozenset({"running", "paused", "shipped"})
+ARMS_LIVE = frozenset({"running", "paused"})
 
 
 def check_fragment(fragment: dict[str, Any], cfg: SonaConfig, where: str) -> None:
@@ -78,6 +83,20 @@ def _merged(fragments: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def named_model_versions(
+    records: Sequence[ExperimentRecord], statuses: frozenset[str] = HOLDS_MODELS
+) -> set[int]:
+    """The model versions the variants of experiments in ``statuses`` name (by default those
+    the store keeps past ``learning.keep_versions``)."""
+    return {
+        v["model_version"]
+        for r in records
+        if r.status in statuses
+        for v in r.definition["variants"]
+        if v.get("model_version") is not None
+    }
+
+
 @dataclass(frozen=True)
 class LiveExperiment:
     """A running experiment as the hot path reads it."""
@@ -88,6 +107,7 @@ class LiveExperiment:
     traffic: tuple[float, ...]
     variant_names: tuple[str, ...]
     fragments: tuple[dict[str, Any], ...]
+    model_versions: tuple[int | None, ...]  # None: the served default
 
     @classmethod
     def of(cls, record: ExperimentRecord) -> LiveExperiment:
@@ -99,12 +119,17 @@ class LiveExperiment:
             tuple(v["traffic"] for v in variants),
             tuple(v["name"] for v in variants),
             tuple(v.get("config", {}) for v in variants),
+            tuple(v.get("model_version") for v in variants),
         )
 
 
 class Arm(NamedTuple):
     experiment: LiveExperiment
     variant: int
+
+    @property
+    def model_version(self) -> int | None:
+        return self.experiment.model_versions[self.variant]
 
     def tag(self) -> dict[str, str]:
         return {
@@ -116,14 +141,16 @@ class Arm(NamedTuple):
 class Assignment(NamedTuple):
     """What serves one viewer: their arm in each running experiment (oldest first), the
     fusion matrix (3, N_SOURCES), MMR λ and cold-start settings row (`cold_start_row`) those
-    arms and the shipped variants set (None: the configured one), and ``key``, which tells list
-    caches the variants apart."""
+    arms and the shipped variants set (None: the configured one), ``key``, which tells list
+    caches the variants apart, and the model version an arm serves (None: the served one; of
+    two arms naming one, the newer experiment's, as for config)."""
 
     arms: tuple[Arm, ...]
     fusion: np.ndarray | None
     mmr_lambda: float | None
     cold_start: np.ndarray | None
     key: tuple
+    model_version: int | None = None
 
 
 # What a set of fragments serves: fusion matrix, MMR λ, cold-start row (None: configured).
@@ -143,6 +170,9 @@ class Experiments:
         self.poll_seconds, self.flush_seconds = poll_seconds, flush_seconds
         self.running: tuple[LiveExperiment, ...] = ()
         self.shipped: tuple[tuple[str, dict[str, Any]], ...] = ()  # (id, fragment), ship order
+        # The model version the newest shipped model variant made the default (None: newest).
+        self.pinned_model_version: int | None = None
+        self.on_models: Callable[[frozenset[int]], None] | None = None  # versions arms serve
         self._settings: dict[tuple, VariantSettings] = {}
         self._pending: list[ExposureRow] = []
         self._tasks: list[asyncio.Task] = []
@@ -155,15 +185,28 @@ class Experiments:
         fragments = tuple(
             (r.experiment_id, _variant(r, r.shipped_variant).get("config", {})) for r in shipped
         )
+        pins = [_variant(r, r.shipped_variant).get("model_version") for r in shipped]
+        self.pinned_model_version = next((v for v in reversed(pins) if v is not None), None)
         if running != self.running or fragments != self.shipped:
             self.running, self.shipped, self._settings = running, fragments, {}
+            if self.on_models is not None:
+                self.on_models(self.model_versions())
 
-    def assignment(self, user_id: str) -> Assignment:
+    def model_versions(self) -> frozenset[int]:
+        """The model versions running experiments' variants serve."""
+        return frozenset(v for e in self.running for v in e.model_versions if v is not None)
+
+    def assignment(
+        self, user_id: str, serves: Callable[[int], bool] = lambda version: True
+    ) -> Assignment:
         """The viewer's arms (a hash of each experiment's salt and the user id) and what
-        they serve."""
+        they serve. An arm whose model version this process cannot serve yet (``serves``
+        false: still loading) is left out, as if the viewer were not in that experiment: its
+        lists are neither changed nor counted."""
         if not self.running and not self.shipped:
             return NO_EXPERIMENT
         arms = tuple(Arm(e, assign(e.salt, user_id, e.traffic)) for e in self.running)
+        arms = tuple(a for a in arms if a.model_version is None or serves(a.model_version))
         key = (
             tuple(s[0] for s in self.shipped),
             tuple((a.experiment.experiment_id, a.variant) for a in arms),
@@ -173,7 +216,8 @@ class Experiments:
             fragments = [s[1] for s in self.shipped]
             fragments += [a.experiment.fragments[a.variant] for a in arms]
             settings = self._settings[key] = self._served(_merged(fragments))
-        return Assignment(arms, *settings, key)
+        versions = [a.model_version for a in arms if a.model_version is not None]
+        return Assignment(arms, *settings, key, versions[-1] if versions else None)
 
     def _served(self, fragment: dict[str, Any]) -> VariantSettings:
         cfg = self.cfg.with_overrides(fragment)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 
 from service.admission import Stage
@@ -42,6 +42,7 @@ class Profiles:
         max_suspects: int = 100_000,
         store_stage: Stage | None = None,
         max_wait_ms: float = 0.0,
+        namespace: str = "",
     ):
         self.store, self.cache, self.runtime, self.executor = store, cache, runtime, executor
         self.ttl = ttl
@@ -55,10 +56,15 @@ class Profiles:
         # load (every viewer refused before its profile could be cached).
         self.store_stage = store_stage or Stage("the profile lookup")
         self.max_wait_ms = max_wait_ms
+        # Profiles of another served model version (a variant's) live under keys of their own:
+        # sharing one key, the two versions would replace each other's entries on every read.
+        self.prefix = f"profile:v{PROFILE_KEY_VERSION}:{namespace}"
+        # Told which viewers this process wrote (events, adapters): other profile sets of the
+        # same viewers check their entries against the store before using them again.
+        self.on_write: Callable[[Iterable[str]], None] | None = None
 
-    @staticmethod
-    def key(user_id: str) -> str:
-        return f"profile:v{PROFILE_KEY_VERSION}:{user_id}"
+    def key(self, user_id: str) -> str:
+        return self.prefix + user_id
 
     async def in_engine(self, fn, *args):
         """Run ``fn(*args)`` on an engine thread, off the event loop."""
@@ -166,6 +172,7 @@ class Profiles:
         since = await self.store.add_events_since_training(user_id, new)
         version, profile = await self.rebuild(user_id)  # adapter and training time: the store's
         await self._put(user_id, version, profile)
+        self._wrote(user_id)
         return new, since, profile
 
     async def save_trained(self, user_id: str, version: Version, profile: ViewerProfile) -> None:
@@ -176,3 +183,8 @@ class Profiles:
         )
         model, events, _ = version.parts
         await self._put(user_id, Version((model, events, revision)), profile)
+        self._wrote(user_id)
+
+    def _wrote(self, user_id: str) -> None:
+        if self.on_write is not None:
+            self.on_write((user_id,))

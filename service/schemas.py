@@ -353,7 +353,10 @@ class VariantSpec(_Strict):
         '(e.g. {"fusion": {"graph_based": 0.5}}); empty: the served default',
     )
     model_version: int | None = Field(
-        None, description="not supported yet: variants share the served model version"
+        None,
+        ge=1,
+        description="a stored model version this variant serves (default: the served one); "
+        "shipping the variant makes it the served default until the experiment is stopped",
     )
 
 

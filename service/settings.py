@@ -98,6 +98,13 @@ class ServingSettings(_HostTable):
     exposure_flush_seconds: float = Field(
         1.0, gt=0.0, description="how often lists shown in experiments are written"
     )
+    max_variant_models: int = Field(
+        2,
+        ge=0,
+        le=8,
+        description="model versions that may serve experiment variants at once besides the "
+        "default (each holds its arrays and may compile programs of its own)",
+    )
     experiment_completed_at: float = Field(
         0.9, ge=0.0, le=1.0, description="completion at which a view counts as completed"
     )

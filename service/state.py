@@ -21,7 +21,7 @@ from quart import Quart, current_app
 
 from service.admission import Stage
 from service.auth import KeyCheck
-from service.batcher import OVERLAP_MAX_BATCH, MicroBatcher
+from service.batcher import MicroBatcher, serving_batcher
 from service.cache import Cache, open_cache
 from service.candidates import CandidateCache
 from service.catalogue_sync import CatalogueSync
@@ -31,6 +31,7 @@ from service.experiments import Experiments
 from service.learner import Learner
 from service.live_tables import LiveTables
 from service.metrics import Metrics
+from service.model_arms import ModelArms, Served
 from service.periodic import every
 from service.profiles import Profiles
 from service.rebuilds import RebuildScheduler
@@ -41,11 +42,12 @@ from service.storage import RebuildRecord, Store, open_store
 from service.training import (
     NothingToTrain,
     TrainerBusy,
+    experiment_model_versions,
     latest_model,
+    load_version,
     prune_local_versions,
     train_from_store,
 )
-from sona_jax.buckets import USER_BUCKETS
 from sona_jax.config import ConfigError, SonaConfig
 from sona_jax.model.version import TrainedModel
 
@@ -86,11 +88,13 @@ class AppState:
     tables: LiveTables | None = None
     rebuilds: RebuildScheduler | None = None
     experiments: Experiments | None = None
+    model_arms: ModelArms | None = None
     watcher: asyncio.Task | None = None
     last_rebuild: RebuildRecord | None = None
     startup: Startup = field(default_factory=lambda: Startup())
     lookups: Stage = field(default_factory=lambda: Stage("the profile lookup"))
     bringing_up: asyncio.Task | None = None
+    swapping: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def __post_init__(self) -> None:
         self.keys = KeyCheck(self.settings.api_keys, self.settings.admin_keys)
@@ -114,6 +118,20 @@ class AppState:
                 headers={"Retry-After": "10"},
             )
         return self.runtime
+
+    def serves(self, model_version: int) -> bool:
+        """Whether this process serves ``model_version`` now (the default or a variant's)."""
+        return (
+            self.runtime is not None and model_version == self.runtime.version
+        ) or self.model_arms.serving_version(model_version) is not None
+
+    def served_by(self, model_version: int | None) -> Served:
+        """What answers for ``model_version`` (None, or one no longer served: the default)."""
+        runtime = self.engine()
+        default = Served(runtime, self.profiles, self.recommend)
+        if model_version is None or model_version == runtime.version:
+            return default
+        return self.model_arms.serving_version(model_version) or default
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -140,6 +158,17 @@ class AppState:
         self.experiments = Experiments(
             self.store, self.cfg, serving.experiments_poll_seconds, serving.exposure_flush_seconds
         )
+        self.model_arms = ModelArms(
+            self.store,
+            self.cache,
+            self.executor,
+            self.cfg,
+            serving,
+            settings.model_dir,
+            self.lookups,
+            partial(self.metrics.observe_batch, "recommend"),
+        )
+        self.experiments.on_models = self.model_arms.want
         await self.experiments.refresh()
         self.experiments.start()
         self.bringing_up = asyncio.get_running_loop().create_task(self._bring_up(), name="start-up")
@@ -170,8 +199,17 @@ class AppState:
                 self.cfg.model.seed,
                 progress=startup.advance,
             )
-        startup.begin("loading the latest model version")
-        model = await latest_model(self.store, settings.model_dir)
+        pinned = self.experiments.pinned_model_version  # by a shipped model variant
+        startup.begin(
+            "loading the latest model version"
+            if pinned is None
+            else f"loading model version {pinned} (a shipped experiment variant's)"
+        )
+        model = await (
+            latest_model(self.store, settings.model_dir)
+            if pinned is None
+            else load_version(self.store, pinned, settings.model_dir)
+        )
         if model is None and await self.store.count_events() > 0:
             startup.begin("training the first model version from the store")
             try:
@@ -184,7 +222,7 @@ class AppState:
             startup.begin("compiling the engine's programs")
             await self._serve(model, progress=startup.advance)
         self.rebuilds = RebuildScheduler(
-            settings, self.store, self._events_since_model, self._swap_to_latest
+            settings, self.store, self._events_since_model, self.swap_to_wanted
         )
         self.rebuilds.start()
         self.last_rebuild = await self.store.last_rebuild()
@@ -245,25 +283,11 @@ class AppState:
 
     def _start_engine_parts(self) -> None:
         serving = self.serving
-        batch = serving.max_batch if serving.batching else 1
-        window = serving.batch_window_ms if serving.batching else 0.0
         for name, fn in (
             ("recommend", self.runtime.recommend_batch),
             ("score", self.runtime.score_batch),
         ):
-            batcher = MicroBatcher(
-                name,
-                fn,
-                batch,
-                window,
-                serving.max_queue,
-                on_batch=partial(self.metrics.observe_batch, name),
-                engines=serving.engine_threads,
-                sizes=USER_BUCKETS,
-                solo_from=None if serving.xla_threads == 1 else OVERLAP_MAX_BATCH,
-                max_wait_ms=serving.max_wait_ms,
-            )
-            batcher.start()
+            batcher = serving_batcher(name, fn, serving, partial(self.metrics.observe_batch, name))
             setattr(self, name, batcher)
         self.profiles = Profiles(
             self.store,
@@ -277,6 +301,7 @@ class AppState:
             serving.max_wait_ms,
         )
         self.tables.on_events = self.profiles.written
+        self.profiles.on_write = self.model_arms.written
         if serving.candidate_cache_entries:
             self.candidates = CandidateCache(
                 serving.candidate_cache_entries, serving.candidate_max_age_seconds
@@ -288,13 +313,25 @@ class AppState:
     async def _look_for_models(self) -> None:
         """Swap to a newer model version recorded in the store (a rebuild, here or elsewhere)."""
         self.last_rebuild = await self.store.last_rebuild()
-        await self._swap_to_latest()
+        await self.swap_to_wanted()
 
-    async def _swap_to_latest(self) -> None:
-        found = await self.store.latest_model_version()
-        if found is None or (self.runtime is not None and found[0] <= self.runtime.version):
+    async def swap_to_wanted(self) -> None:
+        """Serve the newest model version, or the one a shipped model variant pins."""
+        async with self.swapping:  # the watcher, a rebuild and a status change may all call
+            await self._swap_locked()
+
+    async def _swap_locked(self) -> None:
+        pinned = self.experiments.pinned_model_version
+        serving = None if self.runtime is None else self.runtime.version
+        if pinned is None:
+            found = await self.store.latest_model_version()
+            if found is None or (serving is not None and found[0] <= serving):
+                return
+            model = await latest_model(self.store, self.settings.model_dir)
+        elif pinned == serving:
             return
-        model = await latest_model(self.store, self.settings.model_dir)
+        else:
+            model = await load_version(self.store, pinned, self.settings.model_dir)
         if model is None:
             return
         try:
@@ -303,7 +340,11 @@ class AppState:
             log.error("not serving model version %d: %s", model.version, error)
             return
         self.last_rebuild = await self.store.last_rebuild()
-        prune_local_versions(self.settings.model_dir, self.settings.learning.keep_versions)
+        prune_local_versions(
+            self.settings.model_dir,
+            self.settings.learning.keep_versions,
+            await experiment_model_versions(self.store),
+        )
         _freeze_heap(collect=False)
         log.info("serving model version %d", model.version)
 
@@ -322,6 +363,8 @@ class AppState:
                 await batcher.drain()
         if self.learner is not None:
             await self.learner.stop()
+        if self.model_arms is not None:
+            await self.model_arms.stop()
         if self.experiments is not None:
             await self.experiments.stop()  # the lists shown so far are written
         if self.executor is not None:

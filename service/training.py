@@ -15,10 +15,12 @@ import logging
 import shutil
 import tarfile
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
 
+from service.experiments import named_model_versions
 from service.storage import RebuildRecord, Store, TrainingSnapshot
 from sona_jax.config import SonaConfig
 from sona_jax.data import Dataset
@@ -138,16 +140,24 @@ async def _train_locked(
     await store.record_model_version(
         model.version, str(folder), json.dumps(model.report, default=float), pack_model(folder)
     )
-    pruned = await store.prune_model_versions(keep)
+    named = await experiment_model_versions(store)
+    pruned = await store.prune_model_versions(keep, named)
     if pruned:
         log.info("pruned model versions %s", pruned)
-    prune_local_versions(model_dir, keep)
+    prune_local_versions(model_dir, keep, named)
     return model
 
 
-def prune_local_versions(model_dir: Path, keep: int) -> list[int]:
-    """Delete all but the newest ``keep`` version folders of this host; returns those deleted."""
+async def experiment_model_versions(store: Store) -> set[int]:
+    """The model versions experiments' variants name (kept past ``keep_versions``)."""
+    return named_model_versions(await store.experiments())
+
+
+def prune_local_versions(model_dir: Path, keep: int, spare: Collection[int] = ()) -> list[int]:
+    """Delete all but the newest ``keep`` version folders of this host and those in ``spare``;
+    returns those deleted."""
     old = model_versions(model_dir)[:-keep] if keep > 0 else []
+    old = [version for version in old if version not in spare]
     for version in old:
         shutil.rmtree(Path(model_dir) / f"v{version:04d}", ignore_errors=True)
     return old

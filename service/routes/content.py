@@ -69,6 +69,7 @@ async def upsert_content(data: schemas.ContentUpsertRequest):
     count = await state.store.upsert_content(rows)
     if state.catalogue is not None:  # served from the next request on
         await state.catalogue.write([r.content_id for r in rows])
+        await state.model_arms.catalogue_written([r.content_id for r in rows])
     return schemas.ContentUpsertResponse(status="upserted", count=count)
 
 
@@ -101,4 +102,5 @@ async def delete_content(content_id: str):
         raise ApiError(404, "content_not_found", f"content_id: unknown content {content_id}")
     if state.catalogue is not None:  # never served again, from the next request on
         await state.catalogue.write([content_id])
+        await state.model_arms.catalogue_written([content_id])
     return jsonify({"status": "deleted", "content_id": content_id})

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 import uuid
@@ -13,9 +14,11 @@ from quart_schema import validate_request
 from service import schemas
 from service.errors import ApiError
 from service.experiment_report import results
-from service.experiments import check_fragment
+from service.experiments import ARMS_LIVE, check_fragment, named_model_versions
 from service.state import AppState, app_state
 from service.storage import ExperimentRecord
+from service.training import load_version
+from sona_jax.config import ConfigError
 
 blueprint = Blueprint("experiments", __name__)
 SECONDS_PER_MINUTE = 60.0
@@ -52,7 +55,7 @@ def _invalid(field: str, why: str) -> ApiError:
     return ApiError(400, INVALID, f"{field}: {why}", {"field": field})
 
 
-def _check(data: schemas.ExperimentRequest, state: AppState) -> None:
+async def _check(data: schemas.ExperimentRequest, state: AppState) -> None:
     total = math.fsum(v.traffic for v in data.variants)
     if abs(total - 1.0) > TRAFFIC_TOLERANCE:
         raise _invalid("variants", f"traffic shares must sum to 1 (they sum to {total:g})")
@@ -61,13 +64,35 @@ def _check(data: schemas.ExperimentRequest, state: AppState) -> None:
         if variant.name in seen:
             raise _invalid(f"variants.{i}.name", f"{variant.name!r} is used twice")
         seen.add(variant.name)
-        if variant.model_version is not None:
-            raise _invalid(
-                f"variants.{i}.model_version",
-                "variants share the served model version; a variant may change fusion, "
-                "diversity.mmr_lambda and cold-start settings",
-            )
         check_fragment(variant.config, state.cfg, f"variants.{i}.config")
+    await _check_model_versions(data, state)
+
+
+async def _check_model_versions(data: schemas.ExperimentRequest, state: AppState) -> None:
+    """A 400 naming the variant whose model version the store does not hold, the served
+    config cannot serve, or that would take more versions live than
+    ``serving.max_variant_models``."""
+    live = named_model_versions(await state.store.experiments(), ARMS_LIVE)
+    cap = state.serving.max_variant_models
+    checked: set[int] = set()
+    for i, variant in enumerate(data.variants):
+        version, field = variant.model_version, f"variants.{i}.model_version"
+        if version is None or version in checked:
+            continue
+        model = await load_version(state.store, version, state.settings.model_dir)
+        if model is None:
+            raise _invalid(field, f"model version {version} is not in the store")
+        try:
+            state.cfg.check_trained_with(model.config, f"model version {version}")
+        except ConfigError as error:
+            raise _invalid(field, str(error)) from None
+        checked.add(version)
+        if len(live | checked) > cap:
+            raise _invalid(
+                field,
+                f"at most {cap} model versions may serve experiment variants at once "
+                f"(serving.max_variant_models; live now: {sorted(live) or 'none'})",
+            )
 
 
 async def _record(state: AppState, experiment_id: str) -> ExperimentRecord:
@@ -83,7 +108,7 @@ async def _record(state: AppState, experiment_id: str) -> ExperimentRecord:
 @validate_request(schemas.ExperimentRequest)
 async def create(data: schemas.ExperimentRequest):
     state = app_state()
-    _check(data, state)
+    await _check(data, state)
     now = time.time()
     record = ExperimentRecord(
         experiment_id=str(uuid.uuid4()),
@@ -92,7 +117,9 @@ async def create(data: schemas.ExperimentRequest):
         status=data.status,
         definition={
             "variants": [
-                {"name": v.name, "traffic": v.traffic, "config": v.config} for v in data.variants
+                {"name": v.name, "traffic": v.traffic, "config": v.config}
+                | ({} if v.model_version is None else {"model_version": v.model_version})
+                for v in data.variants
             ],
             "metric": data.metric,
             "attribution_window_minutes": data.attribution_window_minutes,
@@ -150,6 +177,10 @@ async def change_status(
     if not await state.store.update_experiment(experiment_id, status, variant, record.status):
         raise ApiError(409, "conflict", "status: changed by another request; read it again")
     await state.experiments.refresh()
+    if "shipped" in (status, record.status) and state.runtime is not None:
+        # A shipped model variant pins the default version, a stopped one lets it go: swap
+        # in the background (other processes do at their next model watch).
+        asyncio.get_running_loop().create_task(state.swap_to_wanted(), name="ship swap")
     return await _record(state, experiment_id)
 
 
@@ -157,7 +188,14 @@ async def change_status(
 async def one(experiment_id: str):
     state = app_state()
     record = await _record(state, experiment_id)
-    return jsonify(_public(record, await results_of(state, record)))
+    out = _public(record, await results_of(state, record))
+    versions = sorted({v["model_version"] for v in out["variants"] if "model_version" in v})
+    if versions:  # how this process serves them
+        served = state.runtime.version if state.runtime is not None else None
+        out["model_versions"] = {
+            str(v): "default" if v == served else state.model_arms.status(v) for v in versions
+        }
+    return jsonify(out)
 
 
 @blueprint.post("/api/v1/experiments/<experiment_id>/status")

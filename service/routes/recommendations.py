@@ -18,6 +18,7 @@ from service.context import resolve
 from service.demo import new_request_seed
 from service.errors import ApiError
 from service.experiments import Assignment
+from service.model_arms import Served
 from service.request_filters import cache_part, request_filter
 from service.runtime import Runtime
 from service.state import AppState, app_state
@@ -91,13 +92,14 @@ def _with_id(body: bytes, recommendation_id: str) -> bytes:
 
 async def recommendations_body(state: AppState, data: schemas.RecommendationRequest) -> bytes:
     """The recommendations answer (JSON bytes); shared by the Quart route and the fast path."""
-    runtime = state.engine()
+    state.engine()
     user_id = str(data.user_id)
     limit = data.limit or state.serving.default_limit
-    version, profile = await state.profiles.entry(user_id)
-    arms = state.experiments.assignment(user_id)
+    arms = state.experiments.assignment(user_id, state.serves)
+    served = state.served_by(arms.model_version)  # the default, or a variant's model version
+    version, profile = await served.profiles.entry(user_id)
     recommendation_id = str(uuid.uuid4())
-    body, listed = await _list_body(state, runtime, data, user_id, limit, version, profile, arms)
+    body, listed = await _list_body(state, served, data, user_id, limit, version, profile, arms)
     if listed is None:  # a cached list: read back what it holds
         listed = [r["content_id"] for r in orjson.loads(body)["recommendations"]]
     state.metrics.item_listed.update(listed)
@@ -108,7 +110,7 @@ async def recommendations_body(state: AppState, data: schemas.RecommendationRequ
 
 async def _list_body(
     state: AppState,
-    runtime: Runtime,
+    served: Served,
     data: schemas.RecommendationRequest,
     user_id: str,
     limit: int,
@@ -118,6 +120,7 @@ async def _list_body(
 ) -> tuple[bytes, list[str] | None]:
     """The answer without its recommendation_id (cached as it is), and the content ids it
     lists (None when it came from the cache)."""
+    runtime = served.runtime
     lam = policy.mmr_lambda(data.diversity_threshold, state.cfg, arms.mmr_lambda)
     context = resolve(data.context)
     device, tod, mood = context.indices
@@ -149,7 +152,7 @@ async def _list_body(
         if item_filter is None
         else (None, None)
     )
-    result = await state.recommend.submit(
+    result = await served.recommend.submit(
         Query(
             profile,
             limit,

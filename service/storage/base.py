@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -191,9 +192,9 @@ class Store(Protocol):
     async def latest_model_version(self) -> tuple[int, str] | None: ...
     async def model_record(self, version: int) -> ModelRecord | None: ...
     async def model_artifact(self, version: int) -> bytes | None: ...
-    async def prune_model_versions(self, keep: int) -> list[int]:
-        """Delete all but the newest ``keep`` versions (and their artefacts); returns those
-        deleted."""
+    async def prune_model_versions(self, keep: int, spare: Collection[int] = ()) -> list[int]:
+        """Delete all but the newest ``keep`` versions and those in ``spare`` (and their
+        artefacts); returns those deleted."""
 
     async def next_model_version(self) -> int: ...
 

@@ -6,7 +6,7 @@ import contextlib
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 
 import asyncpg
 
@@ -320,13 +320,14 @@ class PostgresStore(PostgresExperiments):
         )
         return b"".join(row[0] for row in rows) if rows else None
 
-    async def prune_model_versions(self, keep: int) -> list[int]:
+    async def prune_model_versions(self, keep: int, spare: Collection[int] = ()) -> list[int]:
         async with self.pool.acquire() as connection, connection.transaction():
             old = [
                 row[0]
                 for row in await connection.fetch(
                     "SELECT version FROM model_versions ORDER BY version DESC OFFSET $1", keep
                 )
+                if row[0] not in spare
             ]
             await connection.execute("DELETE FROM model_artifacts WHERE version = ANY($1)", old)
             await connection.execute("DELETE FROM model_versions WHERE version = ANY($1)", old)

@@ -10,7 +10,7 @@ import hashlib
 import inspect
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from pathlib import Path
 
 import aiosqlite
@@ -346,11 +346,11 @@ class SQLiteStore(SQLiteExperiments):
             parts = [row[0] for row in await cursor.fetchall()]
         return b"".join(parts) if parts else None
 
-    async def prune_model_versions(self, keep: int) -> list[int]:
+    async def prune_model_versions(self, keep: int, spare: Collection[int] = ()) -> list[int]:
         async with self.db.execute(
             "SELECT version FROM model_versions ORDER BY version DESC LIMIT -1 OFFSET ?", (keep,)
         ) as cursor:
-            old = [row[0] for row in await cursor.fetchall()]
+            old = [row[0] for row in await cursor.fetchall() if row[0] not in spare]
         for version in old:
             await self.db.execute("DELETE FROM model_artifacts WHERE version = ?", (version,))
             await self.db.execute("DELETE FROM model_versions WHERE version = ?", (version,))

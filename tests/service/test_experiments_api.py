@@ -13,6 +13,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 import pytest_asyncio
@@ -23,6 +24,7 @@ from service.app import Settings, create_app
 from service.experiment_stats import assign
 from service.settings import ServingSettings
 from service.state import app_state
+from service.training import train_from_store
 from sona_jax.config import SonaConfig
 from sona_jax.serve.batch import Query
 
@@ -35,12 +37,14 @@ SERVING = ServingSettings(
     compilation_cache=False,
     recommendation_ttl_seconds=0,
     max_wait_ms=0.0,  # programs compile as the first batches of each size arrive
+    max_variant_models=1,
 )
 GRAPH_ONLY = {
     "fusion": {"collaborative": 0.0, "content_based": 0.0, "graph_based": 1.0, "context": 0.0},
     "diversity": {"mmr_lambda": 1.0},
 }
 ROOT = Path(__file__).resolve().parents[2]
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -121,7 +125,7 @@ async def _heavy_users(app, n):
         ),
         ([{"name": "a", "traffic": 0.5}, {"name": "a", "traffic": 0.5}], "variants.1.name"),
         (
-            [{"name": "a", "traffic": 0.5}, {"name": "b", "traffic": 0.5, "model_version": 2}],
+            [{"name": "a", "traffic": 0.5}, {"name": "b", "traffic": 0.5, "model_version": 99}],
             "variants.1.model_version",
         ),
         ([{"name": "a", "traffic": 0.5}, {"name": "b", "traffic": 0.5, "colour": 1}], "colour"),
@@ -332,6 +336,111 @@ async def test_shares_on_ten_thousand_viewers_and_assignment_in_another_process(
         tags = {t["experiment"]: t["variant"] for t in elsewhere[user]}
         assert tags[eid] == served[user]
     assert (await _status(client, eid, "stopped"))[0] == 200
+
+
+async def _wait_for(condition, seconds=120.0):
+    for _ in range(int(seconds * 10)):
+        if condition():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+async def test_a_model_version_variant_serves_that_version_and_shipping_pins_it(api):
+    """A variant naming the version served now keeps serving it after a newer one arrives (its
+    viewers' lists are that version's, the control's the newer one's); the store keeps it past
+    ``keep_versions``; shipping it makes it the default until the experiment stops; a version
+    the served config cannot serve, or one over ``serving.max_variant_models``, gets a 400."""
+    client, app = api
+    state = app_state(app)
+    old = state.runtime.version
+    status, experiment = await _create(
+        client,
+        f"model-{uuid.uuid4()}",
+        [{"name": "newest", "traffic": 0.5}, {"name": "old", "traffic": 0.5, "model_version": old}],
+    )
+    assert status == 201, experiment
+    eid = experiment["id"]
+    users = await _heavy_users(app, 24)
+    catalogue = sorted({e.content_id for e in await state.store.all_events()})
+    for user in users[:12]:  # new history, so that the next version differs from this one
+        events = [
+            {"content_id": c, "timestamp": datetime.now(UTC).isoformat(), "completion_rate": 1.0}
+            for c in catalogue[-40::4]
+        ]
+        response = await client.post(
+            "/api/v1/profile/update", json={"user_id": user, "viewing_events": events}
+        )
+        assert response.status_code == 200
+    newer = await train_from_store(state.store, state.cfg, state.settings.model_dir, keep=1)
+    assert await state.store.model_record(old) is not None  # named by a running experiment
+    await state.swap_to_wanted()
+    assert state.runtime.version == newer.version > old
+    await _wait_for(lambda: state.model_arms.serving_version(old) is not None)
+    arm = state.model_arms.serving_version(old)
+    lam = state.cfg.diversity.mmr_lambda
+    seen, differs, compiled = {"newest": 0, "old": 0}, False, []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda name, *_, **__: compiled.append(name) if name == COMPILE_EVENT else None
+    )
+    after_newest = 0  # compilations once the newest version has run the same viewer
+
+    async def direct(runtime, profiles, user):
+        _, profile = await profiles.entry(user)
+        assert profile.model_version == runtime.version
+        found, _ = runtime.engine.recommend_queries([Query(profile, 10, True, lam)])
+        return [runtime.engine.item_ids[i] for i in found.items[0] if i >= 0]
+
+    for user in users:
+        newest = await direct(state.runtime, state.profiles, user)
+        before = len(compiled)
+        body = await _recommend(client, user, 10)
+        old_list = await direct(arm.runtime, arm.profiles, user)
+        after_newest += len(compiled) - before
+        tag = next(t for t in body["experiments"] if t["experiment"] == eid)
+        served = [r["content_id"] for r in body["recommendations"]]
+        assert served == {"newest": newest, "old": old_list}[tag["variant"]], (tag, user)
+        seen[tag["variant"]] += 1
+        differs |= tag["variant"] == "old" and newest != old_list  # the arm is seen
+    assert seen["newest"] and seen["old"] and differs, seen
+    assert after_newest == 0  # the old version has the newest one's shapes: its programs
+    detail = await (await client.get(f"/api/v1/experiments/{eid}")).get_json()
+    assert detail["model_versions"] == {str(old): "serving"}
+    # over the cap (one version for variants here), naming the field
+    status, body = await _create(
+        client,
+        "second-model",
+        [
+            {"name": "a", "traffic": 0.5},
+            {"name": "b", "traffic": 0.5, "model_version": newer.version},
+        ],
+    )
+    assert status == 400 and "variants.1.model_version" in body["message"], body
+    assert "max_variant_models" in body["message"]
+    # shipping pins the default to the old version; stopping goes back to the newest
+    assert (await _status(client, eid, "shipped", "old"))[0] == 200
+    await state.swap_to_wanted()
+    assert state.runtime.version == old
+    assert not state.model_arms.live  # no running experiment names a version
+    user = users[0]
+    assert "experiment" not in await _recommend(client, user)
+    assert (await _status(client, eid, "stopped"))[0] == 200
+    await state.swap_to_wanted()
+    assert state.runtime.version == newer.version
+    # a version trained under other train-time settings cannot serve under this config
+    other = await train_from_store(
+        state.store, SMALL.with_overrides({"model": {"seed": 7}}), state.settings.model_dir, keep=4
+    )
+    status, body = await _create(
+        client,
+        "other-config",
+        [
+            {"name": "a", "traffic": 0.5},
+            {"name": "b", "traffic": 0.5, "model_version": other.version},
+        ],
+    )
+    assert status == 400 and "variants.1.model_version" in body["message"], body
+    assert "model.seed" in body["message"]
 
 
 async def test_experiments_need_an_admin_key_when_keys_are_configured():

@@ -96,7 +96,9 @@ async def test_model_artefacts_checksum_and_pruning(store):
     data = await store.model_artifact(4)
     assert record.sha256 == hashlib.sha256(data).hexdigest() and record.size == len(data)
     assert data == bytes([4]) * (9 * 1024 * 1024 + 4)
-    assert await store.prune_model_versions(2) == [2, 1]
+    assert await store.prune_model_versions(2, spare={1}) == [2]  # 1: an experiment's
+    assert await store.model_record(1) is not None
+    assert await store.prune_model_versions(2) == [1]
     assert await store.latest_model_version() == (4, "/m/v4")
     assert await store.model_artifact(1) is None and await store.next_model_version() == 5
 

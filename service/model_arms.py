@@ -1,0 +1,184 @@
+"""Stored model versions that experiment variants serve beside the default (issue 15).
+
+Each version named by a running experiment gets what the default has: a `Runtime` of its own
+with the live catalogue and popularity tables (`CatalogueSync`, `LiveTables`), its viewers'
+profiles under keys of their own, and a recommendation batcher. A version is brought up in the
+background when an experiment starts naming it and let go when none does; until it serves, its
+viewers are served as if they were not in that experiment, and nothing is counted for it.
+
+A version whose catalogue and config agree with the default's has the same array shapes, so
+JAX's caches hold its programs already; one trained under other shapes (a transformer source, a
+larger catalogue) compiles its own. How many versions may be live at once is capped when an
+experiment is created (``serving.max_variant_models``), which bounds both programs and memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from service.admission import Stage
+from service.batcher import MicroBatcher, serving_batcher
+from service.cache import Cache
+from service.catalogue_sync import CatalogueSync
+from service.live_tables import LiveTables
+from service.profiles import Profiles
+from service.runtime import Runtime
+from service.settings import ServingSettings
+from service.storage import Store
+from service.training import load_version
+from sona_jax.config import SonaConfig
+
+log = logging.getLogger("sona.model_arms")
+
+
+class Served(NamedTuple):
+    """What answers a recommendation request: the runtime, its profiles and its batcher."""
+
+    runtime: Runtime
+    profiles: Profiles
+    recommend: MicroBatcher
+
+
+@dataclass
+class ModelArm:
+    """One model version served beside the default, with the parts that keep it current."""
+
+    served: Served
+    catalogue: CatalogueSync
+    tables: LiveTables
+
+    async def stop(self) -> None:
+        await self.catalogue.stop()
+        await self.tables.stop()
+        await self.served.recommend.drain()
+
+
+class ModelArms:
+    """The model versions this process serves for experiments, by version."""
+
+    def __init__(
+        self,
+        store: Store,
+        cache: Cache,
+        executor: Executor,
+        cfg: SonaConfig,
+        serving: ServingSettings,
+        model_dir: Path,
+        lookups: Stage,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self.store, self.cache, self.executor = store, cache, executor
+        self.cfg, self.serving, self.model_dir = cfg, serving, model_dir
+        self.lookups, self.on_batch = lookups, on_batch
+        self.live: dict[int, ModelArm] = {}
+        self.failed: dict[int, str] = {}  # version -> why it could not be served
+        self.wanted: frozenset[int] = frozenset()
+        self._loading: dict[int, asyncio.Task] = {}
+
+    def serving_version(self, version: int) -> Served | None:
+        """What serves ``version`` here (None: not live, still loading or failed)."""
+        arm = self.live.get(version)
+        return None if arm is None else arm.served
+
+    def status(self, version: int) -> str:
+        """``serving``, ``loading``, ``failed: why`` or ``idle`` (no running experiment names it)."""
+        if version in self.live:
+            return "serving"
+        if version in self._loading:
+            return "loading"
+        if version in self.failed:
+            return f"failed: {self.failed[version]}"
+        return "idle"
+
+    def want(self, versions: frozenset[int]) -> None:
+        """Serve exactly ``versions``: bring up the new ones in the background, let go of the
+        others (their requests in flight finish first)."""
+        self.wanted = versions
+        loop = asyncio.get_running_loop()
+        for version in sorted(versions - self.live.keys() - self._loading.keys()):
+            self.failed.pop(version, None)
+            self._loading[version] = loop.create_task(
+                self._bring_up(version), name=f"model arm v{version}"
+            )
+        for version, task in list(self._loading.items()):
+            if version not in versions:
+                task.cancel()
+        for version in [v for v in self.live if v not in versions]:
+            loop.create_task(self.live.pop(version).stop(), name=f"model arm v{version} stop")
+
+    def written(self, user_ids: Iterable[str]) -> None:
+        """This process wrote ``user_ids``' events or adapters: every arm checks their cached
+        profiles against the store before using them again."""
+        user_ids = tuple(user_ids)
+        for arm in self.live.values():
+            arm.served.profiles.written(user_ids)
+
+    async def catalogue_written(self, content_ids: list[str]) -> None:
+        """This process wrote ``content_ids``: every arm serves them before it is acknowledged."""
+        for arm in list(self.live.values()):
+            await arm.catalogue.write(content_ids)
+
+    async def _bring_up(self, version: int) -> None:
+        try:
+            arm = await self._arm(version)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # a version pruned meanwhile, a config it cannot serve under
+            log.error("model version %d not served for experiments: %s", version, error)
+            self.failed[version] = str(error)
+            return
+        finally:
+            self._loading.pop(version, None)
+        if version in self.wanted:
+            self.live[version] = arm
+            log.info("model version %d serves experiment variants", version)
+        else:
+            await arm.stop()
+
+    async def _arm(self, version: int) -> ModelArm:
+        model = await load_version(self.store, version, self.model_dir)
+        if model is None:
+            raise LookupError(f"model version {version} is not in the store or not loadable")
+        runtime = Runtime(None, self.cfg, self.serving)
+        serving, executor = self.serving, self.executor
+        catalogue = CatalogueSync(self.store, runtime, executor, serving.catalogue_poll_seconds)
+        tables = LiveTables(self.store, runtime, executor, serving.tables_refresh_seconds)
+        loop = asyncio.get_running_loop()
+        engine = await loop.run_in_executor(executor, runtime.prepare, model)
+        engine, watermark = await catalogue.prepared(engine)
+        engine = await tables.prepared(engine)
+        await loop.run_in_executor(executor, runtime.publish, engine, None)
+        catalogue.watermark = watermark
+        profiles = Profiles(
+            self.store,
+            self.cache,
+            runtime,
+            executor,
+            serving.profile_ttl_seconds,
+            0,  # nothing to prepare: a version of an arm is never swapped
+            serving.cache_max_entries,
+            self.lookups,
+            serving.max_wait_ms,
+            namespace=f"m{version}:",
+        )
+        tables.on_events = profiles.written
+        recommend = serving_batcher("recommend", runtime.recommend_batch, serving, self.on_batch)
+        catalogue.start()
+        tables.start()
+        return ModelArm(Served(runtime, profiles, recommend), catalogue, tables)
+
+    async def stop(self) -> None:
+        for task in list(self._loading.values()):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for arm in list(self.live.values()):
+            await arm.stop()
+        self.live.clear()
