@@ -107,9 +107,8 @@ class ModelArms:
             self._loading[version] = loop.create_task(
                 self._bring_up(version), name=f"model arm v{version}"
             )
-        for version, task in list(self._loading.items()):
-            if version not in versions:
-                task.cancel()
+        for version in [v for v in self._loading if v not in versions]:
+            self._loading.pop(version).cancel()
         for version in [v for v in self.live if v not in versions]:
             loop.create_task(self.live.pop(version).stop(), name=f"model arm v{version} stop")
 
@@ -135,8 +134,9 @@ class ModelArms:
             self.failed[version] = str(error)
             return
         finally:
-            self._loading.pop(version, None)
-        if version in self.wanted:
+            if self._loading.get(version) is asyncio.current_task():  # not a newer bring-up's
+                del self._loading[version]
+        if version in self.wanted and version not in self.live:
             self.live[version] = arm
             log.info("model version %d serves experiment variants", version)
         else:

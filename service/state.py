@@ -205,11 +205,11 @@ class AppState:
             if pinned is None
             else f"loading model version {pinned} (a shipped experiment variant's)"
         )
-        model = await (
-            latest_model(self.store, settings.model_dir)
-            if pinned is None
-            else load_version(self.store, pinned, settings.model_dir)
+        model = (
+            None if pinned is None else await load_version(self.store, pinned, settings.model_dir)
         )
+        if model is None:  # nothing pinned, or the pinned version is gone: the newest
+            model = await latest_model(self.store, settings.model_dir)
         if model is None and await self.store.count_events() > 0:
             startup.begin("training the first model version from the store")
             try:
