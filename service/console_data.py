@@ -211,9 +211,11 @@ async def list_changes(
     difference is MMR's or the filters' own. Items MMR brought in carry their relevance rank
     (past the list: beyond its length), items it pushed out and items the filters removed
     their rank in the list they left."""
-    runtime = state.engine()
-    _, profile = await state.profiles.entry(user_id)
-    arms = state.experiments.assignment(user_id)
+    state.engine()
+    arms = state.experiments.assignment(user_id, state.serves)
+    served_by = state.served_by(arms.model_version)  # the viewer's variant's version, if any
+    runtime = served_by.runtime
+    _, profile = await served_by.profiles.entry(user_id)
     lam = policy.mmr_lambda(None, state.cfg, arms.mmr_lambda)
     item_filter, _ = request_filter(filters, runtime.engine, state.cfg)
     seed = new_request_seed()
@@ -233,9 +235,9 @@ async def list_changes(
 
     mark_started()
     served, relevance, unfiltered = await asyncio.gather(
-        state.recommend.submit(query(lam, LIST_LENGTH, True)),
-        state.recommend.submit(query(1.0, depth, True)),
-        state.recommend.submit(query(lam, LIST_LENGTH, False)),
+        served_by.recommend.submit(query(lam, LIST_LENGTH, True)),
+        served_by.recommend.submit(query(1.0, depth, True)),
+        served_by.recommend.submit(query(lam, LIST_LENGTH, False)),
     )
     ids = runtime.engine.item_ids
 

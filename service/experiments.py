@@ -189,8 +189,8 @@ class Experiments:
         self.pinned_model_version = next((v for v in reversed(pins) if v is not None), None)
         if running != self.running or fragments != self.shipped:
             self.running, self.shipped, self._settings = running, fragments, {}
-            if self.on_models is not None:
-                self.on_models(self.model_versions())
+        if self.on_models is not None:  # every time: a version that failed to load is retried
+            self.on_models(self.model_versions())
 
     def model_versions(self) -> frozenset[int]:
         """The model versions running experiments' variants serve."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -36,6 +37,9 @@ from service.training import load_version
 from sona_jax.config import SonaConfig
 
 log = logging.getLogger("sona.model_arms")
+# A request that picked an arm just before it was let go still finishes on it (its profile
+# lookup and engine call take milliseconds); the arm stops this long after.
+RETIRE_AFTER_SECONDS = 5.0
 
 
 class Served(NamedTuple):
@@ -78,9 +82,11 @@ class ModelArms:
         self.cfg, self.serving, self.model_dir = cfg, serving, model_dir
         self.lookups, self.on_batch = lookups, on_batch
         self.live: dict[int, ModelArm] = {}
-        self.failed: dict[int, str] = {}  # version -> why it could not be served
+        self.failed: dict[int, tuple[str, float]] = {}  # version -> (why, when: monotonic s)
         self.wanted: frozenset[int] = frozenset()
+        self.closed = False
         self._loading: dict[int, asyncio.Task] = {}
+        self._retiring: set[asyncio.Task] = set()
 
     def serving_version(self, version: int) -> Served | None:
         """What serves ``version`` here (None: not live, still loading or failed)."""
@@ -94,23 +100,36 @@ class ModelArms:
         if version in self._loading:
             return "loading"
         if version in self.failed:
-            return f"failed: {self.failed[version]}"
+            return f"failed: {self.failed[version][0]}"
         return "idle"
 
     def want(self, versions: frozenset[int]) -> None:
-        """Serve exactly ``versions``: bring up the new ones in the background, let go of the
-        others (their requests in flight finish first)."""
+        """Serve exactly ``versions``: bring up the new ones in the background (one that
+        failed, again after ``serving.model_poll_seconds``), let go of the others (requests
+        that picked them finish first). Called at every experiments refresh."""
+        if self.closed:
+            return
         self.wanted = versions
-        loop = asyncio.get_running_loop()
+        loop, now = asyncio.get_running_loop(), time.monotonic()
         for version in sorted(versions - self.live.keys() - self._loading.keys()):
-            self.failed.pop(version, None)
+            failed = self.failed.get(version)
+            if failed is not None and now - failed[1] < self.serving.model_poll_seconds:
+                continue
             self._loading[version] = loop.create_task(
                 self._bring_up(version), name=f"model arm v{version}"
             )
         for version in [v for v in self._loading if v not in versions]:
             self._loading.pop(version).cancel()
         for version in [v for v in self.live if v not in versions]:
-            loop.create_task(self.live.pop(version).stop(), name=f"model arm v{version} stop")
+            task = loop.create_task(self._retire(self.live.pop(version)), name=f"retire v{version}")
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    async def _retire(self, arm: ModelArm) -> None:
+        try:
+            await asyncio.sleep(RETIRE_AFTER_SECONDS)
+        finally:  # at shutdown too
+            await arm.stop()
 
     def written(self, user_ids: Iterable[str]) -> None:
         """This process wrote ``user_ids``' events or adapters: every arm checks their cached
@@ -131,12 +150,13 @@ class ModelArms:
             raise
         except Exception as error:  # a version pruned meanwhile, a config it cannot serve under
             log.error("model version %d not served for experiments: %s", version, error)
-            self.failed[version] = str(error)
+            self.failed[version] = (str(error), time.monotonic())
             return
         finally:
             if self._loading.get(version) is asyncio.current_task():  # not a newer bring-up's
                 del self._loading[version]
-        if version in self.wanted and version not in self.live:
+        if version in self.wanted and version not in self.live and not self.closed:
+            self.failed.pop(version, None)
             self.live[version] = arm
             log.info("model version %d serves experiment variants", version)
         else:
@@ -150,12 +170,6 @@ class ModelArms:
         serving, executor = self.serving, self.executor
         catalogue = CatalogueSync(self.store, runtime, executor, serving.catalogue_poll_seconds)
         tables = LiveTables(self.store, runtime, executor, serving.tables_refresh_seconds)
-        loop = asyncio.get_running_loop()
-        engine = await loop.run_in_executor(executor, runtime.prepare, model)
-        engine, watermark = await catalogue.prepared(engine)
-        engine = await tables.prepared(engine)
-        await loop.run_in_executor(executor, runtime.publish, engine, None)
-        catalogue.watermark = watermark
         profiles = Profiles(
             self.store,
             self.cache,
@@ -167,15 +181,23 @@ class ModelArms:
             self.lookups,
             serving.max_wait_ms,
             namespace=f"m{version}:",
+            check_first_reads=True,
         )
-        tables.on_events = profiles.written
+        tables.on_events = profiles.written  # before the tables replay what came since the model
+        loop = asyncio.get_running_loop()
+        engine = await loop.run_in_executor(executor, runtime.prepare, model)
+        engine, watermark = await catalogue.prepared(engine)
+        engine = await tables.prepared(engine)
+        await loop.run_in_executor(executor, runtime.publish, engine, None)
+        catalogue.watermark = watermark
         recommend = serving_batcher("recommend", runtime.recommend_batch, serving, self.on_batch)
         catalogue.start()
         tables.start()
         return ModelArm(Served(runtime, profiles, recommend), catalogue, tables)
 
     async def stop(self) -> None:
-        for task in list(self._loading.values()):
+        self.closed = True
+        for task in list(self._loading.values()) + list(self._retiring):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task

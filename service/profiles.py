@@ -43,6 +43,7 @@ class Profiles:
         store_stage: Stage | None = None,
         max_wait_ms: float = 0.0,
         namespace: str = "",
+        check_first_reads: bool = False,
     ):
         self.store, self.cache, self.runtime, self.executor = store, cache, runtime, executor
         self.ttl = ttl
@@ -62,6 +63,9 @@ class Profiles:
         # Told which viewers this process wrote (events, adapters): other profile sets of the
         # same viewers check their entries against the store before using them again.
         self.on_write: Callable[[Iterable[str]], None] | None = None
+        # A variant's profiles may find entries it cached before it was let go and brought up
+        # again, written meanwhile without it hearing: each viewer's first read checks the store.
+        self.verified: OrderedDict[str, None] | None = OrderedDict() if check_first_reads else None
 
     def key(self, user_id: str) -> str:
         return self.prefix + user_id
@@ -95,7 +99,7 @@ class Profiles:
         if cached is not None:
             profile = self._decode(cached.value)
             if profile is not None and profile.model_version == self.runtime.version:
-                if cached.trusted and named is None:
+                if cached.trusted and named is None and self._verified(user_id):
                     return cached.version, profile
                 with self.store_stage.admitted(self.max_wait_ms):
                     stored_parts = await self.store.user_version(user_id)
@@ -115,6 +119,14 @@ class Profiles:
         """Clear the suspicion read before the check (not one raised while it ran)."""
         if named is not None and self.suspects.get(user_id) == named:
             del self.suspects[user_id]
+        if self.verified is not None:
+            self.verified[user_id] = None
+            self.verified.move_to_end(user_id)
+            if len(self.verified) > self.max_suspects:
+                self.verified.popitem(last=False)
+
+    def _verified(self, user_id: str) -> bool:
+        return self.verified is None or user_id in self.verified
 
     def _decode(self, cached) -> ViewerProfile | None:
         if isinstance(cached, ViewerProfile):  # the in-process cache keeps objects as they are

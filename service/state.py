@@ -95,6 +95,8 @@ class AppState:
     lookups: Stage = field(default_factory=lambda: Stage("the profile lookup"))
     bringing_up: asyncio.Task | None = None
     swapping: asyncio.Lock = field(default_factory=asyncio.Lock)
+    unservable_pin: int | None = None  # a pinned version found unservable (not tried again)
+    background: set[asyncio.Task] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.keys = KeyCheck(self.settings.api_keys, self.settings.admin_keys)
@@ -199,16 +201,9 @@ class AppState:
                 self.cfg.model.seed,
                 progress=startup.advance,
             )
-        pinned = self.experiments.pinned_model_version  # by a shipped model variant
-        startup.begin(
-            "loading the latest model version"
-            if pinned is None
-            else f"loading model version {pinned} (a shipped experiment variant's)"
-        )
-        model = (
-            None if pinned is None else await load_version(self.store, pinned, settings.model_dir)
-        )
-        if model is None:  # nothing pinned, or the pinned version is gone: the newest
+        startup.begin("loading the latest model version (or a shipped variant's)")
+        model = await self._pinned_model()
+        if model is None:  # nothing pinned, or a pinned version it cannot serve: the newest
             model = await latest_model(self.store, settings.model_dir)
         if model is None and await self.store.count_events() > 0:
             startup.begin("training the first model version from the store")
@@ -277,6 +272,8 @@ class AppState:
             self.tables.start()
 
     async def _events_since_model(self) -> int:
+        if self.experiments.pinned_model_version is not None:
+            return 0  # scheduled rebuilds wait: a new version would not be served
         if self.runtime is None:
             return await self.store.count_events()
         return self.tables.events_since_model
@@ -320,18 +317,40 @@ class AppState:
         async with self.swapping:  # the watcher, a rebuild and a status change may all call
             await self._swap_locked()
 
+    def swap_soon(self) -> None:
+        """`swap_to_wanted` in the background (after a shipped model variant changed)."""
+        task = asyncio.get_running_loop().create_task(self.swap_to_wanted(), name="swap")
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    async def _pinned_model(self) -> TrainedModel | None:
+        """The version a shipped model variant pins, when it loads and the served config can
+        serve it; else None (the newest version serves; an unservable pin is not tried again)."""
+        pinned = self.experiments.pinned_model_version
+        if pinned is None or pinned == self.unservable_pin:
+            return None
+        model = await load_version(self.store, pinned, self.settings.model_dir)
+        try:
+            if model is None:
+                raise ConfigError("it is not in the store")
+            self.cfg.check_trained_with(model.config, f"model version {pinned}")
+        except ConfigError as error:
+            log.error("shipped model version %d not served, the newest is: %s", pinned, error)
+            self.unservable_pin = pinned
+            return None
+        return model
+
     async def _swap_locked(self) -> None:
         pinned = self.experiments.pinned_model_version
         serving = None if self.runtime is None else self.runtime.version
-        if pinned is None:
+        if pinned is not None and pinned == serving:
+            return
+        model = await self._pinned_model()
+        if model is None:
             found = await self.store.latest_model_version()
             if found is None or (serving is not None and found[0] <= serving):
                 return
             model = await latest_model(self.store, self.settings.model_dir)
-        elif pinned == serving:
-            return
-        else:
-            model = await load_version(self.store, pinned, self.settings.model_dir)
         if model is None:
             return
         try:
@@ -363,10 +382,12 @@ class AppState:
                 await batcher.drain()
         if self.learner is not None:
             await self.learner.stop()
-        if self.model_arms is not None:
-            await self.model_arms.stop()
+        for task in list(self.background):
+            task.cancel()
         if self.experiments is not None:
             await self.experiments.stop()  # the lists shown so far are written
+        if self.model_arms is not None:
+            await self.model_arms.stop()
         if self.executor is not None:
             self.executor.shutdown(wait=True)
         if self.cache is not None:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 import uuid
@@ -69,16 +68,30 @@ async def _check(data: schemas.ExperimentRequest, state: AppState) -> None:
 
 
 async def _check_model_versions(data: schemas.ExperimentRequest, state: AppState) -> None:
-    """A 400 naming the variant whose model version the store does not hold, the served
-    config cannot serve, or that would take more versions live than
-    ``serving.max_variant_models``."""
-    live = named_model_versions(await state.store.experiments(), ARMS_LIVE)
+    """A 400 naming the variant whose model version would take more versions live than
+    ``serving.max_variant_models``, comes while another running or paused experiment serves
+    model versions, is not in the store, or has train-time settings the served config
+    disagrees with."""
+    named = [(f"variants.{i}.model_version", v.model_version) for i, v in enumerate(data.variants)]
+    named = [(field, version) for field, version in named if version is not None]
+    first = {}  # each version and the field that names it first, in order
+    for field, version in named:
+        first.setdefault(version, field)
     cap = state.serving.max_variant_models
-    checked: set[int] = set()
-    for i, variant in enumerate(data.variants):
-        version, field = variant.model_version, f"variants.{i}.model_version"
-        if version is None or version in checked:
-            continue
+    if len(first) > cap:
+        raise _invalid(
+            list(first.values())[cap],
+            f"at most {cap} model versions may serve experiment variants at once "
+            "(serving.max_variant_models)",
+        )
+    live = named_model_versions(await state.store.experiments(), ARMS_LIVE)
+    if first and live:  # a viewer is in every running experiment: two would serve one of them
+        raise _invalid(
+            named[0][0],
+            f"another running or paused experiment serves model versions {sorted(live)}; "
+            "stop it first (one model experiment at a time)",
+        )
+    for version, field in first.items():
         model = await load_version(state.store, version, state.settings.model_dir)
         if model is None:
             raise _invalid(field, f"model version {version} is not in the store")
@@ -86,13 +99,6 @@ async def _check_model_versions(data: schemas.ExperimentRequest, state: AppState
             state.cfg.check_trained_with(model.config, f"model version {version}")
         except ConfigError as error:
             raise _invalid(field, str(error)) from None
-        checked.add(version)
-        if len(live | checked) > cap:
-            raise _invalid(
-                field,
-                f"at most {cap} model versions may serve experiment variants at once "
-                f"(serving.max_variant_models; live now: {sorted(live) or 'none'})",
-            )
 
 
 async def _record(state: AppState, experiment_id: str) -> ExperimentRecord:
@@ -164,6 +170,13 @@ async def change_status(
     if status == "shipped":
         if variant not in names:
             raise _invalid("variant", f"shipping needs one of the variants {names}")
+        pinned = record.definition["variants"][names.index(variant)].get("model_version")
+        if pinned is not None and await state.store.model_record(pinned) is None:
+            raise ApiError(
+                409,
+                "model_version_gone",
+                f"variant: its model version {pinned} is no longer in the store",
+            )
     elif variant is not None:
         raise _invalid("variant", "only shipping names a variant")
     if status == record.status and variant == record.shipped_variant:
@@ -180,7 +193,7 @@ async def change_status(
     if "shipped" in (status, record.status) and state.runtime is not None:
         # A shipped model variant pins the default version, a stopped one lets it go: swap
         # in the background (other processes do at their next model watch).
-        asyncio.get_running_loop().create_task(state.swap_to_wanted(), name="ship swap")
+        state.swap_soon()
     return await _record(state, experiment_id)
 
 

@@ -376,13 +376,17 @@ async def test_a_model_version_variant_serves_that_version_and_shipping_pins_it(
     assert await state.store.model_record(old) is not None  # named by a running experiment
     await state.swap_to_wanted()
     assert state.runtime.version == newer.version > old
-    await _wait_for(lambda: state.model_arms.serving_version(old) is not None)
+    await _wait_for(lambda: state.model_arms.status(old) != "loading")
+    assert state.model_arms.status(old) == "serving"
     arm = state.model_arms.serving_version(old)
     lam = state.cfg.diversity.mmr_lambda
     seen, differs, compiled = {"newest": 0, "old": 0}, False, []
-    jax.monitoring.register_event_duration_secs_listener(
-        lambda name, *_, **__: compiled.append(name) if name == COMPILE_EVENT else None
-    )
+
+    def count(name, *_, **__):
+        if name == COMPILE_EVENT:
+            compiled.append(name)
+
+    jax.monitoring.register_event_duration_secs_listener(count)
     after_newest = 0  # compilations once the newest version has run the same viewer
 
     async def direct(runtime, profiles, user):
@@ -403,10 +407,39 @@ async def test_a_model_version_variant_serves_that_version_and_shipping_pins_it(
         seen[tag["variant"]] += 1
         differs |= tag["variant"] == "old" and newest != old_list  # the arm is seen
     assert seen["newest"] and seen["old"] and differs, seen
+    jax.monitoring.unregister_event_duration_listener(count)
     assert after_newest == 0  # the old version has the newest one's shapes: its programs
+    # the arm's viewer's own new events reach the arm's profile at once
+    record = await state.store.experiment(eid)
+    viewer = next(u for u in users if assign(record.salt, u, (0.5, 0.5)) == 1)
+    before = (await arm.profiles.entry(viewer))[1].events
+    event = {
+        "content_id": catalogue[1],
+        "timestamp": datetime.now(UTC).isoformat(),
+        "completion_rate": 1.0,
+    }
+    response = await client.post(
+        "/api/v1/profile/update", json={"user_id": viewer, "viewing_events": [event]}
+    )
+    assert response.status_code == 200
+    served = [r["content_id"] for r in (await _recommend(client, viewer, 10))["recommendations"]]
+    _, profile = await arm.profiles.entry(viewer)
+    assert profile.events == before + 1
+    assert served == await direct(arm.runtime, arm.profiles, viewer)
     detail = await (await client.get(f"/api/v1/experiments/{eid}")).get_json()
     assert detail["model_versions"] == {str(old): "serving"}
-    # over the cap (one version for variants here), naming the field
+    # over the cap (one version for variants here), and beside a live model experiment
+    status, body = await _create(
+        client,
+        "two-models",
+        [
+            {"name": "a", "traffic": 0.4},
+            {"name": "b", "traffic": 0.3, "model_version": old},
+            {"name": "c", "traffic": 0.3, "model_version": newer.version},
+        ],
+    )
+    assert status == 400 and "variants.2.model_version" in body["message"], body
+    assert "max_variant_models" in body["message"]
     status, body = await _create(
         client,
         "second-model",
@@ -416,17 +449,16 @@ async def test_a_model_version_variant_serves_that_version_and_shipping_pins_it(
         ],
     )
     assert status == 400 and "variants.1.model_version" in body["message"], body
-    assert "max_variant_models" in body["message"]
+    assert "one model experiment at a time" in body["message"]
     # shipping pins the default to the old version; stopping goes back to the newest
     assert (await _status(client, eid, "shipped", "old"))[0] == 200
-    await state.swap_to_wanted()
-    assert state.runtime.version == old
+    await _wait_for(lambda: state.runtime.version == old)  # swapped by the status change
+    assert await state._events_since_model() == 0  # no scheduled rebuild while pinned
     assert not state.model_arms.live  # no running experiment names a version
     user = users[0]
     assert "experiment" not in await _recommend(client, user)
     assert (await _status(client, eid, "stopped"))[0] == 200
-    await state.swap_to_wanted()
-    assert state.runtime.version == newer.version
+    await _wait_for(lambda: state.runtime.version == newer.version)
     # a version trained under other train-time settings cannot serve under this config
     other = await train_from_store(
         state.store, SMALL.with_overrides({"model": {"seed": 7}}), state.settings.model_dir, keep=4
