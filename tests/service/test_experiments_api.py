@@ -440,16 +440,15 @@ async def test_a_model_version_variant_serves_that_version_and_shipping_pins_it(
     )
     assert status == 400 and "variants.2.model_version" in body["message"], body
     assert "max_variant_models" in body["message"]
-    status, body = await _create(
-        client,
-        "second-model",
-        [
-            {"name": "a", "traffic": 0.5},
-            {"name": "b", "traffic": 0.5, "model_version": newer.version},
-        ],
-    )
-    assert status == 400 and "variants.1.model_version" in body["message"], body
-    assert "one model experiment at a time" in body["message"]
+
+    async def refused(version: int, why: str) -> None:
+        variants = [{"name": "a", "traffic": 0.5}, {"name": "b", "traffic": 0.5}]
+        variants[1]["model_version"] = version
+        status, body = await _create(client, f"refused-{version}", variants)
+        assert status == 400 and "variants.1.model_version" in body["message"], body
+        assert why in body["message"]
+
+    await refused(newer.version, "one model experiment at a time")
     # shipping pins the default to the old version; stopping goes back to the newest
     assert (await _status(client, eid, "shipped", "old"))[0] == 200
     await _wait_for(lambda: state.runtime.version == old)  # swapped by the status change
@@ -463,16 +462,7 @@ async def test_a_model_version_variant_serves_that_version_and_shipping_pins_it(
     other = await train_from_store(
         state.store, SMALL.with_overrides({"model": {"seed": 7}}), state.settings.model_dir, keep=4
     )
-    status, body = await _create(
-        client,
-        "other-config",
-        [
-            {"name": "a", "traffic": 0.5},
-            {"name": "b", "traffic": 0.5, "model_version": other.version},
-        ],
-    )
-    assert status == 400 and "variants.1.model_version" in body["message"], body
-    assert "model.seed" in body["message"]
+    await refused(other.version, "model.seed")
 
 
 async def test_experiments_need_an_admin_key_when_keys_are_configured():
