@@ -153,8 +153,10 @@ def test_ten_variants_in_one_batch_compile_nothing_and_serve_their_own_config(mo
     ]
     mixed, found = engine.recommend_queries(queries)
     assert compiles == []
-    kinds = set()
-    for row, (profile, cfg) in enumerate(zip(profiles, configs, strict=True)):
+    # Each reference engine compiles programs of its own (about 8 s apiece here): every third
+    # row, a spread of weights, λ and cold-start settings, is checked against one.
+    for row in range(0, len(configs), 3):
+        profile, cfg = profiles[row], configs[row]
         # retrieval keeps the served config's genre fit: give the variant's engine the same
         # candidates
         alone, _ = engine.with_config(cfg).recommend_queries(
@@ -162,6 +164,6 @@ def test_ten_variants_in_one_batch_compile_nothing_and_serve_their_own_config(mo
         )
         np.testing.assert_array_equal(mixed.items[row], alone.items[0])
         np.testing.assert_array_equal(mixed.kinds[row], alone.kinds[0])
-        kinds |= set(mixed.kinds[row].tolist())
+    kinds = {kind for row in mixed.kinds.tolist() for kind in row}
     assert len({tuple(mixed.items[r]) for r in range(10)}) > 1
     assert {KIND_NAMES.index("cold_start"), KIND_NAMES.index("exploration")} <= kinds
