@@ -33,7 +33,7 @@ from service.profiles import Profiles
 from service.runtime import Runtime
 from service.settings import ServingSettings
 from service.storage import Store
-from service.training import load_version
+from service.training import servable_version
 from sona_jax.config import SonaConfig
 
 log = logging.getLogger("sona.model_arms")
@@ -163,9 +163,9 @@ class ModelArms:
             await arm.stop()
 
     async def _arm(self, version: int) -> ModelArm:
-        model = await load_version(self.store, version, self.model_dir)
+        model, why = await servable_version(self.store, version, self.model_dir, self.cfg)
         if model is None:
-            raise LookupError(f"model version {version} is not in the store or not loadable")
+            raise LookupError(why)
         runtime = Runtime(None, self.cfg, self.serving)
         serving, executor = self.serving, self.executor
         catalogue = CatalogueSync(self.store, runtime, executor, serving.catalogue_poll_seconds)

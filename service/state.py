@@ -44,8 +44,8 @@ from service.training import (
     TrainerBusy,
     experiment_model_versions,
     latest_model,
-    load_version,
     prune_local_versions,
+    servable_version,
     train_from_store,
 )
 from sona_jax.config import ConfigError, SonaConfig
@@ -89,6 +89,7 @@ class AppState:
     rebuilds: RebuildScheduler | None = None
     experiments: Experiments | None = None
     model_arms: ModelArms | None = None
+    served: Served | None = None  # the default version's runtime, profiles and batcher
     watcher: asyncio.Task | None = None
     last_rebuild: RebuildRecord | None = None
     startup: Startup = field(default_factory=lambda: Startup())
@@ -130,10 +131,9 @@ class AppState:
     def served_by(self, model_version: int | None) -> Served:
         """What answers for ``model_version`` (None, or one no longer served: the default)."""
         runtime = self.engine()
-        default = Served(runtime, self.profiles, self.recommend)
         if model_version is None or model_version == runtime.version:
-            return default
-        return self.model_arms.serving_version(model_version) or default
+            return self.served
+        return self.model_arms.serving_version(model_version) or self.served
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -299,6 +299,7 @@ class AppState:
         )
         self.tables.on_events = self.profiles.written
         self.profiles.on_write = self.model_arms.written
+        self.served = Served(self.runtime, self.profiles, self.recommend)
         if serving.candidate_cache_entries:
             self.candidates = CandidateCache(
                 serving.candidate_cache_entries, serving.candidate_max_age_seconds
@@ -329,15 +330,10 @@ class AppState:
         pinned = self.experiments.pinned_model_version
         if pinned is None or pinned == self.unservable_pin:
             return None
-        model = await load_version(self.store, pinned, self.settings.model_dir)
-        try:
-            if model is None:
-                raise ConfigError("it is not in the store")
-            self.cfg.check_trained_with(model.config, f"model version {pinned}")
-        except ConfigError as error:
-            log.error("shipped model version %d not served, the newest is: %s", pinned, error)
+        model, why = await servable_version(self.store, pinned, self.settings.model_dir, self.cfg)
+        if model is None:
+            log.error("shipped model version %d not served, the newest is: %s", pinned, why)
             self.unservable_pin = pinned
-            return None
         return model
 
     async def _swap_locked(self) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 
 from service.experiments import named_model_versions
 from service.storage import RebuildRecord, Store, TrainingSnapshot
-from sona_jax.config import SonaConfig
+from sona_jax.config import ConfigError, SonaConfig
 from sona_jax.data import Dataset
 from sona_jax.data.stored import catalogue, event_log
 from sona_jax.model.version import TrainedModel
@@ -186,6 +186,21 @@ async def load_version(store: Store, version: int, model_dir: Path) -> TrainedMo
     except ModelFormatError as error:
         log.warning("model version %d not loadable: %s", version, error)
         return None
+
+
+async def servable_version(
+    store: Store, version: int, model_dir: Path, cfg: SonaConfig
+) -> tuple[TrainedModel | None, str]:
+    """Version ``version`` when it loads and ``cfg`` (the served config) can serve it; else
+    None and why not."""
+    model = await load_version(store, version, model_dir)
+    if model is None:
+        return None, f"model version {version} is not in the store"
+    try:
+        cfg.check_trained_with(model.config, f"model version {version}")
+    except ConfigError as error:
+        return None, str(error)
+    return model, ""
 
 
 async def latest_model(store: Store, model_dir: Path) -> TrainedModel | None:

@@ -68,8 +68,9 @@ async def upsert_content(data: schemas.ContentUpsertRequest):
         )
     count = await state.store.upsert_content(rows)
     if state.catalogue is not None:  # served from the next request on
-        await state.catalogue.write([r.content_id for r in rows])
-        await state.model_arms.catalogue_written([r.content_id for r in rows])
+        written = [r.content_id for r in rows]
+        await state.catalogue.write(written)
+        await state.model_arms.catalogue_written(written)
     return schemas.ContentUpsertResponse(status="upserted", count=count)
 
 

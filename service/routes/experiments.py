@@ -16,8 +16,7 @@ from service.experiment_report import results
 from service.experiments import ARMS_LIVE, check_fragment, named_model_versions
 from service.state import AppState, app_state
 from service.storage import ExperimentRecord
-from service.training import load_version
-from sona_jax.config import ConfigError
+from service.training import servable_version
 
 blueprint = Blueprint("experiments", __name__)
 SECONDS_PER_MINUTE = 60.0
@@ -72,11 +71,10 @@ async def _check_model_versions(data: schemas.ExperimentRequest, state: AppState
     ``serving.max_variant_models``, comes while another running or paused experiment serves
     model versions, is not in the store, or has train-time settings the served config
     disagrees with."""
-    named = [(f"variants.{i}.model_version", v.model_version) for i, v in enumerate(data.variants)]
-    named = [(field, version) for field, version in named if version is not None]
-    first = {}  # each version and the field that names it first, in order
-    for field, version in named:
-        first.setdefault(version, field)
+    first: dict[int, str] = {}  # each version and the field that names it first, in order
+    for i, variant in enumerate(data.variants):
+        if variant.model_version is not None:
+            first.setdefault(variant.model_version, f"variants.{i}.model_version")
     cap = state.serving.max_variant_models
     if len(first) > cap:
         raise _invalid(
@@ -87,18 +85,16 @@ async def _check_model_versions(data: schemas.ExperimentRequest, state: AppState
     live = named_model_versions(await state.store.experiments(), ARMS_LIVE)
     if first and live:  # a viewer is in every running experiment: two would serve one of them
         raise _invalid(
-            named[0][0],
+            next(iter(first.values())),
             f"another running or paused experiment serves model versions {sorted(live)}; "
             "stop it first (one model experiment at a time)",
         )
     for version, field in first.items():
-        model = await load_version(state.store, version, state.settings.model_dir)
+        model, why = await servable_version(
+            state.store, version, state.settings.model_dir, state.cfg
+        )
         if model is None:
-            raise _invalid(field, f"model version {version} is not in the store")
-        try:
-            state.cfg.check_trained_with(model.config, f"model version {version}")
-        except ConfigError as error:
-            raise _invalid(field, str(error)) from None
+            raise _invalid(field, why)
 
 
 async def _record(state: AppState, experiment_id: str) -> ExperimentRecord:
