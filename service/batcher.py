@@ -29,7 +29,6 @@ from typing import Any
 
 from service.admission import Overloaded, RunningCost, waited
 from service.settings import ServingSettings
-from sona_jax.buckets import USER_BUCKETS
 
 log = logging.getLogger("sona.batcher")
 
@@ -290,7 +289,7 @@ def serving_batcher(
         serving.max_queue,
         on_batch=on_batch,
         engines=serving.engine_threads,
-        sizes=USER_BUCKETS,
+        sizes=serving.served_shapes().batch_sizes,
         solo_from=None if serving.xla_threads == 1 else OVERLAP_MAX_BATCH,
         max_wait_ms=serving.max_wait_ms,
     )

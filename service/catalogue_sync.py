@@ -1,75 +1,219 @@
 """Catalogue writes into the served engine (SPEC 4.2): this process's own writes before they are
 acknowledged, other processes' within ``serving.catalogue_poll_seconds``, through the store's
-change feed (`Store.content_changes`), so every process serves the same catalogue."""
+change feed (`Store.content_changes`), so every process serves the same catalogue.
+
+The served item arrays have a capacity, and a new capacity is a new shape: new programs. A write
+never waits for them. While rows remain, a new item is servable when its write is acknowledged;
+the programs of the next capacity (`catalogue.grown_capacity`, geometric) are compiled in the
+background ahead of need (`serving.prepare_next_capacity`) and the arrays grow to it as soon as a
+write needs the rows. Items beyond every prepared capacity wait (stored, counted in `waiting`,
+shown by ``/ready`` and ``/metrics``) until the background compile is done, then are served.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from concurrent.futures import Executor
 
 from service.periodic import every
-from service.runtime import Runtime
+from service.runtime import Runtime, warm_up
 from service.storage import CatalogueEntry, Store
-from sona_jax.serve.catalogue import CatalogueReport
+from service.threads import in_background
+from sona_jax.serve.catalogue import CatalogueReport, grown_capacity, item_capacity
 from sona_jax.serve.engine import ServingEngine
+from sona_jax.serve.programs import Programs
 
 log = logging.getLogger("sona.catalogue")
 
 
 class CatalogueSync:
-    def __init__(self, store: Store, runtime: Runtime, executor: Executor, poll_seconds: float):
+    def __init__(
+        self,
+        store: Store,
+        runtime: Runtime,
+        executor: Executor,
+        poll_seconds: float,
+        prepare_next: bool = False,
+        compile_first: bool = True,
+    ):
+        """``prepare_next``: keep the next capacity's programs compiled ahead of need (the
+        default version's catalogue; model arms only grow when a write needs it).
+        ``compile_first`` False (`serving.warm_up` off): grow at once and compile on first use."""
         self.store, self.runtime, self.executor = store, runtime, executor
-        self.poll_seconds = poll_seconds
+        self.poll_seconds, self.prepare_next = poll_seconds, prepare_next and compile_first
+        self.compile_first = compile_first
         self.watermark = 0  # of the change feed, as applied to the served engine
         self.task: asyncio.Task | None = None
+        # Stored, beyond the served capacity: the newest change of each item, in order.
+        self.waiting: list[CatalogueEntry] = []
+        self.rows_needed = 0  # rows the catalogue needs, waiting items included
+        # The next capacity and its compiled programs, held so they outlive their compile.
+        self.next_capacity = 0
+        self.next_programs: Programs | None = None
+        self.growing: asyncio.Task | None = None
+        self.failed_capacity = 0  # a capacity whose programs failed to compile (not retried)
+        self.steps = 0  # capacity steps taken while serving
+        self.closed = False
 
     async def _in_engine(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     async def prepared(self, engine: ServingEngine) -> tuple[ServingEngine, int]:
-        """``engine`` (a model version not yet served) with the whole catalogue applied, and
-        the feed's watermark it is current to."""
+        """``engine`` (a model version not yet served) with the whole catalogue applied (its
+        arrays sized to hold it: it is compiled before it serves), and the feed's watermark it
+        is current to."""
         entries, watermark = await self.store.content_changes(0)
-        engine, report = await self._in_engine(engine.with_catalogue, entries)
+
+        engine, report = await self._in_engine(_sized_to_hold, engine, entries)
         _log_report(report)
+        if self.growing is not None:  # programs for the previous version's shapes
+            self.growing.cancel()
+        self.waiting, self.rows_needed = [], report.rows_needed
+        self.next_capacity, self.next_programs = 0, None
         return engine, watermark
 
     async def apply(self, entries: Sequence[CatalogueEntry]) -> CatalogueReport:
-        """Serve ``entries`` now (compiled first when the item arrays had to grow)."""
+        """Serve ``entries`` now where the capacity (or a prepared next one) holds them; the
+        rest wait for the next capacity's programs."""
         async with self.runtime.writer:
             return await self._apply_locked(entries)
 
     async def _apply_locked(self, entries: Sequence[CatalogueEntry]) -> CatalogueReport:
+        changes = _newest_of_each(self.waiting + list(entries))
+        prepared = self.next_capacity if self._next_ready() else 0
+
         def change() -> CatalogueReport:
-            engine, report = self.runtime.engine.with_catalogue(entries)
+            current = self.runtime.engine
+            if not self.compile_first:
+                engine, report = _sized_to_hold(current, changes)
+            else:
+                engine, report = current.with_catalogue(changes)
+                if report.waiting and prepared > current.capacity:
+                    # The next capacity's programs are compiled: grow now. (Unless the
+                    # engine's other shapes changed since, which would compile here.)
+                    grown, grown_report = current.with_catalogue(changes, prepared)
+                    if grown.programs.planned:
+                        engine, report = grown, grown_report
             self.runtime.publish(engine)
             return report
 
+        capacity = self.runtime.engine.capacity
         report = await self._in_engine(change)
+        if self.runtime.engine.capacity > capacity:
+            self.steps += 1
+            log.info("item arrays grew from %d to %d rows", capacity, self.runtime.engine.capacity)
+        before = len(self.waiting)
+        self.waiting, self.rows_needed = list(report.waiting), report.rows_needed
+        if len(self.waiting) != before:
+            log.info(
+                "%d catalogue changes wait for the next capacity's programs", len(self.waiting)
+            )
         _log_report(report)
+        self.grow_soon()
         return report
+
+    def _next_ready(self) -> bool:
+        return self.next_programs is not None and self.next_programs.planned
+
+    def grow_soon(self) -> None:
+        """Start compiling the next capacity's programs in the background when items wait for
+        them, or ahead of need (`prepare_next`), unless that is under way or done."""
+        if self.closed or (self.growing is not None and not self.growing.done()):
+            return
+        engine = self.runtime.engine
+        needed = max(self.rows_needed, engine.rows_in_use()) + 1
+        if not self.waiting and not self.prepare_next:
+            return
+        ready = self._next_ready() and self.next_capacity > engine.capacity
+        if ready and self.next_capacity >= needed:
+            if not self.waiting:
+                return
+            work = self.catch_up()  # prepared while these arrived: serve them now
+        else:
+            # Geometric in the capacity: the next shape once these rows are full.
+            needed = max(needed, engine.capacity + 1)
+            target = grown_capacity(needed, engine.model.n_items, engine.cfg.catalogue)
+            if target == self.failed_capacity:
+                return
+            work = self._grow(target)
+        self.growing = asyncio.get_running_loop().create_task(work, name="catalogue capacity")
+        # Then the capacity after it is prepared (or what still waits is grown for).
+        self.growing.add_done_callback(lambda _: self.grow_soon())
+
+    async def _grow(self, capacity: int) -> None:
+        """Compile the programs of ``capacity`` rows (a low-priority thread, the served engine
+        serving meanwhile), hold them, and serve what waits."""
+        engine = self.runtime.engine
+
+        def compile_next() -> Programs:
+            grown = engine.with_capacity(capacity)
+            warm_up(grown)
+            return grown.programs
+
+        try:
+            programs = await asyncio.get_running_loop().run_in_executor(
+                None, in_background, compile_next
+            )
+        except Exception:  # noqa: BLE001 - serving goes on at the current capacity
+            log.exception("compiling the programs of %d item rows failed", capacity)
+            self.failed_capacity = capacity
+            return
+        self.next_capacity, self.next_programs = capacity, programs
+        log.info("programs for %d item rows compiled", capacity)
+        if self.waiting:
+            await self.catch_up()
 
     async def write(self, content_ids: list[str]) -> CatalogueReport:
         """After this process wrote ``content_ids`` to the store: serve them before the write
-        is acknowledged."""
+        is acknowledged (those beyond every compiled capacity wait, stored)."""
         return await self.apply(await self.store.content_entries(content_ids))
 
     async def catch_up(self) -> None:
-        """Apply what every process wrote since the last look."""
+        """Apply what every process wrote since the last look (and what waits)."""
         async with self.runtime.writer:
             entries, watermark = await self.store.content_changes(self.watermark)
-            if entries:
+            if entries or self.waiting:
                 await self._apply_locked(entries)
             self.watermark = watermark
 
     def start(self) -> None:
         self.task = every(self.poll_seconds, self.catch_up, "catalogue catch-up", log)
+        self.grow_soon()
 
     async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
+        self.closed = True
+        for task in (self.task, self.growing):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+
+def _newest_of_each(entries: Sequence[CatalogueEntry]) -> list[CatalogueEntry]:
+    """``entries`` without the older changes of an item listed again (a write of this process
+    comes back through the change feed), in revision order."""
+    newest: dict[str, CatalogueEntry] = {}
+    for entry in entries:
+        seen = newest.get(entry.item.content_id)
+        if seen is None or entry.revision >= seen.revision:
+            newest[entry.item.content_id] = entry
+    return sorted(newest.values(), key=lambda e: e.revision)
+
+
+def _sized_to_hold(
+    engine: ServingEngine, entries: Sequence[CatalogueEntry]
+) -> tuple[ServingEngine, CatalogueReport]:
+    """``engine`` with ``entries`` applied, its arrays grown to hold them all when needed (a
+    shape whose programs compile before it serves, or on first use)."""
+    sized, report = engine.with_catalogue(entries)
+    if not report.waiting:
+        return sized, report
+    cfg = engine.cfg.catalogue
+    rows = item_capacity(engine.capacity, engine.model.n_items, report.rows_needed, cfg)
+    return engine.with_catalogue(entries, rows)
 
 
 def _log_report(report: CatalogueReport) -> None:

@@ -33,6 +33,10 @@ def freshness(state: AppState) -> dict:
         "age_seconds": round(time.time() - trained_at, 3),
         "events_since": state.tables.events_since_model,
         "items_since": engine.items_added,
+        "items_waiting": len(state.catalogue.waiting),
+        "item_capacity": engine.capacity,
+        "compiled_programs": state.library.live_programs(),
+        "program_sets": len(state.library.live()),
         "tables_refreshed_at": state.tables.refreshed_at or None,
         "last_rebuild": last,
     }
@@ -46,6 +50,10 @@ def set_gauges(state: AppState) -> None:
         gauges["model_age_seconds"].set(fresh["age_seconds"])
         gauges["events_since_model"].set(fresh["events_since"])
         gauges["items_since_model"].set(fresh["items_since"])
+        gauges["items_waiting"].set(fresh["items_waiting"])
+        gauges["item_capacity"].set(fresh["item_capacity"])
+        gauges["compiled_programs"].set(fresh["compiled_programs"])
+        gauges["program_sets"].set(fresh["program_sets"])
         gauges["tables_refreshed"].set(fresh["tables_refreshed_at"] or 0)
     last = fresh["last_rebuild"]
     if last is not None:

@@ -35,6 +35,7 @@ from service.settings import ServingSettings
 from service.storage import Store
 from service.training import servable_version
 from sona_jax.config import SonaConfig
+from sona_jax.serve.programs import ProgramLibrary
 
 log = logging.getLogger("sona.model_arms")
 # A request that picked an arm just before it was let go still finishes on it (its profile
@@ -77,7 +78,11 @@ class ModelArms:
         model_dir: Path,
         lookups: Stage,
         on_batch: Callable[[int, float], None] | None = None,
+        library: ProgramLibrary | None = None,
     ) -> None:
+        """``library``: the process's program sets (an arm of the default's shapes runs on the
+        default's programs)."""
+        self.library = library or ProgramLibrary(serving.served_shapes())
         self.store, self.cache, self.executor = store, cache, executor
         self.cfg, self.serving, self.model_dir = cfg, serving, model_dir
         self.lookups, self.on_batch = lookups, on_batch
@@ -166,9 +171,15 @@ class ModelArms:
         model, why = await servable_version(self.store, version, self.model_dir, self.cfg)
         if model is None:
             raise LookupError(why)
-        runtime = Runtime(None, self.cfg, self.serving)
+        runtime = Runtime(None, self.cfg, self.serving, self.library)
         serving, executor = self.serving, self.executor
-        catalogue = CatalogueSync(self.store, runtime, executor, serving.catalogue_poll_seconds)
+        catalogue = CatalogueSync(
+            self.store,
+            runtime,
+            executor,
+            serving.catalogue_poll_seconds,
+            compile_first=serving.warm_up,
+        )
         tables = LiveTables(self.store, runtime, executor, serving.tables_refresh_seconds)
         profiles = Profiles(
             self.store,

@@ -10,28 +10,29 @@ change an array shape, compiled before they are published, so no request waits o
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from functools import partial
 from pathlib import Path
 
 import jax
 import numpy as np
 
 from service.settings import ServingSettings
-from service.storage import EventRow
 from service.threads import in_background
-from sona_jax.buckets import EVENT_BUCKETS, SCORE_BUCKETS, USER_BUCKETS, bucket
 from sona_jax.config import SonaConfig
 from sona_jax.data.stored import StoredEvent
-from sona_jax.model.training_data import event_targets
 from sona_jax.model.version import TrainedModel
-from sona_jax.serve import item_queries, viewers
-from sona_jax.serve.batch import Query, RequestFilter, ViewerProfile
+from sona_jax.serve import viewers
+from sona_jax.serve.batch import Query, ViewerProfile
 from sona_jax.serve.engine import Lists, Scores, ServingEngine
 from sona_jax.serve.fusion import N_SOURCES
+from sona_jax.serve.program_plan import program_plan
+from sona_jax.serve.programs import ProgramLibrary, forget_jit_caches
 from sona_jax.serve.viewers import AdapterResult
 
 MILLISECONDS = 1000
@@ -52,11 +53,19 @@ class Runtime:
     """The served engine (one model version under the served config) plus the functions the
     batchers call."""
 
-    def __init__(self, model: TrainedModel | None, cfg: SonaConfig, serving: ServingSettings):
-        """Serving ``model`` (or nothing until the first `publish`)."""
+    def __init__(
+        self,
+        model: TrainedModel | None,
+        cfg: SonaConfig,
+        serving: ServingSettings,
+        library: ProgramLibrary | None = None,
+    ):
+        """Serving ``model`` (or nothing until the first `publish`), through the program sets
+        of ``library`` (shared by every runtime of the process: one per model arm)."""
         self.lock = threading.Lock()
         self.writer = asyncio.Lock()  # one replacement at a time (catalogue, tables, models)
         self.cfg, self.serving = cfg, serving
+        self.library = library or ProgramLibrary(serving.served_shapes())
         self._engine: ServingEngine | None = None
         self._canned_key: tuple[int, int] | None = None  # `serving.canned_engine` only
         self._canned_lists: Lists | None = None
@@ -64,23 +73,26 @@ class Runtime:
             self.load(model)
 
     def prepare(self, model: TrainedModel) -> ServingEngine:
-        """A model version as served (with room for new items); raises `ConfigError` when its
-        train-time config disagrees with the served config."""
-        return ServingEngine.load(model, self.cfg).with_headroom()
+        """A model version as served (with room for new items, on this process's program
+        sets); raises `ConfigError` when its train-time config disagrees with the served
+        config."""
+        return ServingEngine.load(model, self.cfg).with_headroom().served(self.library)
 
     def load(self, model: TrainedModel) -> None:
         """Prepare, compile and publish a model version."""
         self.publish(self.prepare(model))
 
     def publish(
-        self, engine: ServingEngine, progress: Callable[[int, int], None] | None = None
+        self,
+        engine: ServingEngine,
+        progress: Callable[[int, int], None] | None = None,
+        threads: int = 1,
     ) -> None:
-        """Serve ``engine`` from the next batch on, compiled first when its shapes are new
-        (``progress(done, total)`` as its programs compile)."""
-        current = self._engine
-        if self.serving.warm_up and (current is None or _shapes(current) != _shapes(engine)):
+        """Serve ``engine`` from the next batch on, its programs compiled first when its shape
+        has none yet (``progress(done, total)`` as they compile, on ``threads``)."""
+        if self.serving.warm_up and not engine.programs.planned:
             # The served engine keeps its cores meanwhile.
-            in_background(self.warm_up, engine, progress)
+            in_background(warm_up, engine, progress, threads)
         with self.lock:
             self._engine = engine
 
@@ -98,28 +110,6 @@ class Runtime:
     @property
     def version(self) -> int:
         return self.engine.version
-
-    def warm_up(
-        self,
-        engine: ServingEngine | None = None,
-        progress: Callable[[int, int], None] | None = None,
-    ) -> None:
-        """Compile every program a valid request can run, before ``engine`` (default: the
-        served one) serves traffic; ``progress(done, total)`` after each.
-
-        That is: recommendations for every user bucket a batch can fill (every list length
-        shares one program), with the model's list widths and the wide ones; scores for every
-        bucket of items per request; similar items; profiles for every bucket of stored events up to
-        ``serving.warm_up_max_events``; adapter training for every bucket of viewers the
-        learner trains together. Buckets above ``serving.max_batch`` (or above 1 with batching
-        off) are never used. With the persistent compilation cache a warm restart loads them.
-        """
-        engine = engine or self.engine
-        tasks = warm_up_tasks(engine, self.cfg, self.serving)
-        for done, task in enumerate(tasks, start=1):
-            task()
-            if progress is not None:
-                progress(done, len(tasks))
 
     # ---- what the batchers run -------------------------------------------------------------
 
@@ -188,7 +178,8 @@ class Runtime:
         now: float,
     ) -> list[AdapterResult]:
         """Retrain the adapters of several viewers in one vmapped call (SPEC 3.2)."""
-        key = jax.random.PRNGKey(int(now * MILLISECONDS) % (2**31))
+        # jax.random.PRNGKey(seed) for a seed below 2**32, made on the host: no eager program.
+        key = np.array([0, int(now * MILLISECONDS) % (2**31)], np.uint32)
         return viewers.train_viewers(self.engine, user_ids, profiles, events, key)
 
     def viewer_profile(
@@ -206,63 +197,36 @@ class Runtime:
         )
 
 
-def warm_up_tasks(
-    engine: ServingEngine, cfg: SonaConfig, serving: ServingSettings
-) -> list[Callable[[], object]]:
-    """One call per program `Runtime.warm_up` compiles (see there)."""
-    largest = serving.max_batch if serving.batching else 1
-    sizes = [size for size in USER_BUCKETS if size <= bucket(largest, USER_BUCKETS)]
-    empty = viewers.empty_profile(engine)
-    wide = replace(empty, seen=np.arange(engine.widths.seen + 1, dtype=np.int32) % engine.capacity)
-    dismissing = replace(
-        empty, dismissed=np.arange(engine.widths.dismissed + 1, dtype=np.int32) % engine.capacity
-    )
-    lam = cfg.diversity.mmr_lambda
-    most = bucket(serving.max_batch_score_ids, SCORE_BUCKETS)
-    widths = [w for w in SCORE_BUCKETS if w < most] + [most]
-    tasks: list[Callable[[], object]] = []
-    for size in sizes:
-        for profile in (empty, wide):
-            tasks.append(partial(engine.recommend_queries, [Query(profile, 1, True, lam)] * size))
-        for width in widths:
-            for profile in (empty, dismissing):  # seen lists shape only the retrieval inside
-                scoring = Query(profile, items=np.zeros(width, np.int32))
-                tasks.append(partial(engine.score_queries, [scoring] * size))
-    tasks.append(partial(item_queries.similar, engine, 0, 1))
-    # filtered similar items (over the catalogue) and filtered batch scores (at items)
-    some_filter = RequestFilter(one_per_series=True, year_min=0.0)
-    tasks.append(partial(item_queries.similar, engine, 0, 1, some_filter))
-    for width in widths:
-        tasks.append(partial(item_queries.passing, engine, some_filter, np.zeros(width, np.int32)))
-    item = engine.item_ids[0]
-    for n_events in EVENT_BUCKETS:
-        if n_events > bucket(serving.warm_up_max_events, EVENT_BUCKETS):
-            break
-        events = [_warm_up_event(item, i) for i in range(n_events)]
-        tasks.append(
-            partial(viewers.viewer_profile, engine, "warm-up", events, None, 0.0, time.time())
-        )
-    # A learner batch's engagement targets: every bucket its events can fill.
-    size, most = EVENT_BUCKETS[0], serving.warm_up_max_events * serving.learner_max_batch
-    while size <= bucket(most, EVENT_BUCKETS):
-        zeros = np.zeros(size, np.float32)
-        tasks.append(partial(event_targets, zeros, zeros, zeros.astype(bool), cfg.preference))
-        size = bucket(size + 1, EVENT_BUCKETS)
-    training = [_warm_up_event(item, i) for i in range(cfg.lora.min_events)]
-    for n_users in USER_BUCKETS:
-        if n_users > bucket(serving.learner_max_batch, USER_BUCKETS):
-            break
-        users = [f"warm-up-{i}" for i in range(n_users)]
-        events = [replace(e, user_id=u) for u in users for e in training]
-        key = jax.random.PRNGKey(0)
-        tasks.append(partial(viewers.train_viewers, engine, users, [empty] * n_users, events, key))
-    return tasks
+_compiling = threading.Lock()  # one program set compiles at a time; caches emptied after
 
 
-def _warm_up_event(content_id: str, i: int) -> EventRow:
-    return EventRow("warm-up", content_id, float(i), 1.0, None, False, False, None, None)
+def warm_up(
+    engine: ServingEngine,
+    progress: Callable[[int, int], None] | None = None,
+    threads: int = 1,
+) -> None:
+    """Compile every program ``engine``'s shape needs (`program_plan`) that its set lacks,
+    before it serves traffic; ``progress(done, total)`` after each, ``threads`` at once (more
+    than one only while nothing is served: compiling competes with serving for the cores).
+    Then jit's own caches are emptied (`forget_jit_caches`), so that program sets no engine
+    holds any more are freed."""
+    programs = engine.programs
+    with _compiling:
+        if programs.planned:
+            return
+        tasks = program_plan(engine, time.time())
+        done = 0
+        with ThreadPoolExecutor(max(1, threads), thread_name_prefix="sona-compile") as pool:
+            for _ in pool.map(lambda task: task(), tasks):
+                done += 1
+                if progress is not None:
+                    progress(done, len(tasks))
+        engine.library.planned(programs)
+        forget_jit_caches()
+        _return_freed_memory()
 
 
-def _shapes(engine: ServingEngine) -> list[tuple[int, ...]]:
-    """The array shapes the jitted calls are compiled for."""
-    return [tuple(x.shape) for x in jax.tree_util.tree_leaves(engine.state)]
+def _return_freed_memory() -> None:
+    """Hand the heap's free pages back to the system (glibc keeps what a compile freed)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)

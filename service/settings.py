@@ -1,8 +1,9 @@
 """What `sona serve` decides before the app starts: the engine config, the serving settings
 (the ``[serving]`` table of the same TOML file), storage and cache URLs, keys and demo options.
 
-Serving settings never reach the engine: changing the port or the batch window compiles
-nothing.
+Serving settings never reach the engine's config: changing the port or the batch window
+compiles nothing. The padded sizes the engine compiles for (`ServingSettings.served_shapes`)
+go to it as one `ServedShapes`.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sona_jax.config import ConfigError, SonaConfig, format_errors
+from sona_jax.serve.programs import ServedShapes
 from sona_lab.files import read_toml, split_config
 
 
@@ -80,10 +82,30 @@ class ServingSettings(_HostTable):
         description="where compiled programs are kept ('': xla-cache under the data directory); "
         "servers of one host can share one (`sona serve --compilation-cache-dir`)",
     )
-    warm_up_max_events: int = Field(
-        16384, ge=16, description="profiles are compiled before serving up to this many events"
+    batch_sizes: tuple[int, ...] = Field(
+        (1, 8, 64),
+        min_length=1,
+        description="viewers per engine call, ascending: a batch is padded to the next size, "
+        "more than the largest go in several calls (each size is compiled programs)",
     )
-    learner_max_batch: int = Field(64, ge=1, le=1024, description="viewers trained per call")
+    score_width: int = Field(
+        32, ge=1, description="items per viewer in a batched score call (more: scored alone)"
+    )
+    profile_events: int = Field(
+        512, ge=1, description="stored events per step when a viewer's profile is built"
+    )
+    learner_users: int = Field(16, ge=1, description="viewers per adapter-training call")
+    prepare_next_capacity: bool = Field(
+        True,
+        description="compile the programs of the catalogue's next capacity in the background, "
+        "before a write needs it (one more program set held)",
+    )
+    saved_programs: int = Field(
+        32,
+        ge=0,
+        description="compiled program sets kept on disk for restarts (0: none saved)",
+    )
+    learner_max_batch: int = Field(64, ge=1, le=1024, description="viewers trained together")
     learner_window_ms: float = Field(50.0, ge=0.0, description="how long the learner gathers")
     model_poll_seconds: float = Field(10.0, gt=0.0, description="how often to look for models")
     catalogue_poll_seconds: float = Field(
@@ -127,6 +149,24 @@ class ServingSettings(_HostTable):
         "one precomputed result of the same shape (validation, profiles, batching and answers "
         "stay real); never for production",
     )
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _ascending(cls, sizes: tuple[int, ...]) -> tuple[int, ...]:
+        if list(sizes) != sorted(set(sizes)) or sizes[0] < 1:
+            raise ValueError("distinct sizes >= 1 in ascending order")
+        return sizes
+
+    def served_shapes(self) -> ServedShapes:
+        """The padded sizes the served engine compiles its programs for."""
+        sizes = self.batch_sizes if self.batching else self.batch_sizes[:1]
+        return ServedShapes(
+            sizes,
+            min(self.score_width, self.max_batch_score_ids),
+            self.max_batch_score_ids,
+            self.profile_events,
+            self.learner_users,
+        )
 
 
 class LearningSettings(_HostTable):

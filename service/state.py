@@ -34,6 +34,7 @@ from service.metrics import Metrics
 from service.model_arms import ModelArms, Served
 from service.periodic import every
 from service.profiles import Profiles
+from service.program_store import ProgramStore
 from service.rebuilds import RebuildScheduler
 from service.runtime import COMPILATION_CACHE, Runtime, use_compilation_cache
 from service.settings import ServingSettings, Settings
@@ -50,9 +51,11 @@ from service.training import (
 )
 from sona_jax.config import ConfigError, SonaConfig
 from sona_jax.model.version import TrainedModel
+from sona_jax.serve.programs import ProgramLibrary
 
 log = logging.getLogger("sona")
 EXTENSION = "sona"
+SAVED_PROGRAMS = "programs"  # under the compilation cache's folder
 
 
 def _freeze_heap(collect: bool = True) -> None:
@@ -78,6 +81,7 @@ class AppState:
     store: Store | None = None
     cache: Cache | None = None
     executor: ThreadPoolExecutor | None = None
+    library: ProgramLibrary | None = None  # the program sets of every served engine
     runtime: Runtime | None = None
     recommend: MicroBatcher | None = None
     score: MicroBatcher | None = None
@@ -143,12 +147,15 @@ class AppState:
         settings, serving = self.settings, self.serving
         if not settings.api_keys:
             log.warning("SONA_API_KEYS is not set: the API accepts unauthenticated requests")
+        self.library = ProgramLibrary(serving.served_shapes())
         if serving.compilation_cache:
-            use_compilation_cache(
+            folder = (
                 Path(serving.compilation_cache_dir)
                 if serving.compilation_cache_dir
                 else settings.data_dir / COMPILATION_CACHE
             )
+            use_compilation_cache(folder)
+            ProgramStore(folder / SAVED_PROGRAMS, serving.saved_programs).attach(self.library)
         self.store = open_store(settings.database_url, settings.data_dir)
         await self.store.open()
         self.cache = open_cache(
@@ -169,6 +176,7 @@ class AppState:
             settings.model_dir,
             self.lookups,
             partial(self.metrics.observe_batch, "recommend"),
+            self.library,
         )
         self.experiments.on_models = self.model_arms.want
         await self.experiments.refresh()
@@ -233,10 +241,15 @@ class AppState:
         """Serve ``model`` with the live catalogue and tables (the first one, or a swap);
         ``progress(done, total)`` as its programs compile."""
         first = self.runtime is None
-        runtime = Runtime(None, self.cfg, self.serving) if first else self.runtime
+        runtime = Runtime(None, self.cfg, self.serving, self.library) if first else self.runtime
         if first:
             self.catalogue = CatalogueSync(
-                self.store, runtime, self.executor, self.serving.catalogue_poll_seconds
+                self.store,
+                runtime,
+                self.executor,
+                self.serving.catalogue_poll_seconds,
+                prepare_next=self.serving.prepare_next_capacity,
+                compile_first=self.serving.warm_up,
             )
             self.tables = LiveTables(
                 self.store, runtime, self.executor, self.serving.tables_refresh_seconds
@@ -252,7 +265,9 @@ class AppState:
             # Recent viewers' profiles under the new version: their next requests hit the cache.
             profiles = [] if first else await self.profiles.prepared(engine)
             caught_up = time.perf_counter()
-            await loop.run_in_executor(self.executor, runtime.publish, engine, progress)
+            # Nothing is served yet at the first start: compile on every core.
+            threads = (os.cpu_count() or 1) if first else 1
+            await loop.run_in_executor(self.executor, runtime.publish, engine, progress, threads)
             self.catalogue.watermark = watermark
             if profiles:
                 await self.profiles.put_all(profiles)

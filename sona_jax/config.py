@@ -349,6 +349,13 @@ class CatalogueConfig(_Section):
         description="growing tables (catalogue, kNN pool) are padded in steps of this share",
     )
     capacity_min_step: int = serve(64, ge=1, description="and in steps of at least this many rows")
+    capacity_headroom: float = serve(
+        0.5,
+        gt=0.0,
+        le=4.0,
+        description="full item arrays grow to hold this share more than the rows in use "
+        "(geometric: a catalogue that grows tenfold changes shape about six times)",
+    )
 
 
 class SonaConfig(_Section):

@@ -113,6 +113,10 @@ POSTGRES: list[str] = [
     """
     CREATE INDEX IF NOT EXISTS events_content_ts ON events (content_id, ts);
     """,
+    # 6: the catalogue in slot order (training snapshots) from an index, as SQLite's 6
+    """
+    CREATE INDEX IF NOT EXISTS content_slot ON content (slot);
+    """,
 ]
 
 SQLITE: list[str] = [
@@ -214,5 +218,10 @@ SQLITE: list[str] = [
     # 5: as PostgreSQL's 5
     """
     CREATE INDEX IF NOT EXISTS events_content_ts ON events (content_id, ts);
+    """,
+    # 6: a new item's slot is MAX(slot) + 1: without an index every upserted row scanned the
+    # whole catalogue (seeding 50,000 items took about 4 minutes, quadratic in the catalogue)
+    """
+    CREATE INDEX IF NOT EXISTS content_slot ON content (slot);
     """,
 ]

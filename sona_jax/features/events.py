@@ -31,12 +31,19 @@ class Events(NamedTuple):
 def engine_events(
     log: EventLog, now: float, pad_to: int | None = None, pad_user: int = -1
 ) -> Events:
-    """Convert a host `EventLog` to `Events` relative to ``now`` (seconds since the epoch).
+    """Convert a host `EventLog` to `Events` relative to ``now`` (seconds since the epoch), on
+    the device (`host_events` on the host).
 
     Args:
         pad_to: pad to this many rows (a bucketed size) with rows whose user is ``pad_user``
             (``-1`` or ``n_users``: dropped by segment sums) and zero completion.
     """
+    return Events(*(jnp.asarray(column) for column in host_events(log, now, pad_to, pad_user)))
+
+
+def host_events(log: EventLog, now: float, pad_to: int | None = None, pad_user: int = -1) -> Events:
+    """`engine_events` as host numpy arrays (to be cut into steps before they go to the
+    device)."""
     ts = np.asarray(log.timestamp, np.float64)
     seconds_of_day = np.mod(ts, SECONDS_PER_DAY)
     columns = dict(
@@ -57,4 +64,4 @@ def engine_events(
         for name, value in columns.items():
             fill = pad_user if name == "user" else 0
             columns[name] = np.concatenate([value, np.full(pad_to - n, fill, value.dtype)])
-    return Events(**{name: jnp.asarray(value) for name, value in columns.items()})
+    return Events(**columns)

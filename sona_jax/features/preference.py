@@ -109,6 +109,25 @@ def build_preference_vectors(
     return finish_preferences(preference_sums(events, item_embeddings, n_users, cfg))
 
 
+def genre_mass(
+    events: Events, item_genres: jnp.ndarray, n_users: int, cfg: PreferenceConfig
+) -> jnp.ndarray:
+    """(users, G) the qualifying, decayed engagement of each genre (an item's weight split
+    evenly over its genres): sums that chunks of events add into; `finish_genres` smooths
+    them. item_genres: (items, G) multi-hot."""
+    per_item = item_genres / jnp.maximum(item_genres.sum(axis=1, keepdims=True), 1.0)
+    weights = event_weights(events, cfg)
+    return jax.ops.segment_sum(
+        weights[:, None] * per_item[events.item], events.user, num_segments=n_users
+    )
+
+
+def finish_genres(mass: jnp.ndarray, cfg: PreferenceConfig) -> jnp.ndarray:
+    """(users, G) Laplace-smoothed genre shares of `genre_mass`."""
+    smoothed = mass + cfg.genre_smoothing
+    return smoothed / smoothed.sum(axis=1, keepdims=True)
+
+
 @partial(jax.jit, static_argnames=("n_users", "cfg"))
 def genre_affinities(
     events: Events, item_genres: jnp.ndarray, n_users: int, cfg: PreferenceConfig
@@ -117,13 +136,7 @@ def genre_affinities(
 
     item_genres: (items, G) multi-hot; an item's weight is split evenly over its genres.
     """
-    per_item = item_genres / jnp.maximum(item_genres.sum(axis=1, keepdims=True), 1.0)
-    weights = event_weights(events, cfg)
-    mass = jax.ops.segment_sum(
-        weights[:, None] * per_item[events.item], events.user, num_segments=n_users
-    )
-    smoothed = mass + cfg.genre_smoothing
-    return smoothed / smoothed.sum(axis=1, keepdims=True)
+    return finish_genres(genre_mass(events, item_genres, n_users, cfg), cfg)
 
 
 def _distribution(counts: jnp.ndarray) -> jnp.ndarray:
@@ -132,9 +145,18 @@ def _distribution(counts: jnp.ndarray) -> jnp.ndarray:
     return jnp.where(total > 0, counts / jnp.where(total > 0, total, 1.0), uniform)
 
 
-@partial(jax.jit, static_argnames=("n_users", "cfg"))
-def temporal_patterns(events: Events, n_users: int, cfg: PreferenceConfig) -> TemporalPattern:
-    """Hourly and weekday distributions of a user's (non-dismissed) viewing, and recency bias."""
+class TemporalSums(NamedTuple):
+    """Counts that chunks of events add into (`finish_temporal` makes them a
+    `TemporalPattern`): hourly (users, 24) and weekday (users, 7) (non-dismissed) events,
+    recent (users,) those within the recency window."""
+
+    hourly: jnp.ndarray
+    weekday: jnp.ndarray
+    recent: jnp.ndarray
+
+
+def temporal_sums(events: Events, n_users: int, cfg: PreferenceConfig) -> TemporalSums:
+    """`TemporalSums` of one chunk of events."""
     watched = (~events.dismissed).astype(jnp.float32)
     hourly = jax.ops.segment_sum(
         watched[:, None] * jax.nn.one_hot(events.hour, 24), events.user, num_segments=n_users
@@ -145,6 +167,17 @@ def temporal_patterns(events: Events, n_users: int, cfg: PreferenceConfig) -> Te
     recent = jax.ops.segment_sum(
         watched * (events.age_days < cfg.recency_window_days), events.user, num_segments=n_users
     )
-    count = hourly.sum(axis=1)
-    recency = jnp.where(count > 0, recent / jnp.where(count > 0, count, 1.0), 0.0)
-    return TemporalPattern(_distribution(hourly), _distribution(weekday), recency)
+    return TemporalSums(hourly, weekday, recent)
+
+
+def finish_temporal(sums: TemporalSums) -> TemporalPattern:
+    """Distributions and recency bias of `TemporalSums`."""
+    count = sums.hourly.sum(axis=1)
+    recency = jnp.where(count > 0, sums.recent / jnp.where(count > 0, count, 1.0), 0.0)
+    return TemporalPattern(_distribution(sums.hourly), _distribution(sums.weekday), recency)
+
+
+@partial(jax.jit, static_argnames=("n_users", "cfg"))
+def temporal_patterns(events: Events, n_users: int, cfg: PreferenceConfig) -> TemporalPattern:
+    """Hourly and weekday distributions of a user's (non-dismissed) viewing, and recency bias."""
+    return finish_temporal(temporal_sums(events, n_users, cfg))

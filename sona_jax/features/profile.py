@@ -9,6 +9,7 @@ embeddings never exceeds ``EVENT_CHUNK`` rows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import NamedTuple
 
@@ -20,7 +21,7 @@ from sona_jax.buckets import EVENT_BUCKETS, bucket
 from sona_jax.config import PreferenceConfig, SonaConfig
 from sona_jax.data.schema import EventLog
 from sona_jax.features import preference
-from sona_jax.features.events import Events, engine_events
+from sona_jax.features.events import Events, engine_events, host_events
 from sona_jax.features.history import build_user_history
 
 EVENT_CHUNK = 1 << 18  # most events per preference-sum call (their gathered embeddings: chunk x d)
@@ -140,6 +141,98 @@ def _add_chunk(
     )
 
 
+class ProfileSums(NamedTuple):
+    """What a viewer's events add up to, step by step (`add_profile_step`): preference sums,
+    genre mass (users, G) and temporal counts."""
+
+    preference: preference.PreferenceSums
+    genre_mass: jnp.ndarray
+    temporal: preference.TemporalSums
+
+
+class ProfileStep(NamedTuple):
+    """After a step: the sums so far, the profile they make (`_Arrays` without per-event
+    weights) and the step's event weights (events,)."""
+
+    sums: ProfileSums
+    preference: jnp.ndarray
+    genre_affinity: jnp.ndarray
+    hourly: jnp.ndarray
+    weekday: jnp.ndarray
+    recency: jnp.ndarray
+    weights: jnp.ndarray
+
+
+@partial(jax.jit, static_argnames=("cfg",))
+def add_profile_step(
+    sums: ProfileSums,
+    events: Events,
+    item_embeddings: jnp.ndarray,
+    item_genres: jnp.ndarray,
+    cfg: PreferenceConfig,
+) -> ProfileStep:
+    """``sums`` plus one fixed-size step of events, and the profile of everything so far: one
+    program whatever a viewer's history length (the last step's profile is the viewer's)."""
+    n_users = sums.genre_mass.shape[0]
+    step = ProfileSums(
+        preference.preference_sums(events, item_embeddings, n_users, cfg),
+        preference.genre_mass(events, item_genres, n_users, cfg),
+        preference.temporal_sums(events, n_users, cfg),
+    )
+    total = jax.tree_util.tree_map(jnp.add, sums, step)
+    pattern = preference.finish_temporal(total.temporal)
+    return ProfileStep(
+        total,
+        preference.finish_preferences(total.preference),
+        preference.finish_genres(total.genre_mass, cfg),
+        pattern.hourly,
+        pattern.weekday,
+        pattern.recency,
+        preference.event_weights(events, cfg),
+    )
+
+
+def empty_sums(n_users: int, dim: int, n_genres: int) -> ProfileSums:
+    """Host `ProfileSums` of no events."""
+    zeros = partial(np.zeros, dtype=np.float32)
+    return ProfileSums(
+        preference.PreferenceSums(zeros((n_users, dim)), zeros(n_users)),
+        zeros((n_users, n_genres)),
+        preference.TemporalSums(zeros((n_users, 24)), zeros((n_users, 7)), zeros(n_users)),
+    )
+
+
+def build_profiles_in_steps(
+    log: EventLog,
+    item_embeddings: jnp.ndarray,
+    item_genres: jnp.ndarray,
+    n_users: int,
+    now: float,
+    cfg: SonaConfig,
+    step_events: int,
+    run: Callable | None = None,
+) -> UserProfiles:
+    """`build_profiles` in steps of ``step_events`` events (`add_profile_step`): one program
+    for any number of events, what serving builds a viewer's profile with. ``run(fn, args,
+    static=...)`` runs the step (default: a plain jitted call)."""
+    run = run or (lambda fn, args, static: fn(*args, **static))
+    steps = max(1, -(-len(log) // step_events))
+    events = host_events(log, now, pad_to=steps * step_events, pad_user=n_users)
+    sums = empty_sums(n_users, item_embeddings.shape[1], item_genres.shape[1])
+    weights = []
+    for start in range(0, steps * step_events, step_events):
+        chunk = Events(*(column[start : start + step_events] for column in events))
+        out = run(
+            add_profile_step,
+            (sums, chunk, item_embeddings, item_genres),
+            static={"cfg": cfg.preference},
+        )
+        sums = out.sums
+        weights.append(np.asarray(out.weights))
+    arrays = _Arrays(out.preference, out.genre_affinity, out.hourly, out.weekday, out.recency, None)
+    return _assembled(log, arrays, np.concatenate(weights)[: len(log)], n_users, cfg)
+
+
 def build_profiles(
     log: EventLog,
     item_embeddings: jnp.ndarray,
@@ -159,17 +252,23 @@ def build_profiles(
     arrays = _profile_arrays(
         events, item_embeddings, jnp.asarray(item_genres), n_users, pcfg, chunked
     )
-    vectors = (
-        _chunked_preferences(events, item_embeddings, n_users, pcfg)
-        if chunked
-        else arrays.preference
-    )
-    weights = np.asarray(arrays.weights)[: len(log)]
+    if chunked:
+        arrays = arrays._replace(
+            preference=_chunked_preferences(events, item_embeddings, n_users, pcfg)
+        )
+    return _assembled(log, arrays, np.asarray(arrays.weights)[: len(log)], n_users, cfg)
+
+
+def _assembled(
+    log: EventLog, arrays: _Arrays, weights: np.ndarray, n_users: int, cfg: SonaConfig
+) -> UserProfiles:
+    """`UserProfiles` of the device ``arrays`` and the history tables (host) of ``log``;
+    ``weights`` (events,) each event's `preference.event_weights`."""
     history = build_user_history(
         log, weights, n_users, cfg.collaborative.history_items, cfg.candidates.max_seen_items
     )
     return UserProfiles(
-        preference=np.asarray(vectors),
+        preference=np.asarray(arrays.preference),
         genre_affinity=np.asarray(arrays.genre_affinity),
         hourly=np.asarray(arrays.hourly),
         weekday=np.asarray(arrays.weekday),

@@ -4,6 +4,7 @@ the service's learner over the few users due; both in vmapped chunks of a bucket
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -17,7 +18,7 @@ from sona_jax.data.schema import EventLog
 from sona_jax.model import lora
 from sona_jax.model.training_data import (
     RecentEvents,
-    event_targets,
+    engagement_targets,
     recent_events,
     with_negatives,
 )
@@ -71,6 +72,8 @@ def train_adapters_of(
     progress: Progress = no_progress,
     mesh: Mesh | None = None,
     in_place: bool = False,
+    chunk_users: int | None = None,
+    run: Callable | None = None,
 ) -> AdapterTraining:
     """Train the adapters of users ``rows`` (indices into ``preferences`` (users, d),
     ``adapters`` (users, d, r) and ``log.user``) on their most recent events.
@@ -83,7 +86,9 @@ def train_adapters_of(
     chunk padded by repeating its last user), so any number of users compiles few programs.
     With a ``mesh`` (one axis, `VIEWERS`), every chunk is split over its devices by viewer and
     the base tier is replicated: each device trains its own viewers (no communication; the
-    same numbers as one device).
+    same numbers as one device). ``chunk_users``: that many users per chunk instead (the
+    service's learner: one program); ``run(fn, args, static=...)`` runs each chunk's program
+    (`train_chunk`; default: a plain jitted call).
     """
     lcfg = cfg.lora
     rows = np.asarray(rows, np.int64)
@@ -96,32 +101,34 @@ def train_adapters_of(
     )
     if len(rows) == 0:
         return out
-    targets = event_targets(log.completion, log.rating, log.dismissed, cfg.preference)
-    everyone = recent_events(log.user, log.item, log.timestamp, targets, rows, lcfg.max_events)
-    chunk = min(lcfg.train_chunk_users, bucket(len(rows)))
+    everyone = recent_events(log.user, log.item, log.timestamp, None, rows, lcfg.max_events)
+    chunk = chunk_users or min(lcfg.train_chunk_users, bucket(len(rows)))
     place = _placement(mesh)
     if mesh is not None:
         chunk = max(chunk, mesh.size)  # every device gets a whole share
         base = jax.device_put(base, NamedSharding(mesh, PartitionSpec()))
-    n_items = base.item_embeddings.shape[0]
+    run = run or (lambda fn, args, static: fn(*args, **static))
     starts = range(0, len(rows), chunk)
     for start in progress(starts, "training adapters", len(starts)):
         take = np.minimum(np.arange(start, start + chunk), len(rows) - 1)  # pad: repeat last
         padded = rows[take]
-        recent = RecentEvents(*(part[take] for part in everyone))
-        key, sub = jax.random.split(key)
-        items, item_targets, mask = with_negatives(sub, recent, n_items, lcfg)
-        chunk_adapters = place(jnp.asarray(adapters[padded]))
-        batch = lora.prepare_training_batch(
-            base,
-            place(jnp.asarray(preferences[padded], jnp.float32)),
-            chunk_adapters,
-            place(items),
-            place(item_targets),
-            place(mask),
+        events = everyone.events[take]
+        at = np.maximum(events, 0)
+        trained, loss_before, loss_after, key = run(
+            train_chunk,
+            (
+                base,
+                place(np.asarray(preferences[padded], np.float32)),
+                place(np.asarray(adapters[padded])),
+                place(everyone.items[take]),
+                place(np.asarray(log.completion, np.float32)[at]),
+                place(np.asarray(log.rating, np.float32)[at]),
+                place(np.asarray(log.dismissed, bool)[at]),
+                place(everyone.mask[take]),
+                key,
+            ),
+            static={"cfg": cfg},
         )
-        result = lora.train_adapters(batch, lcfg)
-        trained = lora.apply_adapter_updates(chunk_adapters, batch.preference, result.delta)
         real = slice(start, min(start + chunk, len(rows)))
         n = real.stop - real.start
         trained_rows = np.asarray(trained[:n]).astype(STORAGE_DTYPE)
@@ -129,7 +136,38 @@ def train_adapters_of(
             adapters[rows[real]] = trained_rows
         else:
             out.adapters[real] = trained_rows
-        out.loss_before[real] = np.asarray(result.loss_before[:n])
-        out.loss_after[real] = np.asarray(result.loss_after[:n])
+        out.loss_before[real] = np.asarray(loss_before[:n])
+        out.loss_after[real] = np.asarray(loss_after[:n])
     out.events_used[:] = np.minimum(everyone.counts, lcfg.max_events)
     return out
+
+
+@partial(jax.jit, static_argnames=("cfg",))
+def train_chunk(
+    base: lora.BaseTier,
+    preferences: jnp.ndarray,
+    adapters: jnp.ndarray,
+    items: jnp.ndarray,
+    completion: jnp.ndarray,
+    rating: jnp.ndarray,
+    dismissed: jnp.ndarray,
+    mask: jnp.ndarray,
+    key: jax.Array,
+    cfg: SonaConfig,
+) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray, jax.Array]:
+    """One chunk of users' adapters trained in one program (SPEC 3.2): their recent events'
+    targets, sampled negatives (drawn with a split of ``key``), the gathered training batch,
+    ``lora.iterations`` steps and the update of B_u. preferences (users, d); adapters (users,
+    d, r); items, completion, rating, dismissed, mask (users, max_events) as `RecentEvents`
+    (newest first). Returns the trained adapters (users, d, r), the loss before / after
+    (users,) and the key for the next chunk."""
+    lcfg = cfg.lora
+    key, sub = jax.random.split(key)
+    targets = engagement_targets(completion, rating, dismissed, cfg.preference)
+    recent = RecentEvents(items, targets, mask, None, None)
+    n_items = base.item_embeddings.shape[0]
+    items, item_targets, mask = with_negatives(sub, recent, n_items, lcfg)
+    batch = lora.prepare_training_batch(base, preferences, adapters, items, item_targets, mask)
+    result = lora.train_adapters(batch, lcfg)
+    trained = lora.apply_adapter_updates(adapters, batch.preference, result.delta)
+    return trained, result.loss_before, result.loss_after, key

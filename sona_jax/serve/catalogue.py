@@ -44,18 +44,33 @@ class NewItemRows(NamedTuple):
 
 
 def capacity_step(n_model: int, cfg: CatalogueConfig) -> int:
-    """Rows the item arrays grow by (`buckets.size_step` of the model's catalogue)."""
+    """Rows capacities are rounded to (`buckets.size_step` of the model's catalogue)."""
     return size_step(n_model, cfg.capacity_growth, cfg.capacity_min_step)
+
+
+def initial_capacity(n_model: int, cfg: CatalogueConfig) -> int:
+    """Rows a freshly loaded model's item arrays get: its items and at least one step to
+    spare, in whole steps, so the first writes change no shape and two versions of nearly the
+    same catalogue get the same capacity (a swap compiles nothing)."""
+    step = capacity_step(n_model, cfg)
+    return stepped(n_model + 1 + step, cfg.capacity_growth, cfg.capacity_min_step)
+
+
+def grown_capacity(rows_needed: int, n_model: int, cfg: CatalogueConfig) -> int:
+    """Rows full item arrays grow to so that they hold ``rows_needed``: that many and
+    ``capacity_headroom`` more, in whole steps. Geometric, so a catalogue that grows tenfold
+    changes shape a handful of times (about six at the default 0.5), never once per step."""
+    wanted = int(np.ceil(rows_needed * (1.0 + cfg.capacity_headroom)))
+    at_least = rows_needed + capacity_step(n_model, cfg)
+    return stepped(max(wanted, at_least), cfg.capacity_growth, cfg.capacity_min_step)
 
 
 def item_capacity(current: int, n_model: int, rows_needed: int, cfg: CatalogueConfig) -> int:
     """Rows the item arrays need to hold ``rows_needed``: ``current`` when that is enough, else
-    whole steps with at least one step to spare (so the next writes fit). Two model versions of
-    nearly the same catalogue get the same capacity, so a swap usually compiles nothing."""
+    `grown_capacity`."""
     if rows_needed <= current:
         return current
-    step = capacity_step(n_model, cfg)
-    return stepped(rows_needed + step, cfg.capacity_growth, cfg.capacity_min_step)
+    return grown_capacity(rows_needed, n_model, cfg)
 
 
 def new_item_rows(
@@ -194,12 +209,16 @@ def with_popularity(state: ServingState, popularity: Popularity) -> ServingState
 
 class CatalogueReport(NamedTuple):
     """What `apply_changes` did: items added (new rows), restored, deleted, and left for the
-    next model version (their slot precedes the model's watermark)."""
+    next model version (their slot precedes the model's watermark); ``waiting``: the changes
+    whose rows lie beyond a capacity the call was held to (in order), and ``rows_needed``: the
+    rows the catalogue needs with them."""
 
     added: int
     restored: int
     deleted: int
     unplaced: int
+    waiting: tuple[StoredChange, ...] = ()
+    rows_needed: int = 0
 
 
 class ServedCatalogue(NamedTuple):
@@ -225,24 +244,31 @@ def apply_changes(
     slot_watermark: int,
     basis: np.ndarray,
     cfg: CatalogueConfig,
+    capacity: int | None = None,
 ) -> CatalogueUpdate:
     """``served`` with catalogue writes applied, in one copy of the arrays.
 
     A model item deleted stops being served; upserted again it is served again (with what the
     model learned of it). An item the model has not seen gets row ``n_model + slot −
     slot_watermark − 1`` — the same in every process, whatever order they see writes in — and
-    an embedding, ``h`` row and diversity vector from its metadata.
+    an embedding, ``h`` row and diversity vector from its metadata. Held to ``capacity`` rows
+    (a served engine: no new shape), the changes of rows beyond it are left waiting, in
+    order; without, the arrays grow to hold every row (`item_capacity`).
     """
     n_model = model.n_items
     index, ids, titles = dict(served.item_index), list(served.item_ids), list(served.titles)
-    deleted, restored, written = [], [], {}
-    unplaced = 0
+    deleted, restored, written, waiting = [], [], {}, []
+    unplaced, rows_needed = 0, len(ids)
     for change in changes:
         content_id = change.item.content_id
         model_row = model_rows.get(content_id)
         row = model_row if model_row is not None else n_model + change.slot - slot_watermark - 1
         if row < n_model and model_row is None:
             unplaced += 1  # arrived while the model was reading the store: next version
+            continue
+        rows_needed = max(rows_needed, row + 1)
+        if capacity is not None and row >= capacity:
+            waiting.append(change)
             continue
         if change.deleted:
             index.pop(content_id, None)
@@ -254,7 +280,8 @@ def apply_changes(
             restored.append(row)
         else:
             written[row] = change.item
-    capacity = item_capacity(len(ids), n_model, max([len(ids), *(r + 1 for r in written)]), cfg)
+    if capacity is None:
+        capacity = item_capacity(len(ids), n_model, rows_needed, cfg)
     state = grow(served.state, capacity, n_model)
     ids += [""] * (capacity - len(ids))
     titles += [""] * (capacity - len(titles))
@@ -270,5 +297,7 @@ def apply_changes(
     state = set_valid(state, np.array(deleted, np.int64), False)
     return CatalogueUpdate(
         ServedCatalogue(state, index, ids, titles),
-        CatalogueReport(len(written), len(restored), len(deleted), unplaced),
+        CatalogueReport(
+            len(written), len(restored), len(deleted), unplaced, tuple(waiting), rows_needed
+        ),
     )

@@ -8,7 +8,7 @@ training: `sona_jax.serve.viewers`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import NamedTuple
@@ -42,6 +42,7 @@ from sona_jax.serve.batch import (
 )
 from sona_jax.serve.filters import ItemFilter
 from sona_jax.serve.neighbours import ViewerIndex, viewer_index
+from sona_jax.serve.programs import ProgramLibrary, Programs, ServedShapes, signature
 from sona_jax.serve.state import (
     RequestBatch,
     ServingState,
@@ -93,13 +94,29 @@ NO_CONTEXT_ITEMS = np.zeros((0, 0), np.int32)
 NO_CONTEXT_FIT = np.zeros((0, 0), np.float32)
 
 
-def with_context_items(state: ServingState, cfg: SonaConfig) -> ServingState:
+def without_context(state: ServingState) -> ServingState:
+    """``state`` without its context table and candidates (made from the rest of it)."""
+    return state._replace(context_fit=NO_CONTEXT_FIT, context_items=NO_CONTEXT_ITEMS)
+
+
+def with_context_items(
+    state: ServingState, cfg: SonaConfig, programs: Programs | None = None
+) -> ServingState:
     """``state`` with its context table and candidates made from its own tables (after any
-    change)."""
+    change), through ``programs`` when given."""
     # Without the old ones: they are not read, and their shapes would key a second program.
-    tables = state._replace(context_fit=NO_CONTEXT_FIT, context_items=NO_CONTEXT_ITEMS)
-    fit, items = retrieval.context_candidates(tables, cfg)
+    tables = without_context(state)
+    if programs is None:
+        fit, items = retrieval.context_candidates(tables, cfg)
+    else:
+        fit, items = programs.run(retrieval.context_candidates, (tables,), static={"cfg": cfg})
     return state._replace(context_fit=fit, context_items=items)
+
+
+def shape_key(state: ServingState, compiled: SonaConfig, widths: ListWidths) -> tuple:
+    """What every program of a served engine is specialised to: its arrays' shapes (the
+    context table aside: it follows from the rest), the compiled config and list widths."""
+    return signature(without_context(state)), compiled, widths
 
 
 @dataclass(frozen=True)
@@ -123,6 +140,10 @@ class ServingEngine:
     tables: int = 0  # popularity tables taken in since load (cold viewers' candidates key on it)
     # nearest-viewer search over the kNN pool when it is large (`neighbours.viewer_index`)
     viewer_search: ViewerIndex | None = field(default=None, repr=False)
+    # Served engines (`served`) run through explicitly held programs of their shape; without
+    # (evaluation, experiments) every call is a plain jitted call.
+    library: ProgramLibrary | None = field(default=None, repr=False)
+    programs: Programs | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls, model: TrainedModel, cfg: SonaConfig | None = None) -> ServingEngine:
@@ -186,12 +207,40 @@ class ServingEngine:
         return replace(
             self,
             cfg=cfg,
-            state=with_context_items(state, compiled),
             basis=basis,
             weights=fusion.fusion_matrix(cfg),
             compiled=compiled,
             viewer_search=search,
+        )._restated(state)
+
+    def served(self, library: ProgramLibrary) -> ServingEngine:
+        """This engine running through the program sets of ``library`` (what the server
+        serves): every call on a program of its shape's set, held until no engine of that
+        shape is left."""
+        return replace(self, library=library)._restated(self.state)
+
+    def _restated(self, state: ServingState, **changes) -> ServingEngine:
+        """This engine with ``state`` (its context table made anew from it) and ``changes``;
+        a served engine takes the program set of its new shape."""
+        engine = replace(self, state=state, **changes)
+        programs = None
+        if engine.library is not None:
+            programs = engine.library.programs(shape_key(state, engine.compiled, engine.widths))
+        return replace(
+            engine, state=with_context_items(state, engine.compiled, programs), programs=programs
         )
+
+    @property
+    def shapes(self) -> ServedShapes | None:
+        """The padded sizes a served engine runs at (None: evaluation's buckets)."""
+        return None if self.library is None else self.library.shapes
+
+    def run(self, fn, args: tuple, kwargs: dict | None = None, static: dict | None = None):
+        """``fn(*args, **kwargs, **static)``: through the engine's program set when served,
+        else as a plain jitted call."""
+        if self.programs is None:
+            return fn(*args, **(kwargs or {}), **(static or {}))
+        return self.programs.run(fn, args, kwargs, static)
 
     @property
     def version(self) -> int:
@@ -217,9 +266,15 @@ class ServingEngine:
     # ---- the live catalogue --------------------------------------------------------------
 
     def with_catalogue(
-        self, changes: Sequence[StoredChange]
+        self, changes: Sequence[StoredChange], capacity: int | None = None
     ) -> tuple[ServingEngine, live.CatalogueReport]:
-        """This engine with catalogue writes applied (SPEC 4.2; `catalogue.apply_changes`)."""
+        """This engine with catalogue writes applied (SPEC 4.2; `catalogue.apply_changes`).
+
+        A served engine keeps its shape: changes whose rows lie beyond its capacity are left
+        waiting (`CatalogueReport.waiting`) until it has grown (`with_capacity`). ``capacity``:
+        grow to that many rows first; an engine that is not served grows as needed."""
+        if capacity is None and self.library is not None:
+            capacity = self.capacity
         update = live.apply_changes(
             live.ServedCatalogue(self.state, self.item_index, self.item_ids, self.titles),
             changes,
@@ -228,16 +283,27 @@ class ServingEngine:
             self.slot_watermark,
             self.basis,
             self.cfg.catalogue,
+            capacity,
         )
-        engine = replace(
-            self,
-            state=with_context_items(update.catalogue.state, self.compiled),
+        waiting = {id(c) for c in update.report.waiting}
+        applied = [c for c in changes if id(c) not in waiting]
+        engine = self._restated(
+            update.catalogue.state,
             item_index=update.catalogue.item_index,
             item_ids=update.catalogue.item_ids,
             titles=update.catalogue.titles,
-            revision=max([self.revision, *(c.revision for c in changes)]),
+            revision=max([self.revision, *(c.revision for c in applied)]),
         )
         return engine, update.report
+
+    def with_capacity(self, capacity: int) -> ServingEngine:
+        """This engine with item arrays of ``capacity`` rows (at least its own)."""
+        return self.with_catalogue([], max(capacity, self.capacity))[0]
+
+    def rows_in_use(self) -> int:
+        """Item rows up to the last one any item has taken (rows are never reused)."""
+        taken = [row for row in self.item_index.values() if row >= self.model.n_items]
+        return max(taken, default=self.model.n_items - 1) + 1
 
     @property
     def capacity(self) -> int:
@@ -255,25 +321,36 @@ class ServingEngine:
         n_model = self.model.n_items
         if self.capacity > n_model:
             return self
-        capacity = live.item_capacity(n_model, n_model, n_model + 1, self.cfg.catalogue)
+        capacity = live.initial_capacity(n_model, self.cfg.catalogue)
         extra = capacity - self.capacity
-        return replace(
-            self,
-            state=with_context_items(live.grow(self.state, capacity, n_model), self.compiled),
+        return self._restated(
+            live.grow(self.state, capacity, n_model),
             item_ids=self.item_ids + [""] * extra,
             titles=self.titles + [""] * extra,
         )
 
     def with_popularity(self, popularity: Popularity) -> ServingEngine:
         """This engine with live popularity / trending / context tables (capacity-sized)."""
-        state = live.with_popularity(self.state, popularity)
-        return replace(self, state=with_context_items(state, self.compiled), tables=self.tables + 1)
+        return self._restated(live.with_popularity(self.state, popularity), tables=self.tables + 1)
 
     # ---- batched calls -------------------------------------------------------------------
 
+    def _size(self, n: int) -> int:
+        """Rows a batch of ``n`` viewers is padded to: a served size, or evaluation's buckets."""
+        return batch_size(n) if self.shapes is None else self.shapes.padded(n)
+
+    def _widths(self, size: int) -> ListWidths:
+        """The seen / dismissed widths a batch of ``size`` rows is padded to: a served engine
+        pads its smallest batches to the wide widths (a viewer with long lists is served
+        alone, `_groups`), the others to the model's; evaluation picks them by the data."""
+        if self.shapes is not None and size == self.shapes.alone:
+            wide = self.widths.wide
+            return ListWidths(wide, wide, wide)
+        return self.widths
+
     def _users(self, users: UserBatch) -> tuple[UserBatch, int]:
-        size = batch_size(users.preference.shape[0])
-        return pad_users(users, size, self.widths), size
+        size = self._size(users.preference.shape[0])
+        return pad_users(users, size, self._widths(size)), size
 
     def recommend(
         self,
@@ -288,15 +365,17 @@ class ServingEngine:
         n = users.preference.shape[0]
         padded, size = self._users(users)
         limits = np.asarray(limits, np.int32)
-        out = recommend.recommend(
-            self.state,
-            padded,
-            pad_requests(requests, size),
-            np.concatenate([limits, np.ones(size - n, np.int32)]),
-            self.weights if weights is None else fusion.as_fusion(weights),
-            self.compiled,
-            output_width(int(limits.max())),
-            self._neighbours(users.preference, size),
+        out = self.run(
+            recommend.recommend,
+            (
+                self.state,
+                padded,
+                pad_requests(requests, size),
+                np.concatenate([limits, np.ones(size - n, np.int32)]),
+                self.weights if weights is None else fusion.as_fusion(weights),
+            ),
+            {"neighbours": self._neighbours(users.preference, size)},
+            {"cfg": self.compiled, "n_out": output_width(int(limits.max()))},
         )
         return self._lists(out, n, int(limits.max()))
 
@@ -325,14 +404,32 @@ class ServingEngine:
         event counts (n,); the table keeps its bucketed batch's padding rows past n."""
         users = model_rows(self.model, rows)
         padded, size = self._users(users)
-        table = recommend.candidate_table(
-            self.state,
-            padded,
-            pad_requests(requests, size),
-            self.compiled,
-            self._neighbours(users.preference, size),
+        table = self.run(
+            recommend.candidate_table,
+            (self.state, padded, pad_requests(requests, size)),
+            {"neighbours": self._neighbours(users.preference, size)},
+            {"cfg": self.compiled},
         )
         return table, np.asarray(users.qualifying)
+
+    def _groups(self, queries: Sequence[Query], alone: Callable[[Query], bool]) -> list[list[int]]:
+        """Which queries go into one engine call together (indices): all of them unless
+        served; served, the queries ``alone`` picks (or whose seen or dismissed lists are
+        longer than the model's widths) a few at a time at the smallest size, the others in
+        batches of at most the largest size."""
+        if self.shapes is None:
+            return [list(range(len(queries)))]
+        widths = self.widths
+
+        def apart(q: Query) -> bool:
+            p = q.profile
+            return len(p.seen) > widths.seen or len(p.dismissed) > widths.dismissed or alone(q)
+
+        solo = [i for i, q in enumerate(queries) if apart(q)]
+        rest = [i for i, q in enumerate(queries) if not apart(q)]
+        step = self.shapes.alone
+        groups = [solo[s : s + step] for s in range(0, len(solo), step)]
+        return groups + [[rest[i] for i in chunk] for chunk in self.shapes.chunks(len(rest))]
 
     def recommend_queries(
         self, queries: Sequence[Query]
@@ -340,10 +437,35 @@ class ServingEngine:
         """Top lists for viewers' queries (serving) and the candidates retrieved in this call
         (None for queries that brought their own): queries without candidates are retrieved
         first (one jitted call over them, `_retrieve_missing`), then every query is ranked
-        (one jitted call)."""
+        (one jitted call); a served engine may split the queries into a few calls (`_groups`)."""
+        groups = self._groups(queries, lambda q: False)
+        if len(groups) == 1:
+            return self._recommend_group(queries)
+        found: list[ViewerCandidates | None] = [None] * len(queries)
+        parts, order = [], []
+        for group in groups:
+            lists, retrieved = self._recommend_group([queries[i] for i in group])
+            parts.append(lists)
+            order += group
+            for i, row in zip(group, retrieved, strict=True):
+                found[i] = row
+        width = max(part.items.shape[1] for part in parts)
+        back = np.argsort(np.array(order), kind="stable")
+        return Lists(
+            *(
+                np.concatenate([_widened(x, width, fill) for x in column])[back]
+                for column, fill in zip(zip(*parts, strict=True), _LIST_FILLS, strict=True)
+            )
+        ), found
+
+    def _recommend_group(
+        self, queries: Sequence[Query]
+    ) -> tuple[Lists, list[ViewerCandidates | None]]:
         n = len(queries)
-        size = batch_size(n)
-        padded, requests, limits = query_batch(queries, size, self.widths, self.host_cold_start)
+        size = self._size(n)
+        padded, requests, limits = query_batch(
+            queries, size, self._widths(size), self.host_cold_start
+        )
         found = self._retrieve_missing(queries, padded, requests.exclude_watched)
         item_filter = self.filter_batch([q.filters for q in queries], size)
         candidates = stack_candidates(
@@ -351,16 +473,18 @@ class ServingEngine:
             size,
         )
         longest = int(limits[:n].max())
-        out = rank.rank(
-            self.state,
-            padded,
-            requests,
-            candidates,
-            limits,
-            variant_rows(queries, "fusion", size, self.host_weights),
-            self.compiled,
-            output_width(longest),
-            item_filter,
+        out = self.run(
+            rank.rank,
+            (
+                self.state,
+                padded,
+                requests,
+                candidates,
+                limits,
+                variant_rows(queries, "fusion", size, self.host_weights),
+            ),
+            {"item_filter": item_filter},
+            {"cfg": self.compiled, "n_out": output_width(longest)},
         )
         return self._lists(out, n, longest), found
 
@@ -392,13 +516,16 @@ class ServingEngine:
             sub, sub_size = self._users(viewers)
             exclude = pad_rows(np.asarray(exclude_watched)[rows], sub_size, True)
         retrieved = split_candidates(
-            retrieval.retrieve(
-                self.state,
-                sub,
-                exclude,
-                self.compiled,
-                self._neighbours(viewers.preference, sub_size),
-                self.filter_batch([queries[i].filters for i in missing], sub_size),
+            self.run(
+                retrieval.retrieve,
+                (self.state, sub, exclude),
+                {
+                    "neighbours": self._neighbours(viewers.preference, sub_size),
+                    "item_filter": self.filter_batch(
+                        [queries[i].filters for i in missing], sub_size
+                    ),
+                },
+                {"cfg": self.compiled},
             ),
             len(missing),
         )
@@ -422,16 +549,34 @@ class ServingEngine:
         """Scores and components of each query's ``items`` (indices), one jitted call, from the
         viewers' candidates (retrieved first for queries that bring none, excluding watched
         items as a default recommendation does, so both share them); and the candidates
-        retrieved in this call (None for queries that brought their own)."""
+        retrieved in this call (None for queries that brought their own). A served engine
+        scores a query of more than ``score_width`` items alone (`_groups`)."""
+        if self.shapes is None:
+            widest = max(len(q.items) for q in queries)
+            return self._score_group(queries, bucket(widest, SCORE_BUCKETS))
+        shapes = self.shapes
+        groups = self._groups(queries, lambda q: len(q.items) > shapes.score_width)
+        scores: list[Scores | None] = [None] * len(queries)
+        found: list[ViewerCandidates | None] = [None] * len(queries)
+        for group in groups:
+            part = [queries[i] for i in group]
+            wide = max(len(q.items) for q in part) > shapes.score_width
+            width = shapes.wide_score_width if wide else shapes.score_width
+            got, retrieved = self._score_group(part, width)
+            for i, row, kept in zip(group, got, retrieved, strict=True):
+                scores[i], found[i] = row, kept
+        return scores, found
+
+    def _score_group(
+        self, queries: Sequence[Query], width: int
+    ) -> tuple[list[Scores], list[ViewerCandidates | None]]:
         n = len(queries)
-        size = batch_size(n)
+        size = self._size(n)
         # Seen lists shape only retrieval (scores never exclude watched items): the scoring
-        # call gets none. Its wide program runs for a viewer with more dismissals than the
-        # model's width, or in a batch that retrieves a viewer with a long seen list (both
-        # lists of a batch go wide together).
+        # call gets none.
         retrieving = any(q.candidates is None for q in queries)
         padded, requests, _ = query_batch(
-            queries, size, self.widths, self.host_cold_start, with_seen=retrieving
+            queries, size, self._widths(size), self.host_cold_start, with_seen=retrieving
         )
         found = self._retrieve_missing(queries, padded, np.ones(size, bool))
         kept = stack_kept_for_scores(
@@ -439,18 +584,22 @@ class ServingEngine:
             size,
         )
         items = [q.items for q in queries]
-        width = bucket(max(len(i) for i in items), SCORE_BUCKETS)
+        if max(len(i) for i in items) > width:
+            raise ValueError(f"at most {width} items per scored viewer")
         table = np.full((size, width), -1, np.int32)
         for row, values in enumerate(items):
             table[row, : len(values)] = values
-        out = recommend.score_items(
-            self.state,
-            padded._replace(seen=np.zeros((size, 0), np.int32)),
-            requests,
-            kept,
-            table,
-            self.weights,
-            self.compiled,
+        out = self.run(
+            recommend.score_items,
+            (
+                self.state,
+                padded._replace(seen=np.zeros((size, 0), np.int32)),
+                requests,
+                kept,
+                table,
+                self.weights,
+            ),
+            static={"cfg": self.compiled},
         )
         score, components = np.asarray(out.score), np.asarray(out.components)
         scores = [
@@ -458,3 +607,14 @@ class ServingEngine:
             for row in range(n)
         ]
         return scores, found
+
+
+_LIST_FILLS = (-1, 0.0, 0, -1, 0.0)  # past a list's end, by `Lists` field
+
+
+def _widened(x: np.ndarray, width: int, fill) -> np.ndarray:
+    """(n, width, ...) ``x`` (n, w, ...) padded with ``fill`` columns."""
+    if x.shape[1] == width:
+        return x
+    pad = np.full((x.shape[0], width - x.shape[1], *x.shape[2:]), fill, x.dtype)
+    return np.concatenate([x, pad], axis=1)

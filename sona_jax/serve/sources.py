@@ -64,8 +64,13 @@ def nearest_viewers(
         similarity = jnp.where(neighbours >= 0, similarity, -jnp.inf)
     similarity = jnp.where(rows == users.pool_index[:, None], -jnp.inf, similarity)
     k = min(cfg.collaborative.neighbours, similarity.shape[1])
-    top_similarity, top = jax.lax.top_k(similarity, k)
-    top_rows = jnp.take_along_axis(jnp.broadcast_to(rows, similarity.shape), top, axis=1)
+    if neighbours is not None and neighbours.shape[1] == k:
+        # Rows kept from an earlier search: already the top K, most similar first. (Sorting
+        # them again changed nothing, and its sort is an op XLA cannot save to disk.)
+        top_similarity, top_rows = similarity, rows
+    else:
+        top_similarity, top = jax.lax.top_k(similarity, k)
+        top_rows = jnp.take_along_axis(jnp.broadcast_to(rows, similarity.shape), top, axis=1)
     found_any = jnp.isfinite(top_similarity)
     return jnp.where(found_any, top_rows, -1), jnp.where(found_any, top_similarity, 0.0)
 

@@ -12,11 +12,12 @@ import jax
 import numpy as np
 
 from sona_jax.data.stored import StoredEvent, event_log
-from sona_jax.features.profile import build_profiles
+from sona_jax.features.profile import build_profiles_in_steps
 from sona_jax.model.adapters import train_adapters_of
 from sona_jax.model.version import STORAGE_DTYPE
 from sona_jax.serve.batch import ViewerProfile, model_rows
 from sona_jax.serve.engine import ServingEngine
+from sona_jax.serve.programs import ServedShapes
 
 
 class AdapterResult(NamedTuple):
@@ -92,8 +93,16 @@ def viewer_profile(
         profile.adapter = adapter.astype(STORAGE_DTYPE)
     if len(log) == 0:
         return profile
-    built = build_profiles(
-        log, engine.state.base.item_embeddings, engine.state.item_genres, 1, now, engine.cfg
+    shapes = engine.shapes or ServedShapes()
+    built = build_profiles_in_steps(
+        log,
+        engine.state.base.item_embeddings,
+        engine.state.item_genres,
+        1,
+        now,
+        engine.cfg,
+        shapes.profile_events,
+        engine.run,
     )
     seen, dismissed = built.seen[0], built.dismissed[0]
     return replace(
@@ -117,9 +126,11 @@ def train_viewers(
     key: jax.Array,
 ) -> list[AdapterResult]:
     """Retrain the adapters of a few viewers (``events``: all of theirs) in vmapped calls
-    (SPEC 3.2); row i of the result is ``user_ids[i]``."""
+    of `ServedShapes.learner_users` viewers each (SPEC 3.2); row i of the result is
+    ``user_ids[i]``."""
     rows = {user_id: row for row, user_id in enumerate(user_ids)}
     log, _ = event_log(events, engine.item_index, rows)
+    shapes = engine.shapes or ServedShapes()
     result = train_adapters_of(
         engine.state.base,
         np.stack([p.preference for p in profiles]).astype(np.float32),
@@ -128,6 +139,8 @@ def train_viewers(
         np.arange(len(profiles)),
         engine.cfg,
         key,
+        chunk_users=shapes.learner_users,
+        run=engine.run,
     )
     return [
         AdapterResult(
