@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Sequence
 from concurrent.futures import Executor
 
@@ -115,6 +116,10 @@ class CatalogueSync:
         self.grow_soon()
         return report
 
+    def waits_for(self, content_id: str) -> bool:
+        """Whether ``content_id`` is stored but waits for the next capacity."""
+        return any(e.item.content_id == content_id and not e.deleted for e in self.waiting)
+
     def _next_ready(self) -> bool:
         return self.next_programs is not None and self.next_programs.planned
 
@@ -150,7 +155,8 @@ class CatalogueSync:
 
         def compile_next() -> Programs:
             grown = engine.with_capacity(capacity)
-            warm_up(grown)
+            # Every core, at the lowest priority: serving threads preempt these.
+            warm_up(grown, threads=os.cpu_count() or 1)
             return grown.programs
 
         try:

@@ -35,6 +35,7 @@ def freshness(state: AppState) -> dict:
         "items_since": engine.items_added,
         "items_waiting": len(state.catalogue.waiting),
         "item_capacity": engine.capacity,
+        "served_programs": len(engine.programs),
         "compiled_programs": state.library.live_programs(),
         "program_sets": len(state.library.live()),
         "tables_refreshed_at": state.tables.refreshed_at or None,

@@ -32,6 +32,15 @@ blueprint = Blueprint("recommendations", __name__)
 def item_index(state: AppState, content_id: str, field_name: str) -> int:
     """The item row of ``content_id`` in the served model, or a 404 naming the field."""
     index = state.engine().engine.item_index.get(content_id)
+    if index is None and state.catalogue.waits_for(content_id):
+        raise ApiError(
+            404,
+            "content_not_served_yet",
+            f"{field_name}: content {content_id} is stored and served once the catalogue's "
+            "next capacity has compiled (within about a minute)",
+            {"field": field_name},
+            headers={"Retry-After": "10"},
+        )
     if index is None:
         raise ApiError(
             404,

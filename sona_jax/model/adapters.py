@@ -112,8 +112,8 @@ def train_adapters_of(
     for start in progress(starts, "training adapters", len(starts)):
         take = np.minimum(np.arange(start, start + chunk), len(rows) - 1)  # pad: repeat last
         padded = rows[take]
-        events = everyone.events[take]
-        at = np.maximum(events, 0)
+        # Each slot's event (padding slots: a zero event past the end of the log).
+        at = np.where(everyone.events[take] >= 0, everyone.events[take], len(log))
         trained, loss_before, loss_after, key = run(
             train_chunk,
             (
@@ -121,9 +121,9 @@ def train_adapters_of(
                 place(np.asarray(preferences[padded], np.float32)),
                 place(np.asarray(adapters[padded])),
                 place(everyone.items[take]),
-                place(np.asarray(log.completion, np.float32)[at]),
-                place(np.asarray(log.rating, np.float32)[at]),
-                place(np.asarray(log.dismissed, bool)[at]),
+                place(_padded(log.completion, np.float32)[at]),
+                place(_padded(log.rating, np.float32)[at]),
+                place(_padded(log.dismissed, bool)[at]),
                 place(everyone.mask[take]),
                 key,
             ),
@@ -140,6 +140,11 @@ def train_adapters_of(
         out.loss_after[real] = np.asarray(loss_after[:n])
     out.events_used[:] = np.minimum(everyone.counts, lcfg.max_events)
     return out
+
+
+def _padded(column: np.ndarray, dtype) -> np.ndarray:
+    """``column`` (events,) and one zero after it (what padding slots read)."""
+    return np.append(np.asarray(column, dtype), np.zeros(1, dtype))
 
 
 @partial(jax.jit, static_argnames=("cfg",))
