@@ -5,9 +5,11 @@ requests wait under a burst.
     python bench/resilience.py            # the default synthetic demo (2,000 viewers, 3,000 items)
     python bench/resilience.py --quick    # a smaller demo, a smaller burst
 
-1. Restarts. A cold start (empty data dir: seed the demo, train the first model, compile every
-   program) and warm restarts after SIGTERM and after SIGKILL (the compilation cache and model
-   under the data dir), each timed from process start to `/health` 200 and to `/ready` 200.
+1. Restarts. A cold start (empty data dir and compilation cache: seed the demo, train the first
+   model, compile every program), warm restarts after SIGTERM and after SIGKILL (the model and
+   the saved programs under the data dir), and a second process of the same host (its own data
+   dir, the first one's store and compilation cache), each timed from process start to
+   `/health` 200 and to `/ready` 200.
 2. A burst: ``--burst`` requests (2,000) sent at once on as many connections, every one a
    different viewer, list cache off, against the same server with admission by waiting time
    (``serving.max_wait_ms`` = 250) and by queue length alone (``max_wait_ms`` = 0, the previous
@@ -65,11 +67,10 @@ def _timed_start(server: ServerProcess) -> dict:
                 health = time.monotonic() - started
             ready = httpx.get(server.url + "/ready", timeout=1)
             if ready.status_code == 200:
-                startup = ready.json()["startup"]
                 return {
                     "health_s": round(health, 2),
                     "ready_s": round(time.monotonic() - started, 2),
-                    "programs": startup.get("progress", {}).get("total"),
+                    "programs": ready.json()["model"]["served_programs"],
                 }
         except httpx.HTTPError:
             pass
@@ -77,13 +78,27 @@ def _timed_start(server: ServerProcess) -> dict:
 
 
 def restarts(folder: Path, demo: tuple[str, ...]) -> dict:
-    server = ServerProcess(folder, *demo, config_text=CONFIG.format(max_wait=250))
+    """Cold start on an empty data dir (its own compilation cache: nothing compiled before),
+    warm restarts after SIGTERM and SIGKILL, and a second process of the same host: its own
+    data dir, the first one's store and compilation cache."""
+    cache = folder / "compiled"
+    env = {"SONA_COMPILATION_CACHE_DIR": str(cache)}
+    server = ServerProcess(folder, *demo, env=env, config_text=CONFIG.format(max_wait=250))
     out = {"cold": _timed_start(server)}
     server.stop()
     out["warm_after_sigterm"] = _timed_start(server)
     server.process.send_signal(signal.SIGKILL)
     server.process.wait(10)
     out["warm_after_sigkill"] = _timed_start(server)
+    second = ServerProcess(
+        folder / "second",
+        "--database-url",
+        f"sqlite:///{folder / 'sona.db'}",
+        env=env,
+        config_text=CONFIG.format(max_wait=250),
+    )
+    out["second_process"] = _timed_start(second)
+    second.stop()
     server.stop()
     return out
 
@@ -178,7 +193,11 @@ def markdown(result: dict) -> str:
         "",
         "## Start to ready",
         "",
-        "| start | /health after | /ready after | programs compiled or loaded |",
+        f"Bars (issue 35): cold start ready within 45 s (here {result['cold_start_seconds']} s); "
+        f"a restart or a second process of the same host within 5 s (here at most "
+        f"{result['warm_restart_seconds']} s).",
+        "",
+        "| start | /health after | /ready after | programs served |",
         "|---|---|---|---|",
     ]
     for name, row in result["restarts"].items():
@@ -231,6 +250,12 @@ def main() -> None:
     if args.burst_only:
         print(json.dumps(result["bursts"], indent=2))
         return
+    starts = result["restarts"]
+    result["cold_start_seconds"] = starts["cold"]["ready_s"]
+    result["warm_restart_seconds"] = max(
+        starts[name]["ready_s"]
+        for name in ("warm_after_sigterm", "warm_after_sigkill", "second_process")
+    )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "resilience.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "resilience.md").write_text(markdown(result))

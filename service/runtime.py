@@ -36,17 +36,20 @@ from sona_jax.serve.programs import ProgramLibrary, forget_jit_caches
 from sona_jax.serve.viewers import AdapterResult
 
 MILLISECONDS = 1000
+MEGABYTE = 1 << 20
 COMPILATION_CACHE = "xla-cache"  # under the data directory
 
 
-def use_compilation_cache(path: Path) -> None:
-    """Keep every compiled program in ``path`` (JAX's persistent compilation cache): a restart
-    of the same model and config loads its programs instead of compiling them again. Programs
-    are keyed by everything that shapes them (jax version, shapes, static config)."""
+def use_compilation_cache(path: Path, max_mb: int) -> None:
+    """Keep compiled programs in ``path`` (JAX's persistent compilation cache), at most
+    ``max_mb`` MB of them (least recently used first out): a program met again (another
+    process, a shape served before) skips XLA. Programs are keyed by everything that shapes
+    them (jax version, shapes, static config)."""
     path.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    jax.config.update("jax_compilation_cache_max_size", max_mb * MEGABYTE)
 
 
 class Runtime:

@@ -100,6 +100,12 @@ class ServingSettings(_HostTable):
         description="compile the programs of the catalogue's next capacity in the background, "
         "before a write needs it (one more program set held)",
     )
+    compilation_cache_mb: int = Field(
+        1024,
+        ge=1,
+        description="largest the XLA compilation cache may grow on disk (least recently used "
+        "entries go first; every capacity step adds a set)",
+    )
     saved_programs: int = Field(
         32,
         ge=0,

@@ -154,7 +154,7 @@ class AppState:
                 if serving.compilation_cache_dir
                 else settings.data_dir / COMPILATION_CACHE
             )
-            use_compilation_cache(folder)
+            use_compilation_cache(folder, serving.compilation_cache_mb)
             ProgramStore(folder / SAVED_PROGRAMS, serving.saved_programs).attach(self.library)
         self.store = open_store(settings.database_url, settings.data_dir)
         await self.store.open()
