@@ -181,8 +181,7 @@ class Runtime:
         now: float,
     ) -> list[AdapterResult]:
         """Retrain the adapters of several viewers in one vmapped call (SPEC 3.2)."""
-        # jax.random.PRNGKey(seed) for a seed below 2**32, made on the host: no eager program.
-        key = np.array([0, int(now * MILLISECONDS) % (2**31)], np.uint32)
+        key = viewers.host_key(int(now * MILLISECONDS) % (2**31))
         return viewers.train_viewers(self.engine, user_ids, profiles, events, key)
 
     def viewer_profile(

@@ -165,7 +165,10 @@ class ServingSettings(_HostTable):
 
     def served_shapes(self) -> ServedShapes:
         """The padded sizes the served engine compiles its programs for."""
-        sizes = self.batch_sizes if self.batching else self.batch_sizes[:1]
+        # Sizes a batch of at most max_batch never pads to are not compiled.
+        largest = self.max_batch if self.batching else 1
+        sizes = tuple(s for s in self.batch_sizes if s < largest)
+        sizes += tuple(s for s in self.batch_sizes if s >= largest)[:1] or ()
         return ServedShapes(
             sizes,
             min(self.score_width, self.max_batch_score_ids),

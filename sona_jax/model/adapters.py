@@ -131,13 +131,14 @@ def train_adapters_of(
         )
         real = slice(start, min(start + chunk, len(rows)))
         n = real.stop - real.start
-        trained_rows = np.asarray(trained[:n]).astype(STORAGE_DTYPE)
+        # Cut on the host: slicing a device array is an eager program of its own.
+        trained_rows = np.asarray(trained)[:n].astype(STORAGE_DTYPE)
         if in_place:
             adapters[rows[real]] = trained_rows
         else:
             out.adapters[real] = trained_rows
-        out.loss_before[real] = np.asarray(loss_before[:n])
-        out.loss_after[real] = np.asarray(loss_after[:n])
+        out.loss_before[real] = np.asarray(loss_before)[:n]
+        out.loss_after[real] = np.asarray(loss_after)[:n]
     out.events_used[:] = np.minimum(everyone.counts, lcfg.max_events)
     return out
 

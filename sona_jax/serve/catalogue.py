@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -107,11 +108,12 @@ def _pad_first(x, extra: int, fill) -> np.ndarray:
 
 
 def _on_device(**arrays: np.ndarray) -> dict[str, jnp.ndarray]:
-    return {name: jnp.asarray(x) for name, x in arrays.items()}
+    return {name: jax.device_put(np.asarray(x)) for name, x in arrays.items()}
 
 
-# The updates below work on host copies and put each array on the device once: jnp updates
-# would compile a small program per new shape on the serving process's cores.
+# The updates below work on host copies and put each array on the device once (a transfer):
+# jnp updates, and jnp.asarray itself, would compile a small program per new shape on the
+# serving process's cores.
 
 
 def grow(state: ServingState, capacity: int, n_model: int) -> ServingState:
@@ -199,12 +201,12 @@ def set_valid(state: ServingState, rows: np.ndarray, valid: bool) -> ServingStat
     """``state`` with ``rows`` servable (True) or not (False: deleted)."""
     if len(rows) == 0:
         return state
-    return state._replace(item_valid=jnp.asarray(_with_rows(state.item_valid, rows, valid)))
+    return state._replace(item_valid=jax.device_put(_with_rows(state.item_valid, rows, valid)))
 
 
 def with_popularity(state: ServingState, popularity: Popularity) -> ServingState:
     """``state`` with new popularity / trending / context tables (sized to its capacity)."""
-    return state._replace(**{k: jnp.asarray(v) for k, v in popularity._asdict().items()})
+    return state._replace(**_on_device(**popularity._asdict()))
 
 
 class CatalogueReport(NamedTuple):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -187,7 +188,7 @@ class ServingEngine:
         if cfg.diversity.dimensions != self.cfg.diversity.dimensions:
             basis = diversity_basis(self.model.base.item_embeddings, cfg.diversity.dimensions)
             state = state._replace(
-                item_diversity=jnp.asarray(
+                item_diversity=jax.device_put(
                     diversity_vectors(np.asarray(state.base.item_embeddings), basis)
                 )
             )

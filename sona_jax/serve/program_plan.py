@@ -23,7 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 
-import jax
 import numpy as np
 
 from sona_jax.data.stored import StoredEvent
@@ -60,7 +59,7 @@ def program_plan(engine: ServingEngine, now: float) -> list[Task]:
     events = [replace(event, user_id=u) for u in users]
     profiles = [empty] * len(users)
     tasks.append(
-        partial(viewers.train_viewers, engine, users, profiles, events, jax.random.PRNGKey(0))
+        partial(viewers.train_viewers, engine, users, profiles, events, viewers.host_key(0))
     )
     return tasks
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -125,31 +126,31 @@ def serving_state(
     t = model.tables
     items, weights = pool_votes(model, pool_rows, vote_items)
     return ServingState(
-        base=BaseTier(*(jnp.asarray(x) for x in model.base)),
-        graph_neighbours=jnp.asarray(t.graph_neighbours),
-        graph_weights=jnp.asarray(t.graph_weights),
-        graph_dense=jnp.asarray(t.graph_dense),
-        sequence_neighbours=jnp.asarray(t.sequence_neighbours),
-        sequence_weights=jnp.asarray(t.sequence_weights),
-        global_share=jnp.asarray(t.global_share),
-        trending=jnp.asarray(t.trending),
-        by_time_of_day=jnp.asarray(t.by_time_of_day),
-        by_device=jnp.asarray(t.by_device),
-        hour_share=jnp.asarray(t.hour_share),
-        item_genres=jnp.asarray(model.item_genres, jnp.float32),
-        item_moods=jnp.asarray(t.item_moods),
-        duration=jnp.asarray(t.duration),
-        release_year=jnp.asarray(t.release_year),
-        series=jnp.asarray(t.series),
-        mood_prior=jnp.asarray(t.mood_prior),
+        base=BaseTier(*(jax.device_put(np.asarray(x)) for x in model.base)),
+        graph_neighbours=jax.device_put(np.asarray(t.graph_neighbours)),
+        graph_weights=jax.device_put(np.asarray(t.graph_weights)),
+        graph_dense=jax.device_put(np.asarray(t.graph_dense)),
+        sequence_neighbours=jax.device_put(np.asarray(t.sequence_neighbours)),
+        sequence_weights=jax.device_put(np.asarray(t.sequence_weights)),
+        global_share=jax.device_put(np.asarray(t.global_share)),
+        trending=jax.device_put(np.asarray(t.trending)),
+        by_time_of_day=jax.device_put(np.asarray(t.by_time_of_day)),
+        by_device=jax.device_put(np.asarray(t.by_device)),
+        hour_share=jax.device_put(np.asarray(t.hour_share)),
+        item_genres=jax.device_put(np.asarray(model.item_genres, np.float32)),
+        item_moods=jax.device_put(np.asarray(t.item_moods)),
+        duration=jax.device_put(np.asarray(t.duration)),
+        release_year=jax.device_put(np.asarray(t.release_year)),
+        series=jax.device_put(np.asarray(t.series)),
+        mood_prior=jax.device_put(np.asarray(t.mood_prior)),
         pool_preferences=pool_preferences(model, pool_rows, pool_dtype),
         pool_items=items,
         pool_weights=weights,
-        item_diversity=jnp.asarray(
+        item_diversity=jax.device_put(
             diversity_vectors(np.asarray(model.base.item_embeddings), basis)
         ),
-        item_valid=jnp.ones(model.n_items, bool),
-        new_items=jnp.zeros(0, jnp.int32),
+        item_valid=jax.device_put(np.ones(model.n_items, bool)),
+        new_items=jax.device_put(np.zeros(0, np.int32)),
         context_fit=np.zeros((0, 0), np.float32),  # the engine fills these in
         context_items=np.zeros((0, 0), np.int32),
         transformer=nested_params(model.transformer),
@@ -168,7 +169,7 @@ def pool_preferences(model: TrainedModel, pool_rows: int, dtype: type) -> jnp.nd
     """(pool_rows, d) the kNN pool's preference vectors on device: every model user, then empty
     viewers (no preference: they vote nothing), so that model versions of nearly as many
     viewers share shapes."""
-    return jnp.asarray(pad_rows(np.asarray(model.users.preference, dtype), pool_rows))
+    return jax.device_put(pad_rows(np.asarray(model.users.preference, dtype), pool_rows))
 
 
 def pool_votes(
@@ -180,8 +181,8 @@ def pool_votes(
     h = model.history
     width = min(vote_items, h.recent_items.shape[1])
     return (
-        jnp.asarray(pad_rows(h.recent_items[:, :width], pool_rows, -1)),
-        jnp.asarray(pad_rows(h.recent_weights[:, :width], pool_rows)),
+        jax.device_put(pad_rows(np.asarray(h.recent_items[:, :width]), pool_rows, -1)),
+        jax.device_put(pad_rows(np.asarray(h.recent_weights[:, :width]), pool_rows)),
     )
 
 

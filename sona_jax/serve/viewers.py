@@ -20,6 +20,12 @@ from sona_jax.serve.engine import ServingEngine
 from sona_jax.serve.programs import ServedShapes
 
 
+def host_key(seed: int) -> np.ndarray:
+    """``jax.random.PRNGKey(seed)`` (a seed below 2**32) made on the host: the same key,
+    without the eager program a key made on the device compiles."""
+    return np.array([0, seed], np.uint32)
+
+
 class AdapterResult(NamedTuple):
     """One viewer's trained adapter (d, r) float16, its loss before / after and events used."""
 

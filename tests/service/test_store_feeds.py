@@ -130,3 +130,22 @@ async def test_concurrent_writers_each_count_their_own_new_events(store):
     counts = await asyncio.gather(*(post(i) for i in range(1, 20)))
     assert list(counts) == [1] * 19
     assert await store.add_events([_event(users[0], item, 1.0)]) == 0  # a pure duplicate
+
+
+async def test_new_slots_and_revisions_come_from_an_index_not_a_scan(tmp_path):
+    """A new item's slot is MAX(slot) + 1 (SQLite): read from an index, so seeding a catalogue
+    costs O(log n) per item, not a scan of everything stored before it."""
+    store = open_store(None, tmp_path)
+    await store.open()
+    try:
+        await store.upsert_content([ContentRow(str(uuid.uuid4()), f"t{i}") for i in range(500)])
+        for column in ("slot", "revision"):
+            async with store.db.execute(
+                f"EXPLAIN QUERY PLAN SELECT COALESCE(MAX({column}), 0) + 1 FROM content"
+            ) as cursor:
+                plan = " ".join(str(row[-1]) for row in await cursor.fetchall())
+            assert f"INDEX content_{column}" in plan, plan  # without it: SCAN content
+        entries, _ = await store.content_changes(0)
+        assert sorted(e.slot for e in entries) == list(range(1, 501))
+    finally:
+        await store.close()
