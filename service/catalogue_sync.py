@@ -5,8 +5,8 @@ change feed (`Store.content_changes`), so every process serves the same catalogu
 The served item arrays have a capacity, and a new capacity is a new shape: new programs. A write
 never waits for them. While rows remain, a new item is servable when its write is acknowledged;
 the programs of the next capacity (`catalogue.grown_capacity`, geometric) are compiled in the
-background ahead of need (`serving.prepare_next_capacity`) and the arrays grow to it as soon as a
-write needs the rows. Items beyond every prepared capacity wait (stored, counted in `waiting`,
+background ahead of need (`serving.prepare_next_capacity`: once half the rows the capacity had
+free are taken) and the arrays grow to it as soon as a write needs the rows. Items beyond every prepared capacity wait (stored, counted in `waiting`,
 shown by ``/ready`` and ``/metrics``) until the background compile is done, then are served.
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import Sequence
 from concurrent.futures import Executor
 
@@ -56,6 +55,7 @@ class CatalogueSync:
         self.next_programs: Programs | None = None
         self.growing: asyncio.Task | None = None
         self.failed_capacity = 0  # a capacity whose programs failed to compile (not retried)
+        self.sized = (0, 0)  # the served capacity and the rows in use when it was first seen
         self.steps = 0  # capacity steps taken while serving
         self.closed = False
 
@@ -73,7 +73,7 @@ class CatalogueSync:
         if self.growing is not None:  # programs for the previous version's shapes
             self.growing.cancel()
         self.waiting, self.rows_needed = [], report.rows_needed
-        self.next_capacity, self.next_programs = 0, None
+        self.next_capacity, self.next_programs, self.sized = 0, None, (0, 0)
         return engine, watermark
 
     async def apply(self, entries: Sequence[CatalogueEntry]) -> CatalogueReport:
@@ -129,9 +129,16 @@ class CatalogueSync:
         if self.closed or (self.growing is not None and not self.growing.done()):
             return
         engine = self.runtime.engine
-        needed = max(self.rows_needed, engine.rows_in_use()) + 1
-        if not self.waiting and not self.prepare_next:
-            return
+        in_use = engine.rows_in_use()
+        needed = max(self.rows_needed, in_use) + 1
+        if engine.capacity != self.sized[0]:  # the first look at this capacity
+            self.sized = (engine.capacity, in_use)
+        if not self.waiting:
+            # Ahead of need: once half the rows this capacity had free are taken (compiling
+            # competes with serving for the cores and the interpreter, so not at every start).
+            room = engine.capacity - self.sized[1]
+            if not self.prepare_next or engine.capacity - in_use > room / 2:
+                return
         ready = self._next_ready() and self.next_capacity > engine.capacity
         if ready and self.next_capacity >= needed:
             if not self.waiting:
@@ -155,8 +162,9 @@ class CatalogueSync:
 
         def compile_next() -> Programs:
             grown = engine.with_capacity(capacity)
-            # Every core, at the lowest priority: serving threads preempt these.
-            warm_up(grown, threads=os.cpu_count() or 1)
+            # One thread at the lowest priority: serving threads preempt it for the cores, but
+            # not for the interpreter lock, which a second compiling thread would contend for.
+            warm_up(grown)
             return grown.programs
 
         try:
