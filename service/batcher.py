@@ -160,13 +160,11 @@ class MicroBatcher:
 
         The engine pads a batch to the next of its compiled ``sizes`` and runs more than the
         largest in several calls: more than the largest waiting, the largest is taken. When
-        the padding would be more than a quarter of a call one size up from the size below
-        (33 requests in a 64-row call, 32 below), taking the size below and leaving the rest
-        for the next call serves more per second. Between sizes further apart (8 and 64) the
-        rest is taken and padded: a call of 8 instead of one of 20 padded to 64 costs the
-        engine little less per request, and every extra call holds the interpreter that the
-        event loop needs (measured: saturated recommendations 3,763 req/s taking 8, 2026-12-07).
-        Small batches are always taken whole: there latency matters more than padding.
+        the padding would be more than a quarter of the call (20 requests in a 64-row call),
+        taking the size below (16) and leaving the rest for the next call serves more per
+        second: most of a call's cost is per row (retrieval and scores read the whole
+        catalogue for each). Small batches are always taken whole: there latency matters more
+        than padding.
         """
         waiting = min(waiting, self.max_batch)
         if not self.sizes:
@@ -175,8 +173,7 @@ class MicroBatcher:
             return self.sizes[-1]
         up = min(s for s in self.sizes if s >= waiting)
         down = max((s for s in self.sizes if s <= waiting), default=waiting)
-        near = up <= 2 * down
-        if near and down >= ROUND_DOWN_FROM and (up - waiting) > MAX_PADDING_SHARE * up:
+        if down >= ROUND_DOWN_FROM and (up - waiting) > MAX_PADDING_SHARE * up:
             return down
         return waiting
 

@@ -83,13 +83,13 @@ class ServingSettings(_HostTable):
         "servers of one host can share one (`sona serve --compilation-cache-dir`)",
     )
     batch_sizes: tuple[int, ...] = Field(
-        (1, 8, 64),
+        (1, 4, 16, 64),
         min_length=1,
         description="viewers per engine call, ascending: a batch is padded to the next size, "
         "more than the largest go in several calls (each size is compiled programs)",
     )
     score_width: int = Field(
-        32, ge=1, description="items per viewer in a batched score call (more: scored alone)"
+        32, ge=1, description="items per score row (a request with more spans several rows)"
     )
     profile_events: int = Field(
         512, ge=1, description="stored events per step when a viewer's profile is built"
@@ -172,7 +172,6 @@ class ServingSettings(_HostTable):
         return ServedShapes(
             sizes,
             min(self.score_width, self.max_batch_score_ids),
-            self.max_batch_score_ids,
             self.profile_events,
             self.learner_users,
         )

@@ -550,23 +550,44 @@ class ServingEngine:
         """Scores and components of each query's ``items`` (indices), one jitted call, from the
         viewers' candidates (retrieved first for queries that bring none, excluding watched
         items as a default recommendation does, so both share them); and the candidates
-        retrieved in this call (None for queries that brought their own). A served engine
-        scores a query of more than ``score_width`` items alone (`_groups`)."""
+        retrieved in this call (None for queries that brought their own)."""
         if self.shapes is None:
             widest = max(len(q.items) for q in queries)
             return self._score_group(queries, bucket(widest, SCORE_BUCKETS))
-        shapes = self.shapes
-        groups = self._groups(queries, lambda q: len(q.items) > shapes.score_width)
-        scores: list[Scores | None] = [None] * len(queries)
-        found: list[ViewerCandidates | None] = [None] * len(queries)
-        for group in groups:
-            part = [queries[i] for i in group]
-            wide = max(len(q.items) for q in part) > shapes.score_width
-            width = shapes.wide_score_width if wide else shapes.score_width
-            got, retrieved = self._score_group(part, width)
-            for i, row, kept in zip(group, got, retrieved, strict=True):
-                scores[i], found[i] = row, kept
+        found = self._retrieved(queries)
+        # Served: rows of at most score_width items (a longer request spans several rows of
+        # its viewer), in batches of the served sizes.
+        width, rows, owners = self.shapes.score_width, [], []
+        for i, q in enumerate(queries):
+            kept = q.candidates if q.candidates is not None else found[i]
+            for start in range(0, max(len(q.items), 1), width):
+                rows.append(replace(q, items=q.items[start : start + width], candidates=kept))
+                owners.append(i)
+        parts: list[list[tuple[int, Scores]]] = [[] for _ in queries]
+        for group in self._groups(rows, lambda q: False):
+            got, _ = self._score_group([rows[j] for j in group], width)
+            for j, row in zip(group, got, strict=True):
+                parts[owners[j]].append((j, row))
+        scores = []
+        for part in parts:  # a query's rows, in order
+            rows_of = [row for _, row in sorted(part, key=lambda pair: pair[0])]
+            scores.append(Scores(*(np.concatenate(c) for c in zip(*rows_of, strict=True))))
         return scores, found
+
+    def _retrieved(self, queries: Sequence[Query]) -> list[ViewerCandidates | None]:
+        """The candidates of the queries that bring none (excluding watched items, as a
+        default recommendation does), retrieved in batches of the served sizes; None for the
+        others."""
+        missing = [i for i, q in enumerate(queries) if q.candidates is None]
+        found: list[ViewerCandidates | None] = [None] * len(queries)
+        for group in self._groups([queries[i] for i in missing], lambda q: False):
+            part = [queries[missing[j]] for j in group]
+            size = self._size(len(part))
+            padded, _, _ = query_batch(part, size, self._widths(size), self.host_cold_start)
+            got = self._retrieve_missing(part, padded, np.ones(size, bool))
+            for j, row in zip(group, got, strict=True):
+                found[missing[j]] = row
+        return found
 
     def _score_group(
         self, queries: Sequence[Query], width: int

@@ -1,14 +1,13 @@
 """The programs a served model version needs, written down: one call per program, run before the
 engine serves (`Runtime.warm_up`), so no request ever waits on a compile.
 
-At the default `ServedShapes` that is 15 programs per served shape (the test
+At the default `ServedShapes` that is 16 programs per served shape (the test
 `tests/sona_jax/serve/test_program_plan.py` lists them and fails when a change adds one):
 
-- per batch size (1, 8, 64): retrieval (`retrieval.retrieve`), ranking (`rank.rank`) and scores
-  of given items (`recommend.score_items`, ``score_width`` items per viewer): 9;
-- scores of a wide request alone (``wide_score_width`` items): 1;
+- per batch size (1, 4, 16, 64): retrieval (`retrieval.retrieve`), ranking (`rank.rank`) and
+  scores of given items (`recommend.score_items`, rows of ``score_width`` items): 12;
 - the context candidates made whenever the tables change (`retrieval.context_candidates`): 1;
-- similar items and the catalogue's filter mask (`item_queries`): 2;
+- similar items and the catalogue's filter mask (`item_queries.item_view`): 1;
 - a viewer's profile, in steps of ``profile_events`` events (`profile.add_profile_step`): 1;
 - the learner's adapter training, ``learner_users`` viewers a call (`adapters.train_chunk`): 1.
 
@@ -48,8 +47,6 @@ def program_plan(engine: ServingEngine, now: float) -> list[Task]:
     ]
     scoring = Query(empty, items=np.zeros(shapes.score_width, np.int32))
     tasks += [partial(engine.score_queries, [scoring] * size) for size in shapes.batch_sizes]
-    wide = Query(empty, items=np.zeros(shapes.wide_score_width, np.int32))
-    tasks.append(partial(engine.score_queries, [wide]))
     tasks.append(partial(item_queries.similar, engine, 0, 1))
     tasks.append(partial(item_queries.passing, engine, RequestFilter(), np.zeros(1, np.int32)))
     item = engine.item_ids[0]

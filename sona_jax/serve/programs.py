@@ -33,20 +33,18 @@ class ServedShapes:
     """The padded sizes a served engine compiles for, so a model version needs a known, small
     set of programs (`program_plan`).
 
-    batch_sizes: viewers per engine call, ascending (a batch is padded to the next one; more
-    than the largest go in several calls). The smallest size serves a viewer alone at the wide
-    seen / dismissed widths (`batch.ListWidths.wide`); the larger ones use the model's own
-    widths, and a viewer whose lists are longer is served alone.
-    score_width: items per scored viewer in a batch; a request with more goes alone at
-    wide_score_width (the batch-score endpoint's cap).
+    batch_sizes: viewers (or score rows) per engine call, ascending (a batch is padded to the
+    next one; more than the largest go in several calls). The smallest size serves a viewer
+    alone at the wide seen / dismissed widths (`batch.ListWidths.wide`); the larger ones use
+    the model's own widths, and a viewer whose lists are longer is served alone.
+    score_width: items per score row; a request with more spans several rows of its viewer.
     profile_events: stored events per step when a viewer's profile is built (one program
     whatever the viewer's history length).
     learner_users: viewers per adapter-training call of the learner.
     """
 
-    batch_sizes: tuple[int, ...] = (1, 8, 64)
+    batch_sizes: tuple[int, ...] = (1, 4, 16, 64)
     score_width: int = 32
-    wide_score_width: int = 1024
     profile_events: int = 512
     learner_users: int = 16
 
@@ -54,8 +52,8 @@ class ServedShapes:
         sizes = tuple(self.batch_sizes)
         if not sizes or list(sizes) != sorted(set(sizes)) or sizes[0] < 1:
             raise ValueError(f"batch_sizes: distinct ascending sizes >= 1, got {sizes}")
-        if not 1 <= self.score_width <= self.wide_score_width:
-            raise ValueError("score widths: 1 <= score_width <= wide_score_width")
+        if self.score_width < 1:
+            raise ValueError("score_width: at least 1")
         object.__setattr__(self, "batch_sizes", sizes)
 
     @property
@@ -85,7 +83,7 @@ def signature(tree: Any) -> tuple:
     """What a compiled program is specialised to in ``tree``: its structure and each leaf's
     shape and dtype (weak types aside: the engine passes arrays, never bare Python numbers)."""
     leaves, structure = jax.tree_util.tree_flatten(tree)
-    return structure, tuple((tuple(x.shape), str(x.dtype)) for x in leaves)
+    return structure, tuple((x.shape, x.dtype) for x in leaves)
 
 
 ProgramKey = tuple  # (function name, static arguments, signature of the dynamic ones)
@@ -107,6 +105,10 @@ class Programs:
     loaded: int = 0
     unplanned: int = 0
     planned: bool = False  # the plan has run: a program compiled after is an unplanned one
+    # The first argument of the last call and its signature: the engine's state, the same
+    # object call after call (its 40-odd arrays cost more to read than the rest of a key).
+    _first: Any = field(default=None, repr=False)
+    _first_signature: tuple = field(default=(), repr=False)
 
     def __len__(self) -> int:
         return len(self.executables)
@@ -122,7 +124,11 @@ class Programs:
         compiled first when the set has none. ``static``: the arguments ``fn`` is jitted static
         on; ``kwargs``: dynamic arguments that follow a static one in ``fn``'s signature."""
         kwargs, static = kwargs or {}, static or {}
-        program = (function_name(fn), tuple(sorted(static.items())), signature((args, kwargs)))
+        first = args[0] if args else None
+        if first is not self._first:
+            self._first, self._first_signature = first, signature(first)
+        rest = signature((args[1:], kwargs))
+        program = (function_name(fn), tuple(sorted(static.items())), self._first_signature, rest)
         executable = self.executables.get(program)
         if executable is None:
             executable = self._compile(program, fn, args, kwargs, static)

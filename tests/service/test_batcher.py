@@ -104,12 +104,12 @@ async def test_batch_size_avoids_mostly_padding_calls():
     assert batcher.batch_size(500) == 128
     plain = MicroBatcher("t", _doubling([]), max_batch=64, window_ms=1, max_queue=1000)
     assert plain.batch_size(33) == 33
-    # Sizes far apart (the served 1, 8, 64): the rest is taken and padded, never cut to 8;
-    # more than the largest: the largest.
-    sparse = MicroBatcher(
-        "t", _doubling([]), max_batch=128, window_ms=1, max_queue=1000, sizes=(1, 8, 64)
+    # The served sizes (1, 4, 16, 64): small batches whole, 20 cut to 16; more than the
+    # largest: the largest (the engine would split the rest into another call anyway).
+    served = MicroBatcher(
+        "t", _doubling([]), max_batch=128, window_ms=1, max_queue=1000, sizes=(1, 4, 16, 64)
     )
-    assert [sparse.batch_size(n) for n in (3, 9, 20, 63, 64, 100)] == [3, 9, 20, 63, 64, 64]
+    assert [served.batch_size(n) for n in (3, 9, 20, 50, 64, 100)] == [3, 9, 16, 50, 64, 64]
 
 
 async def test_two_batches_in_flight_overlap():

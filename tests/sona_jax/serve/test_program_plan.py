@@ -28,12 +28,11 @@ NOW = 1.8e9
 # must say so here (each one is paid at every start, restart and capacity step).
 EXPECTED = Counter(
     {
-        "sona_jax.serve.retrieval.retrieve": 3,  # one per batch size (1, 8, 64)
-        "sona_jax.serve.rank.rank": 3,
-        "sona_jax.serve.recommend.score_items": 4,  # three batch sizes, and a wide request alone
+        "sona_jax.serve.retrieval.retrieve": 4,  # one per batch size (1, 4, 16, 64)
+        "sona_jax.serve.rank.rank": 4,
+        "sona_jax.serve.recommend.score_items": 4,
         "sona_jax.serve.retrieval.context_candidates": 1,
-        "sona_jax.serve.item_queries.similarity_to": 1,
-        "sona_jax.serve.item_queries.catalogue_passes": 1,
+        "sona_jax.serve.item_queries.item_view": 1,
         "sona_jax.features.profile.add_profile_step": 1,
         "sona_jax.model.adapters.train_chunk": 1,
     }
