@@ -83,7 +83,7 @@ class ServingSettings(_HostTable):
         "servers of one host can share one (`sona serve --compilation-cache-dir`)",
     )
     batch_sizes: tuple[int, ...] = Field(
-        (1, 4, 16, 64),
+        (1, 4, 8, 16, 32, 64),
         min_length=1,
         description="viewers per engine call, ascending: a batch is padded to the next size, "
         "more than the largest go in several calls (each size is compiled programs)",

@@ -44,6 +44,7 @@ from sona_jax.serve.batch import (
 from sona_jax.serve.filters import ItemFilter
 from sona_jax.serve.neighbours import ViewerIndex, viewer_index
 from sona_jax.serve.programs import ProgramLibrary, Programs, ServedShapes, signature
+from sona_jax.serve.retrieval import KeptForScores
 from sona_jax.serve.state import (
     RequestBatch,
     ServingState,
@@ -436,20 +437,27 @@ class ServingEngine:
         self, queries: Sequence[Query]
     ) -> tuple[Lists, list[ViewerCandidates | None]]:
         """Top lists for viewers' queries (serving) and the candidates retrieved in this call
-        (None for queries that brought their own): queries without candidates are retrieved
-        first (one jitted call over them, `_retrieve_missing`), then every query is ranked
-        (one jitted call); a served engine may split the queries into a few calls (`_groups`)."""
-        groups = self._groups(queries, lambda q: False)
-        if len(groups) == 1:
+        (None for queries that brought their own). Not served (evaluation): the queries
+        without candidates are retrieved first (one jitted call over them), then every query
+        is ranked (one call). Served: in batches of the served sizes (`_groups`), the queries
+        to retrieve for and the others each in one program that does both
+        (`recommend.serve_lists`)."""
+        if self.shapes is None:
             return self._recommend_group(queries)
         found: list[ViewerCandidates | None] = [None] * len(queries)
         parts, order = [], []
-        for group in groups:
-            lists, retrieved = self._recommend_group([queries[i] for i in group])
-            parts.append(lists)
-            order += group
-            for i, row in zip(group, retrieved, strict=True):
-                found[i] = row
+        for group in self._groups(queries, lambda q: False):
+            for retrieve in (True, False):
+                rows = [i for i in group if (queries[i].candidates is None) == retrieve]
+                if not rows:
+                    continue
+                lists, retrieved = self._serve_lists([queries[i] for i in rows], retrieve)
+                parts.append(lists)
+                order += rows
+                for i, row in zip(rows, retrieved, strict=True):
+                    found[i] = row
+        if len(parts) == 1:
+            return parts[0], found
         width = max(part.items.shape[1] for part in parts)
         back = np.argsort(np.array(order), kind="stable")
         return Lists(
@@ -488,6 +496,48 @@ class ServingEngine:
             {"cfg": self.compiled, "n_out": output_width(longest)},
         )
         return self._lists(out, n, longest), found
+
+    def _serve_lists(
+        self, queries: Sequence[Query], retrieve: bool
+    ) -> tuple[Lists, list[ViewerCandidates | None]]:
+        """`recommend.serve_lists` for queries that all bring candidates (``retrieve`` False)
+        or none (True: the candidates retrieved are returned too)."""
+        n = len(queries)
+        size = self._size(n)
+        padded, requests, limits = query_batch(
+            queries, size, self._widths(size), self.host_cold_start
+        )
+        if retrieve:
+            kept = retrieval.placeholder(size, self.cfg, self.state.pool_preferences.shape[0])
+        else:
+            kept = stack_candidates([q.candidates for q in queries], size)
+        longest = int(limits[:n].max())
+        lists, candidates = self.run(
+            recommend.serve_lists,
+            (
+                self.state,
+                padded,
+                requests,
+                kept,
+                np.bool_(retrieve),
+                limits,
+                variant_rows(queries, "fusion", size, self.host_weights),
+            ),
+            {
+                "neighbours": self._searched(padded.preference[:n], size, retrieve),
+                "item_filter": self.filter_batch([q.filters for q in queries], size),
+            },
+            {"cfg": self.compiled, "n_out": output_width(longest)},
+        )
+        found = split_candidates(candidates, n) if retrieve else [None] * n
+        return self._lists(lists, n, longest), found
+
+    def _searched(self, preference: np.ndarray, size: int, retrieve: bool) -> np.ndarray | None:
+        """`_neighbours` of rows that retrieve; rows that do not get none searched (-1), in
+        the same shape, so both share one program."""
+        if self.viewer_search is None or retrieve:
+            return self._neighbours(preference, size)
+        return np.full((size, self.cfg.collaborative.neighbours + 1), -1, np.int32)
 
     def filter_batch(self, each: Sequence[RequestFilter | None], size: int) -> ItemFilter:
         """Requests' filters as a batch of ``size`` rows (`batch.filter_rows`)."""
@@ -554,40 +604,71 @@ class ServingEngine:
         if self.shapes is None:
             widest = max(len(q.items) for q in queries)
             return self._score_group(queries, bucket(widest, SCORE_BUCKETS))
-        found = self._retrieved(queries)
-        # Served: rows of at most score_width items (a longer request spans several rows of
-        # its viewer), in batches of the served sizes.
-        width, rows, owners = self.shapes.score_width, [], []
+        # Served: queries to retrieve for apart from the others, in rows of at most
+        # score_width items (a longer request spans several rows of its viewer).
+        width = self.shapes.score_width
+        rows, owners = [], []
         for i, q in enumerate(queries):
-            kept = q.candidates if q.candidates is not None else found[i]
-            for start in range(0, max(len(q.items), 1), width):
-                rows.append(replace(q, items=q.items[start : start + width], candidates=kept))
+            if len(q.items) <= width:
+                rows.append(q)
                 owners.append(i)
-        parts: list[list[tuple[int, Scores]]] = [[] for _ in queries]
+                continue
+            for start in range(0, len(q.items), width):
+                rows.append(replace(q, items=q.items[start : start + width]))
+                owners.append(i)
+        got: list[Scores | None] = [None] * len(rows)
+        retrieved: list[ViewerCandidates | None] = [None] * len(rows)
         for group in self._groups(rows, lambda q: False):
-            got, _ = self._score_group([rows[j] for j in group], width)
-            for j, row in zip(group, got, strict=True):
-                parts[owners[j]].append((j, row))
-        scores = []
-        for part in parts:  # a query's rows, in order
-            rows_of = [row for _, row in sorted(part, key=lambda pair: pair[0])]
-            scores.append(Scores(*(np.concatenate(c) for c in zip(*rows_of, strict=True))))
-        return scores, found
+            for retrieve in (True, False):
+                part = [j for j in group if (rows[j].candidates is None) == retrieve]
+                if part:
+                    scores, kept = self._serve_scores([rows[j] for j in part], retrieve, width)
+                    for j, row, found in zip(part, scores, kept, strict=True):
+                        got[j], retrieved[j] = row, found
+        if len(rows) == len(queries):  # every query in one row (the common case)
+            return got, retrieved
+        by_query: list[list[Scores]] = [[] for _ in queries]
+        found_of: list[ViewerCandidates | None] = [None] * len(queries)
+        for j, i in enumerate(owners):
+            by_query[i].append(got[j])
+            found_of[i] = found_of[i] or retrieved[j]
+        joined = [Scores(*(np.concatenate(c) for c in zip(*p, strict=True))) for p in by_query]
+        return joined, found_of
 
-    def _retrieved(self, queries: Sequence[Query]) -> list[ViewerCandidates | None]:
-        """The candidates of the queries that bring none (excluding watched items, as a
-        default recommendation does), retrieved in batches of the served sizes; None for the
-        others."""
-        missing = [i for i, q in enumerate(queries) if q.candidates is None]
-        found: list[ViewerCandidates | None] = [None] * len(queries)
-        for group in self._groups([queries[i] for i in missing], lambda q: False):
-            part = [queries[missing[j]] for j in group]
-            size = self._size(len(part))
-            padded, _, _ = query_batch(part, size, self._widths(size), self.host_cold_start)
-            got = self._retrieve_missing(part, padded, np.ones(size, bool))
-            for j, row in zip(group, got, strict=True):
-                found[missing[j]] = row
-        return found
+    def _serve_scores(
+        self, queries: Sequence[Query], retrieve: bool, width: int
+    ) -> tuple[list[Scores], list[ViewerCandidates | None]]:
+        """`recommend.serve_scores` for queries that all bring candidates (``retrieve``
+        False) or none (True: the candidates retrieved are returned too)."""
+        n = len(queries)
+        size = self._size(n)
+        padded, requests, _ = query_batch(
+            queries, size, self._widths(size), self.host_cold_start, with_seen=retrieve
+        )
+        if retrieve:
+            empty = retrieval.placeholder(size, self.cfg, self.state.pool_preferences.shape[0])
+            kept = KeptForScores(empty.neighbours, empty.content_span)
+        else:
+            kept = stack_kept_for_scores([q.candidates for q in queries], size)
+        items = [q.items for q in queries]
+        table = np.full((size, width), -1, np.int32)
+        for row, values in enumerate(items):
+            table[row, : len(values)] = values
+        out, candidates = self.run(
+            recommend.serve_scores,
+            (self.state, padded, requests, kept, np.bool_(retrieve), table, self.weights),
+            {
+                "neighbours": self._searched(padded.preference[:n], size, retrieve),
+                "item_filter": self.filter_batch([q.filters for q in queries], size),
+            },
+            {"cfg": self.compiled},
+        )
+        score, components = np.asarray(out.score), np.asarray(out.components)
+        scores = [
+            Scores(score[row, : len(items[row])], components[row, : len(items[row])])
+            for row in range(n)
+        ]
+        return scores, split_candidates(candidates, n) if retrieve else [None] * n
 
     def _score_group(
         self, queries: Sequence[Query], width: int

@@ -4,16 +4,17 @@ engine serves (`Runtime.warm_up`), so no request ever waits on a compile.
 At the default `ServedShapes` that is 16 programs per served shape (the test
 `tests/sona_jax/serve/test_program_plan.py` lists them and fails when a change adds one):
 
-- per batch size (1, 4, 16, 64): retrieval (`retrieval.retrieve`), ranking (`rank.rank`) and
-  scores of given items (`recommend.score_items`, rows of ``score_width`` items): 12;
+- per batch size (1, 4, 8, 16, 32, 64): lists (`recommend.serve_lists`: retrieval when the
+  viewers' candidates are not kept, then ranking, in one program) and scores of given items
+  (`recommend.serve_scores`, rows of ``score_width`` items, retrieving likewise): 12;
 - the context candidates made whenever the tables change (`retrieval.context_candidates`): 1;
 - similar items and the catalogue's filter mask (`item_queries.item_view`): 1;
 - a viewer's profile, in steps of ``profile_events`` events (`profile.add_profile_step`): 1;
 - the learner's adapter training, ``learner_users`` viewers a call (`adapters.train_chunk`): 1.
 
-Before (93 programs), every power-of-two batch size up to 128 compiled each viewer call twice
-(model and wide list widths), scores at three widths, a profile program per power-of-four
-event count, and the learner four programs per batch size.
+Before (93 programs), every power-of-two batch size up to 128 compiled retrieval, ranking
+and scores apart, each at two list widths, scores at three widths, a profile program per
+power-of-four event count, and the learner four programs per batch size.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ def program_plan(engine: ServingEngine, now: float) -> list[Task]:
     cfg = engine.cfg
     empty = viewers.empty_profile(engine)
     ranking = Query(empty, 1, True, cfg.diversity.mmr_lambda)
-    # Recommendations first: scores reuse their retrieval (calls may run on several threads).
     tasks: list[Task] = [
         partial(engine.recommend_queries, [ranking] * size) for size in shapes.batch_sizes
     ]

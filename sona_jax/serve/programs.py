@@ -43,7 +43,7 @@ class ServedShapes:
     learner_users: viewers per adapter-training call of the learner.
     """
 
-    batch_sizes: tuple[int, ...] = (1, 4, 16, 64)
+    batch_sizes: tuple[int, ...] = (1, 4, 8, 16, 32, 64)
     score_width: int = 32
     profile_events: int = 512
     learner_users: int = 16

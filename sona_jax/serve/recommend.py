@@ -20,7 +20,7 @@ from sona_jax.serve import retrieval, sources
 from sona_jax.serve.filters import ItemFilter
 from sona_jax.serve.fusion import MinMax, blend_with, blended, fit_min_max
 from sona_jax.serve.rank import Recommendations, RequestCandidates, rank, request_candidates
-from sona_jax.serve.retrieval import KeptForScores
+from sona_jax.serve.retrieval import Candidates, KeptForScores
 from sona_jax.serve.state import RequestBatch, ServingState, UserBatch, has_context
 
 
@@ -42,6 +42,76 @@ def recommend(
         state, users, request.exclude_watched, cfg, neighbours, item_filter
     )
     return rank(state, users, request, candidates, limit, weights, cfg, n_out, item_filter)
+
+
+@partial(jax.jit, static_argnames=("cfg", "n_out"))
+def serve_lists(
+    state: ServingState,
+    users: UserBatch,
+    request: RequestBatch,
+    kept: Candidates,
+    retrieve: jnp.ndarray,
+    limit: jnp.ndarray,
+    weights: jnp.ndarray,
+    cfg: SonaConfig,
+    n_out: int,
+    neighbours: jnp.ndarray | None = None,
+    item_filter: ItemFilter | None = None,
+) -> tuple[Recommendations, Candidates]:
+    """What the service runs for a batch of list requests, in one program whichever stage it
+    needs: the viewers' candidates retrieved when ``retrieve`` (a bool scalar; ``kept`` is
+    then a placeholder of its shape) or ``kept`` from an earlier call, then `rank`. Returns
+    the lists and the candidates ranked from (to keep, when retrieved here). One program per
+    batch size instead of two keeps a served version to a few programs (`program_plan`)."""
+    candidates = jax.lax.cond(
+        retrieve,
+        lambda: retrieval.retrieve(
+            state, users, request.exclude_watched, cfg, neighbours, item_filter
+        ),
+        lambda: kept,
+    )
+    lists = rank(state, users, request, candidates, limit, weights, cfg, n_out, item_filter)
+    return lists, candidates
+
+
+@partial(jax.jit, static_argnames=("cfg",))
+def serve_scores(
+    state: ServingState,
+    users: UserBatch,
+    request: RequestBatch,
+    kept: KeptForScores,
+    retrieve: jnp.ndarray,
+    items: jnp.ndarray,
+    weights: jnp.ndarray,
+    cfg: SonaConfig,
+    neighbours: jnp.ndarray | None = None,
+    item_filter: ItemFilter | None = None,
+) -> tuple[ItemScores, Candidates]:
+    """`score_items` as the service runs it, in one program whichever stage it needs: from
+    what retrieval ``kept`` of each viewer, or, when ``retrieve`` (a bool scalar), from
+    candidates retrieved here (excluding watched items as a default list does, so both
+    share them); returns the scores and the candidates retrieved (zeros when not)."""
+
+    def retrieved() -> Candidates:
+        return retrieval.retrieve(
+            state, users, request.exclude_watched, cfg, neighbours, item_filter
+        )
+
+    shape = jax.eval_shape(retrieved)
+    candidates = jax.lax.cond(
+        retrieve,
+        retrieved,
+        lambda: jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), shape),
+    )
+    chosen = jax.tree_util.tree_map(
+        lambda new, old: jnp.where(retrieve, new, old),
+        KeptForScores(candidates.neighbours, candidates.content_span),
+        kept,
+    )
+    scores = score_items(
+        state, users._replace(seen=users.seen[:, :0]), request, chosen, items, weights, cfg
+    )
+    return scores, candidates
 
 
 @partial(jax.jit, static_argnames=("cfg",))

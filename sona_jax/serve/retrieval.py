@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sona_jax.config import SonaConfig
 from sona_jax.serve import filters, sources
@@ -59,6 +60,19 @@ class KeptForScores(NamedTuple):
 
     neighbours: jnp.ndarray
     content_span: jnp.ndarray
+
+
+def placeholder(users: int, cfg: SonaConfig, pool_rows: int) -> Candidates:
+    """Host `Candidates` of ``users`` rows with nothing in them, shaped as `retrieve` returns
+    them (a program that retrieves takes one where it would take kept candidates)."""
+    width, k = candidate_width(cfg), min(cfg.collaborative.neighbours, pool_rows)
+    return Candidates(
+        np.full((users, width), -1, np.int32),
+        np.zeros((users, width, RETRIEVED_SOURCES), np.float32),
+        np.zeros((users, RETRIEVED_SOURCES), np.float32),
+        np.full((users, k), -1, np.int32),
+        np.zeros((users, 2), np.float32),
+    )
 
 
 def per_ranking(cfg: SonaConfig) -> tuple[int, ...]:

@@ -28,9 +28,8 @@ NOW = 1.8e9
 # must say so here (each one is paid at every start, restart and capacity step).
 EXPECTED = Counter(
     {
-        "sona_jax.serve.retrieval.retrieve": 4,  # one per batch size (1, 4, 16, 64)
-        "sona_jax.serve.rank.rank": 4,
-        "sona_jax.serve.recommend.score_items": 4,
+        "sona_jax.serve.recommend.serve_lists": 6,  # one per batch size (1, 4, 8, 16, 32, 64)
+        "sona_jax.serve.recommend.serve_scores": 6,
         "sona_jax.serve.retrieval.context_candidates": 1,
         "sona_jax.serve.item_queries.item_view": 1,
         "sona_jax.features.profile.add_profile_step": 1,
