@@ -44,7 +44,6 @@ from sona_jax.serve.batch import (
 from sona_jax.serve.filters import ItemFilter
 from sona_jax.serve.neighbours import ViewerIndex, viewer_index
 from sona_jax.serve.programs import ProgramLibrary, Programs, ServedShapes, signature
-from sona_jax.serve.retrieval import KeptForScores
 from sona_jax.serve.state import (
     RequestBatch,
     ServingState,
@@ -604,71 +603,37 @@ class ServingEngine:
         if self.shapes is None:
             widest = max(len(q.items) for q in queries)
             return self._score_group(queries, bucket(widest, SCORE_BUCKETS))
-        # Served: queries to retrieve for apart from the others, in rows of at most
-        # score_width items (a longer request spans several rows of its viewer).
+        # Served: the candidates of queries that bring none retrieved first (in the lists'
+        # program: it keeps them), then rows of at most score_width items (a longer request
+        # spans several rows of its viewer) scored in batches of the served sizes.
+        found: list[ViewerCandidates | None] = [None] * len(queries)
+        missing = [i for i, q in enumerate(queries) if q.candidates is None]
+        if missing:
+            _, retrieved = self.recommend_queries([queries[i] for i in missing])
+            for i, row in zip(missing, retrieved, strict=True):
+                found[i] = row
         width = self.shapes.score_width
         rows, owners = [], []
         for i, q in enumerate(queries):
-            if len(q.items) <= width:
-                rows.append(q)
-                owners.append(i)
-                continue
-            for start in range(0, len(q.items), width):
-                rows.append(replace(q, items=q.items[start : start + width]))
+            kept = q if found[i] is None else replace(q, candidates=found[i])
+            for start in range(0, max(len(q.items), 1), width):
+                rows.append(
+                    kept
+                    if len(q.items) <= width
+                    else replace(kept, items=q.items[start : start + width])
+                )
                 owners.append(i)
         got: list[Scores | None] = [None] * len(rows)
-        retrieved: list[ViewerCandidates | None] = [None] * len(rows)
         for group in self._groups(rows, lambda q: False):
-            for retrieve in (True, False):
-                part = [j for j in group if (rows[j].candidates is None) == retrieve]
-                if part:
-                    scores, kept = self._serve_scores([rows[j] for j in part], retrieve, width)
-                    for j, row, found in zip(part, scores, kept, strict=True):
-                        got[j], retrieved[j] = row, found
+            scores, _ = self._score_group([rows[j] for j in group], width)
+            for j, row in zip(group, scores, strict=True):
+                got[j] = row
         if len(rows) == len(queries):  # every query in one row (the common case)
-            return got, retrieved
+            return got, found
         by_query: list[list[Scores]] = [[] for _ in queries]
-        found_of: list[ViewerCandidates | None] = [None] * len(queries)
         for j, i in enumerate(owners):
             by_query[i].append(got[j])
-            found_of[i] = found_of[i] or retrieved[j]
-        joined = [Scores(*(np.concatenate(c) for c in zip(*p, strict=True))) for p in by_query]
-        return joined, found_of
-
-    def _serve_scores(
-        self, queries: Sequence[Query], retrieve: bool, width: int
-    ) -> tuple[list[Scores], list[ViewerCandidates | None]]:
-        """`recommend.serve_scores` for queries that all bring candidates (``retrieve``
-        False) or none (True: the candidates retrieved are returned too)."""
-        n = len(queries)
-        size = self._size(n)
-        padded, requests, _ = query_batch(
-            queries, size, self._widths(size), self.host_cold_start, with_seen=retrieve
-        )
-        if retrieve:
-            empty = retrieval.placeholder(size, self.cfg, self.state.pool_preferences.shape[0])
-            kept = KeptForScores(empty.neighbours, empty.content_span)
-        else:
-            kept = stack_kept_for_scores([q.candidates for q in queries], size)
-        items = [q.items for q in queries]
-        table = np.full((size, width), -1, np.int32)
-        for row, values in enumerate(items):
-            table[row, : len(values)] = values
-        out, candidates = self.run(
-            recommend.serve_scores,
-            (self.state, padded, requests, kept, np.bool_(retrieve), table, self.weights),
-            {
-                "neighbours": self._searched(padded.preference[:n], size, retrieve),
-                "item_filter": self.filter_batch([q.filters for q in queries], size),
-            },
-            {"cfg": self.compiled},
-        )
-        score, components = np.asarray(out.score), np.asarray(out.components)
-        scores = [
-            Scores(score[row, : len(items[row])], components[row, : len(items[row])])
-            for row in range(n)
-        ]
-        return scores, split_candidates(candidates, n) if retrieve else [None] * n
+        return [Scores(*(np.concatenate(c) for c in zip(*p, strict=True))) for p in by_query], found
 
     def _score_group(
         self, queries: Sequence[Query], width: int

@@ -6,7 +6,8 @@ At the default `ServedShapes` that is 16 programs per served shape (the test
 
 - per batch size (1, 4, 8, 16, 32, 64): lists (`recommend.serve_lists`: retrieval when the
   viewers' candidates are not kept, then ranking, in one program) and scores of given items
-  (`recommend.serve_scores`, rows of ``score_width`` items, retrieving likewise): 12;
+  from kept candidates (`recommend.score_items`, rows of ``score_width`` items; a viewer's
+  candidates are retrieved by the lists' program first): 12;
 - the context candidates made whenever the tables change (`retrieval.context_candidates`): 1;
 - similar items and the catalogue's filter mask (`item_queries.item_view`): 1;
 - a viewer's profile, in steps of ``profile_events`` events (`profile.add_profile_step`): 1;

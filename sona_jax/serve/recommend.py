@@ -75,46 +75,6 @@ def serve_lists(
 
 
 @partial(jax.jit, static_argnames=("cfg",))
-def serve_scores(
-    state: ServingState,
-    users: UserBatch,
-    request: RequestBatch,
-    kept: KeptForScores,
-    retrieve: jnp.ndarray,
-    items: jnp.ndarray,
-    weights: jnp.ndarray,
-    cfg: SonaConfig,
-    neighbours: jnp.ndarray | None = None,
-    item_filter: ItemFilter | None = None,
-) -> tuple[ItemScores, Candidates]:
-    """`score_items` as the service runs it, in one program whichever stage it needs: from
-    what retrieval ``kept`` of each viewer, or, when ``retrieve`` (a bool scalar), from
-    candidates retrieved here (excluding watched items as a default list does, so both
-    share them); returns the scores and the candidates retrieved (zeros when not)."""
-
-    def retrieved() -> Candidates:
-        return retrieval.retrieve(
-            state, users, request.exclude_watched, cfg, neighbours, item_filter
-        )
-
-    shape = jax.eval_shape(retrieved)
-    candidates = jax.lax.cond(
-        retrieve,
-        retrieved,
-        lambda: jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), shape),
-    )
-    chosen = jax.tree_util.tree_map(
-        lambda new, old: jnp.where(retrieve, new, old),
-        KeptForScores(candidates.neighbours, candidates.content_span),
-        kept,
-    )
-    scores = score_items(
-        state, users._replace(seen=users.seen[:, :0]), request, chosen, items, weights, cfg
-    )
-    return scores, candidates
-
-
-@partial(jax.jit, static_argnames=("cfg",))
 def candidate_table(
     state: ServingState,
     users: UserBatch,

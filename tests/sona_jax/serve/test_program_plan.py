@@ -29,7 +29,7 @@ NOW = 1.8e9
 EXPECTED = Counter(
     {
         "sona_jax.serve.recommend.serve_lists": 6,  # one per batch size (1, 4, 8, 16, 32, 64)
-        "sona_jax.serve.recommend.serve_scores": 6,
+        "sona_jax.serve.recommend.score_items": 6,
         "sona_jax.serve.retrieval.context_candidates": 1,
         "sona_jax.serve.item_queries.item_view": 1,
         "sona_jax.features.profile.add_profile_step": 1,
