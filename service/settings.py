@@ -89,7 +89,7 @@ class ServingSettings(_HostTable):
         "more than the largest go in several calls (each size is compiled programs)",
     )
     score_width: int = Field(
-        16, ge=1, description="items per score row (a request with more spans several rows)"
+        8, ge=1, description="items per score row (a request with more spans several rows)"
     )
     profile_events: int = Field(
         512, ge=1, description="stored events per step when a viewer's profile is built"

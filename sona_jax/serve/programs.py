@@ -44,7 +44,7 @@ class ServedShapes:
     """
 
     batch_sizes: tuple[int, ...] = (1, 4, 8, 16, 32, 64)
-    score_width: int = 16
+    score_width: int = 8
     profile_events: int = 512
     learner_users: int = 16
 
