@@ -58,6 +58,9 @@ class CatalogueSync:
         self.sized = (0, 0)  # the served capacity and the rows in use when it was first seen
         self.steps = 0  # capacity steps taken while serving
         self.closed = False
+        # (content id, revision) of changes applied by this process's own writes since the
+        # last look at the feed.
+        self.applied: set[tuple[str, int]] = set()
 
     async def _in_engine(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -183,14 +186,24 @@ class CatalogueSync:
     async def write(self, content_ids: list[str]) -> CatalogueReport:
         """After this process wrote ``content_ids`` to the store: serve them before the write
         is acknowledged (those beyond every compiled capacity wait, stored)."""
-        return await self.apply(await self.store.content_entries(content_ids))
+        entries = await self.store.content_entries(content_ids)
+        report = await self.apply(entries)
+        waiting = {id(e) for e in report.waiting}
+        # The change feed brings them back: applying them again would copy every item array.
+        self.applied.update(
+            (e.item.content_id, e.revision) for e in entries if id(e) not in waiting
+        )
+        return report
 
     async def catch_up(self) -> None:
-        """Apply what every process wrote since the last look (and what waits)."""
+        """Apply what every process wrote since the last look (and what waits), but for the
+        changes this process applied when it wrote them."""
         async with self.runtime.writer:
             entries, watermark = await self.store.content_changes(self.watermark)
-            if entries or self.waiting:
-                await self._apply_locked(entries)
+            fresh = [e for e in entries if (e.item.content_id, e.revision) not in self.applied]
+            self.applied.clear()  # the feed is past them
+            if fresh or self.waiting:
+                await self._apply_locked(fresh)
             self.watermark = watermark
 
     def start(self) -> None:
