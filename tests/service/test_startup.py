@@ -143,9 +143,7 @@ async def test_no_valid_request_compiles_after_ready(warmed):
 
 
 def test_health_at_once_ready_with_progress_and_a_warm_restart_loads_its_programs(tmp_path):
-    config = (
-        "[model]\nembedding_dim = 32\n[serving]\nmax_batch = 2\nlearner_max_batch = 1\n"
-    )
+    config = "[model]\nembedding_dim = 32\n[serving]\nmax_batch = 2\nlearner_max_batch = 1\n"
     server = ServerProcess(
         tmp_path,
         "--demo",
