@@ -83,14 +83,23 @@ setup = function(thread)
 end
 init = function(args)
   fivexx = 0
+  fivexx_at = ""
 end
 response = function(status, headers, body)
-  if status >= 500 then fivexx = fivexx + 1 end
+  if status >= 500 then
+    fivexx = fivexx + 1
+    fivexx_at = fivexx_at .. " " .. os.time()
+  end
 end
 done = function(summary, latency, requests)
   local total = 0
-  for _, thread in ipairs(threads) do total = total + thread:get("fivexx") end
+  local at = ""
+  for _, thread in ipairs(threads) do
+    total = total + thread:get("fivexx")
+    at = at .. thread:get("fivexx_at")
+  end
   io.write(string.format("FIVEXX %%d\\n", total))
+  io.write("FIVEXX_AT" .. at .. "\\n")
   io.write(string.format("P50_US %%d\\nP99_US %%d\\n", latency:percentile(50.0), latency:percentile(99.0)))
 end
 """
@@ -243,6 +252,7 @@ def main() -> None:
         script = folder / "growth.lua"
         script.write_text(LUA % {"pause": pause_ms, "viewers": args.viewers})
         seconds = int(writes * (singles + 1) * (args.pause + 0.15) + 90)
+        load_started = time.time()
         load = subprocess.Popen(
             [
                 "wrk",
@@ -287,6 +297,8 @@ def main() -> None:
     traffic_5xx = int(m.group(1)) if (m := re.search(r"FIVEXX (\d+)", out)) else -1
     fivexx = sum(1 for s in grown["write_statuses"] if s >= 500) + max(traffic_5xx, 0)
     latency = {q: int(v) / 1000 for q, v in re.findall(r"P(50|99)_US (\d+)", out)}
+    at = m.group(1).split() if (m := re.search(r"FIVEXX_AT([ \d]*)", out)) else []
+    fivexx_seconds = sorted(int(t) - int(load_started) for t in at)
     result = {
         "command": "python bench/growth.py" + (" --quick" if args.quick else ""),
         "machine": f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}",
@@ -314,6 +326,11 @@ def main() -> None:
         "programs_per_version": grown["served_programs"],
         "steps": steps,
         "settled": grown["settled"],
+        "traffic_5xx_seconds": fivexx_seconds,  # since wrk started (1 s resolution)
+        "load_started": load_started,
+        "capacity_log": [
+            line for line in log_text.splitlines() if "item rows" in line or "wait for" in line
+        ][:60],
         "log_errors": [
             line for line in log_text.splitlines() if " ERROR " in line or "CRITICAL" in line
         ][:20],
