@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from concurrent.futures import Executor
 
 from service.periodic import every
-from service.runtime import Runtime, warm_up_apart
+from service.runtime import Runtime, warm_up
 from service.storage import CatalogueEntry, Store
 from service.threads import in_background
 from sona_jax.serve.catalogue import CatalogueReport, grown_capacity, item_capacity
@@ -165,7 +165,9 @@ class CatalogueSync:
 
         def compile_next() -> Programs:
             grown = engine.with_capacity(capacity)
-            warm_up_apart(grown)
+            # One thread at the lowest priority: serving threads preempt it for the cores, but
+            # not for the interpreter lock, which a second compiling thread would contend for.
+            warm_up(grown)
             return grown.programs
 
         log.info("compiling the programs of %d item rows in the background", capacity)

@@ -94,10 +94,8 @@ class Runtime:
         """Serve ``engine`` from the next batch on, its programs compiled first when its shape
         has none yet (``progress(done, total)`` as they compile, on ``threads``)."""
         if self.serving.warm_up and not engine.programs.planned:
-            if threads == 1:  # something is served meanwhile: compile apart from it
-                in_background(warm_up_apart, engine)
-            else:
-                warm_up(engine, progress, threads)
+            # The served engine keeps its cores meanwhile.
+            in_background(warm_up, engine, progress, threads)
         with self.lock:
             self._engine = engine
 
@@ -228,17 +226,6 @@ def warm_up(
         engine.library.planned(programs)
         forget_jit_caches()
         _return_freed_memory()
-
-
-def warm_up_apart(engine: ServingEngine) -> None:
-    """`warm_up` while another engine serves: in a child process where the library can
-    (`ProgramLibrary.compile_elsewhere`, so this process's interpreter stays with the requests),
-    else here (call it on a low-priority thread, `threads.in_background`)."""
-    elsewhere = engine.library.compile_elsewhere
-    if elsewhere is not None and not engine.programs.planned and elsewhere(engine):
-        engine.library.planned(engine.programs)
-        return
-    warm_up(engine)
 
 
 def _return_freed_memory() -> None:

@@ -111,12 +111,6 @@ class ServingSettings(_HostTable):
         ge=0,
         description="compiled program sets kept on disk for restarts (0: none saved)",
     )
-    compile_apart_seconds: float = Field(
-        600.0,
-        ge=0,
-        description="a live server compiles a new shape's programs in a child process, given "
-        "at most this long (0: in the serving process; needs saved_programs > 0)",
-    )
     learner_max_batch: int = Field(64, ge=1, le=1024, description="viewers trained together")
     learner_window_ms: float = Field(50.0, ge=0.0, description="how long the learner gathers")
     model_poll_seconds: float = Field(10.0, gt=0.0, description="how often to look for models")

@@ -34,7 +34,6 @@ from service.metrics import Metrics
 from service.model_arms import ModelArms, Served
 from service.periodic import every
 from service.profiles import Profiles
-from service.program_compiler import ProgramCompiler
 from service.program_store import ProgramStore
 from service.rebuilds import RebuildScheduler
 from service.runtime import COMPILATION_CACHE, Runtime, use_compilation_cache
@@ -156,13 +155,7 @@ class AppState:
                 else settings.data_dir / COMPILATION_CACHE
             )
             use_compilation_cache(folder, serving.compilation_cache_mb)
-            saved = ProgramStore(folder / SAVED_PROGRAMS, serving.saved_programs)
-            saved.attach(self.library)
-            if serving.compile_apart_seconds > 0:
-                compiler = ProgramCompiler(
-                    saved, serving.compile_apart_seconds, folder, serving.compilation_cache_mb
-                )
-                compiler.attach(self.library)
+            ProgramStore(folder / SAVED_PROGRAMS, serving.saved_programs).attach(self.library)
         self.store = open_store(settings.database_url, settings.data_dir)
         await self.store.open()
         self.cache = open_cache(

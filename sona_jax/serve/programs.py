@@ -164,9 +164,6 @@ class ProgramLibrary:
         # it), and with each set whose plan has compiled (the service saves it).
         self.on_new_set: Callable[[Programs, ProgramLibrary], None] | None = None
         self.on_planned: Callable[[Programs, ProgramLibrary], None] | None = None
-        # Compiles a served engine's set outside this process (the service: in a child
-        # process); returns whether the set's plan is compiled now.
-        self.compile_elsewhere: Callable[[Any], bool] | None = None
 
     def programs(self, key: Hashable) -> Programs:
         """The live set for ``key``, or a new one (empty, or with what `on_new_set` adds)."""
