@@ -84,11 +84,13 @@ end
 init = function(args)
   fivexx = 0
   fivexx_at = ""
+  fivexx_body = ""
 end
 response = function(status, headers, body)
   if status >= 500 then
     fivexx = fivexx + 1
     fivexx_at = fivexx_at .. " " .. os.time()
+    if fivexx_body == "" then fivexx_body = string.gsub(body, "%%c", " ") end
   end
 end
 done = function(summary, latency, requests)
@@ -97,6 +99,8 @@ done = function(summary, latency, requests)
   for _, thread in ipairs(threads) do
     total = total + thread:get("fivexx")
     at = at .. thread:get("fivexx_at")
+    local body = thread:get("fivexx_body")
+    if body ~= "" then io.write("FIVEXX_BODY " .. body .. "\\n") end
   end
   io.write(string.format("FIVEXX %%d\\n", total))
   io.write("FIVEXX_AT" .. at .. "\\n")
@@ -164,17 +168,25 @@ async def _grow(url: str, pid: int, writes: int, singles: int, pause: float) -> 
             statuses.append(response.status_code)
             return acked
 
-        async def check() -> None:  # one tracked pair at a time, round robin
+        async def check() -> None:
+            """One tracked pair at a time, round robin in the order they were acknowledged,
+            pausing after a pair not yet served (about 20 requests/s beside the traffic) but
+            not after one served: items are served in the order they were written, so when
+            waiting items are served at a capacity step the rest follow at once rather than
+            one pause each."""
+            at = 0
             while not (done.is_set() and not pending):
                 if not pending:
                     await asyncio.sleep(0.05)
                     continue
-                pair, acked = pending.pop(0)
+                at %= len(pending)
+                pair, acked = pending[at]
                 if await _served(client, url, pair, viewer):
                     served_s.append(time.perf_counter() - acked)
+                    pending.pop(at)
                 else:
-                    pending.append((pair, acked))
-                await asyncio.sleep(0.1)  # 20 requests/s of checking beside the traffic
+                    at += 1
+                    await asyncio.sleep(0.1)
 
         async def watch() -> None:  # the process at every capacity step
             capacity = None
@@ -236,6 +248,7 @@ def main() -> None:
     parser.add_argument(
         "--viewers", type=int, default=1000, help="new viewers (unknown to the model) asking"
     )
+    parser.add_argument("--server-log", type=Path, help="keep the server's log in this file")
     args = parser.parse_args()
     writes, singles = (10, 2) if args.quick else (50, 2)  # 2 pairs: 4 single-item writes
     connections = 16
@@ -275,6 +288,8 @@ def main() -> None:
         if alive:
             server.stop()
         log_text = (folder / f"server-{server.port}.log").read_text()
+        if args.server_log:
+            args.server_log.write_text(log_text)
     rps = (
         float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
         if "Requests/sec" in out
@@ -327,6 +342,7 @@ def main() -> None:
         "steps": steps,
         "settled": grown["settled"],
         "traffic_5xx_seconds": fivexx_seconds,  # since wrk started (1 s resolution)
+        "traffic_5xx_reasons": re.findall(r"FIVEXX_BODY (.*)", out),  # the first per wrk thread
         "load_started": load_started,
         "capacity_log": [
             line for line in log_text.splitlines() if "item rows" in line or "wait for" in line

@@ -5,9 +5,16 @@ change feed (`Store.content_changes`), so every process serves the same catalogu
 The served item arrays have a capacity, and a new capacity is a new shape: new programs. A write
 never waits for them. While rows remain, a new item is servable when its write is acknowledged;
 the programs of the next capacity (`catalogue.grown_capacity`, geometric) are compiled in the
-background ahead of need (`serving.prepare_next_capacity`: once half the rows the capacity had
-free are taken) and the arrays grow to it as soon as a write needs the rows. Items beyond every prepared capacity wait (stored, counted in `waiting`,
-shown by ``/ready`` and ``/metrics``) until the background compile is done, then are served.
+background ahead of need (`serving.prepare_next_capacity`) and the arrays grow to it as soon as
+a write needs the rows. Items beyond every prepared capacity wait (stored, counted in
+`waiting`, shown by ``/ready`` and ``/metrics``) until the background compile is done, then are
+served.
+
+A compile takes tens of seconds, so the next capacity is planned from how fast the catalogue
+grows (`GrowthRate`) and how long the last compile took: it starts once the free rows would
+last less than two compiles (or half of them are taken), and holds what arrives during two
+compiles besides the usual headroom. When the rate outgrows a compile in its first half, that
+compile stops and a larger one starts: items already waiting would otherwise wait for two.
 """
 
 from __future__ import annotations
@@ -15,11 +22,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
+import time
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Executor
 
 from service.periodic import every
-from service.runtime import Runtime, warm_up
+from service.runtime import CompileStopped, Runtime, warm_up
 from service.storage import CatalogueEntry, Store
 from service.threads import in_background
 from sona_jax.serve.catalogue import CatalogueReport, grown_capacity, item_capacity
@@ -27,6 +37,33 @@ from sona_jax.serve.engine import ServingEngine
 from sona_jax.serve.programs import Programs
 
 log = logging.getLogger("sona.catalogue")
+
+
+LEAD_COMPILES = 2  # the next capacity holds what arrives during its compile and the one after
+MIN_RATE_SPAN = 12  # the rate's span is at least this fraction of its window
+MAX_LEAD = 1.0  # rows planned for growth, at most this share of the rows in use
+
+
+class GrowthRate:
+    """Item rows taken per second over the last ``window`` seconds (0 until two looks apart).
+
+    The span divided by is at least ``window / MIN_RATE_SPAN``: one large write followed by
+    another a second later is not read as a catalogue that grows by that much every second."""
+
+    def __init__(self, window: float):
+        self.window = window
+        self.looks: deque[tuple[float, int]] = deque()
+
+    def saw(self, rows: int, now: float) -> None:
+        self.looks.append((now, rows))
+        while self.looks and now - self.looks[0][0] > self.window:
+            self.looks.popleft()
+
+    def per_second(self, now: float) -> float:
+        if len(self.looks) < 2:
+            return 0.0
+        (first, rows_then), (_, rows_now) = self.looks[0], self.looks[-1]
+        return max(rows_now - rows_then, 0) / max(now - first, self.window / MIN_RATE_SPAN)
 
 
 class CatalogueSync:
@@ -38,10 +75,14 @@ class CatalogueSync:
         poll_seconds: float,
         prepare_next: bool = False,
         compile_first: bool = True,
+        rate_window: float = 60.0,
+        compile_guess: float = 60.0,
     ):
         """``prepare_next``: keep the next capacity's programs compiled ahead of need (the
         default version's catalogue; model arms only grow when a write needs it).
-        ``compile_first`` False (`serving.warm_up` off): grow at once and compile on first use."""
+        ``compile_first`` False (`serving.warm_up` off): grow at once and compile on first use.
+        ``rate_window``: seconds the growth rate is measured over; ``compile_guess``: seconds a
+        background compile takes until one has been timed."""
         self.store, self.runtime, self.executor = store, runtime, executor
         self.poll_seconds, self.prepare_next = poll_seconds, prepare_next and compile_first
         self.compile_first = compile_first
@@ -54,6 +95,10 @@ class CatalogueSync:
         self.next_capacity = 0
         self.next_programs: Programs | None = None
         self.growing: asyncio.Task | None = None
+        self.rate = GrowthRate(rate_window)
+        self.compile_seconds = compile_guess  # the last background compile's, once timed
+        # The compile under way: its capacity, when it began, and how to stop it.
+        self.compiling: tuple[int, float, threading.Event] | None = None
         self.failed_capacity = 0  # a capacity whose programs failed to compile (not retried)
         self.sized = (0, 0)  # the served capacity and the rows in use when it was first seen
         self.steps = 0  # capacity steps taken while serving
@@ -111,6 +156,8 @@ class CatalogueSync:
             log.info("item arrays grew from %d to %d rows", capacity, self.runtime.engine.capacity)
         before = len(self.waiting)
         self.waiting, self.rows_needed = list(report.waiting), report.rows_needed
+        self.rate.saw(max(self.rows_needed, self.runtime.engine.rows_in_use()), time.monotonic())
+        self._replan_if_outgrown()
         if len(self.waiting) != before:
             log.info(
                 "%d catalogue changes wait for the next capacity's programs", len(self.waiting)
@@ -122,6 +169,32 @@ class CatalogueSync:
     def waits_for(self, content_id: str) -> bool:
         """Whether ``content_id`` is stored but waits for the next capacity."""
         return any(e.item.content_id == content_id and not e.deleted for e in self.waiting)
+
+    def _lead_rows(self, in_use: int) -> int:
+        """Rows the catalogue will take during the next `LEAD_COMPILES` compiles, at its
+        current rate (at most `MAX_LEAD` of the rows in use)."""
+        rate = self.rate.per_second(time.monotonic())
+        return int(min(rate * self.compile_seconds * LEAD_COMPILES, MAX_LEAD * in_use))
+
+    def _replan_if_outgrown(self) -> None:
+        """Stop a compile in its first half whose capacity will be full when it is done, at
+        the current rate: `grow_soon` then plans a larger one."""
+        if self.compiling is None:
+            return
+        capacity, began, stop = self.compiling
+        elapsed = time.monotonic() - began
+        if stop.is_set() or elapsed > self.compile_seconds / 2:
+            return
+        rate = self.rate.per_second(time.monotonic())
+        due = self.rows_needed + rate * (self.compile_seconds - elapsed)
+        if due > capacity:
+            log.info(
+                "the catalogue grows %.0f rows/s: %d rows will be full before their programs "
+                "compile; compiling for more",
+                rate,
+                capacity,
+            )
+            stop.set()
 
     def _next_ready(self) -> bool:
         return self.next_programs is not None and self.next_programs.planned
@@ -136,20 +209,22 @@ class CatalogueSync:
         needed = max(self.rows_needed, in_use) + 1
         if engine.capacity != self.sized[0]:  # the first look at this capacity
             self.sized = (engine.capacity, in_use)
+        lead = self._lead_rows(in_use)
         if not self.waiting:
-            # Ahead of need: once half the rows this capacity had free are taken (compiling
-            # competes with serving for the cores and the interpreter, so not at every start).
-            room = engine.capacity - self.sized[1]
-            if not self.prepare_next or engine.capacity - in_use > room / 2:
+            # Ahead of need: once half the rows this capacity had free are taken, or sooner
+            # when they would be full within two compiles (compiling competes with serving
+            # for the cores and the interpreter, so not at every start).
+            room, free = engine.capacity - self.sized[1], engine.capacity - in_use
+            if not self.prepare_next or (free > room / 2 and free > lead):
                 return
         ready = self._next_ready() and self.next_capacity > engine.capacity
-        if ready and self.next_capacity >= needed:
+        if ready and self.next_capacity >= needed + (0 if self.waiting else lead):
             if not self.waiting:
                 return
             work = self.catch_up()  # prepared while these arrived: serve them now
         else:
-            # Geometric in the capacity: the next shape once these rows are full.
-            needed = max(needed, engine.capacity + 1)
+            # Geometric in the capacity, and room for what arrives meanwhile.
+            needed = max(needed, engine.capacity + 1) + lead
             target = grown_capacity(needed, engine.model.n_items, engine.cfg.catalogue)
             if target == self.failed_capacity:
                 return
@@ -162,25 +237,33 @@ class CatalogueSync:
         """Compile the programs of ``capacity`` rows (a low-priority thread, the served engine
         serving meanwhile), hold them, and serve what waits."""
         engine = self.runtime.engine
+        stop = threading.Event()
 
         def compile_next() -> Programs:
             grown = engine.with_capacity(capacity)
             # One thread at the lowest priority: serving threads preempt it for the cores, but
             # not for the interpreter lock, which a second compiling thread would contend for.
-            warm_up(grown)
+            warm_up(grown, stop=stop)
             return grown.programs
 
         log.info("compiling the programs of %d item rows in the background", capacity)
+        began = time.monotonic()
+        self.compiling = (capacity, began, stop)
         try:
             programs = await asyncio.get_running_loop().run_in_executor(
                 None, in_background, compile_next
             )
+        except CompileStopped:  # the catalogue outgrew it: `grow_soon` plans a larger one
+            return
         except Exception:  # noqa: BLE001 - serving goes on at the current capacity
             log.exception("compiling the programs of %d item rows failed", capacity)
             self.failed_capacity = capacity
             return
+        finally:
+            self.compiling = None
+        self.compile_seconds = time.monotonic() - began
         self.next_capacity, self.next_programs = capacity, programs
-        log.info("programs for %d item rows compiled", capacity)
+        log.info("programs for %d item rows compiled in %.1fs", capacity, self.compile_seconds)
         if self.waiting:
             await self.catch_up()
 

@@ -179,6 +179,8 @@ class ModelArms:
             executor,
             serving.catalogue_poll_seconds,
             compile_first=serving.warm_up,
+            rate_window=serving.capacity_rate_window_seconds,
+            compile_guess=serving.capacity_compile_guess_seconds,
         )
         tables = LiveTables(self.store, runtime, executor, serving.tables_refresh_seconds)
         profiles = Profiles(

@@ -10,6 +10,13 @@ starts with the SHA-256 of its payload, checked before anything is loaded, as th
 version's arrays are; a file that fails the check, or an executable this jaxlib cannot load,
 is ignored and the set compiles as it would without one. Only sets whose whole plan compiled
 are saved; the least recently used files past ``serving.saved_programs`` are removed.
+
+Only executables XLA compiled in this process are serialized; one that JAX's persistent
+compilation cache gave is left out (it compiles, from that cache, at the next start) and one
+loaded from a file is written back in the form it was loaded from. Serialized a second time,
+jaxlib 0.10's CPU executables lose their kernels: a set saved that way loaded fine and then
+failed at its first call in the next process (``Function bitcast_copy_fusion not found``: every
+new viewer's recommendations answered 500 after a warm restart).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from jax.experimental import serialize_executable
 from sona_jax.serve.programs import ProgramLibrary, Programs
 
 log = logging.getLogger("sona.programs")
-MAGIC = b"SONA-PROGRAMS 1\n"
+MAGIC = b"SONA-PROGRAMS 2\n"  # 1: files that may hold executables serialized twice
 SUFFIX = ".programs"
 
 
@@ -61,7 +68,7 @@ class ProgramStore:
         library.on_planned = self.save
 
     def path(self, programs: Programs, library: ProgramLibrary) -> Path:
-        name = repr((self.machine, library.shapes, programs.key))
+        name = repr((MAGIC, self.machine, library.shapes, programs.key))
         return self.folder / f"{hashlib.sha256(name.encode()).hexdigest()[:32]}{SUFFIX}"
 
     def load_into(self, programs: Programs, library: ProgramLibrary) -> None:
@@ -75,14 +82,14 @@ class ProgramStore:
         try:
             payload = _checked(data)
             saved = pickle.loads(payload)  # our own file, its digest checked
+            forms = {key: (blob, ins, outs) for key, blob, ins, outs in saved["programs"]}
             executables = {
-                key: serialize_executable.deserialize_and_load(blob, in_tree, out_tree)
-                for key, blob, in_tree, out_tree in saved["programs"]
+                key: serialize_executable.deserialize_and_load(*form) for key, form in forms.items()
             }
         except Exception as error:  # noqa: BLE001 - a bad file costs a compile, never a start
             log.warning("ignoring saved programs %s: %s", path.name, error)
             return
-        programs.adopt(executables)
+        programs.adopt(executables, forms)
         programs.planned = programs.planned or saved["planned"]
         self.loaded_sets += 1
         with contextlib.suppress(OSError):
@@ -101,12 +108,22 @@ class ProgramStore:
         path = self.path(programs, library)
         entries, unsaved = [], []
         for key, executable in list(programs.executables.items()):
+            if key in programs.saved_forms:
+                entries.append((key, *programs.saved_forms[key]))
+                continue
+            if key in programs.from_cache:
+                unsaved.append(key[0])
+                continue
             try:
                 entries.append((key, *serialize_executable.serialize(executable)))
             except Exception:  # noqa: BLE001 - some XLA ops cannot be saved: that one compiles
                 unsaved.append(key[0])
         if unsaved:
-            log.info("programs this jaxlib cannot save (compiled at each start): %s", unsaved)
+            log.info(
+                "programs not saved (from the compilation cache, or not serializable: they "
+                "compile at each start): %s",
+                unsaved,
+            )
         try:
             complete = programs.planned and not unsaved
             payload = pickle.dumps({"planned": complete, "programs": entries})

@@ -202,30 +202,43 @@ class Runtime:
 _compiling = threading.Lock()  # one program set compiles at a time; caches emptied after
 
 
+class CompileStopped(Exception):
+    """`warm_up` was stopped before its plan had compiled."""
+
+
 def warm_up(
     engine: ServingEngine,
     progress: Callable[[int, int], None] | None = None,
     threads: int = 1,
+    stop: threading.Event | None = None,
 ) -> None:
     """Compile every program ``engine``'s shape needs (`program_plan`) that its set lacks,
     before it serves traffic; ``progress(done, total)`` after each, ``threads`` at once (more
     than one only while nothing is served: compiling competes with serving for the cores).
     Then jit's own caches are emptied (`forget_jit_caches`), so that program sets no engine
-    holds any more are freed."""
+    holds any more are freed. ``stop`` set: no further program starts (`CompileStopped`)."""
     programs = engine.programs
+
+    def run(task: Callable[[], object]) -> None:
+        if stop is not None and stop.is_set():
+            raise CompileStopped
+        task()
+
     with _compiling:
         if programs.planned:
             return
         tasks = program_plan(engine, time.time())
         done = 0
-        with ThreadPoolExecutor(max(1, threads), thread_name_prefix="sona-compile") as pool:
-            for _ in pool.map(lambda task: task(), tasks):
-                done += 1
-                if progress is not None:
-                    progress(done, len(tasks))
-        engine.library.planned(programs)
-        forget_jit_caches()
-        _return_freed_memory()
+        try:
+            with ThreadPoolExecutor(max(1, threads), thread_name_prefix="sona-compile") as pool:
+                for _ in pool.map(run, tasks):
+                    done += 1
+                    if progress is not None:
+                        progress(done, len(tasks))
+            engine.library.planned(programs)
+        finally:
+            forget_jit_caches()
+            _return_freed_memory()
 
 
 def _return_freed_memory() -> None:

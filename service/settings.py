@@ -58,6 +58,11 @@ class ServingSettings(_HostTable):
         le=100.0,
         description="longest a thread holds the GIL while another waits (Python's default: 5)",
     )
+    demote_compiler_threads: bool = Field(
+        True,
+        description="run XLA's compiler threads at the lowest CPU priority, so a background "
+        "compile (a capacity step, a new model version) never takes cores from serving",
+    )
     max_queue: int = Field(1024, ge=1)
     max_wait_ms: float = Field(
         250.0, ge=0.0, description="longest a request may wait for the engine (0: no limit)"
@@ -99,6 +104,18 @@ class ServingSettings(_HostTable):
         True,
         description="compile the programs of the catalogue's next capacity in the background, "
         "before a write needs it (one more program set held)",
+    )
+    capacity_rate_window_seconds: float = Field(
+        60.0,
+        gt=0.0,
+        description="the catalogue's growth rate (rows/s) is measured over this window, and "
+        "over at least a twelfth of it",
+    )
+    capacity_compile_guess_seconds: float = Field(
+        60.0,
+        gt=0.0,
+        description="how long a capacity's programs take to compile in the background, until "
+        "one has been timed",
     )
     compilation_cache_mb: int = Field(
         1024,

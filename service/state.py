@@ -250,6 +250,8 @@ class AppState:
                 self.serving.catalogue_poll_seconds,
                 prepare_next=self.serving.prepare_next_capacity,
                 compile_first=self.serving.warm_up,
+                rate_window=self.serving.capacity_rate_window_seconds,
+                compile_guess=self.serving.capacity_compile_guess_seconds,
             )
             self.tables = LiveTables(
                 self.store, runtime, self.executor, self.serving.tables_refresh_seconds

@@ -1,5 +1,6 @@
-"""Process-wide thread settings for `sona serve`: how many threads XLA computes on, and how long
-the event loop may keep the GIL from the engine thread.
+"""Process-wide thread settings for `sona serve`: how many threads XLA computes on, how long
+the event loop may keep the GIL from the engine thread, and which threads run at the lowest
+priority (compiling, never serving).
 
 On the CPU, XLA runs each engine call on a thread pool sized, when the backend starts, from the
 CPUs the starting thread may use. Its threads hand work to one another between the many small
@@ -16,6 +17,7 @@ import logging
 import os
 import sys
 import threading
+import time
 
 log = logging.getLogger("sona.threads")
 
@@ -61,20 +63,150 @@ def set_gil_switch(milliseconds: float) -> None:
 
 
 BACKGROUND_NICE = 19  # the lowest CPU priority: serving threads always come first
+PROBE_SECONDS = 0.2  # of engine-like calls, to see which native threads serve
+PROBE_MIN_NS = 1_000_000  # a thread that compiled less than this is left as it is
+WATCH_SECONDS = 0.5  # how often a background compile looks for compiling threads
+
+
+class CompilerThreads:
+    """XLA's compiling threads, found and run at the lowest CPU priority.
+
+    XLA compiles on native threads of its own, started at normal priority: lowering the
+    priority of the thread that asks for a compile does not reach them, and a capacity step's
+    compile beside live traffic took 1.5 of 2 cores from serving (measured per thread,
+    /proc/self/task). They are found by what they do. `probe` (once the backend has started,
+    before anything is served) compiles a small program and makes engine-like calls: threads
+    that work in the calls *serve*; those that work only in the compile are demoted. Then,
+    while a background compile runs (`watching`), any other native thread that works and has
+    never served is demoted too (a large program engages more of XLA's threads than the
+    probe's; its LLVM workers start later); work a thread does between compiles counts as
+    serving. Python's own threads are never touched: the one that traces holds the
+    interpreter lock, which every serving thread needs, so it must never wait for a core. A
+    priority once lowered cannot be raised again without privileges. Linux only."""
+
+    def __init__(self):
+        self.serving: set[int] = set()
+        self.demoted: set[int] = set()
+        self.active = False
+        self._between: dict[int, int] = {}  # CPU times when the last compile ended
+        self._lock = threading.Lock()
+
+    def probe(self) -> None:
+        """Find the threads that serve and those that compile; demote the latter."""
+        if not os.path.isdir("/proc/self/task"):
+            return
+        import jax
+        import jax.numpy as jnp
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        items = jax.device_put(rng.random((4096, 64), np.float32))
+
+        @jax.jit
+        def rank(queries, items):
+            scores = queries @ items.T
+            return jax.lax.top_k(scores, 64), jnp.sort(scores[:, :256], axis=1)
+
+        def engine_like() -> None:
+            (values, rows), ordered = rank(rng.random((16, 64), np.float32), items)
+            np.asarray(values), np.asarray(rows), np.asarray(ordered)
+            jax.device_put(rng.random((512, 512), np.float32)).block_until_ready()
+
+        engine_like()  # compiled here, before either window
+        started = _native_cpu_ns()
+
+        @jax.jit
+        def probe(x):  # a fresh function: compiled, not found in a cache
+            for step in range(4):
+                x = jnp.tanh(x @ x.T @ x + step) + jnp.cumsum(x, axis=1)
+            return x
+
+        probe.lower(jnp.ones((8, 64), jnp.float32)).compile()
+        compiled = _cpu_since(started)
+        started = _native_cpu_ns()
+        until = time.monotonic() + PROBE_SECONDS
+        while time.monotonic() < until:
+            engine_like()
+        self.serving = set(_cpu_since(started))
+        self.active = True
+        self._demote(t for t, ns in compiled.items() if ns >= PROBE_MIN_NS)
+        self._between = _native_cpu_ns()
+        log.info("%d XLA compiler threads run at nice %d", len(self.demoted), BACKGROUND_NICE)
+
+    @contextlib.contextmanager
+    def watching(self):
+        """While a compile runs beside serving: demote each native thread that works and has
+        never served, every `WATCH_SECONDS`."""
+        if not self.active:
+            yield
+            return
+        with self._lock:
+            # Work since the last compile ended was serving (one compile at a time: `warm_up`).
+            self.serving |= set(_cpu_since(self._between)) - self.demoted
+        stop = threading.Event()
+
+        def watch() -> None:
+            last = _native_cpu_ns()
+            while not stop.wait(WATCH_SECONDS):
+                self._demote(_cpu_since(last))
+                last = _native_cpu_ns()
+
+        watcher = threading.Thread(target=watch, name="sona-compiler-threads", daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            watcher.join()
+            with self._lock:
+                self._between = _native_cpu_ns()
+
+    def _demote(self, tasks) -> None:
+        with self._lock:
+            for task in set(tasks) - self.serving - self.demoted:
+                with contextlib.suppress(OSError):  # ended meanwhile
+                    os.setpriority(os.PRIO_PROCESS, task, BACKGROUND_NICE)
+                    self.demoted.add(task)
+
+
+COMPILER_THREADS = CompilerThreads()  # the process's
+
+
+def _native_cpu_ns() -> dict[int, int]:
+    """CPU time (ns) of each thread of this process that Python did not start."""
+    python = {t.native_id for t in threading.enumerate()}
+    spent = {}
+    for task in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError, ValueError):  # ended meanwhile
+            if int(task) not in python:
+                with open(f"/proc/self/task/{task}/schedstat") as stat:
+                    spent[int(task)] = int(stat.read().split()[0])
+    return spent
+
+
+def _cpu_since(before: dict[int, int]) -> dict[int, int]:
+    """CPU time (ns) each native thread spent since ``before`` (threads started since count
+    from zero)."""
+    return {
+        task: ns - before.get(task, 0)
+        for task, ns in _native_cpu_ns().items()
+        if ns > before.get(task, 0)
+    }
 
 
 def in_background(fn, *args):
-    """``fn(*args)`` on a new thread of the lowest CPU priority, waited for; its result.
+    """``fn(*args)`` (a compile beside serving) on a thread of its own, waited for; its result.
 
-    Compiling a model version's programs takes tens of seconds of CPU; on a thread at nice 19
-    the serving threads (the event loop, the engine calls) keep their cores meanwhile."""
+    Compiling a model version's programs takes tens of seconds of CPU, nearly all of it on
+    XLA's own threads, which `COMPILER_THREADS` keeps at the lowest priority meanwhile: the
+    serving threads (the event loop, the engine calls) keep their cores. This thread traces
+    and lowers, holding the interpreter lock as it does, at normal priority."""
     result: dict = {}
 
     def run():
-        with contextlib.suppress(OSError, AttributeError):  # not Linux: normal priority
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
         try:
-            result["value"] = fn(*args)
+            with COMPILER_THREADS.watching():
+                result["value"] = fn(*args)
         except BaseException as error:  # noqa: BLE001 - re-raised in the caller
             result["error"] = error
 

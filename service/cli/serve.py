@@ -66,12 +66,14 @@ def serve(
     import uvicorn
 
     from service.app import Settings, create_app
-    from service.threads import limit_xla_threads, set_gil_switch
+    from service.threads import COMPILER_THREADS, limit_xla_threads, set_gil_switch
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg, serving, learning = config_or_exit(config_path)
     limit_xla_threads(serving.xla_threads)  # before anything starts the JAX backend
     set_gil_switch(serving.gil_switch_ms)
+    if serving.demote_compiler_threads:  # before the compilation cache is configured
+        COMPILER_THREADS.probe()
     if no_batching:
         serving = serving.model_copy(update={"batching": False})
     if compilation_cache_dir:

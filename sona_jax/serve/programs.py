@@ -18,6 +18,7 @@ the set, so it is freed with it.
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -87,6 +88,16 @@ def signature(tree: Any) -> tuple:
 
 
 ProgramKey = tuple  # (function name, static arguments, signature of the dynamic ones)
+CACHE_HIT = "/jax/compilation_cache/cache_hits"  # JAX's event, in the compiling thread
+_compile = threading.local()  # persistent-cache hits of the compile under way in this thread
+
+
+def _count_cache_hit(event: str, **_: Any) -> None:
+    if event == CACHE_HIT and getattr(_compile, "hits", None) is not None:
+        _compile.hits += 1
+
+
+jax.monitoring.register_event_listener(_count_cache_hit)
 
 
 @dataclass(eq=False)
@@ -96,7 +107,11 @@ class Programs:
     ``key`` is the `ShapeKey` the set serves; programs are looked up by `ProgramKey`.
     compiled: programs compiled in this process; loaded: programs adopted from elsewhere
     (`adopt`, e.g. executables saved by an earlier process); unplanned: programs compiled on
-    the request path because no plan named them.
+    the request path because no plan named them. ``from_cache``: programs JAX's persistent
+    compilation cache gave rather than XLA (they run, but serialized again they lose their
+    kernels: with jaxlib 0.10 such a file fails in the next process with ``Function ... not
+    found``, so they are never saved); ``saved_forms``: the serialized form each adopted
+    executable came from, to be written back as it was, for the same reason.
     """
 
     key: Hashable
@@ -104,6 +119,8 @@ class Programs:
     compiled: int = 0
     loaded: int = 0
     unplanned: int = 0
+    from_cache: set[ProgramKey] = field(default_factory=set)
+    saved_forms: dict[ProgramKey, Any] = field(default_factory=dict)
     planned: bool = False  # the plan has run: a program compiled after is an unplanned one
     # The first argument of the last call and its signature: the engine's state, the same
     # object call after call (its 40-odd arrays cost more to read than the rest of a key).
@@ -135,19 +152,34 @@ class Programs:
         return executable(*args, **kwargs)
 
     def _compile(self, program: ProgramKey, fn, args, kwargs, static) -> jax.stages.Compiled:
-        executable = fn.lower(*args, **kwargs, **static).compile()
+        _compile.hits = 0
+        try:
+            executable = fn.lower(*args, **kwargs, **static).compile()
+            hit = _compile.hits > 0
+        finally:
+            _compile.hits = None
         # Two threads may compile the same program: the first one kept wins, the other is freed.
-        executable = self.executables.setdefault(program, executable)
+        kept = self.executables.setdefault(program, executable)
+        if hit and kept is executable:
+            self.from_cache.add(program)
+        executable = kept
         self.compiled += 1
         if self.planned:
             self.unplanned += 1
         return executable
 
-    def adopt(self, executables: dict[ProgramKey, jax.stages.Compiled]) -> None:
-        """Take executables compiled elsewhere (the same shapes, loaded from disk)."""
+    def adopt(
+        self,
+        executables: dict[ProgramKey, jax.stages.Compiled],
+        saved_forms: dict[ProgramKey, Any] | None = None,
+    ) -> None:
+        """Take executables compiled elsewhere (the same shapes, loaded from disk), with the
+        serialized form each was loaded from."""
         for program, executable in executables.items():
             if program not in self.executables:
                 self.executables[program] = executable
+                if saved_forms is not None and program in saved_forms:
+                    self.saved_forms[program] = saved_forms[program]
                 self.loaded += 1
 
 
