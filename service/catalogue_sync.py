@@ -31,7 +31,7 @@ from concurrent.futures import Executor
 from service.periodic import every
 from service.runtime import CompileStopped, Runtime, warm_up
 from service.storage import CatalogueEntry, Store
-from service.threads import in_background
+from service.threads import at_lowest_priority, in_background
 from sona_jax.serve.catalogue import CatalogueReport, grown_capacity, item_capacity
 from sona_jax.serve.engine import ServingEngine
 from sona_jax.serve.programs import Programs
@@ -178,7 +178,7 @@ class CatalogueSync:
 
     def _replan_if_outgrown(self) -> None:
         """Stop a compile in its first half whose capacity will be full when it is done, at
-        the current rate: `grow_soon` then plans a larger one."""
+        the current rate, when a larger one would be planned now: `grow_soon` then plans it."""
         if self.compiling is None:
             return
         capacity, began, stop = self.compiling
@@ -187,7 +187,7 @@ class CatalogueSync:
             return
         rate = self.rate.per_second(time.monotonic())
         due = self.rows_needed + rate * (self.compile_seconds - elapsed)
-        if due > capacity:
+        if due > capacity and self._target(self.runtime.engine) > capacity:
             log.info(
                 "the catalogue grows %.0f rows/s: %d rows will be full before their programs "
                 "compile; compiling for more",
@@ -195,6 +195,13 @@ class CatalogueSync:
                 capacity,
             )
             stop.set()
+
+    def _target(self, engine: ServingEngine) -> int:
+        """The capacity to compile for next: geometric in the rows needed, plus what arrives
+        during two compiles at the current rate."""
+        in_use = engine.rows_in_use()
+        needed = max(self.rows_needed, in_use, engine.capacity) + 1 + self._lead_rows(in_use)
+        return grown_capacity(needed, engine.model.n_items, engine.cfg.catalogue)
 
     def _next_ready(self) -> bool:
         return self.next_programs is not None and self.next_programs.planned
@@ -223,9 +230,7 @@ class CatalogueSync:
                 return
             work = self.catch_up()  # prepared while these arrived: serve them now
         else:
-            # Geometric in the capacity, and room for what arrives meanwhile.
-            needed = max(needed, engine.capacity + 1) + lead
-            target = grown_capacity(needed, engine.model.n_items, engine.cfg.catalogue)
+            target = self._target(engine)
             if target == self.failed_capacity:
                 return
             work = self._grow(target)
@@ -240,9 +245,9 @@ class CatalogueSync:
         stop = threading.Event()
 
         def compile_next() -> Programs:
-            grown = engine.with_capacity(capacity)
-            # One thread at the lowest priority: serving threads preempt it for the cores, but
-            # not for the interpreter lock, which a second compiling thread would contend for.
+            grown = at_lowest_priority(engine.with_capacity, capacity)
+            # One thread (a second would contend for the interpreter lock with serving); XLA's
+            # own compiling threads run at the lowest priority (`in_background`).
             warm_up(grown, stop=stop)
             return grown.programs
 

@@ -70,7 +70,10 @@ class LiveTables:
             log_, _ = event_log(usable, known)
             counts = add_events(resize_counts(self.counts, engine.capacity), log_, time.time(), cfg)
             self.counts = counts
-            return engine.with_popularity(popularity_tables(counts, cfg, engine.item_valid))
+            tables = popularity_tables(counts, cfg, engine.item_valid)
+            # Catalogue writes alone (no events) change no count: cold viewers' candidates
+            # stay (new items get their own slots, deleted ones are masked per request).
+            return engine.with_popularity(tables, counted=bool(usable))
 
         engine = await asyncio.get_running_loop().run_in_executor(self.executor, rebuilt)
         self.revision = engine.revision

@@ -194,6 +194,21 @@ def _cpu_since(before: dict[int, int]) -> dict[int, int]:
     }
 
 
+def at_lowest_priority(fn, *args):
+    """``fn(*args)`` on a new thread at the lowest CPU priority (nice 19), waited for.
+
+    For work that mostly releases the interpreter lock (large numpy copies: a new capacity's
+    arrays), so that serving threads come first for the cores; a priority once lowered cannot
+    be raised again, so the thread ends with it."""
+
+    def lowered():
+        with contextlib.suppress(OSError, AttributeError):  # not Linux: normal priority
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+        return fn(*args)
+
+    return _on_own_thread(lowered, "sona-lowest")
+
+
 def in_background(fn, *args):
     """``fn(*args)`` (a compile beside serving) on a thread of its own, waited for; its result.
 
@@ -201,16 +216,25 @@ def in_background(fn, *args):
     XLA's own threads, which `COMPILER_THREADS` keeps at the lowest priority meanwhile: the
     serving threads (the event loop, the engine calls) keep their cores. This thread traces
     and lowers, holding the interpreter lock as it does, at normal priority."""
+
+    def watched():
+        with COMPILER_THREADS.watching():
+            return fn(*args)
+
+    return _on_own_thread(watched, "sona-background")
+
+
+def _on_own_thread(call, name: str):
+    """``call()`` on a new daemon thread, waited for; its result (or its exception)."""
     result: dict = {}
 
     def run():
         try:
-            with COMPILER_THREADS.watching():
-                result["value"] = fn(*args)
+            result["value"] = call()
         except BaseException as error:  # noqa: BLE001 - re-raised in the caller
             result["error"] = error
 
-    thread = threading.Thread(target=run, name="sona-background", daemon=True)
+    thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
     thread.join()
     if "error" in result:

@@ -330,9 +330,13 @@ class ServingEngine:
             titles=self.titles + [""] * extra,
         )
 
-    def with_popularity(self, popularity: Popularity) -> ServingEngine:
-        """This engine with live popularity / trending / context tables (capacity-sized)."""
-        return self._restated(live.with_popularity(self.state, popularity), tables=self.tables + 1)
+    def with_popularity(self, popularity: Popularity, counted: bool = True) -> ServingEngine:
+        """This engine with live popularity / trending / context tables (capacity-sized).
+        ``counted`` False: the same counts, only resized or re-masked for catalogue writes
+        (`tables`, which retires candidates made from the tables, stays)."""
+        return self._restated(
+            live.with_popularity(self.state, popularity), tables=self.tables + int(counted)
+        )
 
     # ---- batched calls -------------------------------------------------------------------
 
