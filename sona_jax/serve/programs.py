@@ -18,9 +18,9 @@ the set, so it is freed with it.
 
 from __future__ import annotations
 
-import threading
 import weakref
 from collections.abc import Callable, Hashable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,12 +89,14 @@ def signature(tree: Any) -> tuple:
 
 ProgramKey = tuple  # (function name, static arguments, signature of the dynamic ones)
 CACHE_HIT = "/jax/compilation_cache/cache_hits"  # JAX's event, in the compiling thread
-_compile = threading.local()  # persistent-cache hits of the compile under way in this thread
+# Persistent-cache hits of the compile under way (each thread has its own context).
+_CACHE_HITS: ContextVar[list[int] | None] = ContextVar("sona_cache_hits", default=None)
 
 
 def _count_cache_hit(event: str, **_: Any) -> None:
-    if event == CACHE_HIT and getattr(_compile, "hits", None) is not None:
-        _compile.hits += 1
+    hits = _CACHE_HITS.get()
+    if event == CACHE_HIT and hits is not None:
+        hits[0] += 1
 
 
 jax.monitoring.register_event_listener(_count_cache_hit)
@@ -152,12 +154,13 @@ class Programs:
         return executable(*args, **kwargs)
 
     def _compile(self, program: ProgramKey, fn, args, kwargs, static) -> jax.stages.Compiled:
-        _compile.hits = 0
+        hits = [0]
+        token = _CACHE_HITS.set(hits)
         try:
             executable = fn.lower(*args, **kwargs, **static).compile()
-            hit = _compile.hits > 0
         finally:
-            _compile.hits = None
+            _CACHE_HITS.reset(token)
+        hit = hits[0] > 0
         # Two threads may compile the same program: the first one kept wins, the other is freed.
         kept = self.executables.setdefault(program, executable)
         if hit and kept is executable:

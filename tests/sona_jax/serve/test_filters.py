@@ -65,7 +65,7 @@ def _state_arrays(state) -> dict:
     }
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(seeds, sizes)
 def test_passes_matches_reference_over_the_catalogue_and_at_items(seed, n):
     state = random_state(seed)

@@ -453,7 +453,7 @@ def test_score_items_components():
     assert np.abs(comps[..., boost]).max() > 0
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(seeds, sizes)
 def test_scores_from_candidates_equal_the_catalogue_wide_scores(seed, n):
     """What the kept candidates stand in for (nearest viewers, the content score's catalogue
