@@ -63,7 +63,7 @@ def set_gil_switch(milliseconds: float) -> None:
 
 
 BACKGROUND_NICE = 19  # the lowest CPU priority: serving threads always come first
-PROBE_SECONDS = 0.2  # of engine-like calls, to see which native threads serve
+PROBE_SECONDS = 0.1  # of engine-like calls, to see which native threads serve
 PROBE_MIN_NS = 1_000_000  # a thread that compiled less than this is left as it is
 WATCH_SECONDS = 0.5  # how often a background compile looks for compiling threads
 
@@ -75,8 +75,8 @@ class CompilerThreads:
     priority of the thread that asks for a compile does not reach them, and a capacity step's
     compile beside live traffic took 1.5 of 2 cores from serving (measured per thread,
     /proc/self/task). They are found by what they do. `probe` (once the backend has started,
-    before anything is served) compiles a small program and makes engine-like calls: threads
-    that work in the calls *serve*; those that work only in the compile are demoted. Then,
+    before anything is served) compiles a small ranking program and calls it: threads that
+    work in the calls *serve*; those that work only in the compile are demoted. Then,
     while a background compile runs (`watching`), any other native thread that works and has
     never served is demoted too (a large program engages more of XLA's threads than the
     probe's; its LLVM workers start later); work a thread does between compiles counts as
@@ -100,29 +100,23 @@ class CompilerThreads:
         import numpy as np
 
         rng = np.random.default_rng(0)
-        items = jax.device_put(rng.random((4096, 64), np.float32))
+        items = jax.device_put(rng.random((2048, 32), np.float32))
+        queries = rng.random((16, 32), np.float32)
 
-        @jax.jit
-        def rank(queries, items):
+        def rank(queries, items):  # a ranking program's parts: a product, top-k, a sort
             scores = queries @ items.T
-            return jax.lax.top_k(scores, 64), jnp.sort(scores[:, :256], axis=1)
+            return jax.lax.top_k(scores, 32), jnp.sort(scores[:, :128], axis=1)
+
+        started = _native_cpu_ns()
+        ranking = jax.jit(rank).lower(queries, items).compile()  # a fresh program: XLA's work
+        compiled = _cpu_since(started)
 
         def engine_like() -> None:
-            (values, rows), ordered = rank(rng.random((16, 64), np.float32), items)
+            (values, rows), ordered = ranking(rng.random((16, 32), np.float32), items)
             np.asarray(values), np.asarray(rows), np.asarray(ordered)
             jax.device_put(rng.random((512, 512), np.float32)).block_until_ready()
 
-        engine_like()  # compiled here, before either window
-        started = _native_cpu_ns()
-
-        @jax.jit
-        def probe(x):  # a fresh function: compiled, not found in a cache
-            for step in range(4):
-                x = jnp.tanh(x @ x.T @ x + step) + jnp.cumsum(x, axis=1)
-            return x
-
-        probe.lower(jnp.ones((8, 64), jnp.float32)).compile()
-        compiled = _cpu_since(started)
+        engine_like()  # a first call's one-off work, outside the window
         started = _native_cpu_ns()
         until = time.monotonic() + PROBE_SECONDS
         while time.monotonic() < until:
