@@ -1,3 +1,4 @@
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,21 @@ from sona_jax.config import SERVE, TRAIN, ConfigError, SonaConfig, config_from_d
 from sona_lab.files import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_default_toml_spells_out_every_key():
+    """Every key of every section is written in configs/default.toml (comparing values alone
+    cannot notice a key left out: its default fills it in)."""
+    written = tomllib.loads((ROOT / "configs" / "default.toml").read_text())
+    sections = {name: info.annotation for name, info in SonaConfig.model_fields.items()}
+    sections |= {"serving": ServingSettings, "learning": LearningSettings}
+    missing = [
+        f"{name}.{key}"
+        for name, model in sections.items()
+        for key in model.model_fields
+        if key not in written.get(name, {})
+    ]
+    assert missing == []
 
 
 def test_default_toml_holds_every_default():
