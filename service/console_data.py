@@ -176,7 +176,7 @@ async def viewer(
             user_id=user_id, limit=LIST_LENGTH, context=ctx, filters=filters
         )
         mark_started()  # the engine's wait limit counts from here, not from the page's start
-        answer = orjson.loads(await recommendations_body(state, request))
+        answer = orjson.loads(await recommendations_body(state, request, shown=False))
         ids = [r["content_id"] for r in answer["recommendations"]]
         rows = np.array([engine.item_index[c] for c in ids if c in engine.item_index], np.int32)
         indices = resolve(request.context).indices

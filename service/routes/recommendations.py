@@ -99,8 +99,12 @@ def _with_id(body: bytes, recommendation_id: str) -> bytes:
     return b'{"recommendation_id":"' + recommendation_id.encode() + b'",' + body[1:]
 
 
-async def recommendations_body(state: AppState, data: schemas.RecommendationRequest) -> bytes:
-    """The recommendations answer (JSON bytes); shared by the Quart route and the fast path."""
+async def recommendations_body(
+    state: AppState, data: schemas.RecommendationRequest, shown: bool = True
+) -> bytes:
+    """The recommendations answer (JSON bytes); shared by the Quart route, the fast path and
+    the console. ``shown`` False (an operator looking at a viewer): the list is neither an
+    experiment exposure nor counted as listed, so looking does not move what is watched."""
     state.engine()
     user_id = str(data.user_id)
     limit = data.limit or state.serving.default_limit
@@ -111,9 +115,10 @@ async def recommendations_body(state: AppState, data: schemas.RecommendationRequ
     body, listed = await _list_body(state, served, data, user_id, limit, version, profile, arms)
     if listed is None:  # a cached list: read back what it holds
         listed = [r["content_id"] for r in orjson.loads(body)["recommendations"]]
-    state.metrics.item_listed.update(listed)
-    if arms.arms:
-        state.experiments.expose(recommendation_id, user_id, arms.arms, listed)
+    if shown:
+        state.metrics.item_listed.update(listed)
+        if arms.arms:
+            state.experiments.expose(recommendation_id, user_id, arms.arms, listed)
     return _with_id(body, recommendation_id)
 
 

@@ -165,6 +165,10 @@ async def test_lists_carry_their_id_and_variant_and_views_are_attributed(api):
         assert again["variant"] == variant  # sticky
         assert again["recommendation_id"] != body["recommendation_id"]
         shown[user] = body
+    # An operator looking at a viewer in the console is not an exposure (nor a listed item).
+    listed_before = sum(app_state(app).metrics.item_listed.values())
+    assert (await client.get(f"/console/viewer?user_id={users[0]}")).status_code == 200
+    assert sum(app_state(app).metrics.item_listed.values()) == listed_before
     now = datetime.now(UTC)
     by_id, by_window, too_late, dismissing = users[:4]
 
