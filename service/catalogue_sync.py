@@ -156,7 +156,10 @@ class CatalogueSync:
             log.info("item arrays grew from %d to %d rows", capacity, self.runtime.engine.capacity)
         before = len(self.waiting)
         self.waiting, self.rows_needed = list(report.waiting), report.rows_needed
-        self.rate.saw(max(self.rows_needed, self.runtime.engine.rows_in_use()), time.monotonic())
+        # Rows taken: up to the last waiting item's when some wait (a report's rows_needed is
+        # at least the capacity), else up to the last served one's.
+        taken = self.rows_needed if self.waiting else self.runtime.engine.rows_in_use
+        self.rate.saw(taken, time.monotonic())
         self._replan_if_outgrown()
         if len(self.waiting) != before:
             log.info(
@@ -199,7 +202,7 @@ class CatalogueSync:
     def _target(self, engine: ServingEngine) -> int:
         """The capacity to compile for next: geometric in the rows needed, plus what arrives
         during two compiles at the current rate."""
-        in_use = engine.rows_in_use()
+        in_use = engine.rows_in_use
         needed = max(self.rows_needed, in_use, engine.capacity) + 1 + self._lead_rows(in_use)
         return grown_capacity(needed, engine.model.n_items, engine.cfg.catalogue)
 
@@ -212,7 +215,7 @@ class CatalogueSync:
         if self.closed or (self.growing is not None and not self.growing.done()):
             return
         engine = self.runtime.engine
-        in_use = engine.rows_in_use()
+        in_use = engine.rows_in_use
         needed = max(self.rows_needed, in_use) + 1
         if engine.capacity != self.sized[0]:  # the first look at this capacity
             self.sized = (engine.capacity, in_use)

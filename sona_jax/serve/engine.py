@@ -301,8 +301,10 @@ class ServingEngine:
         """This engine with item arrays of ``capacity`` rows (at least its own)."""
         return self.with_catalogue([], max(capacity, self.capacity))[0]
 
+    @cached_property
     def rows_in_use(self) -> int:
-        """Item rows up to the last one any item has taken (rows are never reused)."""
+        """Item rows up to the last one any item has taken (rows are never reused; read at
+        every catalogue write, so counted once per engine)."""
         taken = [row for row in self.item_index.values() if row >= self.model.n_items]
         return max(taken, default=self.model.n_items - 1) + 1
 
