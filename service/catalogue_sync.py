@@ -251,7 +251,7 @@ class CatalogueSync:
             grown = at_lowest_priority(engine.with_capacity, capacity)
             # One thread (a second would contend for the interpreter lock with serving); XLA's
             # own compiling threads run at the lowest priority (`in_background`).
-            warm_up(grown, stop=stop)
+            warm_up(grown, stop=stop, beside_serving=True)
             return grown.programs
 
         log.info("compiling the programs of %d item rows in the background", capacity)

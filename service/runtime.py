@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -90,12 +91,14 @@ class Runtime:
         engine: ServingEngine,
         progress: Callable[[int, int], None] | None = None,
         threads: int = 1,
+        beside_serving: bool = True,
     ) -> None:
         """Serve ``engine`` from the next batch on, its programs compiled first when its shape
-        has none yet (``progress(done, total)`` as they compile, on ``threads``)."""
+        has none yet (``progress(done, total)`` as they compile, on ``threads``; see
+        `warm_up` for ``beside_serving``)."""
         if self.serving.warm_up and not engine.programs.planned:
             # The served engine keeps its cores meanwhile.
-            in_background(warm_up, engine, progress, threads)
+            in_background(warm_up, engine, progress, threads, None, beside_serving)
         with self.lock:
             self._engine = engine
 
@@ -211,18 +214,25 @@ def warm_up(
     progress: Callable[[int, int], None] | None = None,
     threads: int = 1,
     stop: threading.Event | None = None,
+    beside_serving: bool = False,
 ) -> None:
     """Compile every program ``engine``'s shape needs (`program_plan`) that its set lacks,
     before it serves traffic; ``progress(done, total)`` after each, ``threads`` at once (more
     than one only while nothing is served: compiling competes with serving for the cores).
     Then jit's own caches are emptied (`forget_jit_caches`), so that program sets no engine
-    holds any more are freed. ``stop`` set: no further program starts (`CompileStopped`)."""
+    holds any more are freed. ``stop`` set: no further program starts (`CompileStopped`).
+
+    ``beside_serving``: requests are served meanwhile, so JAX's persistent compilation cache
+    is not written: serializing an executable for it held the interpreter lock 150-300 ms
+    under load (measured at a capacity step), long enough to refuse queued requests, and the
+    program store saves the set anyway (`ProgramStore.save`)."""
     programs = engine.programs
 
     def run(task: Callable[[], object]) -> None:
         if stop is not None and stop.is_set():
             raise CompileStopped
-        task()
+        with _no_cache_writes() if beside_serving else contextlib.nullcontext():
+            task()
 
     with _compiling:
         if programs.planned:
@@ -239,6 +249,12 @@ def warm_up(
         finally:
             forget_jit_caches()
             _return_freed_memory()
+
+
+def _no_cache_writes():
+    """On this thread, JAX's persistent compilation cache is read but not written (its write
+    threshold, a thread-local setting, raised out of reach)."""
+    return jax.config._value_holders["jax_persistent_cache_min_compile_time_secs"](math.inf)
 
 
 def _return_freed_memory() -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import signal
@@ -28,6 +27,7 @@ from service.catalogue_sync import CatalogueSync
 from service.demo import seed_store
 from service.errors import ApiError
 from service.experiments import Experiments
+from service.heap import freeze_heap
 from service.learner import Learner
 from service.live_tables import LiveTables
 from service.metrics import Metrics
@@ -56,20 +56,6 @@ from sona_jax.serve.programs import ProgramLibrary
 log = logging.getLogger("sona")
 EXTENSION = "sona"
 SAVED_PROGRAMS = "programs"  # under the compilation cache's folder
-
-
-def _freeze_heap(collect: bool = True) -> None:
-    """Move everything alive now (model tables, compiled programs, tracing caches) out of the
-    collector's reach: full collections then scan only what requests allocate. Without this
-    they scanned the start-up heap and paused serving for 100-250 ms every few seconds.
-
-    ``collect=False`` (a swap while serving) skips the full collection first: it held the
-    event loop for about 300 ms here. The old version's arrays go by reference counting; only
-    reference cycles it left in the frozen heap stay until the next restart."""
-    if collect:
-        gc.unfreeze()  # what a previous model version left behind may be collected now
-        gc.collect()
-    gc.freeze()
 
 
 @dataclass
@@ -232,7 +218,7 @@ class AppState:
         self.watcher = every(
             self.serving.model_poll_seconds, self._look_for_models, "model watch", log
         )
-        _freeze_heap()
+        freeze_heap()
         startup.done()
 
     async def _serve(
@@ -269,7 +255,9 @@ class AppState:
             caught_up = time.perf_counter()
             # Nothing is served yet at the first start: compile on every core.
             threads = (os.cpu_count() or 1) if first else 1
-            await loop.run_in_executor(self.executor, runtime.publish, engine, progress, threads)
+            await loop.run_in_executor(
+                self.executor, runtime.publish, engine, progress, threads, not first
+            )
             self.catalogue.watermark = watermark
             if profiles:
                 await self.profiles.put_all(profiles)
@@ -377,7 +365,7 @@ class AppState:
             self.settings.learning.keep_versions,
             await experiment_model_versions(self.store),
         )
-        _freeze_heap(collect=False)
+        freeze_heap(collect=False)
         log.info("serving model version %d", model.version)
 
     async def stop(self) -> None:

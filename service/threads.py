@@ -19,6 +19,8 @@ import sys
 import threading
 import time
 
+from service.heap import collector_paused
+
 log = logging.getLogger("sona.threads")
 
 
@@ -209,10 +211,12 @@ def in_background(fn, *args):
     Compiling a model version's programs takes tens of seconds of CPU, nearly all of it on
     XLA's own threads, which `COMPILER_THREADS` keeps at the lowest priority meanwhile: the
     serving threads (the event loop, the engine calls) keep their cores. This thread traces
-    and lowers, holding the interpreter lock as it does, at normal priority."""
+    and lowers, holding the interpreter lock as it does, at normal priority, with the cyclic
+    collector paused (`collector_paused`: its full scans of tracing's objects held the lock
+    for up to 410 ms)."""
 
     def watched():
-        with COMPILER_THREADS.watching():
+        with COMPILER_THREADS.watching(), collector_paused():
             return fn(*args)
 
     return _on_own_thread(watched, "sona-background")

@@ -90,3 +90,41 @@ def test_a_set_saved_from_the_compilation_cache_or_from_a_file_runs_in_the_next_
     assert (reloaded["loaded"], reloaded["compiled"]) == (2, 0)  # every program from the file
     assert reloaded["top"] == compiled["top"] and reloaded["ints"] == compiled["ints"]
     assert reloaded["extra"] == mixed["extra"]  # and each one runs
+
+
+BESIDE_SERVING = """
+import sys, threading
+from pathlib import Path
+import jax, jax.numpy as jnp, numpy as np
+from service.runtime import _no_cache_writes, use_compilation_cache
+
+cache = Path(sys.argv[1])
+use_compilation_cache(cache, 64)
+entries = lambda: len(list(cache.glob("*-cache")))
+with _no_cache_writes():  # a compile beside serving
+    jax.jit(lambda x: jnp.sin(x) * 3).lower(np.ones(7, np.float32)).compile()
+    other = threading.Thread(  # another thread's compile meanwhile writes as usual
+        target=lambda: jax.jit(lambda x: jnp.cos(x) + 1).lower(np.ones(5, np.float32)).compile()
+    )
+    other.start()
+    other.join()
+beside = entries()
+jax.jit(lambda x: jnp.tanh(x) - 2).lower(np.ones(3, np.float32)).compile()  # at start-up
+print(beside, entries())
+"""
+
+
+@pytest.mark.timeout(120)
+def test_compiles_beside_serving_write_nothing_to_the_compilation_cache(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-c", BESIDE_SERVING, str(tmp_path / "cache")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    beside, after = map(int, done.stdout.split()[-2:])
+    assert beside == 1, "only the other thread's program was to be written"
+    assert after == 2
