@@ -46,18 +46,27 @@ def _one_at_a_time(cls):
     One aiosqlite connection runs one statement at a time, but coroutines interleave their
     statements: another's commit could land inside a read transaction, or between an insert and
     the row count it reads back (`sqlite3.InterfaceError` under concurrent writers). SQLite
-    writes one transaction at a time anyway, so this costs no concurrency it had."""
+    writes one transaction at a time anyway, so this costs no concurrency it had.
+
+    The request path's reads (`READ_APART`) run on a second, read-only connection under a lock
+    of their own: behind the one lock, a new viewer's profile lookup waited for a catalogue
+    write's commit (100 items, fsync), and under a growing catalogue the lookups' admission
+    refused requests (503) for it. WAL lets readers run beside the writer; they see what was
+    committed, which is everything a write acknowledged."""
     methods = {n: m for base in reversed(cls.__mro__) for n, m in vars(base).items()}
     for name, method in methods.items():
         if inspect.iscoroutinefunction(method) and name not in ("open", "close"):
-            setattr(cls, name, _locked(method))
+            setattr(cls, name, _locked(method, "read_lock" if name in READ_APART else "lock"))
     return cls
 
 
-def _locked(method):
+READ_APART = ("user_events", "user_version", "load_user_state")
+
+
+def _locked(method, lock: str):
     @functools.wraps(method)
     async def locked(self, *args, **kwargs):
-        async with self.lock:
+        async with getattr(self, lock):
             return await method(self, *args, **kwargs)
 
     return locked
@@ -70,7 +79,8 @@ class SQLiteStore(SQLiteExperiments):
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.db: aiosqlite.Connection | None = None
-        self.lock = asyncio.Lock()
+        self.reader: aiosqlite.Connection | None = None  # `READ_APART`'s, read-only
+        self.lock, self.read_lock = asyncio.Lock(), asyncio.Lock()
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,11 +101,13 @@ class SQLiteStore(SQLiteExperiments):
                     "INSERT INTO schema_migrations VALUES (?, ?)", (version, time.time())
                 )
         await self.db.commit()
+        self.reader = await aiosqlite.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
 
     async def close(self) -> None:
-        if self.db is not None:
-            await self.db.close()
-            self.db = None
+        for connection in (self.reader, self.db):
+            if connection is not None:
+                await connection.close()
+        self.db = self.reader = None
 
     async def ping(self) -> bool:
         async with self.db.execute("SELECT 1") as cursor:
@@ -118,7 +130,7 @@ class SQLiteStore(SQLiteExperiments):
         return cursor.rowcount
 
     async def user_events(self, user_id: str) -> list[EventRow]:
-        async with self.db.execute(
+        async with self.reader.execute(
             f"SELECT {EVENT_COLUMNS} FROM events WHERE user_id = ? "
             # same-second events in arrival order (then by id): a deterministic latest item
             "ORDER BY ts, received_at, content_id",
@@ -267,7 +279,7 @@ class SQLiteStore(SQLiteExperiments):
         return revision
 
     async def load_user_state(self, user_id: str) -> UserStateRow | None:
-        async with self.db.execute(
+        async with self.reader.execute(
             "SELECT user_id, state, events_since_training, last_trained, adapter_revision "
             "FROM user_state WHERE user_id = ?",
             (user_id,),
@@ -289,7 +301,7 @@ class SQLiteStore(SQLiteExperiments):
             return (await cursor.fetchone())[0]
 
     async def user_version(self, user_id: str) -> tuple[int, int]:
-        async with self.db.execute(
+        async with self.reader.execute(
             "SELECT (SELECT COUNT(*) FROM events WHERE user_id = ?), COALESCE((SELECT "
             "adapter_revision FROM user_state WHERE user_id = ?), 0)",
             (user_id, user_id),

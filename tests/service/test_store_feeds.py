@@ -149,3 +149,25 @@ async def test_new_slots_and_revisions_come_from_an_index_not_a_scan(tmp_path):
         assert sorted(e.slot for e in entries) == list(range(1, 501))
     finally:
         await store.close()
+
+
+async def test_sqlite_request_path_reads_do_not_wait_for_a_write(tmp_path):
+    """A viewer's events and versions are read beside a write in progress (a catalogue write's
+    commit held every profile lookup behind it) and see every write acknowledged before."""
+    store = open_store(None, tmp_path / "a dir with spaces")
+    await store.open()
+    try:
+        user, item = str(uuid.uuid4()), str(uuid.uuid4())
+        await store.add_events([_event(user, item, 1.0), _event(user, item, 2.0)])
+        async with store.lock:  # a write in progress, as long as it likes
+            events = await asyncio.wait_for(store.user_events(user), timeout=5)
+            assert [e.ts for e in events] == [1.0, 2.0]
+            assert await asyncio.wait_for(store.user_version(user), timeout=5) == (2, 0)
+            assert await asyncio.wait_for(store.load_user_state(user), timeout=5) is None
+            writing = asyncio.ensure_future(store.add_events([_event(user, item, 3.0)]))
+            await asyncio.sleep(0.05)
+            assert not writing.done()  # writes still queue behind it, one at a time
+        await writing
+        assert [e.ts for e in await store.user_events(user)] == [1.0, 2.0, 3.0]
+    finally:
+        await store.close()
