@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Executor
 
+from service.compile_child import ChildCompiler, ChildStopped
 from service.periodic import every
 from service.runtime import CompileStopped, Runtime, warm_up
 from service.storage import CatalogueEntry, Store
@@ -77,13 +78,16 @@ class CatalogueSync:
         compile_first: bool = True,
         rate_window: float = 60.0,
         compile_guess: float = 60.0,
+        child: ChildCompiler | None = None,
     ):
         """``prepare_next``: keep the next capacity's programs compiled ahead of need (the
         default version's catalogue; model arms only grow when a write needs it).
         ``compile_first`` False (`serving.warm_up` off): grow at once and compile on first use.
         ``rate_window``: seconds the growth rate is measured over; ``compile_guess``: seconds a
-        background compile takes until one has been timed."""
+        background compile takes until one has been timed. ``child``: compile next capacities
+        in a child process (`service.compile_child`; None: in this one)."""
         self.store, self.runtime, self.executor = store, runtime, executor
+        self.child = child
         self.poll_seconds, self.prepare_next = poll_seconds, prepare_next and compile_first
         self.compile_first = compile_first
         self.watermark = 0  # of the change feed, as applied to the served engine
@@ -248,9 +252,16 @@ class CatalogueSync:
         stop = threading.Event()
 
         def compile_next() -> Programs:
+            if self.child is not None:  # saved there, loaded by `with_capacity`'s new set
+                try:
+                    self.child.compile(
+                        engine.model.version, engine.cfg, engine.shapes, capacity, stop
+                    )
+                except ChildStopped:
+                    raise CompileStopped from None
             grown = at_lowest_priority(engine.with_capacity, capacity)
-            # One thread (a second would contend for the interpreter lock with serving); XLA's
-            # own compiling threads run at the lowest priority (`in_background`).
+            # What no child compiled: one thread (a second would contend for the interpreter
+            # lock with serving); XLA's own compiling threads at the lowest priority.
             warm_up(grown, stop=stop, beside_serving=True)
             return grown.programs
 
@@ -271,7 +282,14 @@ class CatalogueSync:
             self.compiling = None
         self.compile_seconds = time.monotonic() - began
         self.next_capacity, self.next_programs = capacity, programs
-        log.info("programs for %d item rows compiled in %.1fs", capacity, self.compile_seconds)
+        log.info(
+            "programs for %d item rows compiled in %.1fs (%d loaded from a child's file, %d "
+            "compiled in this process)",
+            capacity,
+            self.compile_seconds,
+            programs.loaded,
+            programs.compiled,
+        )
         if self.waiting:
             await self.catch_up()
 

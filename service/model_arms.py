@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -28,6 +29,7 @@ from service.admission import Stage
 from service.batcher import MicroBatcher, serving_batcher
 from service.cache import Cache
 from service.catalogue_sync import CatalogueSync
+from service.compile_child import ChildCompiler
 from service.live_tables import LiveTables
 from service.profiles import Profiles
 from service.runtime import Runtime
@@ -44,11 +46,13 @@ RETIRE_AFTER_SECONDS = 5.0
 
 
 class Served(NamedTuple):
-    """What answers a recommendation request: the runtime, its profiles and its batcher."""
+    """What answers a viewer's requests under one model version: the runtime, its profiles and
+    its list and score batchers."""
 
     runtime: Runtime
     profiles: Profiles
     recommend: MicroBatcher
+    score: MicroBatcher
 
 
 @dataclass
@@ -63,6 +67,7 @@ class ModelArm:
         await self.catalogue.stop()
         await self.tables.stop()
         await self.served.recommend.drain()
+        await self.served.score.drain()
 
 
 class ModelArms:
@@ -77,15 +82,16 @@ class ModelArms:
         serving: ServingSettings,
         model_dir: Path,
         lookups: Stage,
-        on_batch: Callable[[int, float], None] | None = None,
+        on_batch: Callable[[str, int, float], None] | None = None,
         library: ProgramLibrary | None = None,
+        child: ChildCompiler | None = None,
     ) -> None:
         """``library``: the process's program sets (an arm of the default's shapes runs on the
-        default's programs)."""
+        default's programs); ``on_batch(batcher name, size, seconds)`` after each engine call."""
         self.library = library or ProgramLibrary(serving.served_shapes())
         self.store, self.cache, self.executor = store, cache, executor
         self.cfg, self.serving, self.model_dir = cfg, serving, model_dir
-        self.lookups, self.on_batch = lookups, on_batch
+        self.lookups, self.on_batch, self.child = lookups, on_batch, child
         self.live: dict[int, ModelArm] = {}
         self.failed: dict[int, tuple[str, float]] = {}  # version -> (why, when: monotonic s)
         self.wanted: frozenset[int] = frozenset()
@@ -181,6 +187,7 @@ class ModelArms:
             compile_first=serving.warm_up,
             rate_window=serving.capacity_rate_window_seconds,
             compile_guess=serving.capacity_compile_guess_seconds,
+            child=self.child,
         )
         tables = LiveTables(self.store, runtime, executor, serving.tables_refresh_seconds)
         profiles = Profiles(
@@ -203,10 +210,15 @@ class ModelArms:
         engine = await tables.prepared(engine)
         await loop.run_in_executor(executor, runtime.publish, engine, None)
         catalogue.watermark = watermark
-        recommend = serving_batcher("recommend", runtime.recommend_batch, serving, self.on_batch)
+        recommend, score = (
+            serving_batcher(
+                name, fn, serving, None if self.on_batch is None else partial(self.on_batch, name)
+            )
+            for name, fn in (("recommend", runtime.recommend_batch), ("score", runtime.score_batch))
+        )
         catalogue.start()
         tables.start()
-        return ModelArm(Served(runtime, profiles, recommend), catalogue, tables)
+        return ModelArm(Served(runtime, profiles, recommend, score), catalogue, tables)
 
     async def stop(self) -> None:
         self.closed = True

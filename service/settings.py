@@ -128,6 +128,15 @@ class ServingSettings(_HostTable):
         ge=0,
         description="compiled program sets kept on disk for restarts (0: none saved)",
     )
+    compile_in_child: bool = Field(
+        True,
+        description="compile the catalogue's next capacity in a child process at the lowest "
+        "priority, then load its saved programs (needs saved_programs > 0): tracing in the "
+        "serving process slowed serving batches 20-50 fold meanwhile",
+    )
+    compile_child_timeout_seconds: float = Field(
+        900.0, gt=0.0, description="longest a compile child may run before it is ended"
+    )
     learner_max_batch: int = Field(64, ge=1, le=1024, description="viewers trained together")
     learner_window_ms: float = Field(50.0, ge=0.0, description="how long the learner gathers")
     model_poll_seconds: float = Field(10.0, gt=0.0, description="how often to look for models")

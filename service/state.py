@@ -24,6 +24,7 @@ from service.batcher import MicroBatcher, serving_batcher
 from service.cache import Cache, open_cache
 from service.candidates import CandidateCache
 from service.catalogue_sync import CatalogueSync
+from service.compile_child import ChildCompiler
 from service.demo import seed_store
 from service.errors import ApiError
 from service.experiments import Experiments
@@ -71,6 +72,7 @@ class AppState:
     runtime: Runtime | None = None
     recommend: MicroBatcher | None = None
     score: MicroBatcher | None = None
+    child_compiler: ChildCompiler | None = None  # None: capacities compile in this process
     profiles: Profiles | None = None
     candidates: CandidateCache | None = None
     learner: Learner | None = None
@@ -142,6 +144,13 @@ class AppState:
             )
             use_compilation_cache(folder, serving.compilation_cache_mb)
             ProgramStore(folder / SAVED_PROGRAMS, serving.saved_programs).attach(self.library)
+            if serving.compile_in_child and serving.saved_programs > 0:
+                self.child_compiler = ChildCompiler(
+                    settings.model_dir,
+                    folder / SAVED_PROGRAMS,
+                    serving.saved_programs,
+                    serving.compile_child_timeout_seconds,
+                )
         self.store = open_store(settings.database_url, settings.data_dir)
         await self.store.open()
         self.cache = open_cache(
@@ -161,8 +170,9 @@ class AppState:
             serving,
             settings.model_dir,
             self.lookups,
-            partial(self.metrics.observe_batch, "recommend"),
+            self.metrics.observe_batch,
             self.library,
+            self.child_compiler,
         )
         self.experiments.on_models = self.model_arms.want
         await self.experiments.refresh()
@@ -238,6 +248,7 @@ class AppState:
                 compile_first=self.serving.warm_up,
                 rate_window=self.serving.capacity_rate_window_seconds,
                 compile_guess=self.serving.capacity_compile_guess_seconds,
+                child=self.child_compiler,
             )
             self.tables = LiveTables(
                 self.store, runtime, self.executor, self.serving.tables_refresh_seconds
@@ -304,7 +315,7 @@ class AppState:
         )
         self.tables.on_events = self.profiles.written
         self.profiles.on_write = self.model_arms.written
-        self.served = Served(self.runtime, self.profiles, self.recommend)
+        self.served = Served(self.runtime, self.profiles, self.recommend, self.score)
         if serving.candidate_cache_entries:
             self.candidates = CandidateCache(
                 serving.candidate_cache_entries, serving.candidate_max_age_seconds

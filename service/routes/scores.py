@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import numpy as np
 import orjson
@@ -31,23 +32,35 @@ def components(values: np.ndarray) -> dict[str, float]:
 
 
 async def scored(
-    state: AppState, user_id: str, context: tuple[int, int, int], items: np.ndarray
+    state: AppState, user_id: str, context: tuple[int, int, int], content_ids: Sequence[str]
 ) -> Scores:
-    """Scores of ``items`` (catalogue rows) for a viewer in a context (device, time of day and
-    mood indices), from the candidates this process keeps for them (the ones a default
-    recommendation uses) or retrieved in the engine call and kept."""
-    runtime = state.engine()
-    version, profile = await state.profiles.entry(user_id)
+    """Scores of ``content_ids`` (items the served catalogue holds) for a viewer in a context
+    (device, time of day and mood indices), as their list is made: by their experiment arms'
+    model version, fusion and cold-start settings (the shipped ones for everyone else), from
+    the candidates this process keeps for them (the ones a default recommendation uses) or
+    retrieved in the engine call and kept. A score is no exposure: only lists shown are. An
+    item an arm's version has not taken in yet (a write of the last moments) is scored by the
+    default version for that request."""
+    arms = state.experiments.assignment(user_id, state.serves)
+    served = state.served_by(arms.model_version)
+    rows = served.runtime.engine.item_index
+    if any(c not in rows for c in content_ids):
+        served = state.served
+        rows = served.runtime.engine.item_index
+    runtime = served.runtime
+    version, profile = await served.profiles.entry(user_id)
     key, candidates = kept_candidates(state, runtime, user_id, version, profile, True)
     device, tod, mood = context
-    result = await state.score.submit(
+    result = await served.score.submit(
         Query(
             profile,
             device=device,
             time_of_day=tod,
             mood=mood,
-            items=items,
+            items=np.array([rows[c] for c in content_ids], np.int32),
             candidates=candidates,
+            fusion=arms.fusion,
+            cold_start=arms.cold_start,
         )
     )
     keep_candidates(state, key, result["candidates"])
@@ -56,9 +69,9 @@ async def scored(
 
 async def score_body(state: AppState, data: schemas.ScoreRequest) -> bytes:
     """The personalization score answer (JSON bytes); shared by the route and the fast path."""
-    index = item_index(state, str(data.content_id), "content_id")
+    item_index(state, str(data.content_id), "content_id")  # a 404 naming the field
     context = resolve(data.context)
-    result = await scored(state, str(data.user_id), context.indices, np.array([index]))
+    result = await scored(state, str(data.user_id), context.indices, [str(data.content_id)])
     answer = {
         "user_id": str(data.user_id),
         "content_id": str(data.content_id),
@@ -110,7 +123,7 @@ async def score_batch(data: schemas.BatchScoreRequest):
             state,
             str(data.user_id),
             resolve(data.context).indices,
-            np.array([i for _, i in known]),
+            [c for c, _ in known],
         )
         scores = [
             schemas.BatchScoreItem(content_id=c, score=float(s), components=components(comp))

@@ -604,8 +604,10 @@ class ServingEngine:
     ) -> tuple[list[Scores], list[ViewerCandidates | None]]:
         """Scores and components of each query's ``items`` (indices), one jitted call, from the
         viewers' candidates (retrieved first for queries that bring none, excluding watched
-        items as a default recommendation does, so both share them); and the candidates
-        retrieved in this call (None for queries that brought their own)."""
+        items as a default recommendation does, so both share them), fused with each query's
+        own fusion matrix and cold-start settings where it brings them (an experiment arm's,
+        as its list is); and the candidates retrieved in this call (None for queries that
+        brought their own)."""
         if self.shapes is None:
             widest = max(len(q.items) for q in queries)
             return self._score_group(queries, bucket(widest, SCORE_BUCKETS))
@@ -671,7 +673,7 @@ class ServingEngine:
                 requests,
                 kept,
                 table,
-                self.weights,
+                variant_rows(queries, "fusion", size, self.host_weights),
             ),
             static={"cfg": self.compiled},
         )

@@ -4,6 +4,7 @@ memory mappings alive stay bounded however many shapes it went through."""
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from pathlib import Path
@@ -95,6 +96,10 @@ def test_items_across_three_capacity_steps_are_all_served_with_bounded_programs(
                 assert scored.status_code == 200
                 assert scored.json()["unknown_content_ids"] == []
         assert server.process.poll() is None  # never died
+        # Each step compiled in a child process and was loaded here, nothing traced here.
+        log = (tmp_path / f"server-{server.port}.log").read_text()
+        steps = re.findall(r"\((\d+) loaded from a child's file, (\d+) compiled in this", log)
+        assert steps and all(int(n) == per_set and m == "0" for n, m in steps), steps
         assert capacities == sorted(capacities) and len(capacities) >= 4
         assert ready["program_sets"] <= 2 and ready["served_programs"] == per_set
         # What a step adds is released with the shape it replaced.

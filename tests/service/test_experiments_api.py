@@ -83,6 +83,16 @@ async def _recommend(client, user, limit=10):
     return body
 
 
+async def _score(client, user, content_ids):
+    """The batch score answer's scores, by content id."""
+    response = await client.post(
+        "/api/v1/personalization/score/batch", json={"user_id": user, "content_ids": content_ids}
+    )
+    body = await response.get_json()
+    assert response.status_code == 200, body
+    return {row["content_id"]: row["score"] for row in body["scores"]}
+
+
 async def _heavy_users(app, n):
     events = await app_state(app).store.all_events()
     counts = {}
@@ -217,6 +227,8 @@ async def test_shipping_a_variant_changes_the_served_default(api):
     state = app_state(app)
     user = (await _heavy_users(app, 1))[0]
     before = [r["content_id"] for r in (await _recommend(client, user, 20))["recommendations"]]
+    scored_ids = before[:5] + [state.runtime.engine.item_ids[i] for i in range(3)]
+    scores_before = await _score(client, user, scored_ids)
     status, experiment = await _create(
         client,
         "ship",
@@ -242,10 +254,19 @@ async def test_shipping_a_variant_changes_the_served_default(api):
     lists, _ = engine.recommend_queries([Query(profile, 20, True, 1.0)])
     assert served == [engine.item_ids[i] for i in lists.items[0] if i >= 0]
     assert served != before
+    # scores, which search re-ranks by, follow the shipped variant as lists do
+    shipped_scores = await _score(client, user, scored_ids)
+    rows = np.array([state.runtime.engine.item_index[c] for c in scored_ids], np.int32)
+    direct, _ = engine.score_queries([Query(profile, items=rows)])
+    np.testing.assert_allclose(
+        [shipped_scores[c] for c in scored_ids], direct[0].score, rtol=1e-5, atol=1e-6
+    )
+    assert shipped_scores != scores_before
     assert (await _status(client, eid, "running"))[0] == 409  # shipped: stop first
     assert (await _status(client, eid, "stopped"))[0] == 200  # the default is back
     back = [r["content_id"] for r in (await _recommend(client, user, 20))["recommendations"]]
     assert back == before
+    assert await _score(client, user, scored_ids) == pytest.approx(scores_before, rel=1e-6)
 
 
 async def test_a_cold_start_variant_serves_its_own_blend_and_exploration(api):
@@ -410,6 +431,18 @@ async def test_a_model_version_variant_serves_that_version_and_shipping_pins_it(
         assert served == {"newest": newest, "old": old_list}[tag["variant"]], (tag, user)
         seen[tag["variant"]] += 1
         differs |= tag["variant"] == "old" and newest != old_list  # the arm is seen
+        # the viewer's scores come from the version their list does
+        runtime, profiles = {
+            "newest": (state.runtime, state.profiles),
+            "old": (arm.runtime, arm.profiles),
+        }[tag["variant"]]
+        _, profile = await profiles.entry(user)
+        rows = np.array([runtime.engine.item_index[c] for c in served[:4]], np.int32)
+        direct_scores, _ = runtime.engine.score_queries([Query(profile, items=rows)])
+        got = await _score(client, user, served[:4])
+        np.testing.assert_allclose(
+            [got[c] for c in served[:4]], direct_scores[0].score, rtol=1e-5, atol=1e-6
+        )
     assert seen["newest"] and seen["old"] and differs, seen
     jax.monitoring.unregister_event_duration_listener(count)
     assert after_newest == 0  # the old version has the newest one's shapes: its programs

@@ -167,3 +167,35 @@ def test_ten_variants_in_one_batch_compile_nothing_and_serve_their_own_config(mo
     kinds = {kind for row in mixed.kinds.tolist() for kind in row}
     assert len({tuple(mixed.items[r]) for r in range(10)}) > 1
     assert {KIND_NAMES.index("cold_start"), KIND_NAMES.index("exploration")} <= kinds
+
+
+def test_scores_follow_each_querys_variant_and_compile_nothing(model, compiles):
+    """A viewer's scores are fused as their list is: with the fusion and cold-start settings
+    their query brings (an experiment arm's), in the one scoring program."""
+    engine = ServingEngine.load(model, CFG)
+    profiles = [viewers.model_profile(engine, u) for u in engine.model.user_ids[:4].tolist()]
+    items = np.arange(12, dtype=np.int32)
+    _, found = engine.score_queries([Query(p, items=items) for p in profiles])  # compiles
+    compiles.clear()
+    variant = CFG.with_overrides(
+        {
+            "fusion": dict(zip(SOURCE_NAMES, (0.9, 0.02, 0.05, 0.5, 0.01, 0.3), strict=True)),
+            "cold_start": {"blend_events": 50},  # these viewers back in cold start's blend
+        }
+    )
+    arm = {"fusion": np.asarray(fusion_matrix(variant)), "cold_start": cold_start_row(variant)}
+    queries = [
+        Query(p, items=items, candidates=c, **(arm if row % 2 else {}))
+        for row, (p, c) in enumerate(zip(profiles, found, strict=True))
+    ]
+    mixed, _ = engine.score_queries(queries)
+    assert compiles == []
+    plain, _ = engine.score_queries(
+        [Query(p, items=items, candidates=c) for p, c in zip(profiles, found, strict=True)]
+    )
+    alone, _ = engine.with_config(variant).score_queries(
+        [Query(profiles[1], items=items, candidates=found[1])]
+    )
+    np.testing.assert_allclose(mixed[0].score, plain[0].score, rtol=1e-6)
+    np.testing.assert_allclose(mixed[1].score, alone[0].score, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(mixed[1].score, plain[1].score)
