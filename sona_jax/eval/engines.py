@@ -8,7 +8,7 @@ import numpy as np
 
 from sona_jax.config import SonaConfig
 from sona_jax.data.schema import Dataset
-from sona_jax.eval.sasrec import SASRec
+from sona_jax.eval.sasrec import SHARED_WITH_SOURCE, SASRec
 from sona_jax.eval.splits import Split
 from sona_jax.model.sequence_model import flat_params
 from sona_jax.model.train import train_model
@@ -36,17 +36,8 @@ def transformer_from(cfg: SonaConfig, sasrec: SASRec) -> tuple[SonaConfig, dict[
     """``cfg`` training the transformer source as ``sasrec`` was trained (its shape, settings
     and chosen epochs), and that network's flattened parameters: the source reads the baseline's
     network, so the run trains it once."""
-    s = sasrec.config
-    settings = {
-        "epochs": int(sasrec.epochs),
-        "dim": s.dim,
-        "blocks": s.blocks,
-        "heads": s.heads,
-        "max_len": s.max_len,
-        "dropout": s.dropout,
-        "learning_rate": s.learning_rate,
-        "batch": s.batch,
-    }
+    settings = {name: getattr(sasrec.config, name) for name in SHARED_WITH_SOURCE}
+    settings["epochs"] = int(sasrec.epochs)
     return cfg.with_overrides({"transformer": settings}), flat_params(sasrec.params)
 
 

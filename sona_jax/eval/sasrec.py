@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 import jax
 import numpy as np
 
+from sona_jax.config import TransformerConfig
 from sona_jax.model.sequence_model import (
     NetworkShape,
     TrainingSettings,
@@ -26,16 +27,20 @@ from sona_jax.model.sequence_model import (
     train_epochs,
 )
 
+_SOURCE = TransformerConfig()  # the baseline trains the network the transformer source serves
+# What the baseline and the source share (`eval.engines.transformer_from` copies them across).
+SHARED_WITH_SOURCE = ("dim", "blocks", "heads", "max_len", "dropout", "learning_rate", "batch")
+
 
 @dataclass(frozen=True)
 class SASRecSettings:
-    dim: int = 64
-    blocks: int = 2
-    heads: int = 1
-    max_len: int = 50  # ML-100K viewers have a median of 65 ratings
-    dropout: float = 0.2
-    learning_rate: float = 3e-3  # 1e-3 had not converged after 60 epochs on ML-100K P1
-    batch: int = 128  # windows per step
+    dim: int = _SOURCE.dim
+    blocks: int = _SOURCE.blocks
+    heads: int = _SOURCE.heads
+    max_len: int = _SOURCE.max_len
+    dropout: float = _SOURCE.dropout
+    learning_rate: float = _SOURCE.learning_rate
+    batch: int = _SOURCE.batch
     max_epochs: int = 40
     eval_every: int = 2
     patience: int = 3  # validation checks without a better NDCG before stopping

@@ -31,13 +31,14 @@ PARAM_SEPARATOR = "."
 
 
 class NetworkShape(NamedTuple):
-    """What the network's parameters are shaped by (besides the catalogue)."""
+    """What the network's parameters are shaped by (besides the catalogue); the defaults are
+    `TransformerConfig`'s, the one place they are written (`network_shape`)."""
 
-    dim: int = 64
-    blocks: int = 2
-    heads: int = 1
-    max_len: int = 50  # ML-100K viewers have a median of 65 ratings
-    dropout: float = 0.2
+    dim: int
+    blocks: int
+    heads: int
+    max_len: int
+    dropout: float
 
 
 def network_shape(cfg: SonaConfig) -> NetworkShape:
@@ -47,9 +48,11 @@ def network_shape(cfg: SonaConfig) -> NetworkShape:
 
 
 class TrainingSettings(NamedTuple):
-    learning_rate: float = 3e-3  # 1e-3 had not converged after 60 epochs on ML-100K P1
-    batch: int = 128  # windows per step
-    seed: int = 0
+    """How the network trains (`TransformerConfig`'s learning rate and batch, the model seed)."""
+
+    learning_rate: float
+    batch: int  # windows per step
+    seed: int
 
 
 class SASRecNet(nn.Module):

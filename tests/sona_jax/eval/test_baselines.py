@@ -154,3 +154,15 @@ def test_sasrec_keeps_the_epochs_and_parameters_of_its_best_validation_check():
         jax.tree_util.tree_leaves(model.params), jax.tree_util.tree_leaves(seen[1]), strict=True
     ):
         np.testing.assert_array_equal(np.asarray(kept), best)
+
+
+def test_sasrec_and_the_transformer_source_share_one_set_of_hyper_parameters():
+    """The baseline's defaults are the source's (`TransformerConfig`), written once."""
+    from sona_jax.config import TransformerConfig
+    from sona_jax.eval.sasrec import SHARED_WITH_SOURCE
+
+    source, baseline = TransformerConfig(), SASRecSettings()
+    assert {n: getattr(baseline, n) for n in SHARED_WITH_SOURCE} == {
+        n: getattr(source, n) for n in SHARED_WITH_SOURCE
+    }
+    assert set(SHARED_WITH_SOURCE) <= set(TransformerConfig.model_fields)
