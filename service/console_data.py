@@ -19,8 +19,8 @@ from service.demo import new_request_seed
 from service.request_filters import request_filter
 from service.routes.experiments import results_of
 from service.routes.health import VERSION
-from service.routes.recommendations import recommendations_body
-from service.routes.scores import COMPONENT_NAMES
+from service.routes.recommendations import keep_candidates, recommendations_body
+from service.routes.scores import COMPONENT_NAMES, score_query
 from service.state import AppState
 from service.storage.item_rows import SECONDS_PER_DAY
 from sona_jax.serve import item_queries
@@ -178,9 +178,8 @@ async def viewer(
         mark_started()  # the engine's wait limit counts from here, not from the page's start
         answer = orjson.loads(await recommendations_body(state, request, shown=False))
         ids = [r["content_id"] for r in answer["recommendations"]]
-        rows = np.array([engine.item_index[c] for c in ids if c in engine.item_index], np.int32)
         indices = resolve(request.context).indices
-        parts = await _components(state, user_id, rows, indices) if len(rows) else None
+        parts = await _components(state, user_id, ids, indices) if ids else None
         for position, item in enumerate(answer["recommendations"]):
             item["title"] = title(item["content_id"])
             if parts is not None:
@@ -270,20 +269,17 @@ async def list_changes(
 
 
 async def _components(
-    state: AppState, user_id: str, rows: np.ndarray, context: tuple[int, int, int]
+    state: AppState, user_id: str, content_ids: list[str], context: tuple[int, int, int]
 ) -> Scores:
-    """The score endpoint's components of items ``rows`` for the viewer in ``context``
-    (device, time of day and mood indices): one engine call on an
-    engine thread, past the request batcher (an operator's page waits rather than being shed
-    while a program compiles)."""
-    _, profile = await state.profiles.entry(user_id)
-    runtime = state.engine()
-    loop = asyncio.get_running_loop()
-    done = await loop.run_in_executor(
-        state.executor,
-        runtime.score_batch,
-        [Query(profile, device=context[0], time_of_day=context[1], mood=context[2], items=rows)],
+    """The score endpoint's components of ``content_ids`` for the viewer in ``context``
+    (device, time of day and mood indices; `scores.score_query`, the viewer's arm included):
+    one engine call on an engine thread, past the request batcher (an operator's page waits
+    rather than being shed while a program compiles)."""
+    served, query, key = await score_query(state, user_id, context, content_ids)
+    done = await asyncio.get_running_loop().run_in_executor(
+        state.executor, served.runtime.score_batch, [query]
     )
+    keep_candidates(state, key, done[0]["candidates"])
     return done[0]["scores"]
 
 

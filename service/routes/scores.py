@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 import orjson
@@ -13,6 +13,7 @@ from quart_schema import document_response, validate_request, validate_response
 from service import schemas
 from service.context import resolve
 from service.errors import ApiError
+from service.model_arms import Served
 from service.request_filters import request_filter
 from service.routes.recommendations import item_index, keep_candidates, kept_candidates
 from service.state import AppState, app_state
@@ -31,38 +32,45 @@ def components(values: np.ndarray) -> dict[str, float]:
     return dict(zip(COMPONENT_NAMES, values.tolist(), strict=True))
 
 
-async def scored(
+async def score_query(
     state: AppState, user_id: str, context: tuple[int, int, int], content_ids: Sequence[str]
-) -> Scores:
-    """Scores of ``content_ids`` (items the served catalogue holds) for a viewer in a context
-    (device, time of day and mood indices), as their list is made: by their experiment arms'
-    model version, fusion and cold-start settings (the shipped ones for everyone else), from
-    the candidates this process keeps for them (the ones a default recommendation uses) or
-    retrieved in the engine call and kept. A score is no exposure: only lists shown are. An
-    item an arm's version has not taken in yet (a write of the last moments) is scored by the
-    default version for that request."""
+) -> tuple[Served, Query, Hashable]:
+    """What scores ``content_ids`` (items the served catalogue holds) for a viewer in a context
+    (device, time of day and mood indices), as their list is made: the version that serves
+    them (their experiment arms' model version, else the default), the query with their arms'
+    fusion and cold-start settings (the shipped ones for everyone else) and the candidates
+    this process keeps for them (the ones a default recommendation uses; None: the engine call
+    retrieves them), and the key those are kept under. An item an arm's version has not taken
+    in yet (a write of the last moments) is scored by the default version for that request."""
     arms = state.experiments.assignment(user_id, state.serves)
     served = state.served_by(arms.model_version)
     rows = served.runtime.engine.item_index
     if any(c not in rows for c in content_ids):
         served = state.served
         rows = served.runtime.engine.item_index
-    runtime = served.runtime
     version, profile = await served.profiles.entry(user_id)
-    key, candidates = kept_candidates(state, runtime, user_id, version, profile, True)
+    key, candidates = kept_candidates(state, served.runtime, user_id, version, profile, True)
     device, tod, mood = context
-    result = await served.score.submit(
-        Query(
-            profile,
-            device=device,
-            time_of_day=tod,
-            mood=mood,
-            items=np.array([rows[c] for c in content_ids], np.int32),
-            candidates=candidates,
-            fusion=arms.fusion,
-            cold_start=arms.cold_start,
-        )
+    query = Query(
+        profile,
+        device=device,
+        time_of_day=tod,
+        mood=mood,
+        items=np.array([rows[c] for c in content_ids], np.int32),
+        candidates=candidates,
+        fusion=arms.fusion,
+        cold_start=arms.cold_start,
     )
+    return served, query, key
+
+
+async def scored(
+    state: AppState, user_id: str, context: tuple[int, int, int], content_ids: Sequence[str]
+) -> Scores:
+    """`score_query`'s scores, through the version's score batcher (candidates it retrieved
+    are kept). A score is no exposure: only lists shown are."""
+    served, query, key = await score_query(state, user_id, context, content_ids)
+    result = await served.score.submit(query)
     keep_candidates(state, key, result["candidates"])
     return result["scores"]
 
