@@ -57,17 +57,23 @@ print(json.dumps(out))
 """
 
 
-def _step(cache: Path, folder: Path, extra: bool = False) -> dict:
+def _fresh_process(script: str, *args: str) -> str:
+    """``script``'s standard output, run in a fresh process (as a restart is)."""
     done = subprocess.run(
-        [sys.executable, "-c", STEP, str(cache), str(folder), "extra" if extra else "-"],
+        [sys.executable, "-c", script, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=100,
         env={**os.environ, "JAX_PLATFORMS": "cpu"},
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout.splitlines()[-1])
+    return done.stdout
+
+
+def _step(cache: Path, folder: Path, extra: bool = False) -> dict:
+    out = _fresh_process(STEP, str(cache), str(folder), "extra" if extra else "-")
+    return json.loads(out.splitlines()[-1])
 
 
 @pytest.mark.timeout(300)
@@ -116,15 +122,7 @@ print(beside, entries())
 
 @pytest.mark.timeout(120)
 def test_compiles_beside_serving_write_nothing_to_the_compilation_cache(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-c", BESIDE_SERVING, str(tmp_path / "cache")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=100,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    beside, after = map(int, done.stdout.split()[-2:])
+    out = _fresh_process(BESIDE_SERVING, str(tmp_path / "cache"))
+    beside, after = map(int, out.split()[-2:])
     assert beside == 1, "only the other thread's program was to be written"
     assert after == 2
