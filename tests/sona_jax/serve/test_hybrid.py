@@ -453,8 +453,10 @@ def test_score_items_components():
     assert np.abs(comps[..., boost]).max() > 0
 
 
+# Two batch sizes: every other size compiled both programs again (86 s of CI for 10 examples);
+# the values vary with the seed, the shapes are other tests' subject.
 @settings(max_examples=10, deadline=None)
-@given(seeds, sizes)
+@given(seeds, st.sampled_from((1, 4)))
 def test_scores_from_candidates_equal_the_catalogue_wide_scores(seed, n):
     """What the kept candidates stand in for (nearest viewers, the content score's catalogue
     span) gives the scores of normalising every source over the whole catalogue."""
