@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Executor
 
-from service.compile_child import ChildCompiler, ChildStopped
+from service.compile_child import ChildCompiler
 from service.periodic import every
 from service.runtime import CompileStopped, Runtime, warm_up
 from service.storage import CatalogueEntry, Store
@@ -253,12 +253,7 @@ class CatalogueSync:
 
         def compile_next() -> Programs:
             if self.child is not None:  # saved there, loaded by `with_capacity`'s new set
-                try:
-                    self.child.compile(
-                        engine.model.version, engine.cfg, engine.shapes, capacity, stop
-                    )
-                except ChildStopped:
-                    raise CompileStopped from None
+                self.child.compile(engine.model.version, engine.cfg, engine.shapes, capacity, stop)
             grown = at_lowest_priority(engine.with_capacity, capacity)
             # What no child compiled: one thread (a second would contend for the interpreter
             # lock with serving); XLA's own compiling threads at the lowest priority.

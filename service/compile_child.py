@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from service.runtime import CompileStopped
 from sona_jax.config import SonaConfig
 from sona_jax.serve.programs import ServedShapes
 
@@ -37,10 +38,6 @@ log = logging.getLogger("sona.compile")
 
 POLL_SECONDS = 0.5  # how often the parent looks whether the child ended or it must stop
 CHILD_NICE = 19  # the lowest CPU priority: serving always comes first
-
-
-class ChildStopped(RuntimeError):
-    """The compile was stopped (the catalogue outgrew its capacity) and the child ended."""
 
 
 @dataclass(frozen=True)
@@ -62,19 +59,21 @@ class ChildCompiler:
         stop: threading.Event | None = None,
     ) -> bool:
         """Compile model ``version``'s programs at ``capacity`` item rows in a child and save
-        them to the program store; True once it succeeded. Raises `ChildStopped` when
-        ``stop`` is set meanwhile (the child is ended)."""
+        them to the program store; True once it succeeded. Raises `CompileStopped` when
+        ``stop`` is set meanwhile (the child is ended). The child's log goes to a file, not a
+        pipe: a pipe nobody reads while waiting would stall a child that logs 64 KB."""
         with tempfile.NamedTemporaryFile(suffix=".job", delete=False) as job:
             pickle.dump(
                 (self.model_dir, version, cfg, shapes, capacity, self.programs_dir, self.keep),
                 job,
             )
         started = time.monotonic()
+        output = tempfile.TemporaryFile()  # noqa: SIM115 - closed below, after the child
         child = subprocess.Popen(
             [sys.executable, "-m", "service.compile_child", job.name],
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stdout=output,
+            stderr=subprocess.STDOUT,
             env={**os.environ, "JAX_ENABLE_COMPILATION_CACHE": "false"},
         )
         try:
@@ -84,7 +83,7 @@ class ChildCompiler:
                     break
                 except subprocess.TimeoutExpired:
                     if stop is not None and stop.is_set():
-                        raise ChildStopped from None
+                        raise CompileStopped from None
                     if time.monotonic() - started > self.timeout:
                         log.error(
                             "compile child for %d rows ran past %.0fs", capacity, self.timeout
@@ -94,9 +93,9 @@ class ChildCompiler:
             if child.poll() is None:
                 child.kill()
                 child.wait()
-            errors = child.stderr.read().decode(errors="replace") if child.stderr else ""
-            if child.stderr:
-                child.stderr.close()
+            output.seek(0)
+            errors = output.read().decode(errors="replace")
+            output.close()
             Path(job.name).unlink(missing_ok=True)
         if child.returncode != 0:
             log.error("compile child for %d rows failed: %s", capacity, errors[-2000:])
