@@ -153,11 +153,17 @@ class CatalogueSync:
             self.runtime.publish(engine)
             return report
 
-        capacity = self.runtime.engine.capacity
+        capacity, began = self.runtime.engine.capacity, time.perf_counter()
         report = await self._in_engine(change)
         if self.runtime.engine.capacity > capacity:
             self.steps += 1
-            log.info("item arrays grew from %d to %d rows", capacity, self.runtime.engine.capacity)
+            log.info(
+                "item arrays grew from %d to %d rows (%d changes applied in %.2fs)",
+                capacity,
+                self.runtime.engine.capacity,
+                len(changes),
+                time.perf_counter() - began,
+            )
         before = len(self.waiting)
         self.waiting, self.rows_needed = list(report.waiting), report.rows_needed
         # Rows taken: up to the last waiting item's when some wait (a report's rows_needed is
