@@ -1,5 +1,5 @@
 # ruff: noqa: E402
-"""A/B simulation (issue 15): the experiments' decision rule (`service.experiment_stats`) on
+"""A/B simulation (issue 15): the experiments' decision rule (`service.experiments.statistics`) on
 simulated experiments, looked at every day.
 
     python bench/ab_sim.py            # 200 A/A and 200 A/B experiments of 14 days (seconds)
@@ -28,7 +28,7 @@ from scipy import stats
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.report import write_results
-from service.experiment_stats import ALPHA, Counts, assign, compare, sample_ratio
+from service.experiments.statistics import ALPHA, Counts, assign, compare, sample_ratio
 
 RESULTS = ROOT / "bench" / "results"
 

@@ -240,7 +240,7 @@ def main() -> None:
     args = parser.parse_args()
     cfg = SonaConfig()
     if args.training_part:
-        from service.threads import limit_xla_threads
+        from service.serving.threads import limit_xla_threads
 
         limit_xla_threads(1)
         args.training_part.write_text(json.dumps(bench_training(cfg)))

@@ -40,7 +40,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from service.rebuilds import lowest_priority, trainer_command
+from service.learning.rebuilds import lowest_priority, trainer_command
 from tests.service.servers import (
     REDIS_URL,
     SMALL_CONFIG,
@@ -292,7 +292,7 @@ def rebuild_time(users: int, items: int, force_sqlite: bool, folder: Path) -> di
         [
             sys.executable,
             "-c",
-            "import asyncio, sys; from service.demo import seed_store; "
+            "import asyncio, sys; from service.learning.demo_data import seed_store; "
             "from service.storage import open_store\n"
             "async def main():\n"
             "    store = open_store(sys.argv[1], sys.argv[2]); await store.open()\n"

@@ -112,8 +112,8 @@ def paced(
 
 def adapter_load_times(server: ServerProcess, users: list[str]) -> dict:
     """Time to get one user's adapter: from the cache (decode included) and from PostgreSQL."""
-    from service.cache import LocalCache
-    from service.codec import decode_adapter, profile_from_bytes, profile_to_bytes
+    from service.serving.cache import LocalCache
+    from service.serving.profile_codec import decode_adapter, profile_from_bytes, profile_to_bytes
     from sona_jax.serve.batch import ViewerProfile
     from tests.service.servers import drop_postgres_database, fresh_postgres_database
 
@@ -335,7 +335,7 @@ def engine_throughput(data_dir: Path, users: list[str], seconds: int) -> dict:
     with each viewer's kept candidates (a served request), and retrieving them too."""
     from dataclasses import replace
 
-    from service.threads import limit_xla_threads
+    from service.serving.threads import limit_xla_threads
 
     limit_xla_threads(1)
     from sona_jax.serve import viewers

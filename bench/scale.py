@@ -290,7 +290,7 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--part", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    from service.threads import limit_xla_threads
+    from service.serving.threads import limit_xla_threads
 
     limit_xla_threads(1)  # as `sona serve` runs the engine
     sizes = dict(QUICK if args.quick else FULL)

@@ -2,7 +2,7 @@
 
 The app is its typed state (`service.state.AppState`), one blueprint per resource
 (`service.routes`), JSON error handlers, API-key checks and request metrics; the two hot routes
-are also served by a lean ASGI path in front of Quart (`service.fast_path`) with the same
+are also served by a lean ASGI path in front of Quart (`service.http.fast_path`) with the same
 handlers. No scoring logic lives here.
 """
 
@@ -16,24 +16,24 @@ from quart import Quart, Request, Response, g, request
 from quart_schema import QuartSchema
 
 from service import schemas
-from service.admission import mark_started
-from service.body import parse_json
-from service.error_handlers import refusal_of, register_error_handlers
 from service.errors import ApiError, refusal
-from service.fast_path import FastPath, HotRoute
-from service.openapi import SonaOpenAPI
+from service.http.body import parse_json
+from service.http.error_handlers import refusal_of, register_error_handlers
+from service.http.fast_path import FastPath, HotRoute
+from service.http.openapi import SonaOpenAPI
 from service.routes import BLUEPRINTS
 from service.routes.assets import SWAGGER_CSS, SWAGGER_JS
 from service.routes.health import VERSION
 from service.routes.recommendations import recommendations_body
 from service.routes.scores import score_body
+from service.serving.admission import mark_started
 from service.settings import Settings
 from service.state import EXTENSION, AppState
 
 
 class SonaRequest(Request):
     """Quart's request, with JSON bodies read through the one input boundary
-    (`service.body.parse_json`): malformed bytes are a 400 naming what is wrong."""
+    (`service.http.body.parse_json`): malformed bytes are a 400 naming what is wrong."""
 
     max_json_depth: int  # set per app, from serving.max_json_depth
 

@@ -13,7 +13,7 @@ from sona_jax.serve.fusion import KIND_NAMES
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 ENGINE_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.5)
-FRESHNESS = {  # gauges set from `service.freshness.freshness` on every scrape
+FRESHNESS = {  # gauges set from `service.answers.freshness.freshness` on every scrape
     "model_version": "served model version",
     "model_age_seconds": "seconds since the served model version was trained",
     "events_since_model": "events stored since the served model was trained",

@@ -62,7 +62,7 @@ Flag = Annotated[bool, Strict()]
 
 # Any short word: the engine uses the ones it knows (tv, mobile, desktop, tablet; morning,
 # afternoon, evening, night; uplifting, dark, relaxing, tense, funny, romantic) and answers
-# which it ignored (`service.context`).
+# which it ignored (`service.answers.context`).
 ContextWord = text(64, min_length=1)
 
 

@@ -18,30 +18,13 @@ from pathlib import Path
 
 from quart import Quart, current_app
 
-from service.admission import Stage
-from service.auth import KeyCheck
-from service.batcher import MicroBatcher, serving_batcher
-from service.cache import Cache, open_cache
-from service.candidates import CandidateCache
-from service.catalogue_sync import CatalogueSync
-from service.compile_child import ChildCompiler
-from service.demo import seed_store
 from service.errors import ApiError
-from service.experiments import Experiments
-from service.heap import freeze_heap
-from service.learner import Learner
-from service.live_tables import LiveTables
-from service.metrics import Metrics
-from service.model_arms import ModelArms, Served
-from service.periodic import every
-from service.profiles import Profiles
-from service.program_store import ProgramStore
-from service.rebuilds import RebuildScheduler
-from service.runtime import COMPILATION_CACHE, Runtime, use_compilation_cache
-from service.settings import ServingSettings, Settings
-from service.startup import Startup
-from service.storage import RebuildRecord, Store, open_store
-from service.training import (
+from service.experiments.live import Experiments
+from service.http.auth import KeyCheck
+from service.learning.demo_data import seed_store
+from service.learning.learner import Learner
+from service.learning.rebuilds import RebuildScheduler
+from service.learning.versions import (
     NothingToTrain,
     TrainerBusy,
     experiment_model_versions,
@@ -50,6 +33,23 @@ from service.training import (
     servable_version,
     train_from_store,
 )
+from service.metrics import Metrics
+from service.serving.admission import Stage
+from service.serving.batcher import MicroBatcher, serving_batcher
+from service.serving.cache import Cache, open_cache
+from service.serving.candidates import CandidateCache
+from service.serving.catalogue_sync import CatalogueSync
+from service.serving.compile_child import ChildCompiler
+from service.serving.heap import freeze_heap
+from service.serving.live_tables import LiveTables
+from service.serving.model_arms import ModelArms, Served
+from service.serving.periodic import every
+from service.serving.profiles import Profiles
+from service.serving.program_store import ProgramStore
+from service.serving.runtime import COMPILATION_CACHE, Runtime, use_compilation_cache
+from service.settings import ServingSettings, Settings
+from service.startup import Startup
+from service.storage import RebuildRecord, Store, open_store
 from sona_jax.config import ConfigError, SonaConfig
 from sona_jax.model.version import TrainedModel
 from sona_jax.serve.programs import ProgramLibrary

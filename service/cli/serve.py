@@ -66,7 +66,7 @@ def serve(
     import uvicorn
 
     from service.app import Settings, create_app
-    from service.threads import COMPILER_THREADS, limit_xla_threads, set_gil_switch
+    from service.serving.threads import COMPILER_THREADS, limit_xla_threads, set_gil_switch
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg, serving, learning = config_or_exit(config_path)

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from service.cli.common import DATA_CHOICE, config_or_exit, load_or_exit
-from service.rebuilds import EXIT_BUSY  # EX_TEMPFAIL: another trainer holds the lock
+from service.learning.rebuilds import EXIT_BUSY  # EX_TEMPFAIL: another trainer holds the lock
 
 
 @click.command()
@@ -107,8 +107,8 @@ def _train_from_store(
 
     import jax
 
+    from service.learning.versions import NothingToTrain, TrainerBusy, train_from_store
     from service.storage import open_store
-    from service.training import NothingToTrain, TrainerBusy, train_from_store
 
     async def run():
         store = open_store(database_url, data_dir)

@@ -12,13 +12,14 @@ from pydantic import ValidationError
 from quart import Blueprint, jsonify, redirect, render_template, request
 from quart_schema import hide
 
-from service import console_data, schemas
-from service.error_handlers import invalid_fields
+from service import schemas
+from service.console import data as console_data
 from service.errors import ApiError
+from service.http.error_handlers import invalid_fields
 from service.routes.experiments import change_status
 from service.state import AppState, app_state
 
-TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
+TEMPLATES = Path(__file__).resolve().parents[1] / "console" / "templates"
 COOKIE = "sona_console"
 OPEN = {"console.login", "console.login_form"}
 CONTEXT_FIELDS = ("device_type", "time_of_day", "mood")

@@ -12,11 +12,11 @@ from quart_schema import validate_request
 
 from service import schemas
 from service.errors import ApiError
-from service.experiment_report import results
-from service.experiments import ARMS_LIVE, check_fragment, named_model_versions
+from service.experiments.live import ARMS_LIVE, check_fragment, named_model_versions
+from service.experiments.report import results
+from service.learning.versions import servable_version
 from service.state import AppState, app_state
 from service.storage import ExperimentRecord
-from service.training import servable_version
 
 blueprint = Blueprint("experiments", __name__)
 SECONDS_PER_MINUTE = 60.0

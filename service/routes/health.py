@@ -9,7 +9,7 @@ from quart import Blueprint, Response, jsonify
 from quart_schema import validate_response
 
 from service import schemas
-from service.freshness import freshness, set_gauges
+from service.answers.freshness import freshness, set_gauges
 from service.state import app_state
 
 SERVICE_NAME = "sona-personalization-engine"

@@ -9,9 +9,10 @@ import numpy as np
 from quart import Blueprint, jsonify
 from quart_schema import validate_request, validate_response
 
-from service import policy, schemas
+from service import schemas
+from service.answers import policy
 from service.errors import ApiError
-from service.learner import InsufficientData, TooSoon
+from service.learning.learner import InsufficientData, TooSoon
 from service.state import app_state
 from service.storage import EventRow
 

@@ -11,16 +11,17 @@ import orjson
 from quart import Blueprint, Response
 from quart_schema import document_response, validate_request, validate_response
 
-from service import policy, schemas
-from service.cache import Version
-from service.candidates import candidate_key
-from service.context import resolve
-from service.demo import new_request_seed
+from service import schemas
+from service.answers import policy
+from service.answers.context import resolve
+from service.answers.filters import cache_part, request_filter
 from service.errors import ApiError
-from service.experiments import Assignment
-from service.model_arms import Served
-from service.request_filters import cache_part, request_filter
-from service.runtime import Runtime
+from service.experiments.live import Assignment
+from service.learning.demo_data import new_request_seed
+from service.serving.cache import Version
+from service.serving.candidates import candidate_key
+from service.serving.model_arms import Served
+from service.serving.runtime import Runtime
 from service.state import AppState, app_state
 from sona_jax.serve import item_queries
 from sona_jax.serve.batch import Query, ViewerCandidates, ViewerProfile

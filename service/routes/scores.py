@@ -11,11 +11,11 @@ from quart import Blueprint, Response
 from quart_schema import document_response, validate_request, validate_response
 
 from service import schemas
-from service.context import resolve
+from service.answers.context import resolve
+from service.answers.filters import request_filter
 from service.errors import ApiError
-from service.model_arms import Served
-from service.request_filters import request_filter
 from service.routes.recommendations import item_index, keep_candidates, kept_candidates
+from service.serving.model_arms import Served
 from service.state import AppState, app_state
 from sona_jax.serve import item_queries
 from sona_jax.serve.batch import Query

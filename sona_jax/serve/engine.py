@@ -2,7 +2,7 @@
 config, with batched recommend / score / similar calls (viewers' profiles and their adapter
 training: `sona_jax.serve.viewers`).
 
-`sona serve` (through `service.runtime`), `sona eval` and `sona experiment` all rank with
+`sona serve` (through `service.serving.runtime`), `sona eval` and `sona experiment` all rank with
 `ServingEngine.recommend`, which goes through the one batch builder (`sona_jax.serve.batch`).
 """
 

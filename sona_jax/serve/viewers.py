@@ -1,6 +1,6 @@
 """Viewers of a served model version: profiles (a stranger's, the model's own viewer's, and one
 built from all of a viewer's stored events, SPEC 3.1) and adapter retraining for a few viewers
-(SPEC 3.2). Used by `service.profiles`, `service.runtime`, evaluation and the benches."""
+(SPEC 3.2). Used by `service.serving.profiles`, `service.serving.runtime`, evaluation and the benches."""
 
 from __future__ import annotations
 

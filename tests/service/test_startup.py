@@ -19,7 +19,7 @@ import pytest_asyncio
 from quart.testing.app import TestApp as QuartTestApp
 
 from service.app import Settings, create_app
-from service.runtime import COMPILATION_CACHE
+from service.serving.runtime import COMPILATION_CACHE
 from service.settings import ServingSettings
 from service.state import app_state
 from sona_jax.config import SonaConfig

@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from service.learning.versions import dataset_from_snapshot
 from service.storage import ContentRow, EventRow
 from service.storage.sqlite import SQLiteStore
-from service.training import dataset_from_snapshot
 from sona_jax.config import SonaConfig
 from sona_jax.data.schema import DEVICE_TYPES, TIMES_OF_DAY
 from sona_jax.data.stored import event_log

@@ -74,7 +74,7 @@ def test_train_from_store_over_four_devices(tmp_path):
     seed = textwrap.dedent(
         f"""
         import asyncio
-        from service.demo import seed_store
+        from service.learning.demo_data import seed_store
         from service.storage import open_store
 
         async def main():

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from service.runtime import Runtime
+from service.serving.runtime import Runtime
 from service.settings import ServingSettings
 from sona_jax.config import ConfigError, SonaConfig
 from sona_jax.data import generate_synthetic
