@@ -15,7 +15,9 @@ from typing import Any
 from quart import Quart, Request, Response, g, request
 from quart_schema import QuartSchema
 
-from service import schemas
+from service import VERSION, schemas
+from service.answers.recommendations import recommendations_body
+from service.answers.scores import score_body
 from service.errors import ApiError, refusal
 from service.http.body import parse_json
 from service.http.error_handlers import refusal_of, register_error_handlers
@@ -23,9 +25,6 @@ from service.http.fast_path import FastPath, HotRoute
 from service.http.openapi import SonaOpenAPI
 from service.routes import BLUEPRINTS
 from service.routes.assets import SWAGGER_CSS, SWAGGER_JS
-from service.routes.health import VERSION
-from service.routes.recommendations import recommendations_body
-from service.routes.scores import score_body
 from service.serving.admission import mark_started
 from service.settings import Settings
 from service.state import EXTENSION, AppState

@@ -6,21 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import orjson
 from prometheus_client import Metric
 
-from service import schemas
+from service import VERSION, schemas
 from service.answers import policy
 from service.answers.context import resolve
-from service.answers.filters import request_filter
-from service.learning.demo_data import new_request_seed
-from service.routes.experiments import results_of
-from service.routes.health import VERSION
-from service.routes.recommendations import keep_candidates, recommendations_body
-from service.routes.scores import COMPONENT_NAMES, score_query
+from service.answers.experiments import results_of
+from service.answers.recommendations import (
+    keep_candidates,
+    list_query,
+    list_request,
+    recommendations_body,
+)
+from service.answers.scores import COMPONENT_NAMES, score_query
 from service.serving.admission import mark_started
 from service.state import AppState
 from service.storage.item_rows import SECONDS_PER_DAY
@@ -216,22 +219,19 @@ async def list_changes(
     served_by = state.served_by(arms.model_version)  # the viewer's variant's version, if any
     runtime = served_by.runtime
     _, profile = await served_by.profiles.entry(user_id)
-    lam = policy.mmr_lambda(None, state.cfg, arms.mmr_lambda)
-    item_filter, _ = request_filter(filters, runtime.engine, state.cfg)
-    seed = new_request_seed()
+    plain = schemas.RecommendationRequest(user_id=user_id, limit=LIST_LENGTH, filters=filters)
+    request = list_request(state, plain, served_by, arms)
+    lam, seed = request.mmr_lambda, policy.new_request_seed()
     depth = 2 * LIST_LENGTH  # how far down the relevance order a brought-in item is placed
 
     def query(mmr_lambda: float, limit: int, with_filter: bool) -> Query:
-        return Query(
-            profile,
-            limit,
-            True,
-            mmr_lambda,
-            seed=seed,
-            filters=item_filter if with_filter else None,
-            fusion=arms.fusion,
-            cold_start=arms.cold_start,
+        changed = replace(
+            request,
+            mmr_lambda=mmr_lambda,
+            limit=limit,
+            item_filter=request.item_filter if with_filter else None,
         )
+        return list_query(changed, profile, seed)
 
     mark_started()
     served, relevance, unfiltered = await asyncio.gather(

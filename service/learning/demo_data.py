@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable
 
 import numpy as np
@@ -103,9 +102,3 @@ async def seed_store(
             progress(len(content) + min(start + EVENT_PAGE, len(events)), total)
     log.info("demo: stored %d items and %d events (%s)", len(content), len(events), kind)
     return True
-
-
-def new_request_seed() -> int:
-    """A seed for one request's exploration draws (not a secret: no system entropy per call,
-    which cost 7 % of the event loop's time at saturation)."""
-    return random.getrandbits(31)

@@ -13,10 +13,10 @@ from quart import Blueprint, jsonify, redirect, render_template, request
 from quart_schema import hide
 
 from service import schemas
+from service.answers.experiments import change_status
 from service.console import data as console_data
 from service.errors import ApiError
 from service.http.error_handlers import invalid_fields
-from service.routes.experiments import change_status
 from service.state import AppState, app_state
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "console" / "templates"

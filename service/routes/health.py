@@ -8,12 +8,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Blueprint, Response, jsonify
 from quart_schema import validate_response
 
-from service import schemas
+from service import SERVICE_NAME, VERSION, schemas
 from service.answers.freshness import freshness, set_gauges
 from service.state import app_state
-
-SERVICE_NAME = "sona-personalization-engine"
-VERSION = "0.1.0"
 
 blueprint = Blueprint("health", __name__)
 
