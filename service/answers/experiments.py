@@ -30,6 +30,7 @@ NEXT_STATUS = {
 
 
 def public(record: ExperimentRecord, found: dict | None = None) -> dict:
+    """An experiment as the API shows it (with ``found``: its results)."""
     out = {
         "id": record.experiment_id,
         "name": record.name,
@@ -156,7 +157,7 @@ async def change_status(
         if variant not in names:
             raise _invalid("variant", f"shipping needs one of the variants {names}")
         pinned = record.definition["variants"][names.index(variant)].get("model_version")
-        if pinned is not None and await state.store.modelrecord_of(pinned) is None:
+        if pinned is not None and await state.store.model_record(pinned) is None:
             raise ApiError(
                 409,
                 "model_version_gone",
