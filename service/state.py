@@ -9,7 +9,6 @@ import contextlib
 import logging
 import os
 import signal
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,18 +34,19 @@ from service.learning.versions import (
 )
 from service.metrics import Metrics
 from service.serving.admission import Stage
-from service.serving.batcher import MicroBatcher, serving_batcher
+from service.serving.batcher import MicroBatcher
 from service.serving.cache import Cache, open_cache
 from service.serving.candidates import CandidateCache
 from service.serving.catalogue_sync import CatalogueSync
 from service.serving.compile_child import ChildCompiler
 from service.serving.heap import freeze_heap
 from service.serving.live_tables import LiveTables
-from service.serving.model_arms import ModelArms, Served
+from service.serving.model_arms import ModelArms
 from service.serving.periodic import every
 from service.serving.profiles import Profiles
 from service.serving.program_store import ProgramStore
 from service.serving.runtime import COMPILATION_CACHE, Runtime, use_compilation_cache
+from service.serving.served_version import ServedVersion, ServingParts
 from service.settings import ServingSettings, Settings
 from service.startup import Startup
 from service.storage import RebuildRecord, Store, open_store
@@ -69,19 +69,14 @@ class AppState:
     cache: Cache | None = None
     executor: ThreadPoolExecutor | None = None
     library: ProgramLibrary | None = None  # the program sets of every served engine
-    runtime: Runtime | None = None
-    recommend: MicroBatcher | None = None
-    score: MicroBatcher | None = None
+    runtime: Runtime | None = None  # the default version's, once it serves
+    default: ServedVersion | None = None  # the default version (serving once `runtime` is set)
     child_compiler: ChildCompiler | None = None  # None: capacities compile in this process
-    profiles: Profiles | None = None
     candidates: CandidateCache | None = None
     learner: Learner | None = None
-    catalogue: CatalogueSync | None = None
-    tables: LiveTables | None = None
     rebuilds: RebuildScheduler | None = None
     experiments: Experiments | None = None
     model_arms: ModelArms | None = None
-    served: Served | None = None  # the default version's runtime, profiles and batcher
     watcher: asyncio.Task | None = None
     last_rebuild: RebuildRecord | None = None
     startup: Startup = field(default_factory=lambda: Startup())
@@ -93,6 +88,31 @@ class AppState:
 
     def __post_init__(self) -> None:
         self.keys = KeyCheck(self.settings.api_keys, self.settings.admin_keys)
+
+    @property
+    def served(self) -> ServedVersion | None:
+        """The default version (None until start)."""
+        return self.default
+
+    @property
+    def profiles(self) -> Profiles | None:
+        return None if self.default is None else self.default.profiles
+
+    @property
+    def catalogue(self) -> CatalogueSync | None:
+        return None if self.default is None else self.default.catalogue
+
+    @property
+    def tables(self) -> LiveTables | None:
+        return None if self.default is None else self.default.tables
+
+    @property
+    def recommend(self) -> MicroBatcher | None:
+        return None if self.default is None else self.default.recommend
+
+    @property
+    def score(self) -> MicroBatcher | None:
+        return None if self.default is None else self.default.score
 
     @property
     def cfg(self) -> SonaConfig:
@@ -120,7 +140,7 @@ class AppState:
             self.runtime is not None and model_version == self.runtime.version
         ) or self.model_arms.serving_version(model_version) is not None
 
-    def served_by(self, model_version: int | None) -> Served:
+    def served_by(self, model_version: int | None) -> ServedVersion:
         """What answers for ``model_version`` (None, or one no longer served: the default)."""
         runtime = self.engine()
         if model_version is None or model_version == runtime.version:
@@ -162,17 +182,24 @@ class AppState:
         self.experiments = Experiments(
             self.store, self.cfg, serving.experiments_poll_seconds, serving.exposure_flush_seconds
         )
-        self.model_arms = ModelArms(
+        parts = ServingParts(
             self.store,
             self.cache,
             self.executor,
             self.cfg,
             serving,
-            settings.model_dir,
-            self.lookups,
-            self.metrics.observe_batch,
             self.library,
+            self.lookups,
             self.child_compiler,
+            self.metrics.observe_batch,
+        )
+        self.default = ServedVersion(
+            parts,
+            prepare_next=serving.prepare_next_capacity,
+            swap_prepared_profiles=serving.swap_prepared_profiles,
+        )
+        self.model_arms = ModelArms(
+            parts, partial(servable_version, self.store, model_dir=settings.model_dir, cfg=self.cfg)
         )
         self.experiments.on_models = self.model_arms.want
         await self.experiments.refresh()
@@ -234,58 +261,13 @@ class AppState:
     async def _serve(
         self, model: TrainedModel, progress: Callable[[int, int], None] | None = None
     ) -> None:
-        """Serve ``model`` with the live catalogue and tables (the first one, or a swap);
+        """Serve ``model`` as the default version (the first one, or a swap);
         ``progress(done, total)`` as its programs compile."""
         first = self.runtime is None
-        runtime = Runtime(None, self.cfg, self.serving, self.library) if first else self.runtime
+        await self.default.serve(model, progress, alone=first)
         if first:
-            self.catalogue = CatalogueSync(
-                self.store,
-                runtime,
-                self.executor,
-                self.serving.catalogue_poll_seconds,
-                prepare_next=self.serving.prepare_next_capacity,
-                compile_first=self.serving.warm_up,
-                rate_window=self.serving.capacity_rate_window_seconds,
-                compile_guess=self.serving.capacity_compile_guess_seconds,
-                child=self.child_compiler,
-            )
-            self.tables = LiveTables(
-                self.store, runtime, self.executor, self.serving.tables_refresh_seconds
-            )
-        loop = asyncio.get_running_loop()
-        started = time.perf_counter()
-        async with runtime.writer:  # catalogue writes and refreshes wait for the swap
-            # Everything heavy runs on an engine thread: requests keep flowing meanwhile.
-            engine = await loop.run_in_executor(self.executor, runtime.prepare, model)
-            prepared = time.perf_counter()
-            engine, watermark = await self.catalogue.prepared(engine)
-            engine = await self.tables.prepared(engine)
-            # Recent viewers' profiles under the new version: their next requests hit the cache.
-            profiles = [] if first else await self.profiles.prepared(engine)
-            caught_up = time.perf_counter()
-            # Nothing is served yet at the first start: compile on every core.
-            threads = (os.cpu_count() or 1) if first else 1
-            await loop.run_in_executor(
-                self.executor, runtime.publish, engine, progress, threads, not first
-            )
-            self.catalogue.watermark = watermark
-            if profiles:
-                await self.profiles.put_all(profiles)
-        log.info(
-            "model version %d served after %.2fs (arrays %.2fs, catalogue, tables and recent "
-            "profiles %.2fs, compiling and publishing %.2fs)",
-            model.version,
-            time.perf_counter() - started,
-            prepared - started,
-            caught_up - prepared,
-            time.perf_counter() - caught_up,
-        )
-        if first:
-            self.runtime = runtime  # requests see it only once it serves
+            self.runtime = self.default.runtime  # requests see it only once it serves
             self._start_engine_parts()
-            self.catalogue.start()
-            self.tables.start()
 
     async def _events_since_model(self) -> int:
         if self.experiments.pinned_model_version is not None:
@@ -295,27 +277,9 @@ class AppState:
         return self.tables.events_since_model
 
     def _start_engine_parts(self) -> None:
+        """What only the default version has: the candidate cache and the adapter learner."""
         serving = self.serving
-        for name, fn in (
-            ("recommend", self.runtime.recommend_batch),
-            ("score", self.runtime.score_batch),
-        ):
-            batcher = serving_batcher(name, fn, serving, partial(self.metrics.observe_batch, name))
-            setattr(self, name, batcher)
-        self.profiles = Profiles(
-            self.store,
-            self.cache,
-            self.runtime,
-            self.executor,
-            serving.profile_ttl_seconds,
-            serving.swap_prepared_profiles,
-            serving.cache_max_entries,
-            self.lookups,
-            serving.max_wait_ms,
-        )
-        self.tables.on_events = self.profiles.written
         self.profiles.on_write = self.model_arms.written
-        self.served = Served(self.runtime, self.profiles, self.recommend, self.score)
         if serving.candidate_cache_entries:
             self.candidates = CandidateCache(
                 serving.candidate_cache_entries, serving.candidate_max_age_seconds
@@ -386,12 +350,10 @@ class AppState:
                 await self.bringing_up
         if self.watcher is not None:
             self.watcher.cancel()
-        for part in (self.rebuilds, self.catalogue, self.tables):
-            if part is not None:
-                await part.stop()
-        for batcher in (self.recommend, self.score):
-            if batcher is not None:
-                await batcher.drain()
+        if self.rebuilds is not None:
+            await self.rebuilds.stop()
+        if self.default is not None:
+            await self.default.stop()
         if self.learner is not None:
             await self.learner.stop()
         for task in list(self.background):

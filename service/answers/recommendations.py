@@ -19,8 +19,8 @@ from service.errors import ApiError
 from service.experiments.live import Assignment
 from service.serving.cache import Version
 from service.serving.candidates import candidate_key
-from service.serving.model_arms import Served
 from service.serving.runtime import Runtime
+from service.serving.served_version import ServedVersion
 from service.state import AppState
 from sona_jax.serve.batch import Query, RequestFilter, ViewerCandidates, ViewerProfile
 from sona_jax.serve.fusion import KIND_NAMES
@@ -138,7 +138,7 @@ def list_query(
 
 
 def list_request(
-    state: AppState, data: schemas.RecommendationRequest, served: Served, arms: Assignment
+    state: AppState, data: schemas.RecommendationRequest, served: ServedVersion, arms: Assignment
 ) -> ListRequest:
     """``data`` resolved against the engine ``served`` answers with (400 naming a bad field)."""
     item_filter, ignored = request_filter(data.filters, served.runtime.engine, state.cfg)
@@ -205,7 +205,7 @@ def _cache_key(
 
 async def _computed_body(
     state: AppState,
-    served: Served,
+    served: ServedVersion,
     request: ListRequest,
     version: Version,
     profile: ViewerProfile,

@@ -14,7 +14,7 @@ from service.answers.context import resolve
 from service.answers.filters import request_filter
 from service.answers.recommendations import item_index, keep_candidates, kept_candidates
 from service.errors import ApiError
-from service.serving.model_arms import Served
+from service.serving.served_version import ServedVersion
 from service.state import AppState
 from sona_jax.serve import item_queries
 from sona_jax.serve.batch import Query
@@ -31,7 +31,7 @@ def components(values: np.ndarray) -> dict[str, float]:
 
 async def score_query(
     state: AppState, user_id: str, context: tuple[int, int, int], content_ids: Sequence[str]
-) -> tuple[Served, Query, Hashable]:
+) -> tuple[ServedVersion, Query, Hashable]:
     """What scores ``content_ids`` (items the served catalogue holds) for a viewer in a context
     (device, time of day and mood indices), as their list is made: the version that serves
     them (their experiment arms' model version, else the default), the query with their arms'
