@@ -91,28 +91,28 @@ class AppState:
 
     @property
     def served(self) -> ServedVersion | None:
-        """The default version (None until start)."""
-        return self.default
+        """The default version once it serves (None before)."""
+        return self.default if self.runtime is not None else None
 
     @property
     def profiles(self) -> Profiles | None:
-        return None if self.default is None else self.default.profiles
+        return None if self.served is None else self.served.profiles
 
     @property
     def catalogue(self) -> CatalogueSync | None:
-        return None if self.default is None else self.default.catalogue
+        return None if self.served is None else self.served.catalogue
 
     @property
     def tables(self) -> LiveTables | None:
-        return None if self.default is None else self.default.tables
+        return None if self.served is None else self.served.tables
 
     @property
     def recommend(self) -> MicroBatcher | None:
-        return None if self.default is None else self.default.recommend
+        return None if self.served is None else self.served.recommend
 
     @property
     def score(self) -> MicroBatcher | None:
-        return None if self.default is None else self.default.score
+        return None if self.served is None else self.served.score
 
     @property
     def cfg(self) -> SonaConfig:
@@ -266,8 +266,8 @@ class AppState:
         first = self.runtime is None
         await self.default.serve(model, progress, alone=first)
         if first:
-            self.runtime = self.default.runtime  # requests see it only once it serves
             self._start_engine_parts()
+            self.runtime = self.default.runtime  # requests see it only once it serves
 
     async def _events_since_model(self) -> int:
         if self.experiments.pinned_model_version is not None:
@@ -279,13 +279,14 @@ class AppState:
     def _start_engine_parts(self) -> None:
         """What only the default version has: the candidate cache and the adapter learner."""
         serving = self.serving
-        self.profiles.on_write = self.model_arms.written
+        profiles = self.default.profiles
+        profiles.on_write = self.model_arms.written
         if serving.candidate_cache_entries:
             self.candidates = CandidateCache(
                 serving.candidate_cache_entries, serving.candidate_max_age_seconds
             )
             self.metrics.candidate_counts = self.candidates.counts
-        self.learner = Learner(self.profiles, serving.learner_max_batch, serving.learner_window_ms)
+        self.learner = Learner(profiles, serving.learner_max_batch, serving.learner_window_ms)
         self.learner.start()
 
     async def _look_for_models(self) -> None:

@@ -54,7 +54,8 @@ def evaluate_command(
     from sona_lab.blas import single_threaded_blas
 
     single_threaded_blas()  # before implicit / scipy load their BLAS
-    from sona_jax.eval.protocols import EvalOptions, evaluate
+    from sona_jax.eval.options import EvalOptions
+    from sona_jax.eval.protocols import evaluate
     from sona_jax.eval.report import format_table
 
     cfg, _, _ = config_or_exit(config_path)

@@ -24,7 +24,7 @@ from sona_jax.data.schema import Dataset, EventLog
 from sona_jax.eval.baselines import interaction_matrix
 
 if TYPE_CHECKING:
-    from sona_jax.eval.protocols import EvalOptions
+    from sona_jax.eval.options import EvalOptions
 
 TIE_BREAKS = ("hashed", "random", "file")
 

@@ -20,7 +20,7 @@ from sona_jax.model.sequence_model import flat_params, user_sequences
 from sona_jax.serve.fusion import SOURCE_NAMES
 
 if TYPE_CHECKING:
-    from sona_jax.eval.protocols import EvalOptions, LogFn
+    from sona_jax.eval.options import EvalOptions, LogFn
 
 
 def random_tie_pass(

@@ -21,7 +21,7 @@ from sona_jax.serve.engine import ServingEngine
 from sona_jax.serve.fusion import SOURCE_NAMES, fusion_matrix, fusion_weights
 
 if TYPE_CHECKING:
-    from sona_jax.eval.protocols import EvalOptions, LogFn
+    from sona_jax.eval.options import EvalOptions, LogFn
 
 
 def tune_on_validation(
