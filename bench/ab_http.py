@@ -1,11 +1,10 @@
-# ruff: noqa: E402
-"""A/A experiments through the real service (issue 15): simulated viewers ask the HTTP API for
+"""A/A experiments through the real service: simulated viewers ask the HTTP API for
 recommendations, watch a listed item with a fixed probability (posting the view with the
 list's recommendation_id, or without it so the attribution window must find it), and an
 analyst reads every experiment's results through the API every day, stopping at its first
 decision.
 
-    python bench/ab_http.py      # 200 A/A experiments live at once, 14 days of 500 viewers
+    python -m bench.ab_http      # 200 A/A experiments live at once, 14 days of 500 viewers
 
 Everything between the viewer and the decision is the service's own: hashed assignment,
 exposures written to the store, attribution in the store's query, the sticky sequential
@@ -19,22 +18,18 @@ arm) rather than from 200 runs of this one.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[0] = str(ROOT)  # not bench/: its http.py would shadow the standard library
-
 import argparse
 import asyncio
 import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 from quart.testing.app import TestApp as QuartTestApp
 
+from bench import RESULTS
 from bench.ab_sim import exact_interval
 from bench.report import write_results
 from service.app import Settings, create_app
@@ -42,7 +37,6 @@ from service.settings import ServingSettings
 from service.state import app_state
 from sona_jax.config import SonaConfig
 
-RESULTS = ROOT / "bench" / "results"
 CONCURRENT = 64  # viewers in flight at once (the micro-batcher gathers them)
 
 
@@ -140,7 +134,7 @@ async def run(args: argparse.Namespace) -> dict:
         "last_experiment_conversion_rates": rates,
         "viewers": args.days * args.users_per_day,
         "seconds": round(seconds, 1),
-        "command": "python bench/ab_http.py",
+        "command": "python -m bench.ab_http",
     }
 
 
@@ -176,7 +170,7 @@ def main() -> None:
         f"client, embedded store), {args.days} days of {args.users_per_day} new viewers, each "
         f"watching a listed item with probability {args.rate} ({args.by_id:.0%} of views carry "
         f"the list id); one experiment's viewers per arm at the end: "
-        f"{result['last_experiment_users_per_arm']}. Command: `python bench/ab_http.py` "
+        f"{result['last_experiment_users_per_arm']}. Command: `python -m bench.ab_http` "
         f"({result['seconds']} s).\n"
     )
     write_results(args.out, result, table)

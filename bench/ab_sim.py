@@ -1,8 +1,7 @@
-# ruff: noqa: E402
-"""A/B simulation (issue 15): the experiments' decision rule (`service.experiments.statistics`) on
+"""A/B simulation: the experiments' decision rule (`service.experiments.statistics`) on
 simulated experiments, looked at every day.
 
-    python bench/ab_sim.py            # 200 A/A and 200 A/B experiments of 14 days (seconds)
+    python -m bench.ab_sim            # 200 A/A and 200 A/B experiments of 14 days (seconds)
 
 Viewers arrive each day, are assigned by the service's own hash (`assign`, 50/50), and convert
 (watch a recommended item) with a fixed probability; the B variant of the A/B experiments has a
@@ -17,7 +16,6 @@ What is not simulated yet: viewers answering real recommendation lists through t
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -25,12 +23,9 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench import RESULTS
 from bench.report import write_results
 from service.experiments.statistics import ALPHA, Counts, assign, compare, sample_ratio
-
-RESULTS = ROOT / "bench" / "results"
 
 
 def simulate(
@@ -107,7 +102,7 @@ def main() -> None:
         "ab_power_95ci": exact_interval(ab["decided"], n),
         "ab_median_days_to_decide": ab["median_days_to_decide"],
         "seconds": round(time.perf_counter() - started, 1),
-        "command": "python bench/ab_sim.py",
+        "command": "python -m bench.ab_sim",
     }
     rows = [
         ("A/A false positives, sequential rule read daily", "aa_false_positive_rate", "<= 0.05"),
@@ -128,7 +123,7 @@ def main() -> None:
     table = "\n".join(lines) + (
         f"\n\n{n} experiments each, {args.days} days of {args.users_per_day} viewers (50/50, "
         f"{per_arm} per arm at the end), control conversion {args.rate}. "
-        f"Command: `python bench/ab_sim.py` ({result['seconds']} s).\n"
+        f"Command: `python -m bench.ab_sim` ({result['seconds']} s).\n"
     )
     write_results(args.out, result, table)
 

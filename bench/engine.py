@@ -1,24 +1,18 @@
-# ruff: noqa: E402
 """Engine benchmark: the SPEC 8 engine bars, measured as ratios within one run.
 
-    python bench/engine.py            # full run (trains synthetic 100 k users x 50 k items)
-    python bench/engine.py --quick    # under a minute; same keys, smaller end-to-end set
+    python -m bench.engine            # full run (trains synthetic 100 k users x 50 k items)
+    python -m bench.engine --quick    # under a minute; same keys, smaller end-to-end set
 
 Writes bench/results/engine.json (or --out) and a markdown table next to it.
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# bench/http.py would shadow the stdlib `http` (which jax imports): keep this folder off sys.path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 import argparse
 import json
 import platform
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,12 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bench import RESULTS
 from sona_jax.config import SonaConfig
 from sona_jax.data import generate_synthetic
 from sona_jax.model import lora
 from sona_lab.training import train_timed
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _timed(fn, repeats: int) -> np.ndarray:
@@ -246,7 +239,7 @@ def main() -> None:
         args.training_part.write_text(json.dumps(bench_training(cfg)))
         return
     result = {
-        "command": "python bench/engine.py" + (" --quick" if args.quick else ""),
+        "command": "python -m bench.engine" + (" --quick" if args.quick else ""),
         "quick": args.quick,
         "device": str(jax.devices()[0]),
         "machine": platform.machine(),

@@ -1,8 +1,8 @@
-"""Freshness benchmark (SPEC 8 "Freshness", issue 11): how fast what the gateway posts is served.
+"""Freshness benchmark (SPEC 8 "Freshness"): how fast what the gateway posts is served.
 
-    python bench/freshness.py            # PostgreSQL + Redis when reachable, else SQLite
-    python bench/freshness.py --quick    # a smaller rebuild
-    python bench/freshness.py --rebuild-users 100000 --rebuild-items 50000   # the issue's scale
+    python -m bench.freshness            # PostgreSQL + Redis when reachable, else SQLite
+    python -m bench.freshness --quick    # a smaller rebuild
+    python -m bench.freshness --rebuild-users 100000 --rebuild-items 50000   # the issue's scale
 
 From one run, with two `sona serve` processes on one store (the second stands for another
 process or host):
@@ -17,39 +17,32 @@ process or host):
 Writes bench/results/freshness.json and freshness.md.
 """
 
-# ruff: noqa: E402
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-# bench/http.py would shadow the standard library's `http`: keep this folder off sys.path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse
 import asyncio
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from service.learning.rebuilds import lowest_priority, trainer_command
-from tests.service.servers import (
+from bench import RESULTS, ROOT
+from bench.servers import (
     REDIS_URL,
     SMALL_CONFIG,
     ServerProcess,
     drop_postgres_database,
     fresh_postgres_database,
 )
+from service.learning.rebuilds import lowest_priority, trainer_command
 
-RESULTS = ROOT / "bench" / "results"
 POLL = 0.05  # seconds between the benchmark's own looks
 SWAP_BOUND_SECONDS = 300
 CONFIG = (
@@ -410,7 +403,7 @@ def main() -> None:
         page = httpx.get(f"{first.url}/api/v1/content?limit=500").json()["items"]
         content = [c["content_id"] for c in page]
         result = {
-            "command": "python bench/freshness.py" + (" --quick" if args.quick else ""),
+            "command": "python -m bench.freshness" + (" --quick" if args.quick else ""),
             "date": time.strftime("%Y-%m-%d %H:%M"),
             "machine": f"{os.cpu_count()} cores",
             "store": kind,

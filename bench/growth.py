@@ -1,8 +1,7 @@
-# ruff: noqa: E402
-"""Growth benchmark (issue 35): a live server whose catalogue grows, day 30 rather than minute 1.
+"""Growth benchmark: a live server whose catalogue grows, day 30 rather than minute 1.
 
-    python bench/growth.py            # default demo; 5,200 items: 50 writes of 100, 200 single writes
-    python bench/growth.py --quick    # 1,040 items: 10 writes of 100, 40 single writes
+    python -m bench.growth            # default demo; 5,200 items: 50 writes of 100, 200 single writes
+    python -m bench.growth --quick    # 1,040 items: 10 writes of 100, 40 single writes
 
 `sona serve --demo` (2,000 viewers x 3,000 items, its own data dir and compilation cache)
 answers recommendation traffic from new viewers at about ``--rate`` (200) requests/s (wrk, each
@@ -16,18 +15,12 @@ among its partner's similar items (one tracked pair per write; each check is two
 Printed and written (bench/results/growth.json and .md): write latency p50 / p99; seconds from a
 write's acknowledgement to its item being served, p50 / p99; errors and 5xx of the traffic and
 of the writes; and at each capacity step the item capacity, memory mappings of the server
-process, its resident memory and the compiled programs alive. Bars (issue 35): the process never
+process, its resident memory and the compiled programs alive. Bars: the process never
 dies, 0 5xx, write p99 <= 250 ms, write to served p99 <= 60 s, mappings and resident memory
 after the last step <= 1.3 x after the first.
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-# bench/http.py is in this folder: keep it off sys.path so `import http` finds the stdlib.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse
 import asyncio
@@ -38,16 +31,15 @@ import subprocess
 import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from bench.report import write_results  # noqa: E402
-from tests.service.servers import ServerProcess  # noqa: E402
+from bench import RESULTS
+from bench.report import write_results
+from bench.servers import ServerProcess
 
-RESULTS = ROOT / "bench" / "results"
 CONFIG = """
 [serving]
 recommendation_ttl_seconds = 0   # every request reaches the engine
@@ -315,7 +307,7 @@ def main() -> None:
     at = m.group(1).split() if (m := re.search(r"FIVEXX_AT([ \d]*)", out)) else []
     fivexx_seconds = sorted(int(t) - int(load_started) for t in at)
     result = {
-        "command": "python bench/growth.py" + (" --quick" if args.quick else ""),
+        "command": "python -m bench.growth" + (" --quick" if args.quick else ""),
         "machine": f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}",
         "ready_seconds": round(ready_s, 1),
         "items_posted": writes * 100 + writes * singles * 2,

@@ -1,4 +1,4 @@
-"""wrk and the requests around it, shared by the HTTP benchmarks (`bench/http.py`,
+"""wrk and the requests around it, shared by the HTTP benchmarks (`bench/throughput.py`,
 `bench/processes.py`): the Lua script (every request a different viewer; failures recorded by
 status and body), one wrk run parsed, the median of saturated runs, and priming every viewer.
 """

@@ -1,9 +1,8 @@
-# ruff: noqa: E402
-"""Serving past one process (issue 13, item 4): 1, 2 and 4 stateless `sona serve` processes on
+"""Serving past one process: 1, 2 and 4 stateless `sona serve` processes on
 one PostgreSQL + Redis, each on its own port, measured together in one run.
 
-    python bench/processes.py           # 1, 2, 4 processes; 3 x 5 s saturated runs each
-    python bench/processes.py --quick   # 1 and 2 processes, shorter runs
+    python -m bench.processes           # 1, 2, 4 processes; 3 x 5 s saturated runs each
+    python -m bench.processes --quick   # 1 and 2 processes, shorter runs
 
 The first process seeds the default demo (synthetic 2,000 x 3,000) into a fresh PostgreSQL
 database and trains; the others start on the same store and load that model version from it.
@@ -21,35 +20,29 @@ and Redis (exits naming what is missing). Writes bench/results/processes.json an
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# bench/http.py would shadow the standard library's `http`: keep this folder off sys.path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 import argparse
 import asyncio
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench import RESULTS
 from bench.load import model_users, prime, run_wrk, write_script
-from bench.report import write_results  # noqa: E402
-from tests.service.servers import (
+from bench.report import write_results
+from bench.servers import (
     REDIS_URL,
     ServerProcess,
     drop_postgres_database,
     fresh_postgres_database,
 )
 
-RESULTS = ROOT / "bench" / "results"
 CONNECTIONS = 64
 CONFIG = """
 [serving]
@@ -170,7 +163,7 @@ def main() -> None:
     env, database = store_env()
     env["SONA_COMPILATION_CACHE_DIR"] = str(folder / "xla")  # the processes share programs
     result: dict = {
-        "command": "python bench/processes.py" + (" --quick" if args.quick else ""),
+        "command": "python -m bench.processes" + (" --quick" if args.quick else ""),
         "cores": os.cpu_count(),
         "seconds_per_run": seconds,
         "connections": CONNECTIONS,

@@ -1,7 +1,7 @@
-"""The stack's own limit for `bench/http.py`: a bare ASGI callable answering every request with a
+"""The stack's own limit for `bench/throughput.py`: a bare ASGI callable answering every request with a
 canned recommendations body, on the same uvicorn settings as `sona serve` (uvloop, httptools).
 
-    python bench/raw_asgi.py PORT
+    python -m bench.raw_asgi PORT
 """
 
 from __future__ import annotations

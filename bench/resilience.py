@@ -1,9 +1,8 @@
-# ruff: noqa: E402
-"""Resilience benchmark (issue #12): how fast `sona serve` comes back, and how long answered
+"""Resilience benchmark: how fast `sona serve` comes back, and how long answered
 requests wait under a burst.
 
-    python bench/resilience.py            # the default synthetic demo (2,000 viewers, 3,000 items)
-    python bench/resilience.py --quick    # a smaller demo, a smaller burst
+    python -m bench.resilience            # the default synthetic demo (2,000 viewers, 3,000 items)
+    python -m bench.resilience --quick    # a smaller demo, a smaller burst
 
 1. Restarts. A cold start (empty data dir and compilation cache: seed the demo, train the first
    model, compile every program), warm restarts after SIGTERM and after SIGKILL (the model and
@@ -21,12 +20,6 @@ Writes bench/results/resilience.json and resilience.md.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# bench/http.py is in this folder: keep it off sys.path so `import http` finds the stdlib.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 import argparse
 import asyncio
 import json
@@ -34,15 +27,14 @@ import signal
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from tests.service.servers import ServerProcess  # noqa: E402
+from bench import RESULTS, ROOT
+from bench.servers import ServerProcess
 
-RESULTS = ROOT / "bench" / "results"
 CONFIG = """
 [serving]
 recommendation_ttl_seconds = 0   # every request reaches the engine
@@ -193,7 +185,7 @@ def markdown(result: dict) -> str:
         "",
         "## Start to ready",
         "",
-        f"Bars (issue 35): cold start ready within 45 s (here {result['cold_start_seconds']} s); "
+        f"Bars: cold start ready within 45 s (here {result['cold_start_seconds']} s); "
         f"a restart or a second process of the same host within 5 s (here at most "
         f"{result['warm_restart_seconds']} s).",
         "",
@@ -235,7 +227,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sona-resilience-") as tmp:
         folder = Path(tmp)
         result = {
-            "command": "python bench/resilience.py" + (" --quick" if args.quick else ""),
+            "command": "python -m bench.resilience" + (" --quick" if args.quick else ""),
             "machine": f"{__import__('os').cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}",
         }
         if args.burst_only:

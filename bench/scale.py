@@ -1,10 +1,9 @@
-# ruff: noqa: E402
 """Scale benchmark: training cost over viewer counts, stored bytes per viewer, the serving
 engine's memory, approximate nearest viewers against exact search, and the computed
 recommendation p50 at a large catalogue against the default demo's, all in one run.
 
-    python bench/scale.py            # viewers 10 k -> 1 M x 100 k items (long; see the file)
-    python bench/scale.py --quick    # a couple of minutes: 5 k -> 20 k viewers x 20 k items
+    python -m bench.scale            # viewers 10 k -> 1 M x 100 k items (long; see the file)
+    python -m bench.scale --quick    # a couple of minutes: 5 k -> 20 k viewers x 20 k items
 
 Writes bench/results/scale.json (or --out) and a markdown table next to it; the JSON says which
 sizes made it (``sizes``).
@@ -12,28 +11,21 @@ sizes made it (``sizes``).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# bench/http.py would shadow the stdlib `http` (which jax imports): keep this folder off sys.path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 import argparse
 import gc
 import json
 import resource
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from bench.report import write_results  # noqa: E402
-
-RESULTS = ROOT / "bench" / "results"
+from bench import RESULTS
+from bench.report import write_results
 
 FULL = {"viewers": [10_000, 100_000, 1_000_000], "items": 100_000, "events_per_viewer": 30}
 QUICK = {"viewers": [5_000, 10_000, 20_000], "items": 20_000, "events_per_viewer": 30}
@@ -304,7 +296,7 @@ def main() -> None:
         args.part.write_text(json.dumps(result))
         return
     result = {
-        "command": "python bench/scale.py"
+        "command": "python -m bench.scale"
         + (" --quick" if args.quick else "")
         + (" --viewers " + " ".join(map(str, args.viewers)) if args.viewers else "")
         + (f" --items {args.items}" if args.items else "")

@@ -82,7 +82,7 @@ class Context(_Strict):
 
 
 class Filters(_Strict):
-    """Which items a list may hold (issue 15); unknown fields are refused, not ignored. Bounds
+    """Which items a list may hold; unknown fields are refused, not ignored. Bounds
     are inclusive; a minimum above its maximum lets nothing through."""
 
     model_config = ConfigDict(extra="forbid", ser_json_inf_nan="null")

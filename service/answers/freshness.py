@@ -1,4 +1,4 @@
-"""How fresh the served model is (SPEC 4.2, issue "freshness you can see"): its version and
+"""How fresh the served model is (SPEC 4.2): its version and
 age, what arrived since it was trained, and the last rebuild — for ``/ready`` and ``/metrics``."""
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ from service.serving.served_version import ServedVersion
 from service.state import AppState
 from sona_jax.serve import item_queries
 from sona_jax.serve.batch import Query
-from sona_jax.serve.engine import Scores
 from sona_jax.serve.fusion import SOURCE_NAMES
+from sona_jax.serve.score_batches import Scores
 
 COMPONENT_NAMES = (*SOURCE_NAMES, "lora_boost")
 

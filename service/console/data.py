@@ -1,4 +1,4 @@
-"""What the operator console shows (issue 16), read from the running service: the same
+"""What the operator console shows, read from the running service: the same
 profiles, engine calls and store queries the API answers from, so a page never disagrees with
 the API. Plain dicts and lists for the templates and the charts."""
 
@@ -29,7 +29,7 @@ from service.state import AppState
 from service.storage.item_rows import SECONDS_PER_DAY
 from sona_jax.serve import item_queries
 from sona_jax.serve.batch import Query
-from sona_jax.serve.engine import Scores
+from sona_jax.serve.score_batches import Scores
 
 HOURS = 24
 LIST_LENGTH = 10  # items per list a viewer page shows

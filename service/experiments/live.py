@@ -1,4 +1,4 @@
-"""Live experiments (issue 15): which variant serves each viewer, what that variant changes in
+"""Live experiments: which variant serves each viewer, what that variant changes in
 the engine's request, and the lists it showed (written to the store in batches).
 
 Config variants change only settings the engine takes as arrays per request row, the fusion

@@ -1,4 +1,4 @@
-"""Statistics for A/B experiments (issue 15): sticky assignment, the difference of a variant's
+"""Statistics for A/B experiments: sticky assignment, the difference of a variant's
 conversion rate from control with its 95 % interval, a decision rule that stays valid when
 people look every day, and a sample-ratio-mismatch check.
 

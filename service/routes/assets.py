@@ -1,20 +1,19 @@
-"""Scripts and styles the docs page and the console load from the service itself (issue 16):
-Swagger UI from the npm registry's swagger-ui-dist (`npm ci --prefix service/web`; version 5,
-the first to render OpenAPI 3.1) and plotly.js from PyPI's plotly, so every page works on a
-host with no internet route."""
+"""Scripts and styles the docs page and the console load from the service itself, so every
+page works on a host with no internet route: Swagger UI from PyPI's swagger-ui-py (its static
+files: Swagger UI 5, the first to render OpenAPI 3.1) and plotly.js from PyPI's plotly."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import plotly
 from quart import Blueprint, send_from_directory
 from quart_schema import hide
 
-from service.errors import ApiError
-
 blueprint = Blueprint("assets", __name__)
-SWAGGER_UI = Path(__file__).resolve().parents[1] / "web" / "node_modules" / "swagger-ui-dist"
+# Its static folder only: importing swagger_ui would load its handlers for every framework.
+SWAGGER_UI = Path(importlib.util.find_spec("swagger_ui").submodule_search_locations[0]) / "static"
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data"
 SWAGGER_JS = "/assets/swagger-ui/swagger-ui-bundle.js"
 SWAGGER_CSS = "/assets/swagger-ui/swagger-ui.css"
@@ -24,13 +23,6 @@ MAX_AGE = 24 * 3600  # seconds a browser may keep an asset (they change only on 
 @blueprint.get("/assets/swagger-ui/<path:name>")
 @hide
 async def swagger_ui(name: str):
-    if not SWAGGER_UI.is_dir():
-        raise ApiError(
-            404,
-            "not_installed",
-            "Swagger UI is not installed: run `npm ci --prefix service/web` (the README's "
-            "set-up does)",
-        )
     return await send_from_directory(SWAGGER_UI, name, cache_timeout=MAX_AGE)
 
 

@@ -1,4 +1,4 @@
-"""The operator console (issue 16): ``/console`` pages rendered with Jinja and charted with
+"""The operator console: ``/console`` pages rendered with Jinja and charted with
 plotly.js served by the service. With API keys configured, only an admin key opens it: a login
 form puts the key in an HttpOnly, SameSite=Strict cookie (never in a URL)."""
 

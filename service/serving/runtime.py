@@ -30,10 +30,12 @@ from sona_jax.data.stored import StoredEvent
 from sona_jax.model.version import TrainedModel
 from sona_jax.serve import viewers
 from sona_jax.serve.batch import Query, ViewerProfile
-from sona_jax.serve.engine import Lists, Scores, ServingEngine
+from sona_jax.serve.engine import ServingEngine
 from sona_jax.serve.fusion import N_SOURCES
 from sona_jax.serve.program_plan import program_plan
 from sona_jax.serve.programs import ProgramLibrary, forget_jit_caches
+from sona_jax.serve.query_batches import Lists
+from sona_jax.serve.score_batches import Scores
 from sona_jax.serve.viewers import AdapterResult
 
 MILLISECONDS = 1000

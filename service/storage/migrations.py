@@ -80,7 +80,7 @@ POSTGRES: list[str] = [
     """
     ALTER TABLE user_state ADD COLUMN IF NOT EXISTS adapter_revision BIGINT NOT NULL DEFAULT 0;
     """,
-    # 4: experiments (issue 15) — definitions, the lists shown in them, and the list an
+    # 4: experiments — definitions, the lists shown in them, and the list an
     # event was watched from
     """
     CREATE TABLE IF NOT EXISTS experiments (

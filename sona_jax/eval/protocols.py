@@ -20,6 +20,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from sona_jax.config import SonaConfig
@@ -50,25 +52,24 @@ def fusion_record(weights) -> dict:
     return record
 
 
-def evaluate(
-    dataset: Dataset,
-    cfg: SonaConfig,
-    options: EvalOptions,
-    log_fn: LogFn = lambda message: None,
-    clock: Clock = lambda: 0.0,
-) -> dict:
-    """Run one protocol end to end and return the `sona eval` JSON document (``clock``, when
-    given, times each row: seconds as a float)."""
-    started = clock()
-    dataset = order_ties(dataset, options.tie_break, options.seed)
-    split, val_split = protocol_splits(dataset, options)
-    users, k, n_items = split.users, options.k, dataset.n_items
-    use_context = options.protocol == "p1"
+class Tuned(NamedTuple):
+    """What validation chose: the config (tuned weights, graph settings, the transformer
+    source), fusion weights or matrix, the headline MMR λ and the fusion record; and the
+    SASRec baseline trained on the validation split (its seconds), whose network the hybrid's
+    transformer source reads."""
 
-    configured_cfg = cfg
+    cfg: SonaConfig
+    weights: np.ndarray
+    headline_lambda: float
+    fusion: dict
+    sasrec: object
+    sasrec_seconds: float
+    transformer: object
+
+
+def _tuned(dataset, val_split, cfg, options: EvalOptions, log_fn: LogFn, clock: Clock) -> Tuned:
     weights = np.asarray(fusion_matrix(cfg))  # gates as configured (zeros: fixed)
-    headline_lambda = 1.0
-    fusion = {"configured": weights.tolist()}
+    headline_lambda, fusion = 1.0, {"configured": weights.tolist()}
     log_fn("training SASRec on the validation split ...")
     sasrec_started = clock()
     sasrec = fit_sasrec(dataset, val_split, options)
@@ -82,42 +83,38 @@ def evaluate(
             dataset, val_split, cfg, options, log_fn, transformer
         )
         fusion |= tuned
+    return Tuned(cfg, weights, headline_lambda, fusion, sasrec, sasrec_seconds, transformer)
 
-    log_fn("training on the train split ...")
-    engines = TrainedEngines(subset(dataset, split.train), transformer)
-    engine = engines(cfg)
-    vectors = np.asarray(engine.model.base.item_embeddings)
-    tod, device = context_arrays(split, users, use_context)
 
-    def top(weights_, lam: float, engine_=engine, tod_=tod, device_=device) -> np.ndarray:
-        return rank(engine_, users, weights_, lam, tod_, device_, k)
-
+def _hybrid_rows(top, split, vectors, tuned: Tuned, options: EvalOptions):
+    """The headline row (the λ chosen on validation; ``_plain``: λ = 1, ``_mmr``: the
+    configured λ), the fusion the headline did not use beside it, and their per-viewer NDCG.
+    Returns (rows, per_user, headline lists, the headline's metrics)."""
+    users, cfg, weights = split.users, tuned.cfg, tuned.weights
     plain = top(weights, 1.0)
     diverse = top(weights, cfg.diversity.mmr_lambda)
-    headline = plain if headline_lambda == 1.0 else top(weights, headline_lambda)
-    # The headline row ranks with the λ chosen on validation; _plain (λ = 1, no MMR) against
-    # _mmr (the configured λ) is the MMR trade-off.
-    hybrid_metrics = list_metrics(headline, split.test, users, vectors)
-    hybrid_metrics |= list_metrics(plain, split.test, users, vectors, suffix="_plain")
-    hybrid_metrics |= list_metrics(diverse, split.test, users, vectors, suffix="_mmr")
-    per_user = {}  # each other row's per-viewer NDCG, for the paired intervals
+    headline = plain if tuned.headline_lambda == 1.0 else top(weights, tuned.headline_lambda)
+    metrics = list_metrics(headline, split.test, users, vectors)
+    metrics |= list_metrics(plain, split.test, users, vectors, suffix="_plain")
+    metrics |= list_metrics(diverse, split.test, users, vectors, suffix="_mmr")
+    per_user = {}
     rows = [
         {
             "name": "sona-hybrid",
             "kind": "hybrid",
-            "metrics": hybrid_metrics,
+            "metrics": metrics,
             "weights": fusion_record(weights),
-            "mmr_lambda": headline_lambda,
+            "mmr_lambda": tuned.headline_lambda,
         }
     ]
-    if fusion.get("learned"):  # the fusion the headline did not use, beside it
-        learned = fusion["learned"]
+    learned = tuned.fusion.get("learned")
+    if learned:
         name, other = (
-            ("sona-hybrid fixed weights", fusion["tuned"])
+            ("sona-hybrid fixed weights", tuned.fusion["tuned"])
             if learned["used"]
             else ("sona-hybrid learned fusion", learned["matrix"])
         )
-        other_top = top(np.asarray(other, np.float32), headline_lambda)
+        other_top = top(np.asarray(other, np.float32), tuned.headline_lambda)
         per_user[name] = per_user_ndcg(other_top, split.test, users)[0]
         rows.append(
             {
@@ -127,44 +124,114 @@ def evaluate(
                 "weights": fusion_record(other),
             }
         )
-    if options.tune_fusion:  # the configured setting on its own trained model
-        configured = top(fusion_matrix(configured_cfg), 1.0, engines(configured_cfg))
-        fusion["test_configured_metrics"] = list_metrics(configured, split.test, users, vectors)
+    return rows, per_user, headline, metrics
+
+
+def _source_rows(top, split, vectors, use_context: bool):
+    """Each source alone (context only where the protocol has it): rows and per-viewer NDCG."""
+    rows, per_user = [], {}
     for s, name in enumerate(SOURCE_NAMES):
         if name == "context" and not use_context:
             continue
         source_top = top(one_hot_weights(s), 1.0)
-        per_user[name] = per_user_ndcg(source_top, split.test, users)[0]
+        per_user[name] = per_user_ndcg(source_top, split.test, split.users)[0]
         rows.append(
             {
                 "name": name,
                 "kind": "source",
-                "metrics": list_metrics(source_top, split.test, users, vectors),
+                "metrics": list_metrics(source_top, split.test, split.users, vectors),
             }
         )
+    return rows, per_user
+
+
+def _cold_start(dataset, split, val_split, cfg, options: EvalOptions, use_context, log_fn):
+    """The cold-start curve and, when tuning, the genre strength chosen on validation. Cold
+    users are served with the configured weights (tuned ones fit warm users)."""
+    found, weights = {}, np.asarray(fusion_matrix(cfg))
+    k = options.k
+    if options.tune_fusion and options.cold_genre_strengths:
+        log_fn("choosing the cold-start genre strength on the validation split ...")
+        strength, trials = tune_cold_start(dataset, val_split, cfg, weights, options, use_context)
+        cfg = cfg.with_overrides({"cold_start": {"genre_strength": strength}})
+        found["cold_start_tuning"] = {
+            "genre_strength": strength,
+            f"validation_{options.ndcg}": trials,
+            "points": list(options.cold_tune_points),
+        }
+        log_fn(
+            f"cold-start genre strength {strength:g} (validation NDCG@{k} "
+            + ", ".join(f"{name}: {v:.4f}" for name, v in trials.items())
+            + ")"
+        )
+    found["cold_start"] = cold_start_curve(
+        dataset, split, cfg, weights, options, use_context, log_fn
+    )
+    return found
+
+
+def evaluate(
+    dataset: Dataset,
+    cfg: SonaConfig,
+    options: EvalOptions,
+    log_fn: LogFn = lambda message: None,
+    clock: Clock = lambda: 0.0,
+) -> dict:
+    """One protocol end to end: the `sona eval` JSON document (``clock``: seconds, a float)."""
+    started = clock()
+    dataset = order_ties(dataset, options.tie_break, options.seed)
+    split, val_split = protocol_splits(dataset, options)
+    users, k = split.users, options.k
+    use_context = options.protocol == "p1"
+    configured_cfg = cfg
+    tuned = _tuned(dataset, val_split, cfg, options, log_fn, clock)
+    cfg, weights = tuned.cfg, tuned.weights
+
+    log_fn("training on the train split ...")
+    engines = TrainedEngines(subset(dataset, split.train), tuned.transformer)
+    engine = engines(cfg)
+    vectors = np.asarray(engine.model.base.item_embeddings)
+    tod, device = context_arrays(split, users, use_context)
+
+    def top(weights_, lam: float, engine_=engine, tod_=tod, device_=device) -> np.ndarray:
+        return rank(engine_, users, weights_, lam, tod_, device_, k)
+
+    rows, per_user, headline, hybrid_metrics = _hybrid_rows(top, split, vectors, tuned, options)
+    if options.tune_fusion:  # the configured setting on its own trained model
+        configured = top(fusion_matrix(configured_cfg), 1.0, engines(configured_cfg))
+        tuned.fusion["test_configured_metrics"] = list_metrics(
+            configured, split.test, users, vectors
+        )
+    source_rows, source_per_user = _source_rows(top, split, vectors, use_context)
+    rows += source_rows
     log_fn(f"hybrid: {hybrid_metrics[options.ndcg]:.4f} NDCG@{k}")
     more_rows, more_per_user, chosen = baseline_rows(
-        dataset, val_split, split, vectors, options, log_fn, clock, sasrec, sasrec_seconds
-    )
+        dataset, val_split, split, vectors, options, log_fn, clock, tuned.sasrec,
+        tuned.sasrec_seconds,
+    )  # fmt: skip
     rows += more_rows
     hybrid_intervals(
-        rows, per_user | more_per_user, per_user_ndcg(headline, split.test, users)[0], options.seed
+        rows,
+        per_user | source_per_user | more_per_user,
+        per_user_ndcg(headline, split.test, users)[0],
+        options.seed,
     )
-
     result = {
         "data": dataset.name,
         "protocol": options.protocol,
         "k": k,
         "rows": rows,
         "users": int(len(users)),
-        "items": int(n_items),
-        "fusion": fusion,
+        "items": int(dataset.n_items),
+        "fusion": tuned.fusion,
         "mmr_lambda": cfg.diversity.mmr_lambda,
         "tie_break": options.tie_break,
     }
     if options.protocol == "p1" and options.random_tie_seeds:
         result["random_ties"] = [
-            random_tie_pass(dataset, cfg, weights, headline_lambda, chosen, seed, options, log_fn)
+            random_tie_pass(
+                dataset, cfg, weights, tuned.headline_lambda, chosen, seed, options, log_fn
+            )
             for seed in options.random_tie_seeds
             if not (options.tie_break == "random" and seed == options.seed)  # the main run
         ]
@@ -178,27 +245,8 @@ def evaluate(
             "context_fields": "time_of_day and device of the test event (device where known)",
         }
     if options.cold_start_points:
-        # Cold users are served with the configured weights (tuned ones fit warm users) and
-        # the cold-start genre strength chosen on validation.
-        cold_cfg, cold_weights = configured_cfg, np.asarray(fusion_matrix(configured_cfg))
-        if options.tune_fusion and options.cold_genre_strengths:
-            log_fn("choosing the cold-start genre strength on the validation split ...")
-            strength, trials = tune_cold_start(
-                dataset, val_split, cold_cfg, cold_weights, options, use_context
-            )
-            cold_cfg = cold_cfg.with_overrides({"cold_start": {"genre_strength": strength}})
-            result["cold_start_tuning"] = {
-                "genre_strength": strength,
-                f"validation_{options.ndcg}": trials,
-                "points": list(options.cold_tune_points),
-            }
-            log_fn(
-                f"cold-start genre strength {strength:g} (validation NDCG@{k} "
-                + ", ".join(f"{name}: {v:.4f}" for name, v in trials.items())
-                + ")"
-            )
-        result["cold_start"] = cold_start_curve(
-            dataset, split, cold_cfg, cold_weights, options, use_context, log_fn
+        result |= _cold_start(
+            dataset, split, val_split, configured_cfg, options, use_context, log_fn
         )
     result["seconds"] = clock() - started
     return result

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from sona_jax.serve.batch import request_rows
-from sona_jax.serve.engine import Lists, ServingEngine
+from sona_jax.serve.engine import ServingEngine
+from sona_jax.serve.query_batches import Lists
 
 EVAL_BATCH = 128  # users per engine call when ranking a whole split
 

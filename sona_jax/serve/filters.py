@@ -1,4 +1,4 @@
-"""Request filters and "not interested" (issue 15), as masks and penalties inside the batched
+"""Request filters and "not interested", as masks and penalties inside the batched
 engine: retrieval drops the items a request's filters refuse from the whole catalogue before it
 takes each source's top items, and ranking drops them from the context's and the new items'
 candidates and keeps one item per series, all before MMR, so a list stays full whenever enough

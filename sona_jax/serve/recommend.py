@@ -19,7 +19,8 @@ from sona_jax.model.lora import base_queries, candidate_logits, personalised_sco
 from sona_jax.serve import retrieval, sources
 from sona_jax.serve.filters import ItemFilter
 from sona_jax.serve.fusion import MinMax, blend_with, blended, fit_min_max
-from sona_jax.serve.rank import Recommendations, RequestCandidates, rank, request_candidates
+from sona_jax.serve.rank import Recommendations, rank
+from sona_jax.serve.request_candidates import RequestCandidates, request_candidates
 from sona_jax.serve.retrieval import Candidates, KeptForScores
 from sona_jax.serve.state import RequestBatch, ServingState, UserBatch, has_context
 

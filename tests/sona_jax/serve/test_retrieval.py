@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 from hypothesis import given, settings
 
-from sona_jax.serve import fusion, rank, recommend, retrieval, sources
+from sona_jax.serve import fusion, rank, recommend, request_candidates, retrieval, sources
 from sona_jax.serve.selection import BISECTION_STEPS
 from tests.sona_jax.serve.fixtures import (
     SMALL_CFG,
@@ -160,7 +160,7 @@ def test_request_candidates_join_the_contexts_without_duplicates(seed, n):
     users = random_users(seed, state, n)
     request = random_requests(seed, n)
     kept = retrieval.retrieve(state, users, request.exclude_watched, CFG)
-    joined = rank.request_candidates(state, users, request, kept, CFG)
+    joined = request_candidates.request_candidates(state, users, request, kept, CFG)
     items, mask = np.asarray(joined.items), np.asarray(joined.mask)
     table = np.asarray(state.context_items)
     rows = np.asarray(sources.context_row(state, request))

@@ -1,9 +1,8 @@
-# ruff: noqa: E402
 """HTTP benchmark: the SPEC 8 serving bars, driven by wrk from a separate process.
 
-    python bench/http.py                  # the default demo (synthetic 2,000 x 3,000)
-    python bench/http.py --data ml-100k   # MovieLens 100K as the demo
-    python bench/http.py --quick    # under a minute
+    python -m bench.throughput                  # the default demo (synthetic 2,000 x 3,000)
+    python -m bench.throughput --data ml-100k   # MovieLens 100K as the demo
+    python -m bench.throughput --quick    # under a minute
 
 Starts `sona serve` on the demo data, creates a few hundred users with histories through the
 API, asks once for every viewer (profiles and candidates cached, as for anyone seen within the
@@ -14,12 +13,6 @@ off (TTL 0) so every request reaches the engine. Writes bench/results/http.json 
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-# This file is named http.py: keep its folder off sys.path so `import http` finds the stdlib.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse
 import asyncio
@@ -35,19 +28,17 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from bench.load import (  # noqa: E402
+from bench import RESULTS, ROOT
+from bench.load import (
     model_users,
     prime,
     run_wrk,
     saturated_runs,
     write_script,
 )
-from bench.report import write_results  # noqa: E402
-from tests.service.servers import ServerProcess  # noqa: E402
+from bench.report import write_results
+from bench.servers import ServerProcess, free_port
 
-RESULTS = ROOT / "bench" / "results"
 ML100K = ROOT.parent / "shared" / "datasets" / "ml-100k"
 BENCH_CONFIG = """
 [serving]
@@ -112,10 +103,10 @@ def paced(
 
 def adapter_load_times(server: ServerProcess, users: list[str]) -> dict:
     """Time to get one user's adapter: from the cache (decode included) and from PostgreSQL."""
+    from bench.servers import drop_postgres_database, fresh_postgres_database
     from service.serving.cache import LocalCache
     from service.serving.profile_codec import decode_adapter, profile_from_bytes, profile_to_bytes
     from sona_jax.serve.batch import ViewerProfile
-    from tests.service.servers import drop_postgres_database, fresh_postgres_database
 
     result = {}
 
@@ -205,7 +196,7 @@ def main() -> None:
     if args.data == "ml-100k":
         demo += ["--demo-path", str(ML100K)]
     result = {
-        "command": "python bench/http.py"
+        "command": "python -m bench.throughput"
         + (" --quick" if args.quick else "")
         + (f" --data {args.data}" if args.data != "synthetic" else ""),
         "data": args.data,
@@ -304,12 +295,8 @@ def main() -> None:
 
 def raw_asgi_run(folder: Path, users: list[str], seconds: int, warm_up: int) -> dict:
     """Saturated recommendations against `bench/raw_asgi.py` (a canned body, no framework)."""
-    from tests.service.servers import free_port
-
     port = free_port()
-    # -P: keep bench/ off sys.path (bench/http.py would shadow the stdlib `http`)
-    script_path = str(ROOT / "bench" / "raw_asgi.py")
-    process = subprocess.Popen([sys.executable, "-P", script_path, str(port)])
+    process = subprocess.Popen([sys.executable, "-m", "bench.raw_asgi", str(port)], cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
