@@ -17,6 +17,7 @@ from service.serving.profile_codec import (
     profile_to_bytes,
 )
 from service.serving.runtime import Runtime
+from service.settings import ServingSettings
 from service.storage import EventRow, Store, UserStateRow
 from sona_jax.serve import viewers
 from sona_jax.serve.batch import ViewerProfile
@@ -42,14 +43,18 @@ class Profiles:
         cache: Cache,
         runtime: Runtime,
         executor: Executor,
-        ttl: float,
-        remember: int = 0,
-        max_suspects: int = 100_000,
+        serving: ServingSettings,
         store_stage: Stage | None = None,
-        max_wait_ms: float = 0.0,
+        remember: int = 0,
         namespace: str = "",
         check_first_reads: bool = False,
     ):
+        """Profiles cached ``serving.profile_ttl_seconds``, built on ``executor``; store reads
+        admitted by ``store_stage`` within ``serving.max_wait_ms``; the ``remember`` most recent
+        viewers rebuilt before a swap; ``namespace``: cache keys of their own (a model arm's),
+        whose first read of each viewer is checked against the store (``check_first_reads``)."""
+        ttl, max_suspects = serving.profile_ttl_seconds, serving.cache_max_entries
+        max_wait_ms = serving.max_wait_ms
         self.store, self.cache, self.runtime, self.executor = store, cache, runtime, executor
         self.ttl = ttl
         self.remember = remember  # recent viewers whose profiles a swap rebuilds first

@@ -87,13 +87,11 @@ class ServedVersion:
             parts.cache,
             self.runtime,
             parts.executor,
-            serving.profile_ttl_seconds,
-            swap_prepared_profiles,
-            serving.cache_max_entries,
+            serving,
             parts.lookups,
-            serving.max_wait_ms,
-            namespace=namespace,
-            check_first_reads=check_first_reads,
+            swap_prepared_profiles,
+            namespace,
+            check_first_reads,
         )
         # Before the tables replay what came since the model: its viewers' profiles are checked.
         self.tables.on_events = self.profiles.written
