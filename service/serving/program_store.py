@@ -4,8 +4,10 @@ still traces every program: 17 s of a warm restart here; loading a saved set tak
 of a second).
 
 One file per program set (`sona_jax.serve.programs.Programs`), named by a digest of everything
-its executables depend on: jax and jaxlib versions, the device kind and the CPU's features, the
-served shapes and the set's `ShapeKey` (array shapes, compiled config, list widths). A file
+its executables depend on: jax and jaxlib versions, the device kind and the CPU's features, a
+digest of the engine's code (`sona_jax/`: an upgrade that changes a program compiles it again
+rather than loading the old one), the served shapes and the set's `ShapeKey` (array shapes,
+compiled config, list widths). A file
 starts with the SHA-256 of its payload, checked before anything is loaded, as the model
 version's arrays are; a file that fails the check, or an executable this jaxlib cannot load,
 is ignored and the set compiles as it would without one. Only sets whose whole plan compiled
@@ -33,6 +35,7 @@ import jax
 import jaxlib
 from jax.experimental import serialize_executable
 
+import sona_jax
 from sona_jax.serve.programs import ProgramLibrary, Programs
 
 log = logging.getLogger("sona.programs")
@@ -53,12 +56,23 @@ def _machine() -> str:
     return f"jax {jax.__version__} jaxlib {jaxlib.__version__} {device.platform} {device.device_kind} {features}"
 
 
+def engine_code_digest() -> str:
+    """SHA-256 of every source file of the engine (`sona_jax`), by path: what its programs are
+    traced from."""
+    root = Path(sona_jax.__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 class ProgramStore:
     """Program sets saved under ``folder`` (created when first written)."""
 
     def __init__(self, folder: Path, keep: int):
         self.folder, self.keep = Path(folder), keep
         self.machine = _machine()
+        self.code = engine_code_digest()
         self.loaded_sets = self.saved_sets = 0
 
     def attach(self, library: ProgramLibrary) -> None:
@@ -68,7 +82,7 @@ class ProgramStore:
         library.on_planned = self.save
 
     def path(self, programs: Programs, library: ProgramLibrary) -> Path:
-        name = repr((MAGIC, self.machine, library.shapes, programs.key))
+        name = repr((MAGIC, self.machine, self.code, library.shapes, programs.key))
         return self.folder / f"{hashlib.sha256(name.encode()).hexdigest()[:32]}{SUFFIX}"
 
     def load_into(self, programs: Programs, library: ProgramLibrary) -> None:

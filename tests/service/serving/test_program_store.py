@@ -1,4 +1,4 @@
-"""Saved program sets load and run in the next process (issue 35's warm restart).
+"""Saved program sets load and run in the next process (a warm restart).
 
 jaxlib 0.10's CPU executables lose their kernels when serialized a second time: one that JAX's
 persistent compilation cache gave, or one loaded from a file, saved again, loaded fine and
@@ -14,6 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from service.serving import program_store
+from sona_jax.serve.programs import ProgramLibrary, Programs
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -126,3 +129,17 @@ def test_compiles_beside_serving_write_nothing_to_the_compilation_cache(tmp_path
     beside, after = map(int, out.split()[-2:])
     assert beside == 1, "only the other thread's program was to be written"
     assert after == 2
+
+
+def test_a_change_to_the_engines_code_names_another_file(tmp_path, monkeypatch):
+    """Saved executables are the engine's code compiled: after an upgrade that changes it, the
+    old file is not loaded (the set compiles again and is saved under its own name)."""
+    library, programs = ProgramLibrary(), Programs(("shape",))
+    before = program_store.ProgramStore(tmp_path, keep=4)
+    assert before.code == program_store.engine_code_digest()  # the same code: the same name
+    assert before.path(programs, library) == program_store.ProgramStore(tmp_path, 4).path(
+        programs, library
+    )
+    monkeypatch.setattr(program_store, "engine_code_digest", lambda: "another engine")
+    after = program_store.ProgramStore(tmp_path, keep=4)
+    assert after.path(programs, library) != before.path(programs, library)
