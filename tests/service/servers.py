@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from bench import servers
+from bench import ROOT, servers
 from bench.servers import PG_URL, REDIS_URL, SHARED_XLA_CACHE, SMALL_CONFIG, free_port
 
-__all__ = ["PG_URL", "REDIS_URL", "SHARED_XLA_CACHE", "SMALL_CONFIG", "free_port"]
+__all__ = ["PG_URL", "REDIS_URL", "ROOT", "SHARED_XLA_CACHE", "SMALL_CONFIG", "free_port"]
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
