@@ -125,6 +125,20 @@ def active_retrieved(state: ServingState, users: UserBatch) -> jnp.ndarray:
     return jnp.stack([has_profile, has_profile, has_seeds, has_seeds, reads], axis=1)
 
 
+def _when_any(active: jnp.ndarray, compute, nothing=None):
+    """``compute()`` when any viewer of the batch (``active`` (users,)) has the source, else
+    ``nothing()`` (default: zeros of its shape). A source with nothing to say for a viewer is
+    masked out of their candidates and fusion whatever it scored, so a batch of new viewers
+    skips its catalogue-wide work (3 of 6.5 ms at 10,240 items for 8 such viewers)."""
+    if nothing is None:
+        shape = jax.eval_shape(compute)
+
+        def nothing():
+            return jnp.zeros(shape.shape, shape.dtype)
+
+    return jax.lax.cond(jnp.any(active), compute, nothing)
+
+
 @partial(jax.jit, static_argnames=("cfg",))
 def retrieve(
     state: ServingState,
@@ -141,15 +155,29 @@ def retrieve(
     search every pool viewer); ``item_filter``: the requests' filters, whose refused items are
     excluded too."""
     n_users, n_items = users.preference.shape[0], state.item_valid.shape[0]
-    nearest = sources.nearest_viewers(state, users, cfg, neighbours)
-    content = sources.content_scores(state, users, cfg)
+    active = active_retrieved(state, users)
+
+    def collaborative() -> tuple[jnp.ndarray, jnp.ndarray]:
+        nearest = sources.nearest_viewers(state, users, cfg, neighbours)
+        return sources.collaborative_votes(state, *nearest, cfg), nearest[0]
+
+    found = jax.eval_shape(collaborative)
+    votes, nearest_rows = _when_any(  # no neighbours found: rows -1
+        active[:, 0],
+        collaborative,
+        lambda: (
+            jnp.zeros(found[0].shape, found[0].dtype),
+            jnp.full(found[1].shape, -1, found[1].dtype),
+        ),
+    )
+    content = _when_any(active[:, 1], lambda: sources.content_scores(state, users, cfg))
     raw = jnp.stack(
         [
-            sources.collaborative_votes(state, *nearest, cfg),
+            votes,
             content,
-            sources.graph_scores(state, users, cfg),
-            sources.sequential_scores(state, users, cfg),
-            sources.transformer_scores(state, users, cfg),
+            _when_any(active[:, 2], lambda: sources.graph_scores(state, users, cfg)),
+            _when_any(active[:, 3], lambda: sources.sequential_scores(state, users, cfg)),
+            _when_any(active[:, 4], lambda: sources.transformer_scores(state, users, cfg)),
         ],
         axis=1,
     )
@@ -168,7 +196,7 @@ def retrieve(
         excluded = excluded | ~filters.passes(state, item_filter)
     ranked = jnp.concatenate(
         [
-            jnp.where(~active_retrieved(state, users)[:, :, None], -jnp.inf, raw),
+            jnp.where(~active[:, :, None], -jnp.inf, raw),
             cold[:, None, :],
             jnp.broadcast_to(state.trending, (n_users, 1, n_items)),
         ],
@@ -186,7 +214,7 @@ def retrieve(
         items,
         jnp.swapaxes(jnp.where(inside[:, None, :], picked, 0.0), 1, 2),
         jnp.where(jnp.isfinite(floor), floor, 0.0),
-        nearest[0],
+        nearest_rows,
         jnp.where(jnp.isfinite(content_span), content_span, 0.0),
     )
 
