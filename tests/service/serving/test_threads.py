@@ -88,6 +88,9 @@ print(len(probed), nice == {19}, len(demoted & python), sum(served.get(t, 0) for
 """
 
 
+SERVED_ON_DEMOTED_NS = 1_000_000  # 1 ms of the loop's 300 ms
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc")
 def test_compiler_threads_run_at_the_lowest_priority_and_never_serve():
@@ -102,6 +105,8 @@ def test_compiler_threads_run_at_the_lowest_priority_and_never_serve():
     probed, all_lowest, python, served_ns, busy_left, both = out
     assert int(probed) >= 1  # the probe found XLA's compiler threads...
     assert all_lowest == "True" and python == "0"  # ...at nice 19, no Python thread among them
-    assert served_ns == "0"  # engine calls never ran on a demoted thread
+    # Engine calls never ran on a demoted thread: 0.3 s of serving would put tens of ms there.
+    # (A CI run saw 57 us once: a pool thread waking, not a call.)
+    assert int(served_ns) < SERVED_ON_DEMOTED_NS
     assert busy_left == "0"  # every native thread busy in a watched compile was demoted...
     assert both == "0"  # ...unless it serves
