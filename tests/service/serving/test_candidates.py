@@ -49,6 +49,17 @@ def test_least_recently_used_entries_go_first_and_old_ones_are_not_served():
     assert (hits, misses, entries) == (3, 2, 2)
 
 
+def test_entries_put_together_expire_spread_over_the_last_half_of_max_age():
+    cache = CandidateCache(max_entries=1000, max_age=60.0, seed=1)
+    for viewer in range(1000):
+        cache.put(viewer, _candidates(viewer))
+    now = time.monotonic()
+    lives = np.array([expires - now for expires, _ in cache.entries.values()])
+    assert lives.max() <= 60.0 and lives.min() >= 30.0 - 0.1
+    # spread, not synchronised: no second holds more than a few percent of them
+    assert np.histogram(lives, bins=np.arange(30.0, 61.0))[0].max() < 0.1 * len(lives)
+
+
 def test_a_table_refresh_retires_cold_viewers_candidates_only(engine):
     refreshed = engine.with_popularity(
         popularity_tables(engine.model.popularity, CFG, engine.item_valid)
